@@ -1,0 +1,348 @@
+//! The boot contract shared by the image builder, `maculaos-init` and the
+//! `maculaos` CLI: GPT partition labels, A/B slots, boot modes, the
+//! `maculaos.*` kernel command line, and the record init leaves for the
+//! running system in [`BOOT_INFO_PATH`].
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// GPT partition label of the BIOS boot partition (GRUB's core image).
+pub const LABEL_BIOS: &str = "MACULA_BIOS";
+/// GPT partition label (and FAT volume label) of the EFI system partition.
+pub const LABEL_ESP: &str = "MACULA_ESP";
+/// GPT partition label of the persistent data partition mounted on `/var`.
+pub const LABEL_DATA: &str = "MACULA_DATA";
+
+/// Where `maculaos-init` records how it booted the system.
+pub const BOOT_INFO_PATH: &str = "/run/maculaos/boot.json";
+/// Persistent MaculaOS state (config, identity) on the data partition.
+pub const STATE_DIR: &str = "/var/lib/maculaos";
+
+/// One of the two root slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    /// The GPT partition label of this slot's root.
+    pub fn label(self) -> &'static str {
+        match self {
+            Slot::A => "MACULA_ROOT_A",
+            Slot::B => "MACULA_ROOT_B",
+        }
+    }
+
+    /// The standby slot when this one runs.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Slot::A => "A",
+            Slot::B => "B",
+        })
+    }
+}
+
+impl FromStr for Slot {
+    type Err = BootError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "A" | "a" => Ok(Slot::A),
+            "B" | "b" => Ok(Slot::B),
+            _ => Err(BootError::BadValue {
+                key: "maculaos.slot",
+                value: s.to_string(),
+                expected: "A or B",
+            }),
+        }
+    }
+}
+
+/// How the system was started (`maculaos.mode=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Installed on a disk with A/B slots (the default).
+    Disk,
+    /// Running from installation media, nothing written to disk.
+    Live,
+    /// Booted to run the installer.
+    Install,
+    /// Maintenance boot without the node's workloads.
+    Recovery,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Disk => "disk",
+            Mode::Live => "live",
+            Mode::Install => "install",
+            Mode::Recovery => "recovery",
+        })
+    }
+}
+
+impl FromStr for Mode {
+    type Err = BootError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disk" => Ok(Mode::Disk),
+            "live" => Ok(Mode::Live),
+            "install" => Ok(Mode::Install),
+            "recovery" => Ok(Mode::Recovery),
+            _ => Err(BootError::BadValue {
+                key: "maculaos.mode",
+                value: s.to_string(),
+                expected: "disk, live, install or recovery",
+            }),
+        }
+    }
+}
+
+/// Firmware the machine booted through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl fmt::Display for Firmware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Firmware::Bios => "BIOS",
+            Firmware::Uefi => "UEFI",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BootError {
+    #[error("kernel command line: {key}={value} is not valid (expected {expected})")]
+    BadValue {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// The kernel command line, split the way the kernel splits it: on spaces,
+/// except inside double quotes, which are removed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cmdline {
+    params: Vec<(String, Option<String>)>,
+}
+
+impl Cmdline {
+    pub fn parse(text: &str) -> Cmdline {
+        let mut params = Vec::new();
+        let mut word = String::new();
+        let mut in_quotes = false;
+        let mut any = false;
+        for c in text.chars() {
+            match c {
+                '"' => {
+                    in_quotes = !in_quotes;
+                    any = true;
+                }
+                c if c.is_whitespace() && !in_quotes => {
+                    if any {
+                        params.push(split_param(&word));
+                        word.clear();
+                        any = false;
+                    }
+                }
+                c => {
+                    word.push(c);
+                    any = true;
+                }
+            }
+        }
+        if any {
+            params.push(split_param(&word));
+        }
+        Cmdline { params }
+    }
+
+    /// The value of the last `key=value` (the kernel's rule: the last one wins).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// Whether `key` appears, with or without a value.
+    pub fn has(&self, key: &str) -> bool {
+        self.params.iter().any(|(k, _)| k == key)
+    }
+
+    /// All `maculaos.*` parameters, in order.
+    pub fn maculaos_params(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.params
+            .iter()
+            .filter(|(k, _)| k.starts_with("maculaos."))
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+    }
+}
+
+fn split_param(word: &str) -> (String, Option<String>) {
+    match word.split_once('=') {
+        Some((k, v)) => (k.to_string(), Some(v.to_string())),
+        None => (word.to_string(), None),
+    }
+}
+
+/// What `maculaos-init` takes from the kernel command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootParams {
+    pub mode: Mode,
+    pub slot: Slot,
+    /// `maculaos.debug`: open a shell instead of rebooting on failure.
+    pub debug: bool,
+    /// `maculaos.rootwait=SECONDS`: how long to wait for the boot disk.
+    pub root_wait_secs: u64,
+}
+
+/// Default time to wait for the boot disk's partitions to appear. Generous
+/// because slow USB sticks and emulated machines take many seconds.
+pub const DEFAULT_ROOT_WAIT_SECS: u64 = 60;
+
+impl BootParams {
+    pub fn from_cmdline(c: &Cmdline) -> Result<BootParams, BootError> {
+        let mode = c.get("maculaos.mode").map(str::parse).transpose()?;
+        let slot = c.get("maculaos.slot").map(str::parse).transpose()?;
+        let root_wait_secs = match c.get("maculaos.rootwait") {
+            None => DEFAULT_ROOT_WAIT_SECS,
+            Some(v) => v.parse().map_err(|_| BootError::BadValue {
+                key: "maculaos.rootwait",
+                value: v.to_string(),
+                expected: "a number of seconds",
+            })?,
+        };
+        Ok(BootParams {
+            mode: mode.unwrap_or(Mode::Disk),
+            slot: slot.unwrap_or(Slot::A),
+            debug: c.has("maculaos.debug") && c.get("maculaos.debug") != Some("0"),
+            root_wait_secs,
+        })
+    }
+}
+
+/// What init did, left in [`BOOT_INFO_PATH`] for `maculaos info` and friends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootInfo {
+    pub mode: Mode,
+    pub slot: Slot,
+    pub firmware: Firmware,
+    /// Device node of the root slot, e.g. `/dev/vda3`.
+    pub root_device: String,
+    /// Device node of the data partition, e.g. `/dev/vda5`.
+    pub data_device: String,
+    /// The data partition was blank and got formatted on this boot.
+    pub data_formatted: bool,
+    /// The data partition was grown to fill the disk on this boot.
+    pub data_grown: bool,
+    /// Milliseconds from kernel start to the hand-over to systemd.
+    pub init_done_ms: u64,
+}
+
+impl BootInfo {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn from_json(s: &str) -> Result<BootInfo, serde_json::Error> {
+        serde_json::from_str(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_splits_and_unquotes() {
+        let c = Cmdline::parse(
+            "BOOT_IMAGE=/vmlinuz quiet maculaos.slot=B x=\"a b\" maculaos.debug\n",
+        );
+        assert_eq!(c.get("maculaos.slot"), Some("B"));
+        assert_eq!(c.get("x"), Some("a b"));
+        assert!(c.has("quiet"));
+        assert!(c.has("maculaos.debug"));
+        assert_eq!(c.get("maculaos.debug"), None);
+        assert_eq!(c.maculaos_params().count(), 2);
+    }
+
+    #[test]
+    fn last_value_wins() {
+        let c = Cmdline::parse("maculaos.slot=A maculaos.slot=B");
+        assert_eq!(c.get("maculaos.slot"), Some("B"));
+    }
+
+    #[test]
+    fn params_default_to_disk_slot_a() {
+        let p = BootParams::from_cmdline(&Cmdline::parse("ro quiet")).unwrap();
+        assert_eq!(p.mode, Mode::Disk);
+        assert_eq!(p.slot, Slot::A);
+        assert!(!p.debug);
+        assert_eq!(p.root_wait_secs, DEFAULT_ROOT_WAIT_SECS);
+    }
+
+    #[test]
+    fn params_are_read() {
+        let p = BootParams::from_cmdline(&Cmdline::parse(
+            "maculaos.mode=recovery maculaos.slot=b maculaos.debug maculaos.rootwait=5",
+        ))
+        .unwrap();
+        assert_eq!(p.mode, Mode::Recovery);
+        assert_eq!(p.slot, Slot::B);
+        assert!(p.debug);
+        assert_eq!(p.root_wait_secs, 5);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = BootParams::from_cmdline(&Cmdline::parse("maculaos.slot=C")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "kernel command line: maculaos.slot=C is not valid (expected A or B)"
+        );
+        let e = BootParams::from_cmdline(&Cmdline::parse("maculaos.mode=usb")).unwrap_err();
+        assert!(e.to_string().contains("maculaos.mode=usb"));
+    }
+
+    #[test]
+    fn slots() {
+        assert_eq!(Slot::A.other(), Slot::B);
+        assert_eq!(Slot::B.label(), "MACULA_ROOT_B");
+    }
+
+    #[test]
+    fn boot_info_round_trips() {
+        let b = BootInfo {
+            mode: Mode::Disk,
+            slot: Slot::A,
+            firmware: Firmware::Uefi,
+            root_device: "/dev/vda3".into(),
+            data_device: "/dev/vda5".into(),
+            data_formatted: true,
+            data_grown: false,
+            init_done_ms: 1234,
+        };
+        assert_eq!(BootInfo::from_json(&b.to_json()).unwrap(), b);
+        assert!(b.to_json().contains("\"mode\": \"disk\""));
+    }
+}

@@ -1,0 +1,802 @@
+//! The boot flow itself: system calls and tools, in order. The decisions
+//! it acts on live in the other modules, where they are tested.
+
+use crate::console::{reopen_console, say, say_block, warn};
+use crate::data::{self, classify, ext4_size, fs_needs_resize, grow_target, human_size, DataState};
+use crate::error::InitError;
+use crate::identity::{self, MachineIdOrigin};
+use crate::partitions::{
+    describe_seen, find_boot_partitions, read_number, scan_block_devices, BlockDev, BootPartitions,
+    Missing,
+};
+use crate::seed::seed_data;
+use crate::switch::{switch_root, ROOT_INIT};
+use maculaos_boot::{
+    BootInfo, BootParams, Cmdline, Firmware, Mode, BOOT_INFO_PATH, LABEL_DATA, STATE_DIR,
+};
+use maculaos_kmod::{KmodError, Loader, ModuleIndex};
+use maculaos_runner::Cmd;
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where the root slot is mounted before it becomes `/`.
+pub const SYSROOT: &str = "/sysroot";
+/// Where the data partition is mounted (in the initramfs) while it is seeded.
+const DATA_MOUNT: &str = "/data";
+/// The initramfs's static busybox: chroot applet and rescue shell.
+const BUSYBOX: &str = "/bin/busybox";
+/// The rescue shell for `maculaos.debug`.
+const SHELL: &str = "/bin/sh";
+/// PATH for the root's tools (the kernel starts init without one).
+const ROOT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+/// Filesystem modules init always loads: the root is squashfs, /etc an
+/// overlay, the data partition ext4. Also what the image builder should
+/// pass to `ModuleIndex::closure` (with storage drivers).
+pub const FS_MODULES: [&str; 3] = ["squashfs", "overlay", "ext4"];
+/// The mounts init makes in the initramfs and hands to the root.
+const SYSTEM_MOUNTS: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
+/// How often to rescan for new devices while waiting for the boot disk.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a failure stays on screen before the reboot.
+const FAILURE_REBOOT_DELAY: Duration = Duration::from_secs(10);
+
+/// A command run inside the root filesystem: `chroot /sysroot <args>`.
+///
+/// The root's tools (sfdisk, mkfs.ext4, ssh-keygen…) are linked against the
+/// root's libraries, so they must run with /sysroot as their root. Doing
+/// the chroot ourselves between fork and exec would need `pre_exec`, which
+/// is unsafe code (denied in this workspace); the initramfs's static
+/// busybox has a chroot applet that does exactly that step.
+pub fn in_root<I, S>(args: I) -> Cmd
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Cmd::new(BUSYBOX)
+        .hint("the initramfs must have a static busybox at /bin/busybox")
+        .arg("chroot")
+        .arg(SYSROOT)
+        .args(args)
+        .env("PATH", ROOT_PATH)
+        .quiet()
+}
+
+/// A path inside the root as the initramfs sees it: `/var/x` → `/sysroot/var/x`.
+fn sysroot(path: &str) -> PathBuf {
+    Path::new(SYSROOT).join(path.trim_start_matches('/'))
+}
+
+/// Milliseconds since the kernel started, from the first field of
+/// `/proc/uptime` (`"12.34 5.67"`).
+pub fn parse_uptime_ms(text: &str) -> Option<u64> {
+    let first = text.split_whitespace().next()?;
+    let (secs, frac) = first.split_once('.').unwrap_or((first, ""));
+    let secs: u64 = secs.parse().ok()?;
+    let mut ms = 0u64;
+    for (i, c) in frac.chars().take(3).enumerate() {
+        let digit = u64::from(c.to_digit(10)?);
+        ms += digit * 10u64.pow(2 - i as u32);
+    }
+    secs.checked_mul(1000)?.checked_add(ms)
+}
+
+/// The entry point of the `maculaos-init` binary. Never returns: it ends
+/// in systemd, a reboot, or (not PID 1) an exit.
+pub fn main() -> ! {
+    let pid = nix::unistd::getpid().as_raw();
+    if pid != 1 {
+        let msg = InitError::NotPid1 { pid };
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("maculaos-init: {msg}\n"),
+        );
+        std::process::exit(1);
+    }
+    let debug = Cell::new(false);
+    // A panic in PID 1 would be a kernel panic ("Attempted to kill init"),
+    // with no message and no reboot: catch it and fail the normal way.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&debug)));
+    let err = match outcome {
+        Ok(Ok(never)) => match never {},
+        Ok(Err(e)) => e,
+        Err(payload) => InitError::Panic(
+            payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_string()),
+        ),
+    };
+    fail(&err, debug.get())
+}
+
+/// Say what failed, then give a shell (`maculaos.debug`) or wait and reboot.
+fn fail(err: &InitError, debug: bool) -> ! {
+    say_block("FAILED", err);
+    say(format!("hint: {}", err.hint()));
+    if debug {
+        say("starting a debug shell (exit to reboot)");
+        // std's Command, not Cmd: the shell needs the console as its stdin.
+        if let Err(e) = std::process::Command::new(SHELL)
+            .env("PS1", "maculaos-init# ")
+            .status()
+        {
+            say(format!("could not start {SHELL}: {e}; rebooting in 10 s"));
+            std::thread::sleep(FAILURE_REBOOT_DELAY);
+        }
+    } else {
+        say("(add maculaos.debug to the kernel command line for a shell instead)");
+        say("rebooting in 10 s");
+        // The one deliberate pause: time to read the message. The boot
+        // counter then falls back to the other slot.
+        std::thread::sleep(FAILURE_REBOOT_DELAY);
+    }
+    reboot_now()
+}
+
+fn reboot_now() -> ! {
+    nix::unistd::sync();
+    let err = match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    // PID 1 must not exit: that is a kernel panic. Stay, so the message
+    // stays on screen.
+    say(format!("reboot failed: {err}; halting here"));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// What happened to the data partition.
+struct DataOutcome {
+    formatted: bool,
+    grown: bool,
+    /// The existing filesystem is smaller than its partition: resize2fs
+    /// once it is mounted.
+    resize: bool,
+}
+
+fn run(debug: &Cell<bool>) -> Result<Infallible, InitError> {
+    // 1. The kernel's filesystems.
+    mount_system()?;
+    if let Err(e) = reopen_console(Path::new("/dev/console")) {
+        warn(&e);
+    }
+    say(format!(
+        "MaculaOS init {} starting",
+        env!("CARGO_PKG_VERSION")
+    ));
+
+    // 2. What to boot.
+    let text =
+        fs::read_to_string("/proc/cmdline").map_err(InitError::io("reading", "/proc/cmdline"))?;
+    let cmdline = Cmdline::parse(&text);
+    // Known before the parameters are validated, so a bad value can still
+    // get the shell that was asked for.
+    debug.set(cmdline.has("maculaos.debug") && cmdline.get("maculaos.debug") != Some("0"));
+    let params = BootParams::from_cmdline(&cmdline)?;
+    debug.set(params.debug);
+    if params.mode != Mode::Disk {
+        return Err(InitError::UnsupportedMode(params.mode));
+    }
+    let root_label = params.slot.label();
+    say(format!("booting slot {} ({root_label})", params.slot));
+
+    // 3 and 4. Drivers, then the partitions they reveal.
+    let mut loader = open_loader();
+    if let Some(l) = loader.as_mut() {
+        load_fs_modules(l);
+    }
+    let (parts, devs) = wait_for_partitions(loader.as_mut(), &params)?;
+    if let Some(l) = &loader {
+        say(format!("loaded {} kernel modules", l.loaded().len()));
+    }
+    say(format!(
+        "found {root_label} ({}) and {LABEL_DATA} ({}) on {}",
+        parts.root.node(),
+        parts.data.node(),
+        parts.disk
+    ));
+    if !parts.other_disks.is_empty() {
+        say(format!(
+            "note: {} also carry {root_label}; using {}",
+            parts.other_disks.join(", "),
+            parts.disk
+        ));
+    }
+
+    // 5. The root slot.
+    mount_root(root_label, &parts.root)?;
+
+    // 6. /dev, /proc, /sys and /run inside the root, for its tools.
+    bind_system_mounts()?;
+
+    // 7. The data partition: check, grow, format.
+    let outcome = prepare_data(&parts, &devs)?;
+
+    // 8. Mount it on /var with /home and /root.
+    mount_data(&parts.data, &outcome)?;
+
+    // 9. A writable /etc whose changes last until reboot.
+    mount_etc_overlay()?;
+
+    // 10. Identity.
+    setup_identity()?;
+
+    // 11. The record of this boot.
+    let info = BootInfo {
+        mode: params.mode,
+        slot: params.slot,
+        firmware: if Path::new("/sys/firmware/efi").exists() {
+            Firmware::Uefi
+        } else {
+            Firmware::Bios
+        },
+        root_device: parts.root.node(),
+        data_device: parts.data.node(),
+        data_formatted: outcome.formatted,
+        data_grown: outcome.grown,
+        init_done_ms: fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|t| parse_uptime_ms(&t))
+            .unwrap_or(0),
+    };
+    let info_path = sysroot(BOOT_INFO_PATH);
+    if let Some(dir) = info_path.parent() {
+        fs::create_dir_all(dir).map_err(InitError::io("creating directory", dir))?;
+    }
+    fs::write(&info_path, info.to_json()).map_err(InitError::io("writing", &info_path))?;
+
+    // 12. Hand over.
+    say(format!(
+        "starting {ROOT_INIT} ({} ms after kernel start)",
+        info.init_done_ms
+    ));
+    switch_root(SYSROOT, &SYSTEM_MOUNTS)
+}
+
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), InitError> {
+    match mount(Some(source), target, Some(fstype), flags, data) {
+        // Already there (a kernel that mounts devtmpfs itself): fine.
+        Ok(()) | Err(Errno::EBUSY) => Ok(()),
+        Err(errno) => Err(InitError::Sys {
+            what: format!("mounting {fstype} on {target}"),
+            errno,
+        }),
+    }
+}
+
+fn mount_system() -> Result<(), InitError> {
+    let kernel_fs = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", "/proc", "proc", kernel_fs, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", kernel_fs, None)?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    // The flags and mode systemd gives /run, which it keeps as it finds it.
+    mount_fs(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+}
+
+/// The module loader for the running kernel, or `None` (with a note) when
+/// the initramfs has no modules for it: built-in drivers may still do.
+fn open_loader() -> Option<Loader> {
+    let release = match fs::read_to_string("/proc/sys/kernel/osrelease") {
+        Ok(r) => r.trim().to_string(),
+        Err(e) => {
+            warn(format!(
+                "reading the kernel release: {e}; loading no modules"
+            ));
+            return None;
+        }
+    };
+    let dir = Path::new("/lib/modules").join(&release);
+    match ModuleIndex::load(&dir) {
+        Ok(index) => Some(Loader::new(index, dir)),
+        Err(e) => {
+            warn(format!(
+                "no kernel modules for {release} ({e}); relying on built-in drivers"
+            ));
+            None
+        }
+    }
+}
+
+fn load_fs_modules(loader: &mut Loader) {
+    for m in FS_MODULES {
+        match loader.load(m) {
+            // Not in this initramfs: built in, or the mount will say so.
+            Ok(_) | Err(KmodError::UnknownModule { .. }) => {}
+            Err(e) => warn(&e),
+        }
+    }
+    for w in loader.take_warnings() {
+        warn(&w);
+    }
+}
+
+/// Load drivers and look for the boot partitions until both are there or
+/// `root_wait_secs` pass. Drivers for new buses make new devices appear
+/// (virtio-pci → virtio disks, USB host → USB storage), so every round
+/// coldplugs again.
+fn wait_for_partitions(
+    mut loader: Option<&mut Loader>,
+    params: &BootParams,
+) -> Result<(BootPartitions, Vec<BlockDev>), InitError> {
+    let root_label = params.slot.label();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(params.root_wait_secs);
+    let mut announced = false;
+    let mut coldplug_warned = false;
+    loop {
+        if let Some(l) = loader.as_deref_mut() {
+            if let Err(e) = l.coldplug(Path::new("/sys")) {
+                if !coldplug_warned {
+                    warn(&e);
+                    coldplug_warned = true;
+                }
+            }
+            for w in l.take_warnings() {
+                warn(&w);
+            }
+        }
+        let devs = scan_block_devices(Path::new("/sys"))
+            .map_err(InitError::io("reading", "/sys/class/block"))?;
+        let missing = match find_boot_partitions(&devs, root_label, LABEL_DATA) {
+            Ok(found) => {
+                // devtmpfs adds the node just after sysfs shows the device:
+                // use it only once both nodes are there.
+                let absent = [found.root.node(), found.data.node()]
+                    .into_iter()
+                    .find(|n| !Path::new(n).exists());
+                match absent {
+                    None => return Ok((found, devs)),
+                    Some(node) if Instant::now() >= deadline => {
+                        return Err(InitError::Io {
+                            action: "waiting for the device node",
+                            path: node.into(),
+                            source: std::io::ErrorKind::NotFound.into(),
+                        })
+                    }
+                    Some(_) => {
+                        std::thread::sleep(POLL_INTERVAL);
+                        continue;
+                    }
+                }
+            }
+            Err(missing) => missing,
+        };
+        if Instant::now() >= deadline {
+            let seen = describe_seen(&devs);
+            let secs = params.root_wait_secs;
+            return Err(match missing {
+                Missing::Root => InitError::RootNotFound {
+                    label: root_label,
+                    secs,
+                    seen,
+                },
+                Missing::Data { disk } => InitError::DataNotFound {
+                    data_label: LABEL_DATA,
+                    root_label,
+                    disk,
+                    secs,
+                    seen,
+                },
+            });
+        }
+        if !announced && start.elapsed() >= Duration::from_secs(1) {
+            say(format!(
+                "waiting up to {} s for {root_label}",
+                params.root_wait_secs
+            ));
+            announced = true;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+fn mount_root(label: &'static str, root: &BlockDev) -> Result<(), InitError> {
+    let device = root.node();
+    match mount(
+        Some(device.as_str()),
+        SYSROOT,
+        Some("squashfs"),
+        MsFlags::MS_RDONLY,
+        None::<&str>,
+    ) {
+        Ok(()) => {}
+        // The kernel lacks squashfs: not the slot's fault.
+        Err(Errno::ENODEV) => {
+            return Err(InitError::Sys {
+                what: format!(
+                    "mounting {device} as squashfs (the kernel has no squashfs support: is the squashfs module in the initramfs?)"
+                ),
+                errno: Errno::ENODEV,
+            })
+        }
+        Err(e) => {
+            return Err(InitError::NoRoot {
+                label,
+                device,
+                reason: format!("squashfs mount failed: {e}"),
+            })
+        }
+    }
+    // lstat, not stat: /sbin/init is an absolute symlink into the root,
+    // which does not resolve from the initramfs.
+    if fs::symlink_metadata(sysroot(ROOT_INIT)).is_err() {
+        let _ = nix::mount::umount(SYSROOT);
+        return Err(InitError::NoRoot {
+            label,
+            device,
+            reason: format!("it mounts, but has no {ROOT_INIT}"),
+        });
+    }
+    say(format!("mounted {label} ({device}) read-only on {SYSROOT}"));
+    Ok(())
+}
+
+/// Make /dev, /proc, /sys and /run visible inside the root so its tools
+/// work under chroot. Bind mounts rather than moves: the initramfs keeps
+/// its own /dev until the hand-over, so the mounts init makes from here on
+/// name their devices `/dev/vda5` (what `findmnt` and systemd later see),
+/// not `/sysroot/dev/vda5`. The initramfs's originals are detached at the
+/// hand-over, leaving exactly one mount of each.
+fn bind_system_mounts() -> Result<(), InitError> {
+    for m in SYSTEM_MOUNTS {
+        let target = sysroot(m);
+        mount(
+            Some(m),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(InitError::sys(format!(
+            "bind-mounting {m} on {}",
+            target.display()
+        )))?;
+    }
+    Ok(())
+}
+
+/// Read up to [`data::HEAD_LEN`] bytes from the start of a device.
+fn read_head(device: &str) -> Result<Vec<u8>, InitError> {
+    let file = fs::File::open(device).map_err(InitError::io("opening", device))?;
+    let mut head = Vec::with_capacity(data::HEAD_LEN);
+    file.take(data::HEAD_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(InitError::io("reading", device))?;
+    Ok(head)
+}
+
+fn prepare_data(parts: &BootPartitions, devs: &[BlockDev]) -> Result<DataOutcome, InitError> {
+    let device = parts.data.node();
+    let head = read_head(&device)?;
+    let state = classify(&head);
+    if state == DataState::Foreign {
+        return Err(InitError::ForeignData {
+            label: LABEL_DATA,
+            device,
+        });
+    }
+
+    // Grow on every boot, not just the first: a disk can be enlarged later.
+    let disk_size_path = Path::new("/sys/class/block").join(&parts.disk).join("size");
+    let disk_size = read_number(&disk_size_path).ok_or_else(|| InitError::Io {
+        action: "reading the disk size from",
+        path: disk_size_path.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no number"),
+    })?;
+    let mut size = parts.data.size;
+    let mut grown = false;
+    if let Some(target) = grow_target(&parts.data, disk_size, devs) {
+        match parts.data.partnum {
+            Some(n) => {
+                say(format!(
+                    "growing {LABEL_DATA} ({device}) from {} to {} (end of disk)",
+                    human_size(size),
+                    human_size(target)
+                ));
+                // Growing is worth a warning, not a boot loop: the data
+                // fits where it is, and the next boot tries again.
+                match grow_partition(&parts.disk, n) {
+                    Ok(()) => {
+                        let part_size = Path::new("/sys/class/block")
+                            .join(&parts.data.name)
+                            .join("size");
+                        size = read_number(&part_size).unwrap_or(size);
+                        grown = size > parts.data.size;
+                        if !grown {
+                            warn(format!(
+                                "{device} did not grow; keeping {}",
+                                human_size(size)
+                            ));
+                        }
+                    }
+                    Err(e) => warn(format!("{e}\nkeeping {device} at {}", human_size(size))),
+                }
+            }
+            None => warn(format!(
+                "{device} has no partition number in sysfs; not growing it"
+            )),
+        }
+    }
+
+    let formatted = state == DataState::Blank;
+    if formatted {
+        say(format!(
+            "formatting {LABEL_DATA} ({device}, {}): first boot",
+            human_size(size)
+        ));
+        in_root([
+            "mkfs.ext4",
+            "-F",
+            "-L",
+            LABEL_DATA,
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+            &device,
+        ])
+        .run()
+        .map_err(InitError::tool(format!(
+            "formatting {LABEL_DATA} ({device})"
+        )))?;
+    }
+    let resize = !formatted && ext4_size(&head).is_some_and(|fs| fs_needs_resize(fs, size));
+    Ok(DataOutcome {
+        formatted,
+        grown,
+        resize,
+    })
+}
+
+/// Extend partition `partnum` of `disk` to the end of the free space, with
+/// the root's sfdisk, and tell the kernel its new size.
+fn grow_partition(disk: &str, partnum: u32) -> Result<(), InitError> {
+    let node = format!("/dev/{disk}");
+    let n = partnum.to_string();
+    let what = format!("growing {LABEL_DATA} on {node}");
+    // An image written to a bigger disk has its backup GPT where the image
+    // ended, not at the end of the disk: move it there first, or the
+    // partition cannot pass it.
+    in_root([
+        "sfdisk",
+        "--no-reread",
+        "--no-tell-kernel",
+        "--relocate",
+        "gpt-bak-std",
+        &node,
+    ])
+    .run()
+    .map_err(InitError::tool(what.clone()))?;
+    // Same start, size "+" (all there is). The disk is in use (the root is
+    // mounted from it), hence no re-read; signatures on the partition are
+    // our filesystem, never to be wiped.
+    in_root([
+        "sfdisk",
+        "--no-reread",
+        "--no-tell-kernel",
+        "--wipe-partitions",
+        "never",
+        "-N",
+        &n,
+        &node,
+    ])
+    .stdin(", +\n")
+    .run()
+    .map_err(InitError::tool(what.clone()))?;
+    // The kernel refuses to re-read the table of a disk in use, but
+    // updates one partition's size when asked.
+    in_root(["partx", "-u", "-n", &n, &node])
+        .run()
+        .map_err(InitError::tool(what))
+}
+
+fn mount_data(data_part: &BlockDev, outcome: &DataOutcome) -> Result<(), InitError> {
+    let device = data_part.node();
+    mount(
+        Some(device.as_str()),
+        DATA_MOUNT,
+        Some("ext4"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(InitError::sys(format!(
+        "mounting {LABEL_DATA} ({device}) as ext4 on {DATA_MOUNT}"
+    )))?;
+    let stats = seed_data(Path::new(SYSROOT), Path::new(DATA_MOUNT))?;
+    if stats.created > 0 {
+        say(format!(
+            "copied {} new entries from the image into {LABEL_DATA}",
+            stats.created
+        ));
+    }
+    let var = sysroot("/var");
+    mount(
+        Some(DATA_MOUNT),
+        &var,
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(InitError::sys(format!(
+        "moving {DATA_MOUNT} to {}",
+        var.display()
+    )))?;
+    for (from, to) in [("/var/home", "/home"), ("/var/roothome", "/root")] {
+        let (from, to) = (sysroot(from), sysroot(to));
+        mount(
+            Some(&from),
+            &to,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(InitError::sys(format!(
+            "bind-mounting {} on {}",
+            from.display(),
+            to.display()
+        )))?;
+    }
+    say(format!("mounted {LABEL_DATA} ({device}) on /var"));
+    if outcome.resize {
+        // Online, now that it is mounted where the root's resize2fs sees
+        // it (/var). A failure costs only space, and the next boot tries
+        // again (the filesystem is still smaller than its partition).
+        say(format!(
+            "growing the filesystem on {device} to fill its partition"
+        ));
+        if let Err(e) = in_root(["resize2fs", device.as_str()]).run() {
+            warn(format!("growing the filesystem on {device}: {e}"));
+        }
+    }
+    Ok(())
+}
+
+fn mount_etc_overlay() -> Result<(), InitError> {
+    // On the root's /run (the tmpfs), so the upper layer stays reachable
+    // after the hand-over and is gone on reboot.
+    let base = sysroot("/run/maculaos/etc");
+    let (upper, work) = (base.join("upper"), base.join("work"));
+    for d in [&upper, &work] {
+        fs::create_dir_all(d).map_err(InitError::io("creating directory", d))?;
+    }
+    let etc = sysroot("/etc");
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        etc.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &etc,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(InitError::sys(format!(
+        "mounting the overlay on {}",
+        etc.display()
+    )))?;
+    say("/etc is writable (an overlay whose changes last until reboot)");
+    Ok(())
+}
+
+fn setup_identity() -> Result<(), InitError> {
+    let state = sysroot(STATE_DIR);
+    identity::ensure_private_dir(&state)?;
+    let (id, origin) = identity::ensure_machine_id(&state)?;
+    let etc_id = sysroot("/etc/machine-id");
+    fs::write(&etc_id, format!("{id}\n")).map_err(InitError::io("writing", &etc_id))?;
+    say(match origin {
+        MachineIdOrigin::Kept => format!("machine id {id}"),
+        MachineIdOrigin::Created => format!("machine id {id} (new: first boot)"),
+        MachineIdOrigin::Replaced => {
+            format!("machine id {id} (new: the saved one was not a valid id)")
+        }
+    });
+
+    let ssh_dir = state.join("ssh");
+    identity::ensure_private_dir(&ssh_dir)?;
+    let missing = identity::missing_host_keys(&ssh_dir);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    say(format!("generating SSH host keys ({})", missing.join(", ")));
+    let started = Instant::now();
+    for key_type in missing {
+        let name = identity::host_key_name(key_type);
+        // ssh-keygen asks before overwriting a leftover public key; there
+        // is nobody to answer.
+        let _ = fs::remove_file(ssh_dir.join(format!("{name}.pub")));
+        let in_root_path = format!("{STATE_DIR}/ssh/{name}");
+        in_root([
+            "ssh-keygen",
+            "-q",
+            "-t",
+            key_type,
+            "-N",
+            "",
+            "-f",
+            &in_root_path,
+        ])
+        .run()
+        .map_err(InitError::tool(format!(
+            "generating the {key_type} SSH host key"
+        )))?;
+    }
+    say(format!(
+        "SSH host keys generated in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime() {
+        assert_eq!(parse_uptime_ms("12.34 5.67\n"), Some(12_340));
+        assert_eq!(parse_uptime_ms("3.05 1.00"), Some(3_050));
+        assert_eq!(parse_uptime_ms("7 1"), Some(7_000));
+        assert_eq!(parse_uptime_ms("1.2345 0"), Some(1_234));
+        assert_eq!(parse_uptime_ms(""), None);
+        assert_eq!(parse_uptime_ms("x.1 0"), None);
+    }
+
+    #[test]
+    fn in_root_runs_through_busybox_chroot() {
+        let c = in_root([
+            "ssh-keygen",
+            "-q",
+            "-N",
+            "",
+            "-f",
+            "/var/lib/maculaos/ssh/k",
+        ]);
+        assert_eq!(
+            c.display(),
+            "/bin/busybox chroot /sysroot ssh-keygen -q -N '' -f /var/lib/maculaos/ssh/k"
+        );
+    }
+
+    #[test]
+    fn sysroot_paths() {
+        assert_eq!(
+            sysroot("/var/lib/maculaos"),
+            Path::new("/sysroot/var/lib/maculaos")
+        );
+        assert_eq!(
+            sysroot(BOOT_INFO_PATH),
+            Path::new("/sysroot/run/maculaos/boot.json")
+        );
+    }
+}

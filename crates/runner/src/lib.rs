@@ -1,0 +1,404 @@
+//! Runs external tools (mmdebstrap, mksquashfs, sfdisk, mkfs, grub-*, qemu, ssh…).
+//!
+//! Every call is logged before it starts, and every failure becomes an error
+//! that names the command, its exit status and the tail of what it printed, so
+//! the user sees *which* tool failed and why without digging through logs.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+/// How many trailing lines of a failed command's output an error carries.
+const TAIL_LINES: usize = 25;
+
+/// A failure to run an external command.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The program is not installed (not on `PATH`).
+    #[error("`{program}` was not found: install it ({hint})")]
+    NotFound { program: String, hint: String },
+    /// The program ran and exited unsuccessfully.
+    #[error("`{command}` failed ({status}){}", fmt_tail(.tail, .log))]
+    Failed {
+        command: String,
+        status: String,
+        tail: String,
+        log: Option<PathBuf>,
+    },
+    /// Starting or talking to the program failed.
+    #[error("`{command}`: {source}")]
+    Io {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn fmt_tail(tail: &str, log: &Option<PathBuf>) -> String {
+    let mut s = String::new();
+    if !tail.trim().is_empty() {
+        s.push_str(":\n");
+        s.push_str(tail.trim_end());
+    }
+    if let Some(log) = log {
+        s.push_str(&format!("\n(full output in {})", log.display()));
+    }
+    s
+}
+
+/// A command to run. Build it like [`std::process::Command`], then call
+/// [`Cmd::run`] (output shown or logged) or [`Cmd::output`] (stdout captured).
+#[derive(Clone)]
+pub struct Cmd {
+    program: OsString,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    env_removed: Vec<OsString>,
+    cwd: Option<PathBuf>,
+    stdin: Option<Vec<u8>>,
+    log: Option<PathBuf>,
+    quiet: bool,
+    hint: Option<String>,
+}
+
+impl Cmd {
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        Cmd {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            env_removed: Vec::new(),
+            cwd: None,
+            stdin: None,
+            log: None,
+            quiet: false,
+            hint: None,
+        }
+    }
+
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
+        self.envs.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self
+    }
+
+    /// Run without this variable even if our environment has it.
+    pub fn env_remove(mut self, k: impl AsRef<OsStr>) -> Self {
+        self.env_removed.push(k.as_ref().to_owned());
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.cwd = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// Feed these bytes to the command's standard input.
+    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(data.into());
+        self
+    }
+
+    /// Append the command's stdout and stderr to this file instead of the
+    /// terminal; a failure quotes the file's tail.
+    pub fn log_to(mut self, path: impl AsRef<Path>) -> Self {
+        self.log = Some(path.as_ref().to_owned());
+        self
+    }
+
+    /// Capture output and show it only if the command fails.
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
+    /// What to tell the user when the program is missing, e.g. "apt-get install squashfs-tools".
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The command line as a user could paste it into a shell.
+    pub fn display(&self) -> String {
+        let mut parts = vec![shell_quote(&self.program.to_string_lossy())];
+        parts.extend(self.args.iter().map(|a| shell_quote(&a.to_string_lossy())));
+        parts.join(" ")
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args);
+        for k in &self.env_removed {
+            c.env_remove(k);
+        }
+        for (k, v) in &self.envs {
+            c.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            c.current_dir(d);
+        }
+        c
+    }
+
+    fn spawn_error(&self, e: std::io::Error) -> RunError {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            RunError::NotFound {
+                program: self.program.to_string_lossy().into_owned(),
+                hint: self
+                    .hint
+                    .clone()
+                    .unwrap_or_else(|| "it is not on PATH".to_string()),
+            }
+        } else {
+            RunError::Io {
+                command: self.display(),
+                source: e,
+            }
+        }
+    }
+
+    /// Run to completion. Output goes to the terminal, or to the log file, or
+    /// (quiet) is kept for the error message.
+    pub fn run(&self) -> Result<(), RunError> {
+        self.exec(false).map(|_| ())
+    }
+
+    /// Run to completion and return what it printed on stdout.
+    pub fn output(&self) -> Result<String, RunError> {
+        self.exec(true)
+            .map(|out| String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Run and return stdout as bytes.
+    pub fn output_bytes(&self) -> Result<Vec<u8>, RunError> {
+        self.exec(true)
+    }
+
+    fn exec(&self, capture_stdout: bool) -> Result<Vec<u8>, RunError> {
+        tracing::debug!(command = %self.display(), "running");
+        let mut c = self.command();
+        c.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let log_file = match &self.log {
+            Some(p) => Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| RunError::Io {
+                        command: format!("opening log {}", p.display()),
+                        source: e,
+                    })?,
+            ),
+            None => None,
+        };
+        if let Some(f) = &log_file {
+            let mut f2 = f;
+            let _ = writeln!(f2, "$ {}", self.display());
+        }
+        let capture_stderr = self.quiet || capture_stdout && log_file.is_none();
+        match (&log_file, capture_stdout, self.quiet) {
+            (_, true, _) => {
+                c.stdout(Stdio::piped());
+            }
+            (Some(f), false, _) => {
+                c.stdout(Stdio::from(f.try_clone().map_err(|e| self.io(e))?));
+            }
+            (None, false, true) => {
+                c.stdout(Stdio::piped());
+            }
+            (None, false, false) => {
+                c.stdout(Stdio::inherit());
+            }
+        }
+        match &log_file {
+            Some(f) => {
+                c.stderr(Stdio::from(f.try_clone().map_err(|e| self.io(e))?));
+            }
+            None if capture_stderr => {
+                c.stderr(Stdio::piped());
+            }
+            None => {
+                c.stderr(Stdio::inherit());
+            }
+        }
+        let mut child = c.spawn().map_err(|e| self.spawn_error(e))?;
+        if let Some(data) = &self.stdin {
+            if let Some(mut sin) = child.stdin.take() {
+                // A command may exit before reading all its input; that is
+                // judged by its exit status, not by the broken pipe.
+                let _ = sin.write_all(data);
+            }
+        }
+        // Read stderr on a thread so a chatty command cannot deadlock on a full pipe.
+        let stderr_thread = child.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = e.read_to_end(&mut buf);
+                buf
+            })
+        });
+        let mut out = Vec::new();
+        if let Some(mut so) = child.stdout.take() {
+            so.read_to_end(&mut out).map_err(|e| self.io(e))?;
+        }
+        let status = child.wait().map_err(|e| self.io(e))?;
+        let err = stderr_thread
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        if status.success() {
+            return Ok(out);
+        }
+        let mut text = String::from_utf8_lossy(&err).into_owned();
+        if self.quiet && !capture_stdout {
+            text = format!("{}{}", String::from_utf8_lossy(&out), text);
+        }
+        if let Some(p) = &self.log {
+            text = std::fs::read_to_string(p).unwrap_or_default();
+        }
+        Err(RunError::Failed {
+            command: self.display(),
+            status: describe(status),
+            tail: tail(&text, TAIL_LINES),
+            log: self.log.clone(),
+        })
+    }
+
+    fn io(&self, e: std::io::Error) -> RunError {
+        RunError::Io {
+            command: self.display(),
+            source: e,
+        }
+    }
+}
+
+impl fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display())
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].join("\n")
+}
+
+/// Quote a word for a POSIX shell, only when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Whether `program` can be found on `PATH` (or is an existing path).
+pub fn have(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).exists();
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_captured() {
+        let out = Cmd::new("sh").args(["-c", "echo hi"]).output().unwrap();
+        assert_eq!(out, "hi\n");
+    }
+
+    #[test]
+    fn failure_names_command_status_and_output() {
+        let err = Cmd::new("sh")
+            .args(["-c", "echo boom >&2; exit 3"])
+            .quiet()
+            .run()
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`sh -c 'echo boom >&2; exit 3'` failed"), "{msg}");
+        assert!(msg.contains("exit code 3"), "{msg}");
+        assert!(msg.contains("boom"), "{msg}");
+    }
+
+    #[test]
+    fn missing_program_says_how_to_install() {
+        let err = Cmd::new("maculaos-no-such-tool")
+            .hint("apt-get install maculaos-no-such-tool")
+            .run()
+            .unwrap_err();
+        assert!(matches!(err, RunError::NotFound { .. }));
+        assert!(err.to_string().contains("apt-get install maculaos-no-such-tool"));
+    }
+
+    #[test]
+    fn stdin_is_fed() {
+        let out = Cmd::new("cat").stdin("abc").output().unwrap();
+        assert_eq!(out, "abc");
+    }
+
+    #[test]
+    fn log_file_gets_output_and_error_quotes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("x.log");
+        let err = Cmd::new("sh")
+            .args(["-c", "echo line1; echo line2 >&2; false"])
+            .log_to(&log)
+            .run()
+            .unwrap_err();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("line1") && text.contains("line2"));
+        assert!(err.to_string().contains("line2"));
+        assert!(err.to_string().contains("full output in"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("abc-1.2"), "abc-1.2");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn tail_keeps_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+    }
+}

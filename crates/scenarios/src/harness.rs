@@ -1,0 +1,175 @@
+//! What scenarios share: a working copy of the image with the test key,
+//! booting it, waiting for the system to be up, measuring boot times.
+
+use anyhow::{bail, Context, Result};
+use maculaos_vm::{disk, Firmware, Ssh, Vm, VmSpec};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Deadline for a boot under TCG, from QEMU start to multi-user.target.
+/// Generous: a loaded 2-core CI machine is much slower than a laptop.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Deadline for one command in the guest.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a condition in the guest is checked again.
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub scenario: String,
+    pub what: String,
+    pub seconds: f64,
+}
+
+pub struct Ctx {
+    pub name: &'static str,
+    pub dir: PathBuf,
+    image: PathBuf,
+    key: PathBuf,
+    pubkey: String,
+    pub timings: Vec<Timing>,
+    vm: Option<Vm>,
+}
+
+impl Ctx {
+    pub fn new(name: &'static str, base: &Path, image: &Path, key: &Path, pubkey: &str) -> Result<Ctx> {
+        let dir = base.join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        Ok(Ctx {
+            name,
+            dir,
+            image: image.to_owned(),
+            key: key.to_owned(),
+            pubkey: pubkey.to_owned(),
+            timings: Vec::new(),
+            vm: None,
+        })
+    }
+
+    /// A fresh sparse copy of the image whose GRUB environment gives the
+    /// admin user the test key (the kernel command line route of `maculaos
+    /// apply`) plus `extra` kernel parameters; a short menu timeout.
+    pub fn disk(&self, extra: &str) -> Result<PathBuf> {
+        let path = self.dir.join("disk.img");
+        disk::working_copy(&self.image, &path)?;
+        let cmdline = format!("maculaos.ssh_authorized_keys=\"{}\" {extra}", self.pubkey.trim());
+        disk::grubenv_set(&path, &[("maculaos_extra_cmdline", cmdline.trim()), ("maculaos_timeout", "1")])?;
+        Ok(path)
+    }
+
+    pub fn spec(&self, disk: &Path, firmware: Firmware) -> VmSpec {
+        let mut spec = VmSpec::new(disk, self.dir.join("vm"));
+        spec.firmware = firmware;
+        spec.no_reboot = true;
+        spec.ssh_forward = true;
+        spec
+    }
+
+    pub fn start(&mut self, spec: VmSpec) -> Result<&mut Vm> {
+        self.shutdown();
+        let vm = Vm::start(spec)?;
+        Ok(self.vm.insert(vm))
+    }
+
+    pub fn vm(&mut self) -> Result<&mut Vm> {
+        self.vm.as_mut().context("no VM is running in this scenario")
+    }
+
+    pub fn record(&mut self, what: impl Into<String>, seconds: f64) {
+        self.timings.push(Timing { scenario: self.name.into(), what: what.into(), seconds });
+    }
+
+    /// Boot (the VM must have just been started or restarted) until SSH works
+    /// and multi-user.target is active; records wall time and guest uptime.
+    pub fn wait_up(&mut self, label: &str) -> Result<Ssh> {
+        let started = Instant::now();
+        let key = self.key.clone();
+        let vm = self.vm()?;
+        let ssh = vm.ssh(&key, "macula")?;
+        vm.wait_for_ssh(&ssh, BOOT_TIMEOUT)?;
+        wait_until(vm, "multi-user.target to be active", BOOT_TIMEOUT, || {
+            Ok(ssh.run("systemctl is-active multi-user.target")?.stdout.trim() == "active")
+        })?;
+        let wall = started.elapsed().as_secs_f64();
+        let uptime: f64 = ssh
+            .check("cut -d' ' -f1 /proc/uptime")?
+            .trim()
+            .parse()
+            .unwrap_or(0.0);
+        self.record(format!("{label}: QEMU start to multi-user (wall)"), wall);
+        self.record(format!("{label}: guest uptime at multi-user"), uptime);
+        Ok(ssh)
+    }
+
+    /// Start a VM for `spec` and wait until it is up.
+    pub fn boot(&mut self, spec: VmSpec, label: &str) -> Result<Ssh> {
+        self.start(spec)?;
+        self.wait_up(label)
+    }
+
+    /// Reboot from inside the guest; QEMU (-no-reboot) exits, and the same
+    /// machine boots again with a new serial log.
+    pub fn reboot(&mut self, ssh: &Ssh, label: &str) -> Result<Ssh> {
+        // The connection may drop before ssh reports the command's status.
+        let _ = ssh.run("sudo systemctl reboot");
+        let vm = self.vm()?;
+        vm.wait_exit(BOOT_TIMEOUT).context("waiting for the guest to reboot")?;
+        vm.boot_again()?;
+        self.wait_up(label)
+    }
+
+    pub fn shutdown(&mut self) {
+        if let Some(mut vm) = self.vm.take() {
+            let _ = vm.stop(Duration::from_secs(60));
+        }
+    }
+}
+
+/// Poll `cond` until it holds or `timeout` passes; fails early if QEMU exits.
+pub fn wait_until(vm: &mut Vm, what: &str, timeout: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = Instant::now();
+    let mut last_err = String::new();
+    loop {
+        match cond() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = format!(" (last error: {e:#})"),
+        }
+        if !vm.is_running()? {
+            bail!("QEMU exited while waiting for {what}{last_err}\n{}", vm.serial_tail(40));
+        }
+        if start.elapsed() >= timeout {
+            bail!("timed out after {:.0}s waiting for {what}{last_err}\n{}", timeout.as_secs_f64(), vm.serial_tail(40));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// `maculaos info --json` from the guest.
+pub fn info(ssh: &Ssh) -> Result<serde_json::Value> {
+    let out = ssh.check_timeout("maculaos info --json", CMD_TIMEOUT)?;
+    serde_json::from_str(&out).with_context(|| format!("maculaos info --json printed no JSON: {out}"))
+}
+
+pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        bail!(msg())
+    }
+}
+
+pub fn write_report(path: &Path, m: &maculaos_image::Manifest, timings: &[Timing]) -> Result<()> {
+    let v = json!({
+        "version": m.version,
+        "kernel": m.kernel,
+        "outputs": m.outputs,
+        "build_stages": m.stages,
+        "timings": timings.iter().map(|t| json!({"scenario": t.scenario, "what": t.what, "seconds": t.seconds})).collect::<Vec<_>>(),
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,359 @@
+//! Commands in the guest over the forwarded SSH port, with the system `ssh`
+//! client and a throw-away test key.
+
+use crate::{Deadline, Result, VmError};
+use maculaos_runner::{shell_quote, Cmd, RunError};
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Comment of the key [`test_key`] creates.
+pub const TEST_KEY_COMMENT: &str = "maculaos-test";
+/// File name of the private key [`test_key`] creates.
+pub const TEST_KEY_NAME: &str = "id_ed25519_maculaos_test";
+
+const SSH_HINT: &str = "apt-get install openssh-client";
+
+/// What a remote command did. `status` is the exit code; 255 means ssh itself
+/// failed (refused, auth, lost connection); 128+N means ssh died of signal N.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+}
+
+/// How to reach a guest's sshd through a 127.0.0.1 port forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ssh {
+    pub port: u16,
+    pub key: PathBuf,
+    pub user: String,
+}
+
+impl Ssh {
+    pub fn new(port: u16, key: impl Into<PathBuf>, user: impl Into<String>) -> Ssh {
+        Ssh {
+            port,
+            key: key.into(),
+            user: user.into(),
+        }
+    }
+
+    /// The `ssh` arguments that run `cmd` (a shell command line for the guest).
+    pub fn args(&self, cmd: &str) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        // -F /dev/null: the user's ssh config (ProxyJump, ControlMaster, other
+        // identities) must not change where or how the test connects.
+        for s in ["-F", "/dev/null", "-T", "-i"] {
+            a.push(s.into());
+        }
+        a.push(self.key.clone().into_os_string());
+        a.push("-p".into());
+        a.push(self.port.to_string().into());
+        for o in [
+            // Every boot of every test image has a new host key.
+            "StrictHostKeyChecking=no",
+            "UserKnownHostsFile=/dev/null",
+            "BatchMode=yes",
+            "ConnectTimeout=5",
+            "LogLevel=ERROR",
+            // Only the test key: an agent's keys could exhaust MaxAuthTries.
+            "IdentitiesOnly=yes",
+            // Notice a frozen or powered-off guest instead of hanging forever.
+            "ServerAliveInterval=10",
+            "ServerAliveCountMax=6",
+        ] {
+            a.push("-o".into());
+            a.push(o.into());
+        }
+        a.push(format!("{}@127.0.0.1", self.user).into());
+        a.push("--".into());
+        a.push(cmd.into());
+        a
+    }
+
+    /// The ssh command line as a user could paste it into a shell.
+    pub fn command_line(&self, cmd: &str) -> String {
+        std::iter::once("ssh".to_string())
+            .chain(
+                self.args(cmd)
+                    .iter()
+                    .map(|a| shell_quote(&a.to_string_lossy())),
+            )
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Run `cmd` in the guest and report its exit status and output; only a
+    /// failure to run `ssh` at all is an error.
+    pub fn run(&self, cmd: &str) -> Result<Output> {
+        self.exec(cmd, None)
+    }
+
+    /// Like [`Ssh::run`], but kill `ssh` and fail once `timeout` has passed.
+    pub fn run_timeout(&self, cmd: &str, timeout: Duration) -> Result<Output> {
+        self.exec(cmd, Some(timeout))
+    }
+
+    /// Run `cmd` and return its stdout; a non-zero exit is an error quoting
+    /// the status, stdout and stderr.
+    pub fn check(&self, cmd: &str) -> Result<String> {
+        self.check_output(self.run(cmd)?, cmd)
+    }
+
+    /// Like [`Ssh::check`] with a deadline.
+    pub fn check_timeout(&self, cmd: &str, timeout: Duration) -> Result<String> {
+        self.check_output(self.run_timeout(cmd, timeout)?, cmd)
+    }
+
+    fn check_output(&self, out: Output, cmd: &str) -> Result<String> {
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(VmError::SshFailed {
+                port: self.port,
+                command: cmd.to_string(),
+                status: out.status,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
+        }
+    }
+
+    // Not through maculaos_runner::Cmd: it turns a non-zero exit into an error
+    // and drops stdout, while callers here need the exit code and both streams
+    // (and a deadline).
+    fn exec(&self, cmd: &str, timeout: Option<Duration>) -> Result<Output> {
+        tracing::debug!(command = %self.command_line(cmd), "running");
+        let mut child = Command::new("ssh")
+            .args(self.args(cmd))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| spawn_error(e, self.command_line(cmd)))?;
+        // Read both pipes on threads so a chatty command cannot block on a full pipe.
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                String::from_utf8_lossy(&buf).into_owned()
+            })
+        };
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let wait_err = |e| VmError::Io {
+            what: format!("waiting for `{}`", self.command_line(cmd)),
+            path: PathBuf::from("ssh"),
+            source: e,
+        };
+        let status = match timeout {
+            None => child.wait().map_err(wait_err)?,
+            Some(t) => {
+                let deadline = Deadline::after(t);
+                loop {
+                    if let Some(s) = child.try_wait().map_err(wait_err)? {
+                        break s;
+                    }
+                    if deadline.expired() {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(VmError::SshTimeout {
+                            port: self.port,
+                            command: cmd.to_string(),
+                            waited: deadline.waited(),
+                        });
+                    }
+                    deadline.pause(Duration::from_millis(20));
+                }
+            }
+        };
+        Ok(Output {
+            status: exit_code(status),
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        })
+    }
+}
+
+fn spawn_error(e: std::io::Error, command: String) -> VmError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        VmError::Run(RunError::NotFound {
+            program: "ssh".to_string(),
+            hint: SSH_HINT.to_string(),
+        })
+    } else {
+        VmError::Spawn { command, source: e }
+    }
+}
+
+fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+/// The ed25519 test key in `dir` (created on first use, passphrase-less,
+/// comment `maculaos-test`): its private key path and its public key line
+/// for `authorized_keys`.
+///
+/// Safe to call concurrently: a new key is generated under a temporary name
+/// and hard-linked into place, so exactly one key ever lands there, and the
+/// public line is always derived from that private key.
+pub fn test_key(dir: &Path) -> Result<(PathBuf, String)> {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    std::fs::create_dir_all(dir).map_err(crate::io_err("creating the key directory", dir))?;
+    let key = dir.join(TEST_KEY_NAME);
+    if !key.exists() {
+        let tmp = dir.join(format!(
+            ".{TEST_KEY_NAME}.{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tmp_pub = with_suffix(&tmp, ".pub");
+        // ssh-keygen asks before overwriting, which fails without a terminal.
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&tmp_pub);
+        Cmd::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                TEST_KEY_COMMENT,
+                "-f",
+            ])
+            .arg(&tmp)
+            .quiet()
+            .hint(SSH_HINT)
+            .run()?;
+        match std::fs::hard_link(&tmp, &key) {
+            Ok(()) => {
+                let _ = std::fs::rename(&tmp_pub, with_suffix(&key, ".pub"));
+            }
+            // Another caller won the race; use its key.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(crate::io_err("installing the test key", &key)(e)),
+        }
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&tmp_pub);
+    }
+    let public = Cmd::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(&key)
+        .quiet()
+        .hint(SSH_HINT)
+        .output()?;
+    let mut line = public.trim().to_string();
+    if line.split_whitespace().count() < 3 {
+        // Older ssh-keygen -y leaves the comment out.
+        line = format!("{line} {TEST_KEY_COMMENT}");
+    }
+    Ok((key, line))
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ssh_arguments() {
+        let s = Ssh::new(40022, "/k/id", "root");
+        let line = s.command_line("cat /etc/os-release | head -1");
+        assert!(
+            line.starts_with("ssh -F /dev/null -T -i /k/id -p 40022 "),
+            "{line}"
+        );
+        for o in [
+            "-o StrictHostKeyChecking=no",
+            "-o UserKnownHostsFile=/dev/null",
+            "-o BatchMode=yes",
+            "-o ConnectTimeout=5",
+            "-o LogLevel=ERROR",
+        ] {
+            assert!(line.contains(o), "{line}");
+        }
+        assert!(
+            line.ends_with(" root@127.0.0.1 -- 'cat /etc/os-release | head -1'"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn key_is_created_once_and_reused() {
+        if !maculaos_runner::have("ssh-keygen") {
+            eprintln!("note: ssh-keygen is not installed; skipping");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (k1, pub1) = test_key(dir.path()).unwrap();
+        let (k2, pub2) = test_key(dir.path()).unwrap();
+        assert_eq!(k1, k2);
+        assert_eq!(pub1, pub2);
+        assert!(pub1.starts_with("ssh-ed25519 "), "{pub1}");
+        assert!(pub1.ends_with(" maculaos-test"), "{pub1}");
+        let on_disk = std::fs::read_to_string(with_suffix(&k1, ".pub")).unwrap();
+        assert_eq!(on_disk.trim(), pub1);
+        // Only the key pair is left, no temporaries.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn failed_command_keeps_status_and_output() {
+        if !maculaos_runner::have("ssh") {
+            eprintln!("note: ssh is not installed; skipping");
+            return;
+        }
+        // Nothing listens on this port (bound, then released): ssh itself fails.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let s = Ssh::new(port, "/nonexistent/key", "root");
+        let out = s.run("true").unwrap();
+        assert_eq!(out.status, 255);
+        let e = s.check("echo hi").unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "ssh 127.0.0.1:{port} `echo hi` exited with status 255"
+            )),
+            "{e}"
+        );
+        assert!(e.contains("stderr:"), "{e}");
+    }
+}

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Runs inside the root (chroot) on every build, after image/overlay and the
+# MaculaOS binaries were copied in. Keep it fast and idempotent.
+set -eu
+
+# sudo refuses drop-ins that are group- or world-writable; git keeps no modes.
+chmod 0440 /etc/sudoers.d/*
+
+systemctl enable --quiet systemd-networkd.service systemd-resolved.service ssh.service \
+    maculaos-apply.service
+systemctl set-default --quiet multi-user.target
+# Not needed on a node that waits for nothing but its own network.
+systemctl mask --quiet systemd-networkd-wait-online.service
