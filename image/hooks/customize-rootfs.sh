@@ -21,3 +21,6 @@ ln -sf ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
 rm -rf "$root"/var/log/* "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old \
        "$root"/var/cache/apt/*.bin "$root"/var/cache/ldconfig/aux-cache
 : > "$root/etc/machine-id"
+
+# mmdebstrap copies the build host's name; `maculaos apply` sets macula-XXXX at boot.
+echo macula > "$root/etc/hostname"

@@ -275,9 +275,8 @@ mod tests {
 
     #[test]
     fn cmdline_splits_and_unquotes() {
-        let c = Cmdline::parse(
-            "BOOT_IMAGE=/vmlinuz quiet maculaos.slot=B x=\"a b\" maculaos.debug\n",
-        );
+        let c =
+            Cmdline::parse("BOOT_IMAGE=/vmlinuz quiet maculaos.slot=B x=\"a b\" maculaos.debug\n");
         assert_eq!(c.get("maculaos.slot"), Some("B"));
         assert_eq!(c.get("x"), Some("a b"));
         assert!(c.has("quiet"));

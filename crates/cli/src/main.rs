@@ -36,7 +36,8 @@ fn main() -> Result<()> {
             }
         }
         Command::Apply => {
-            let report = maculaos_apply::apply(Path::new("/")).context("applying the configuration")?;
+            let report =
+                maculaos_apply::apply(Path::new("/")).context("applying the configuration")?;
             if report.changes.is_empty() {
                 println!("maculaos apply: nothing to change");
             }

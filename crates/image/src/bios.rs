@@ -39,7 +39,10 @@ pub fn patch_boot_img(boot_img: &[u8], core_lba: u64) -> Result<Vec<u8>, BiosErr
 /// core.img with its blocklist pointing at the sectors after its first one.
 pub fn patch_core_img(core_img: &[u8], core_lba: u64, room: usize) -> Result<Vec<u8>, BiosError> {
     if core_img.len() > room {
-        return Err(BiosError::CoreTooBig { size: core_img.len(), room });
+        return Err(BiosError::CoreTooBig {
+            size: core_img.len(),
+            room,
+        });
     }
     if core_img.len() < 512 {
         return Err(BiosError::NoBlocklist);
@@ -75,12 +78,21 @@ mod tests {
         let mut core = vec![0u8; 512 * 4];
         core[BLOCKLIST_START + 8..BLOCKLIST_START + 10].copy_from_slice(&3u16.to_le_bytes());
         let c = patch_core_img(&core, 2048, 1 << 20).unwrap();
-        assert_eq!(&c[BLOCKLIST_START..BLOCKLIST_START + 8], &2049u64.to_le_bytes());
+        assert_eq!(
+            &c[BLOCKLIST_START..BLOCKLIST_START + 8],
+            &2049u64.to_le_bytes()
+        );
         assert_eq!(
             patch_core_img(&core, 2048, 1024),
-            Err(BiosError::CoreTooBig { size: 2048, room: 1024 })
+            Err(BiosError::CoreTooBig {
+                size: 2048,
+                room: 1024
+            })
         );
         let bad = vec![0u8; 1024];
-        assert_eq!(patch_core_img(&bad, 2048, 1 << 20), Err(BiosError::NoBlocklist));
+        assert_eq!(
+            patch_core_img(&bad, 2048, 1 << 20),
+            Err(BiosError::NoBlocklist)
+        );
     }
 }

@@ -14,10 +14,25 @@ const S_IFCHR: u32 = 0o020000;
 /// One entry of the archive.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
-    Dir { path: String, mode: u32 },
-    File { path: String, mode: u32, data: Vec<u8> },
-    Symlink { path: String, target: String },
-    CharDev { path: String, mode: u32, major: u32, minor: u32 },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    CharDev {
+        path: String,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
 }
 
 impl Entry {
@@ -45,7 +60,17 @@ pub fn write_newc<W: Write>(out: &mut W, entries: &[Entry], mtime: u64) -> io::R
             } => (S_IFCHR | mode, &[], *major, *minor),
         };
         let nlink = if matches!(e, Entry::Dir { .. }) { 2 } else { 1 };
-        header(&mut w, ino as u32 + 1, mode, nlink, mtime, data.len() as u32, rmaj, rmin, e.path())?;
+        header(
+            &mut w,
+            ino as u32 + 1,
+            mode,
+            nlink,
+            mtime,
+            data.len() as u32,
+            rmaj,
+            rmin,
+            e.path(),
+        )?;
         w.write_all(data)?;
         pad4(&mut w)?;
     }
@@ -104,10 +129,25 @@ mod tests {
 
     fn sample() -> Vec<Entry> {
         vec![
-            Entry::Dir { path: "dev".into(), mode: 0o755 },
-            Entry::CharDev { path: "dev/console".into(), mode: 0o600, major: 5, minor: 1 },
-            Entry::File { path: "init".into(), mode: 0o755, data: b"#!/bin/sh\n".to_vec() },
-            Entry::Symlink { path: "bin/sh".into(), target: "busybox".into() },
+            Entry::Dir {
+                path: "dev".into(),
+                mode: 0o755,
+            },
+            Entry::CharDev {
+                path: "dev/console".into(),
+                mode: 0o600,
+                major: 5,
+                minor: 1,
+            },
+            Entry::File {
+                path: "init".into(),
+                mode: 0o755,
+                data: b"#!/bin/sh\n".to_vec(),
+            },
+            Entry::Symlink {
+                path: "bin/sh".into(),
+                target: "busybox".into(),
+            },
         ]
     }
 

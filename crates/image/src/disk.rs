@@ -99,15 +99,33 @@ pub fn make_esp(
         .run()?;
     let m = mtools(out);
     m("mmd")
-        .args(["::/EFI", "::/EFI/BOOT", "::/grub", "::/slots", "::/slots/A", "::/slots/B"])
+        .args([
+            "::/EFI",
+            "::/EFI/BOOT",
+            "::/grub",
+            "::/slots",
+            "::/slots/A",
+            "::/slots/B",
+        ])
         .quiet()
         .run()?;
-    let put = |src: &Path, dst: &str| m("mcopy").arg("-o").arg(src).arg(format!("::{dst}")).quiet().run();
+    let put = |src: &Path, dst: &str| {
+        m("mcopy")
+            .arg("-o")
+            .arg(src)
+            .arg(format!("::{dst}"))
+            .quiet()
+            .run()
+    };
     put(&grub.efi, "/EFI/BOOT/BOOTX64.EFI")?;
     put(&image_dir.join("grub/grub.cfg"), "/grub/grub.cfg")?;
     let env = work.join("grubenv");
     let _ = fs::remove_file(&env);
-    Cmd::new("grub-editenv").arg(&env).arg("create").quiet().run()?;
+    Cmd::new("grub-editenv")
+        .arg(&env)
+        .arg("create")
+        .quiet()
+        .run()?;
     let first = slots.first().map(|s| s.slot).unwrap_or(Slot::A);
     Cmd::new("grub-editenv")
         .arg(&env)
@@ -136,7 +154,13 @@ pub fn slot_cfg(slot: Slot, version: &str) -> String {
 }
 
 /// Assemble the disk image at `dest` (via a `.partial` file).
-pub fn make_disk(layout: &Layout, grub: &Grub, esp: &Path, root_a: &Path, dest: &Path) -> Result<()> {
+pub fn make_disk(
+    layout: &Layout,
+    grub: &Grub,
+    esp: &Path,
+    root_a: &Path,
+    dest: &Path,
+) -> Result<()> {
     let root_size = fs::metadata(root_a)?.len();
     if root_size > layout.slot_size {
         bail!(
@@ -147,7 +171,8 @@ pub fn make_disk(layout: &Layout, grub: &Grub, esp: &Path, root_a: &Path, dest: 
     }
     let part = Partial::new(dest);
     {
-        let f = File::create(part.path()).with_context(|| format!("creating {}", part.path().display()))?;
+        let f = File::create(part.path())
+            .with_context(|| format!("creating {}", part.path().display()))?;
         f.set_len(layout.disk_size())?;
     }
     Cmd::new("sfdisk")
@@ -162,7 +187,9 @@ pub fn make_disk(layout: &Layout, grub: &Grub, esp: &Path, root_a: &Path, dest: 
         .write(true)
         .open(part.path())
         .with_context(|| format!("opening {}", part.path().display()))?;
-    let bios_part = layout.part(LABEL_BIOS).context("layout has no BIOS boot partition")?;
+    let bios_part = layout
+        .part(LABEL_BIOS)
+        .context("layout has no BIOS boot partition")?;
     let core_lba = bios_part.start / SECTOR;
     let boot_img = fs::read(Path::new(GRUB_BIOS_DIR).join("boot.img"))?;
     let mbr_code = bios::patch_boot_img(&boot_img, core_lba)?;
@@ -176,9 +203,13 @@ pub fn make_disk(layout: &Layout, grub: &Grub, esp: &Path, root_a: &Path, dest: 
     f.seek(SeekFrom::Start(bios_part.start))?;
     f.write_all(&core)?;
     let esp_part = layout.part(LABEL_ESP).context("layout has no ESP")?;
-    copy_into_at(esp, &mut f, esp_part.start).with_context(|| format!("writing the ESP into {}", dest.display()))?;
-    let a = layout.part(Slot::A.label()).context("layout has no slot A")?;
-    copy_into_at(root_a, &mut f, a.start).with_context(|| format!("writing slot A into {}", dest.display()))?;
+    copy_into_at(esp, &mut f, esp_part.start)
+        .with_context(|| format!("writing the ESP into {}", dest.display()))?;
+    let a = layout
+        .part(Slot::A.label())
+        .context("layout has no slot A")?;
+    copy_into_at(root_a, &mut f, a.start)
+        .with_context(|| format!("writing slot A into {}", dest.display()))?;
     f.sync_all()?;
     drop(f);
     part.commit()?;
@@ -191,7 +222,13 @@ mod tests {
 
     #[test]
     fn slot_cfg_is_safe_grub_script() {
-        assert_eq!(slot_cfg(Slot::B, "1.2.3"), "set maculaos_B_version=\"1.2.3\"\n");
-        assert_eq!(slot_cfg(Slot::A, "1\"; reboot; \""), "set maculaos_A_version=\"1reboot\"\n");
+        assert_eq!(
+            slot_cfg(Slot::B, "1.2.3"),
+            "set maculaos_B_version=\"1.2.3\"\n"
+        );
+        assert_eq!(
+            slot_cfg(Slot::A, "1\"; reboot; \""),
+            "set maculaos_A_version=\"1reboot\"\n"
+        );
     }
 }

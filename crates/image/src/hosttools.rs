@@ -28,7 +28,10 @@ pub const BUILD: &[Tool] = &[
     t("/usr/lib/grub/x86_64-efi/kernel.img", "grub-efi-amd64-bin"),
     t("dpkg-deb", "dpkg"),
     t("chroot", "coreutils"),
-    t("/usr/share/keyrings/debian-archive-keyring.gpg", "debian-archive-keyring"),
+    t(
+        "/usr/share/keyrings/debian-archive-keyring.gpg",
+        "debian-archive-keyring",
+    ),
 ];
 
 /// What booting images under QEMU and talking to them runs.

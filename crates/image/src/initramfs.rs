@@ -44,7 +44,14 @@ fn module_name(path: &str) -> String {
 }
 
 /// Build the initramfs for the root at `root` (kernel `kver`), gzip it into `out`.
-pub fn build(root: &Path, kver: &str, init_bin: &Path, spec: &str, mtime: u64, out: &Path) -> Result<Stats> {
+pub fn build(
+    root: &Path,
+    kver: &str,
+    init_bin: &Path,
+    spec: &str,
+    mtime: u64,
+    out: &Path,
+) -> Result<Stats> {
     let moddir = root.join("lib/modules").join(kver);
     let dep_text = fs::read_to_string(moddir.join("modules.dep"))
         .with_context(|| format!("reading {}", moddir.join("modules.dep").display()))?;
@@ -69,47 +76,108 @@ pub fn build(root: &Path, kver: &str, init_bin: &Path, spec: &str, mtime: u64, o
         let path = e.path().to_string();
         // Parent directories first (BTreeMap orders "a" before "a/b").
         let mut acc = String::new();
-        for part in path.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+        for part in path
+            .split('/')
+            .collect::<Vec<_>>()
+            .iter()
+            .rev()
+            .skip(1)
+            .rev()
+        {
             if !acc.is_empty() {
                 acc.push('/');
             }
             acc.push_str(part);
-            tree.entry(acc.clone()).or_insert(Entry::Dir { path: acc.clone(), mode: 0o755 });
+            tree.entry(acc.clone()).or_insert(Entry::Dir {
+                path: acc.clone(),
+                mode: 0o755,
+            });
         }
         tree.insert(path, e);
     };
     for d in ["proc", "sys", "dev", "run", "sysroot", "data", "tmp", "etc"] {
-        add(Entry::Dir { path: d.into(), mode: 0o755 });
+        add(Entry::Dir {
+            path: d.into(),
+            mode: 0o755,
+        });
     }
-    add(Entry::CharDev { path: "dev/console".into(), mode: 0o600, major: 5, minor: 1 });
-    add(Entry::CharDev { path: "dev/null".into(), mode: 0o666, major: 1, minor: 3 });
+    add(Entry::CharDev {
+        path: "dev/console".into(),
+        mode: 0o600,
+        major: 5,
+        minor: 1,
+    });
+    add(Entry::CharDev {
+        path: "dev/null".into(),
+        mode: 0o666,
+        major: 1,
+        minor: 3,
+    });
     let init = fs::read(init_bin).with_context(|| format!("reading {}", init_bin.display()))?;
-    add(Entry::File { path: "init".into(), mode: 0o755, data: init });
+    add(Entry::File {
+        path: "init".into(),
+        mode: 0o755,
+        data: init,
+    });
     let busybox = root.join("bin/busybox");
     let bb = fs::read(&busybox).with_context(|| {
-        format!("reading {} (is busybox-static in image/packages?)", busybox.display())
+        format!(
+            "reading {} (is busybox-static in image/packages?)",
+            busybox.display()
+        )
     })?;
-    add(Entry::File { path: "bin/busybox".into(), mode: 0o755, data: bb });
-    add(Entry::Symlink { path: "bin/sh".into(), target: "busybox".into() });
+    add(Entry::File {
+        path: "bin/busybox".into(),
+        mode: 0o755,
+        data: bb,
+    });
+    add(Entry::Symlink {
+        path: "bin/sh".into(),
+        target: "busybox".into(),
+    });
     let mbase = format!("lib/modules/{kver}");
     let mut module_bytes = 0u64;
     for f in &files {
-        let data = fs::read(moddir.join(f)).with_context(|| format!("reading module {}", f.display()))?;
+        let data =
+            fs::read(moddir.join(f)).with_context(|| format!("reading module {}", f.display()))?;
         module_bytes += data.len() as u64;
-        add(Entry::File { path: format!("{mbase}/{}", f.display()), mode: 0o644, data });
+        add(Entry::File {
+            path: format!("{mbase}/{}", f.display()),
+            mode: 0o644,
+            data,
+        });
     }
-    add(Entry::File { path: format!("{mbase}/modules.dep"), mode: 0o644, data: sub_dep.into_bytes() });
-    add(Entry::File { path: format!("{mbase}/modules.alias"), mode: 0o644, data: sub_alias.into_bytes() });
-    add(Entry::File { path: format!("{mbase}/modules.softdep"), mode: 0o644, data: sub_softdep.into_bytes() });
-    add(Entry::File { path: format!("{mbase}/modules.builtin"), mode: 0o644, data: builtin.into_bytes() });
+    add(Entry::File {
+        path: format!("{mbase}/modules.dep"),
+        mode: 0o644,
+        data: sub_dep.into_bytes(),
+    });
+    add(Entry::File {
+        path: format!("{mbase}/modules.alias"),
+        mode: 0o644,
+        data: sub_alias.into_bytes(),
+    });
+    add(Entry::File {
+        path: format!("{mbase}/modules.softdep"),
+        mode: 0o644,
+        data: sub_softdep.into_bytes(),
+    });
+    add(Entry::File {
+        path: format!("{mbase}/modules.builtin"),
+        mode: 0o644,
+        data: builtin.into_bytes(),
+    });
 
     let entries: Vec<Entry> = tree.into_values().collect();
     let mut raw = Vec::new();
     write_newc(&mut raw, &entries, mtime)?;
     let file = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     // gzip: every kernel can unpack it, and flate2 output is deterministic.
-    let mut gz = flate2::GzBuilder::new().mtime(0).write(file, flate2::Compression::best());
-    std::io::Write::write_all(&mut gz, &raw).with_context(|| format!("writing {}", out.display()))?;
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(file, flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &raw)
+        .with_context(|| format!("writing {}", out.display()))?;
     gz.finish()?;
     Ok(Stats {
         modules: files.len(),
@@ -133,7 +201,11 @@ mod tests {
 
     #[test]
     fn spec_expands_directories_and_normalises_names() {
-        let names = expand_module_spec("# c\nkernel/drivers/ata/\nusb-storage\nsquashfs # fs\n", DEP).unwrap();
+        let names = expand_module_spec(
+            "# c\nkernel/drivers/ata/\nusb-storage\nsquashfs # fs\n",
+            DEP,
+        )
+        .unwrap();
         assert_eq!(names, vec!["ahci", "libahci", "squashfs", "usb_storage"]);
     }
 

@@ -109,14 +109,23 @@ mod tests {
             assert_eq!(p.start % MIB, 0, "{} not aligned", p.label);
         }
         assert_eq!(parts[1].label, "MACULA_ESP");
-        assert_eq!(parts[1].number, 2, "GRUB's BIOS prefix (,gpt2) relies on this");
+        assert_eq!(
+            parts[1].number, 2,
+            "GRUB's BIOS prefix (,gpt2) relies on this"
+        );
         assert_eq!(l.part("MACULA_ROOT_B").map(|p| p.number), Some(4));
     }
 
     #[test]
     fn sfdisk_script_names_every_partition() {
         let s = Layout::default().sfdisk_script();
-        for label in ["MACULA_BIOS", "MACULA_ESP", "MACULA_ROOT_A", "MACULA_ROOT_B", "MACULA_DATA"] {
+        for label in [
+            "MACULA_BIOS",
+            "MACULA_ESP",
+            "MACULA_ROOT_A",
+            "MACULA_ROOT_B",
+            "MACULA_DATA",
+        ] {
             assert!(s.contains(&format!("name=\"{label}\"")), "{s}");
         }
         assert!(s.starts_with("label: gpt\n"));

@@ -90,7 +90,10 @@ pub fn default_cache() -> PathBuf {
 
 /// SOURCE_DATE_EPOCH from the environment, else the last commit's time, else 0.
 pub fn source_date_epoch(repo: &Path) -> u64 {
-    if let Some(v) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()) {
+    if let Some(v) = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         return v;
     }
     Cmd::new("git")
@@ -164,7 +167,8 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest> {
-        let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -208,13 +212,31 @@ fn target_dir(repo: &Path) -> Result<PathBuf> {
 fn build_binaries(repo: &Path) -> Result<Binaries> {
     let target = target_dir(repo)?;
     Cmd::new(cargo())
-        .args(["build", "--release", "--quiet", "-p", "maculaos-cli", "--bin", "maculaos"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "maculaos-cli",
+            "--bin",
+            "maculaos",
+        ])
         .current_dir(repo)
         .run()?;
     // maculaos-init runs before any root is mounted: link it statically so
     // the initramfs needs no C library.
     Cmd::new(cargo())
-        .args(["build", "--release", "--quiet", "-p", "maculaos-init", "--bin", "maculaos-init", "--target", INIT_TARGET])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "maculaos-init",
+            "--bin",
+            "maculaos-init",
+            "--target",
+            INIT_TARGET,
+        ])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .current_dir(repo)
         .run()?;
@@ -249,7 +271,12 @@ fn root_key(opts: &BuildOptions, rootfs_key: &str, bins: &Binaries) -> Result<St
     Ok(k.finish())
 }
 
-fn make_root(opts: &BuildOptions, debian: &Path, bins: &Binaries, key: &str) -> Result<(Root, String)> {
+fn make_root(
+    opts: &BuildOptions,
+    debian: &Path,
+    bins: &Binaries,
+    key: &str,
+) -> Result<(Root, String)> {
     let base = opts.cache.join("root");
     let dir = base.join(key);
     let root = |kver: String| Root {
@@ -260,7 +287,9 @@ fn make_root(opts: &BuildOptions, debian: &Path, bins: &Binaries, key: &str) -> 
         kver,
     };
     if dir.join(".complete").exists() {
-        let kver = fs::read_to_string(dir.join("kernel-version"))?.trim().to_string();
+        let kver = fs::read_to_string(dir.join("kernel-version"))?
+            .trim()
+            .to_string();
         return Ok((root(kver), "cached".into()));
     }
     fs::create_dir_all(&base)?;
@@ -297,12 +326,22 @@ fn make_root(opts: &BuildOptions, debian: &Path, bins: &Binaries, key: &str) -> 
     let vars = [("VERSION", opts.version.as_str()), ("BUILD_ID", build_id)];
     let logo = rootfs::render(&tpl("logo.txt")?, &vars);
     let logo = logo.trim_end();
-    fs::write(work.join("usr/lib/os-release"), rootfs::render(&tpl("os-release")?, &vars))?;
-    let issue = rootfs::render(&tpl("issue")?, &vars).replace("@LOGO@", &rootfs::escape_issue(logo));
+    fs::write(
+        work.join("usr/lib/os-release"),
+        rootfs::render(&tpl("os-release")?, &vars),
+    )?;
+    let issue =
+        rootfs::render(&tpl("issue")?, &vars).replace("@LOGO@", &rootfs::escape_issue(logo));
     fs::write(work.join("etc/issue"), issue)?;
-    fs::write(work.join("etc/motd"), rootfs::render(&tpl("motd")?, &vars).replace("@LOGO@", logo))?;
+    fs::write(
+        work.join("etc/motd"),
+        rootfs::render(&tpl("motd")?, &vars).replace("@LOGO@", logo),
+    )?;
     fs::create_dir_all(work.join("usr/share/maculaos"))?;
-    fs::write(work.join("usr/share/maculaos/logo.txt"), format!("{logo}\n"))?;
+    fs::write(
+        work.join("usr/share/maculaos/logo.txt"),
+        format!("{logo}\n"),
+    )?;
 
     Cmd::new("chroot")
         .arg(&work)
@@ -327,7 +366,14 @@ fn make_root(opts: &BuildOptions, debian: &Path, bins: &Binaries, key: &str) -> 
         let _ = fs::remove_file(work.join(link));
     }
     let spec = fs::read_to_string(image.join("initramfs/modules.txt"))?;
-    let stats = initramfs::build(&work, &kver, &bins.init, &spec, opts.source_date_epoch, &boot.join("initrd.img"))?;
+    let stats = initramfs::build(
+        &work,
+        &kver,
+        &bins.init,
+        &spec,
+        opts.source_date_epoch,
+        &boot.join("initrd.img"),
+    )?;
 
     // Pack. -all-time/-mkfs-time pin every timestamp, so equal inputs give
     // an equal squashfs.
@@ -369,52 +415,93 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ".-+~_".contains(c))
     {
-        bail!("version {:?} is not valid: use letters, digits and . - + ~ _ (e.g. 1.2.0)", opts.version);
+        bail!(
+            "version {:?} is not valid: use letters, digits and . - + ~ _ (e.g. 1.2.0)",
+            opts.version
+        );
     }
-    fs::create_dir_all(&opts.out).with_context(|| format!("creating output directory {}", opts.out.display()))?;
-    fs::create_dir_all(&opts.cache).with_context(|| format!("creating cache {}", opts.cache.display()))?;
+    fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating output directory {}", opts.out.display()))?;
+    fs::create_dir_all(&opts.cache)
+        .with_context(|| format!("creating cache {}", opts.cache.display()))?;
     let mut st = Stages::new(7);
 
     st.run("host-tools", "checking host tools", || {
         let before = hosttools::missing(hosttools::BUILD);
         hosttools::ensure(hosttools::BUILD)?;
-        Ok(((), if before.is_empty() { String::new() } else { format!("installed {}", before.join(" ")) }))
+        Ok((
+            (),
+            if before.is_empty() {
+                String::new()
+            } else {
+                format!("installed {}", before.join(" "))
+            },
+        ))
     })?;
-    let bins = st.run("binaries", "cargo build --release (maculaos, maculaos-init)", || {
-        Ok((build_binaries(&opts.repo)?, String::new()))
-    })?;
+    let bins = st.run(
+        "binaries",
+        "cargo build --release (maculaos, maculaos-init)",
+        || Ok((build_binaries(&opts.repo)?, String::new())),
+    )?;
     let rkey = rootfs::rootfs_key(opts)?;
     let (debian, cached) = st.run("rootfs", "Debian packages (mmdebstrap)", || {
         let (d, cached) = rootfs::debian_root(opts, &rkey)?;
-        Ok(((d, cached), if cached { "cached".into() } else { String::new() }))
+        Ok((
+            (d, cached),
+            if cached {
+                "cached".into()
+            } else {
+                String::new()
+            },
+        ))
     })?;
     let _ = cached;
     let key = root_key(opts, &rkey, &bins)?;
-    let root = st.run("root", "MaculaOS files, initramfs, squashfs", || make_root(opts, &debian, &bins, &key))?;
+    let root = st.run("root", "MaculaOS files, initramfs, squashfs", || {
+        make_root(opts, &debian, &bins, &key)
+    })?;
 
     let layout = layout::Layout::default();
     let work = opts.cache.join("work");
     fs::create_dir_all(&work)?;
-    util::require_space(&opts.out, fs::metadata(&root.squashfs)?.len() * 2 + layout.esp_size, "the outputs")?;
+    util::require_space(
+        &opts.out,
+        fs::metadata(&root.squashfs)?.len() * 2 + layout.esp_size,
+        "the outputs",
+    )?;
     let esp = work.join("esp.img");
-    let grub = st.run("esp", "GRUB for BIOS and UEFI, EFI system partition", || {
-        let grub = disk::make_grub(&opts.image_dir(), &work)?;
-        disk::make_esp(
-            &opts.image_dir(),
-            &work,
-            &grub,
-            &[disk::SlotBoot { slot: Slot::A, version: &opts.version, kernel: &root.kernel, initrd: &root.initrd }],
-            layout.esp_size,
-            &esp,
-        )?;
-        Ok((grub, String::new()))
-    })?;
+    let grub = st.run(
+        "esp",
+        "GRUB for BIOS and UEFI, EFI system partition",
+        || {
+            let grub = disk::make_grub(&opts.image_dir(), &work)?;
+            disk::make_esp(
+                &opts.image_dir(),
+                &work,
+                &grub,
+                &[disk::SlotBoot {
+                    slot: Slot::A,
+                    version: &opts.version,
+                    kernel: &root.kernel,
+                    initrd: &root.initrd,
+                }],
+                layout.esp_size,
+                &esp,
+            )?;
+            Ok((grub, String::new()))
+        },
+    )?;
     let disk_path = opts.disk_path();
     let slot_path = opts.out.join(opts.slot_name());
     st.run("disk", "GPT disk image", || {
         disk::make_disk(&layout, &grub, &esp, &root.squashfs, &disk_path)?;
         let part = util::Partial::new(&slot_path);
-        Cmd::new("cp").args(["--reflink=auto"]).arg(&root.squashfs).arg(part.path()).quiet().run()?;
+        Cmd::new("cp")
+            .args(["--reflink=auto"])
+            .arg(&root.squashfs)
+            .arg(part.path())
+            .quiet()
+            .run()?;
         part.commit()?;
         Ok(((), String::new()))
     })?;
@@ -423,7 +510,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         let mut outputs = Vec::new();
         for (path, kind) in [(&disk_path, "disk"), (&slot_path, "slot")] {
             outputs.push(Output {
-                name: path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                name: path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
                 kind: kind.into(),
                 size: fs::metadata(path)?.len(),
                 sha256: util::sha256_file(path)?,
@@ -446,18 +537,31 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     manifest.stages = st
         .times()
         .iter()
-        .map(|t| StageRecord { name: t.name.into(), seconds: t.took.as_secs_f64(), note: t.note.clone() })
+        .map(|t| StageRecord {
+            name: t.name.into(),
+            seconds: t.took.as_secs_f64(),
+            note: t.note.clone(),
+        })
         .collect();
     let mpart = util::Partial::new(&opts.manifest_path());
     fs::write(mpart.path(), serde_json::to_string_pretty(&manifest)?)?;
     mpart.commit()?;
     print_summary(&st, &manifest, opts, &root);
-    Ok(BuildReport { manifest, disk: disk_path, slot: slot_path })
+    Ok(BuildReport {
+        manifest,
+        disk: disk_path,
+        slot: slot_path,
+    })
 }
 
 fn print_summary(st: &Stages, m: &Manifest, opts: &BuildOptions, root: &Root) {
     let total: f64 = st.times().iter().map(|t| t.took.as_secs_f64()).sum();
-    eprintln!("\nMaculaOS {} ({}) built in {}", m.version, m.kernel, fmt_duration(std::time::Duration::from_secs_f64(total)));
+    eprintln!(
+        "\nMaculaOS {} ({}) built in {}",
+        m.version,
+        m.kernel,
+        fmt_duration(std::time::Duration::from_secs_f64(total))
+    );
     eprintln!("  {:<12} {:>9}  note", "stage", "time");
     for t in st.times() {
         eprintln!("  {:<12} {:>9}  {}", t.name, fmt_duration(t.took), t.note);
@@ -465,11 +569,24 @@ fn print_summary(st: &Stages, m: &Manifest, opts: &BuildOptions, root: &Root) {
     eprintln!("  {:<36} {:>10} {:>12}", "output", "size", "on disk");
     for o in &m.outputs {
         let p = opts.out.join(&o.name);
-        eprintln!("  {:<36} {:>10} {:>12}", o.name, fmt_size(o.size), fmt_size(util::allocated(&p)));
+        eprintln!(
+            "  {:<36} {:>10} {:>12}",
+            o.name,
+            fmt_size(o.size),
+            fmt_size(util::allocated(&p))
+        );
     }
     let sz = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    eprintln!("  kernel {}, initramfs {}, {} packages", fmt_size(sz(&root.kernel)), fmt_size(sz(&root.initrd)), m.packages.len());
-    eprintln!("  squashfs sha256 {}", m.output("slot").map(|o| o.sha256.as_str()).unwrap_or("?"));
+    eprintln!(
+        "  kernel {}, initramfs {}, {} packages",
+        fmt_size(sz(&root.kernel)),
+        fmt_size(sz(&root.initrd)),
+        m.packages.len()
+    );
+    eprintln!(
+        "  squashfs sha256 {}",
+        m.output("slot").map(|o| o.sha256.as_str()).unwrap_or("?")
+    );
     eprintln!("  in {}", opts.out.display());
     let _ = &root.dir;
 }

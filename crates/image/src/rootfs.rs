@@ -119,7 +119,12 @@ pub fn debian_root(opts: &BuildOptions, key: &str) -> Result<(PathBuf, bool)> {
         .arg(&partial)
         .arg(&opts.mirror)
         .log_to(&log);
-    eprintln!("    {} packages from {} (log: {})", pkgs.len(), opts.mirror, log.display());
+    eprintln!(
+        "    {} packages from {} (log: {})",
+        pkgs.len(),
+        opts.mirror,
+        log.display()
+    );
     if let Err(e) = cmd.run() {
         let text = fs::read_to_string(&log).unwrap_or_default();
         let _ = remove_tree(&partial);
@@ -208,10 +213,14 @@ pub fn copy_overlay(src: &Path, dst: &Path) -> Result<usize> {
             if ft.is_symlink() {
                 std::os::unix::fs::symlink(fs::read_link(e.path())?, &target)?;
             } else {
-                fs::copy(e.path(), &target)
-                    .with_context(|| format!("copying {} to {}", e.path().display(), target.display()))?;
+                fs::copy(e.path(), &target).with_context(|| {
+                    format!("copying {} to {}", e.path().display(), target.display())
+                })?;
                 let exec = fs::metadata(e.path())?.permissions().mode() & 0o111 != 0;
-                fs::set_permissions(&target, fs::Permissions::from_mode(if exec { 0o755 } else { 0o644 }))?;
+                fs::set_permissions(
+                    &target,
+                    fs::Permissions::from_mode(if exec { 0o755 } else { 0o644 }),
+                )?;
             }
             n += 1;
         }
@@ -261,7 +270,10 @@ mod tests {
 
     #[test]
     fn render_and_escape() {
-        assert_eq!(render("v@VERSION@ @X@", &[("VERSION", "1.0"), ("X", "y")]), "v1.0 y");
+        assert_eq!(
+            render("v@VERSION@ @X@", &[("VERSION", "1.0"), ("X", "y")]),
+            "v1.0 y"
+        );
         assert_eq!(escape_issue("/│\\"), "/│\\\\");
     }
 
@@ -281,7 +293,11 @@ mod tests {
         assert_eq!(copy_overlay(&src, &dst).unwrap(), 2);
         assert_eq!(fs::read_to_string(dst.join("etc/x/a")).unwrap(), "new");
         assert_eq!(fs::read_to_string(dst.join("etc/x/keep")).unwrap(), "keep");
-        let mode = fs::metadata(dst.join("run.sh")).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(dst.join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o755);
     }
 }

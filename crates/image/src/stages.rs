@@ -32,14 +32,22 @@ impl Stages {
         what: &str,
         f: impl FnOnce() -> anyhow::Result<(T, String)>,
     ) -> anyhow::Result<T> {
-        eprintln!("==> [{}/{}] {name}: {what}", self.done.len() + 1, self.total);
+        eprintln!(
+            "==> [{}/{}] {name}: {what}",
+            self.done.len() + 1,
+            self.total
+        );
         let start = Instant::now();
         let (value, note) = f().map_err(|e| e.context(format!("build stage `{name}`")))?;
         let took = start.elapsed();
         eprintln!(
             "    {name} done in {}{}",
             fmt_duration(took),
-            if note.is_empty() { String::new() } else { format!(" ({note})") }
+            if note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({note})")
+            }
         );
         self.done.push(StageTime { name, took, note });
         Ok(value)

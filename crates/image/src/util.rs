@@ -56,14 +56,22 @@ impl KeyHasher {
             .collect();
         entries.sort();
         for p in entries {
-            let rel = p.strip_prefix(dir).unwrap_or(&p).to_string_lossy().into_owned();
-            let meta = fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
+            let rel = p
+                .strip_prefix(dir)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .into_owned();
+            let meta =
+                fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
             if meta.file_type().is_symlink() {
                 let target = fs::read_link(&p)?;
                 self.str(&rel, &format!("-> {}", target.display()));
             } else if meta.is_file() {
                 let data = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-                self.str(&rel, &format!("mode {:o}", meta.permissions().mode() & 0o111));
+                self.str(
+                    &rel,
+                    &format!("mode {:o}", meta.permissions().mode() & 0o111),
+                );
                 self.0.update(data.len().to_le_bytes());
                 self.0.update(&data);
             } else {
@@ -131,7 +139,8 @@ pub fn copy_into_at(src: &Path, dst: &mut File, offset: u64) -> Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = offset;
     loop {
-        let n = read_full(&mut f, &mut buf).with_context(|| format!("reading {}", src.display()))?;
+        let n =
+            read_full(&mut f, &mut buf).with_context(|| format!("reading {}", src.display()))?;
         if n == 0 {
             break;
         }

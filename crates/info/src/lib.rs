@@ -111,7 +111,9 @@ impl Collector {
     }
 
     pub fn collect(&self) -> Info {
-        let boot: Option<BootInfo> = self.read(BOOT_INFO_PATH).and_then(|t| BootInfo::from_json(&t).ok());
+        let boot: Option<BootInfo> = self
+            .read(BOOT_INFO_PATH)
+            .and_then(|t| BootInfo::from_json(&t).ok());
         let cmdline = Cmdline::parse(&self.read("/proc/cmdline").unwrap_or_default());
         let os = self
             .read("/etc/os-release")
@@ -127,7 +129,10 @@ impl Collector {
         let data = mount_at(&mounts, "/var").map(|m| {
             let (size, used, avail) = self.space("/var");
             DataState {
-                device: boot.as_ref().map(|b| b.data_device.clone()).unwrap_or_else(|| m.source.clone()),
+                device: boot
+                    .as_ref()
+                    .map(|b| b.data_device.clone())
+                    .unwrap_or_else(|| m.source.clone()),
                 mountpoint: "/var".into(),
                 size_bytes: size,
                 used_bytes: used,
@@ -135,7 +140,11 @@ impl Collector {
             }
         });
         Info {
-            hostname: self.read("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
+            hostname: self
+                .read("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             version: os_release_value(&os, "VERSION_ID").unwrap_or_else(|| "unknown".into()),
             slot: boot
                 .as_ref()
@@ -146,7 +155,11 @@ impl Collector {
                 .map(|b| b.mode.to_string())
                 .or_else(|| cmdline.get("maculaos.mode").map(str::to_string)),
             firmware: firmware.to_string(),
-            kernel: self.read("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+            kernel: self
+                .read("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             uptime_seconds: self
                 .read("/proc/uptime")
                 .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok())
@@ -208,7 +221,14 @@ impl Info {
             ("Hostname", self.hostname.clone()),
             ("Version", format!("MaculaOS {}", self.version)),
             ("Slot", self.slot.clone().unwrap_or_else(|| "-".into())),
-            ("Boot mode", format!("{} ({})", self.mode.clone().unwrap_or_else(|| "-".into()), self.firmware)),
+            (
+                "Boot mode",
+                format!(
+                    "{} ({})",
+                    self.mode.clone().unwrap_or_else(|| "-".into()),
+                    self.firmware
+                ),
+            ),
             ("Kernel", self.kernel.clone()),
             ("Uptime", human_uptime(self.uptime_seconds)),
             (
@@ -217,7 +237,11 @@ impl Info {
                     "{} {} {}",
                     self.root.device,
                     self.root.fstype,
-                    if self.root.read_only { "read-only" } else { "WRITABLE" }
+                    if self.root.read_only {
+                        "read-only"
+                    } else {
+                        "WRITABLE"
+                    }
                 ),
             ),
         ];
@@ -230,7 +254,11 @@ impl Info {
                     d.mountpoint,
                     human_size(d.used_bytes),
                     human_size(d.size_bytes),
-                    if d.size_bytes > 0 { d.used_bytes * 100 / d.size_bytes } else { 0 },
+                    if d.size_bytes > 0 {
+                        d.used_bytes * 100 / d.size_bytes
+                    } else {
+                        0
+                    },
                     human_size(d.available_bytes)
                 ),
             )),
@@ -275,11 +303,17 @@ mod tests {
             fs::write(f, s).unwrap();
         };
         w("proc/self/mountinfo", MOUNTINFO);
-        w("proc/cmdline", "maculaos.mode=disk maculaos.slot=A console=ttyS0");
+        w(
+            "proc/cmdline",
+            "maculaos.mode=disk maculaos.slot=A console=ttyS0",
+        );
         w("proc/uptime", "125.3 200.1\n");
         w("proc/sys/kernel/osrelease", "6.1.0-50-amd64\n");
         w("proc/sys/kernel/hostname", "macula-ab12\n");
-        w("etc/os-release", "NAME=\"MaculaOS\"\nVERSION_ID=\"1.2.3\"\n");
+        w(
+            "etc/os-release",
+            "NAME=\"MaculaOS\"\nVERSION_ID=\"1.2.3\"\n",
+        );
         fs::create_dir_all(d.path().join("var")).unwrap();
         let info = Collector::new(d.path()).collect();
         assert_eq!(info.version, "1.2.3");

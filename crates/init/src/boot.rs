@@ -334,7 +334,22 @@ fn load_fs_modules(loader: &mut Loader) {
         }
     }
     for w in loader.take_warnings() {
-        warn(&w);
+        warn_load(&w);
+    }
+}
+
+/// ENODEV means "this driver found no hardware it supports" — normal for
+/// CPU-feature modules (crc32c-intel without SSE4.2) and for drivers matched
+/// by a modalias the device turns out not to need. Not worth a warning.
+fn warn_load(e: &KmodError) {
+    if !matches!(
+        e,
+        KmodError::Insert {
+            errno: nix::errno::Errno::ENODEV,
+            ..
+        }
+    ) {
+        warn(e);
     }
 }
 
@@ -360,7 +375,7 @@ fn wait_for_partitions(
                 }
             }
             for w in l.take_warnings() {
-                warn(&w);
+                warn_load(&w);
             }
         }
         let devs = scan_block_devices(Path::new("/sys"))

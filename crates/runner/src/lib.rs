@@ -95,7 +95,8 @@ impl Cmd {
     }
 
     pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
-        self.envs.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self.envs
+            .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
         self
     }
 
@@ -354,7 +355,10 @@ mod tests {
             .run()
             .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("`sh -c 'echo boom >&2; exit 3'` failed"), "{msg}");
+        assert!(
+            msg.contains("`sh -c 'echo boom >&2; exit 3'` failed"),
+            "{msg}"
+        );
         assert!(msg.contains("exit code 3"), "{msg}");
         assert!(msg.contains("boom"), "{msg}");
     }
@@ -366,7 +370,9 @@ mod tests {
             .run()
             .unwrap_err();
         assert!(matches!(err, RunError::NotFound { .. }));
-        assert!(err.to_string().contains("apt-get install maculaos-no-such-tool"));
+        assert!(err
+            .to_string()
+            .contains("apt-get install maculaos-no-such-tool"));
     }
 
     #[test]

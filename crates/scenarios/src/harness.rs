@@ -33,7 +33,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(name: &'static str, base: &Path, image: &Path, key: &Path, pubkey: &str) -> Result<Ctx> {
+    pub fn new(
+        name: &'static str,
+        base: &Path,
+        image: &Path,
+        key: &Path,
+        pubkey: &str,
+    ) -> Result<Ctx> {
         let dir = base.join(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -56,8 +62,14 @@ impl Ctx {
     pub fn disk(&self, extra: &str) -> Result<PathBuf> {
         let path = self.dir.join("disk.img");
         disk::working_copy(&self.image, &path)?;
-        let cmdline = format!("maculaos.ssh_authorized_keys=\"{}\" {extra}", self.pubkey.trim());
-        disk::grubenv_set(&path, &[("maculaos_extra_cmdline", cmdline.trim()), ("maculaos_timeout", "1")])?;
+        let cmdline = format!("{} {extra}", key_param(&[self.pubkey.trim()]));
+        disk::grubenv_set(
+            &path,
+            &[
+                ("maculaos_extra_cmdline", cmdline.trim()),
+                ("maculaos_timeout", "1"),
+            ],
+        )?;
         Ok(path)
     }
 
@@ -76,11 +88,17 @@ impl Ctx {
     }
 
     pub fn vm(&mut self) -> Result<&mut Vm> {
-        self.vm.as_mut().context("no VM is running in this scenario")
+        self.vm
+            .as_mut()
+            .context("no VM is running in this scenario")
     }
 
     pub fn record(&mut self, what: impl Into<String>, seconds: f64) {
-        self.timings.push(Timing { scenario: self.name.into(), what: what.into(), seconds });
+        self.timings.push(Timing {
+            scenario: self.name.into(),
+            what: what.into(),
+            seconds,
+        });
     }
 
     /// Boot (the VM must have just been started or restarted) until SSH works
@@ -92,7 +110,11 @@ impl Ctx {
         let ssh = vm.ssh(&key, "macula")?;
         vm.wait_for_ssh(&ssh, BOOT_TIMEOUT)?;
         wait_until(vm, "multi-user.target to be active", BOOT_TIMEOUT, || {
-            Ok(ssh.run("systemctl is-active multi-user.target")?.stdout.trim() == "active")
+            Ok(ssh
+                .run("systemctl is-active multi-user.target")?
+                .stdout
+                .trim()
+                == "active")
         })?;
         let wall = started.elapsed().as_secs_f64();
         let uptime: f64 = ssh
@@ -117,7 +139,8 @@ impl Ctx {
         // The connection may drop before ssh reports the command's status.
         let _ = ssh.run("sudo systemctl reboot");
         let vm = self.vm()?;
-        vm.wait_exit(BOOT_TIMEOUT).context("waiting for the guest to reboot")?;
+        vm.wait_exit(BOOT_TIMEOUT)
+            .context("waiting for the guest to reboot")?;
         vm.boot_again()?;
         self.wait_up(label)
     }
@@ -130,7 +153,12 @@ impl Ctx {
 }
 
 /// Poll `cond` until it holds or `timeout` passes; fails early if QEMU exits.
-pub fn wait_until(vm: &mut Vm, what: &str, timeout: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+pub fn wait_until(
+    vm: &mut Vm,
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let start = Instant::now();
     let mut last_err = String::new();
     loop {
@@ -140,10 +168,17 @@ pub fn wait_until(vm: &mut Vm, what: &str, timeout: Duration, mut cond: impl FnM
             Err(e) => last_err = format!(" (last error: {e:#})"),
         }
         if !vm.is_running()? {
-            bail!("QEMU exited while waiting for {what}{last_err}\n{}", vm.serial_tail(40));
+            bail!(
+                "QEMU exited while waiting for {what}{last_err}\n{}",
+                vm.serial_tail(40)
+            );
         }
         if start.elapsed() >= timeout {
-            bail!("timed out after {:.0}s waiting for {what}{last_err}\n{}", timeout.as_secs_f64(), vm.serial_tail(40));
+            bail!(
+                "timed out after {:.0}s waiting for {what}{last_err}\n{}",
+                timeout.as_secs_f64(),
+                vm.serial_tail(40)
+            );
         }
         std::thread::sleep(POLL);
     }
@@ -152,7 +187,18 @@ pub fn wait_until(vm: &mut Vm, what: &str, timeout: Duration, mut cond: impl FnM
 /// `maculaos info --json` from the guest.
 pub fn info(ssh: &Ssh) -> Result<serde_json::Value> {
     let out = ssh.check_timeout("maculaos info --json", CMD_TIMEOUT)?;
-    serde_json::from_str(&out).with_context(|| format!("maculaos info --json printed no JSON: {out}"))
+    serde_json::from_str(&out)
+        .with_context(|| format!("maculaos info --json printed no JSON: {out}"))
+}
+
+/// The kernel parameter that gives `macula` these SSH keys. Spaces become
+/// `%20` and `%` `%25`: GRUB would mangle quotes (see maculaos-apply).
+pub fn key_param(keys: &[&str]) -> String {
+    let enc: Vec<String> = keys
+        .iter()
+        .map(|k| k.replace('%', "%25").replace(' ', "%20"))
+        .collect();
+    format!("maculaos.ssh_authorized_keys={}", enc.join(";"))
 }
 
 pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
@@ -171,5 +217,6 @@ pub fn write_report(path: &Path, m: &maculaos_image::Manifest, timings: &[Timing
         "build_stages": m.stages,
         "timings": timings.iter().map(|t| json!({"scenario": t.scenario, "what": t.what, "seconds": t.seconds})).collect::<Vec<_>>(),
     });
-    std::fs::write(path, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(&v)?)
+        .with_context(|| format!("writing {}", path.display()))
 }

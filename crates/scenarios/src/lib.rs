@@ -11,6 +11,7 @@ mod suite;
 
 use anyhow::{bail, Result};
 use clap::Args;
+pub use harness::key_param;
 use harness::{Ctx, Timing};
 use maculaos_image::BuildOptions;
 use maculaos_runner::Cmd;
@@ -68,7 +69,11 @@ pub fn run(args: &TestArgs, build: &BuildOptions) -> Result<i32> {
     if !args.no_unit {
         eprintln!("==> unit tests (cargo test --workspace)");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        match Cmd::new(cargo).args(["test", "--workspace"]).current_dir(&build.repo).run() {
+        match Cmd::new(cargo)
+            .args(["test", "--workspace"])
+            .current_dir(&build.repo)
+            .run()
+        {
             Ok(()) => {
                 println!("PASS unit-tests");
                 passed += 1;
@@ -107,11 +112,18 @@ pub fn run(args: &TestArgs, build: &BuildOptions) -> Result<i32> {
             }
             eprintln!("    ({:.0}s; logs in {})", secs, ctx.dir.display());
             timings.extend(ctx.timings.drain(..));
-            timings.push(Timing { scenario: s.name.into(), what: "scenario total".into(), seconds: secs });
+            timings.push(Timing {
+                scenario: s.name.into(),
+                what: "scenario total".into(),
+                seconds: secs,
+            });
         }
         harness::write_report(&dir.join("report.json"), &report.manifest, &timings)?;
         for t in &timings {
-            eprintln!("    timing {:<18} {:<44} {:>7.1}s", t.scenario, t.what, t.seconds);
+            eprintln!(
+                "    timing {:<18} {:<44} {:>7.1}s",
+                t.scenario, t.what, t.seconds
+            );
         }
     }
     println!("{passed} passed, {failed} failed");

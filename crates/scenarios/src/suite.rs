@@ -7,33 +7,75 @@ use maculaos_vm::{disk, Firmware, Ssh};
 
 pub fn all() -> Vec<Scenario> {
     vec![
-        Scenario { name: "boot-bios", about: "boots to multi-user under SeaBIOS; info says slot A, read-only root", run: boot_bios },
-        Scenario { name: "boot-uefi", about: "boots to multi-user under OVMF; info says slot A, read-only root", run: boot_uefi },
-        Scenario { name: "immutable-root", about: "/usr is read-only; /etc resets on reboot; /var/lib and identity persist", run: immutable_root },
-        Scenario { name: "grow-data", about: "on a disk grown before first boot, /var fills the disk", run: grow_data },
-        Scenario { name: "missing-root", about: "a missing root label gets one clear line, then a reboot", run: missing_root },
+        Scenario {
+            name: "boot-bios",
+            about: "boots to multi-user under SeaBIOS; info says slot A, read-only root",
+            run: boot_bios,
+        },
+        Scenario {
+            name: "boot-uefi",
+            about: "boots to multi-user under OVMF; info says slot A, read-only root",
+            run: boot_uefi,
+        },
+        Scenario {
+            name: "immutable-root",
+            about: "/usr is read-only; /etc resets on reboot; /var/lib and identity persist",
+            run: immutable_root,
+        },
+        Scenario {
+            name: "grow-data",
+            about: "on a disk grown before first boot, /var fills the disk",
+            run: grow_data,
+        },
+        Scenario {
+            name: "missing-root",
+            about: "a missing root label gets one clear line, then a reboot",
+            run: missing_root,
+        },
     ]
 }
 
 /// Shared checks of a healthy first boot.
 fn check_booted(ssh: &Ssh, firmware: &str) -> Result<()> {
     let i = info(ssh)?;
-    ensure(i["slot"] == "A", || format!("maculaos info: slot is {}, expected A\n{i:#}", i["slot"]))?;
-    ensure(i["mode"] == "disk", || format!("maculaos info: mode is {}, expected disk", i["mode"]))?;
-    ensure(i["firmware"] == firmware, || format!("maculaos info: firmware is {}, expected {firmware}", i["firmware"]))?;
-    ensure(i["root"]["read_only"] == true, || format!("maculaos info: root is not read-only: {}", i["root"]))?;
-    ensure(i["root"]["fstype"] == "squashfs", || format!("root is {}, expected squashfs", i["root"]["fstype"]))?;
-    ensure(i["data"]["size_bytes"].as_u64().unwrap_or(0) > 0, || format!("no data partition on /var: {}", i["data"]))?;
+    ensure(i["slot"] == "A", || {
+        format!("maculaos info: slot is {}, expected A\n{i:#}", i["slot"])
+    })?;
+    ensure(i["mode"] == "disk", || {
+        format!("maculaos info: mode is {}, expected disk", i["mode"])
+    })?;
+    ensure(i["firmware"] == firmware, || {
+        format!(
+            "maculaos info: firmware is {}, expected {firmware}",
+            i["firmware"]
+        )
+    })?;
+    ensure(i["root"]["read_only"] == true, || {
+        format!("maculaos info: root is not read-only: {}", i["root"])
+    })?;
+    ensure(i["root"]["fstype"] == "squashfs", || {
+        format!("root is {}, expected squashfs", i["root"]["fstype"])
+    })?;
+    ensure(i["data"]["size_bytes"].as_u64().unwrap_or(0) > 0, || {
+        format!("no data partition on /var: {}", i["data"])
+    })?;
     let failed = ssh.check("systemctl --failed --no-legend --plain")?;
-    ensure(failed.trim().is_empty(), || format!("units failed during boot:\n{failed}"))?;
+    ensure(failed.trim().is_empty(), || {
+        format!("units failed during boot:\n{failed}")
+    })?;
     let human = ssh.check("maculaos info")?;
-    ensure(human.contains("read-only"), || format!("maculaos info (text) does not say read-only:\n{human}"))?;
+    ensure(human.contains("read-only"), || {
+        format!("maculaos info (text) does not say read-only:\n{human}")
+    })?;
     Ok(())
 }
 
 fn boot_with(ctx: &mut Ctx, firmware: Firmware) -> Result<()> {
     let disk = ctx.disk("")?;
-    let ssh = ctx.boot(ctx.spec(&disk, firmware), &format!("first boot ({firmware})"))?;
+    let ssh = ctx.boot(
+        ctx.spec(&disk, firmware),
+        &format!("first boot ({firmware})"),
+    )?;
     check_booted(&ssh, &firmware.to_string())
 }
 
@@ -49,19 +91,31 @@ fn immutable_root(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk("")?;
     let ssh = ctx.boot(ctx.spec(&disk, Firmware::Bios), "first boot")?;
     let w = ssh.run("sudo touch /usr/maculaos-test")?;
-    ensure(!w.success(), || "writing /usr succeeded: the root is writable".into())?;
-    ensure(w.stderr.contains("Read-only file system"), || format!("writing /usr failed, but not as read-only: {}", w.stderr))?;
+    ensure(!w.success(), || {
+        "writing /usr succeeded: the root is writable".into()
+    })?;
+    ensure(w.stderr.contains("Read-only file system"), || {
+        format!("writing /usr failed, but not as read-only: {}", w.stderr)
+    })?;
     ssh.check("echo transient | sudo tee /etc/maculaos-test >/dev/null")?;
     ssh.check("echo kept | sudo tee /var/lib/maculaos-test >/dev/null")?;
     let ident = "cat /etc/machine-id; sudo cat /var/lib/maculaos/ssh/ssh_host_ed25519_key.pub";
     let before = ssh.check(ident)?;
     let ssh = ctx.reboot(&ssh, "second boot")?;
     let etc = ssh.run("test -e /etc/maculaos-test")?;
-    ensure(!etc.success(), || "/etc/maculaos-test survived the reboot: /etc is not reset at boot".into())?;
+    ensure(!etc.success(), || {
+        "/etc/maculaos-test survived the reboot: /etc is not reset at boot".into()
+    })?;
     let kept = ssh.check("cat /var/lib/maculaos-test")?;
-    ensure(kept.trim() == "kept", || format!("/var/lib/maculaos-test after reboot: {kept:?}"))?;
+    ensure(kept.trim() == "kept", || {
+        format!("/var/lib/maculaos-test after reboot: {kept:?}")
+    })?;
     let after = ssh.check(ident)?;
-    ensure(before == after, || format!("machine-id or SSH host key changed across reboot:\nbefore:\n{before}\nafter:\n{after}"))?;
+    ensure(before == after, || {
+        format!(
+            "machine-id or SSH host key changed across reboot:\nbefore:\n{before}\nafter:\n{after}"
+        )
+    })?;
     Ok(())
 }
 
@@ -70,20 +124,41 @@ fn grow_data(ctx: &mut Ctx) -> Result<()> {
     let before = std::fs::metadata(&disk_path)?.len();
     let grown = before + (4 << 30);
     disk::resize(&disk_path, grown)?;
-    let ssh = ctx.boot(ctx.spec(&disk_path, Firmware::Bios), "first boot (grown disk)")?;
-    let disk_bytes: u64 = ssh.check("echo $(( $(cat /sys/class/block/vda/size) * 512 ))")?.trim().parse()?;
-    ensure(disk_bytes == grown, || format!("guest sees a {disk_bytes}-byte disk, expected {grown}"))?;
+    let ssh = ctx.boot(
+        ctx.spec(&disk_path, Firmware::Bios),
+        "first boot (grown disk)",
+    )?;
+    let disk_bytes: u64 = ssh
+        .check("echo $(( $(cat /sys/class/block/vda/size) * 512 ))")?
+        .trim()
+        .parse()?;
+    ensure(disk_bytes == grown, || {
+        format!("guest sees a {disk_bytes}-byte disk, expected {grown}")
+    })?;
     let df = ssh.check("df -B1 --output=size /var | tail -n1")?;
-    let fs_bytes: u64 = df.trim().parse().with_context(|| format!("df printed {df:?}"))?;
-    let end = ssh.check("p=/sys/class/block/vda5; echo $(( ($(cat $p/start) + $(cat $p/size)) * 512 ))")?;
+    let fs_bytes: u64 = df
+        .trim()
+        .parse()
+        .with_context(|| format!("df printed {df:?}"))?;
+    let end =
+        ssh.check("p=/sys/class/block/vda5; echo $(( ($(cat $p/start) + $(cat $p/size)) * 512 ))")?;
     let end: u64 = end.trim().parse()?;
     // The partition must end at the disk's end, less the backup GPT (<= 1 MiB).
-    ensure(grown - end <= 1 << 20, || format!("MACULA_DATA ends at {end}, the disk at {grown}: not grown to fill it"))?;
+    ensure(grown - end <= 1 << 20, || {
+        format!("MACULA_DATA ends at {end}, the disk at {grown}: not grown to fill it")
+    })?;
     // ext4 keeps a few percent for its own metadata.
-    let part_start = ssh.check("echo $(( $(cat /sys/class/block/vda5/start) * 512 ))")?.trim().parse::<u64>()?;
+    let part_start = ssh
+        .check("echo $(( $(cat /sys/class/block/vda5/start) * 512 ))")?
+        .trim()
+        .parse::<u64>()?;
     let part = end - part_start;
-    ensure(fs_bytes > part / 100 * 90, || format!("/var is {fs_bytes} bytes on a {part}-byte partition"))?;
-    ensure(fs_bytes > 4 << 30, || format!("/var is only {fs_bytes} bytes after growing the disk by 4 GiB"))?;
+    ensure(fs_bytes > part / 100 * 90, || {
+        format!("/var is {fs_bytes} bytes on a {part}-byte partition")
+    })?;
+    ensure(fs_bytes > 4 << 30, || {
+        format!("/var is only {fs_bytes} bytes after growing the disk by 4 GiB")
+    })?;
     Ok(())
 }
 
@@ -101,8 +176,11 @@ fn missing_root(ctx: &mut Ctx) -> Result<()> {
     vm.wait_for_serial("rebooting", BOOT_TIMEOUT)?;
     // -no-reboot: the guest's reboot ends QEMU.
     let vm = ctx.vm()?;
-    vm.wait_exit(BOOT_TIMEOUT).context("the guest did not reboot after the failure")?;
+    vm.wait_exit(BOOT_TIMEOUT)
+        .context("the guest did not reboot after the failure")?;
     let text = ctx.vm()?.serial_text();
-    ensure(text.contains("NOT_A_MACULA_ROOT"), || "the failure message does not list the partitions it saw".into())?;
+    ensure(text.contains("NOT_A_MACULA_ROOT"), || {
+        "the failure message does not list the partitions it saw".into()
+    })?;
     Ok(())
 }

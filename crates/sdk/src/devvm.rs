@@ -62,7 +62,9 @@ pub fn parse_size(s: &str) -> Result<u64> {
         Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
         _ => (s, 1),
     };
-    let n: u64 = num.parse().with_context(|| format!("disk size {s:?}: expected a number with optional M, G or T"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("disk size {s:?}: expected a number with optional M, G or T"))?;
     Ok(n * mult)
 }
 
@@ -78,9 +80,9 @@ fn pid_alive(pid: u64) -> bool {
 /// Build when the image is missing or was built from other inputs.
 fn ensure_image(opts: &BuildOptions) -> Result<PathBuf> {
     let disk = opts.disk_path();
-    let fresh = Manifest::load(&opts.manifest_path())
-        .ok()
-        .map(|m| m.inputs == maculaos_image::inputs_hash(opts).unwrap_or_default() && disk.exists());
+    let fresh = Manifest::load(&opts.manifest_path()).ok().map(|m| {
+        m.inputs == maculaos_image::inputs_hash(opts).unwrap_or_default() && disk.exists()
+    });
     match fresh {
         Some(true) => eprintln!("==> image {} is up to date", disk.display()),
         Some(false) => {
@@ -111,7 +113,14 @@ fn authorized_keys(dir: &Path) -> Result<(PathBuf, Vec<String>)> {
 
 pub fn run(cmd: VmCommand) -> Result<()> {
     match cmd {
-        VmCommand::Start { build, headless, uefi, disk_size, fresh, memory } => {
+        VmCommand::Start {
+            build,
+            headless,
+            uefi,
+            disk_size,
+            fresh,
+            memory,
+        } => {
             maculaos_image::hosttools::ensure(maculaos_image::hosttools::VM)?;
             let opts = build.options();
             let dir = vm_dir(&opts.out);
@@ -127,17 +136,25 @@ pub fn run(cmd: VmCommand) -> Result<()> {
                 .and_then(|w| Ok(w.modified()? < fs::metadata(&image)?.modified()?))
                 .unwrap_or(true);
             if fresh || stale {
-                eprintln!("==> new working disk {} from {}", work.display(), image.display());
+                eprintln!(
+                    "==> new working disk {} from {}",
+                    work.display(),
+                    image.display()
+                );
                 disk::working_copy(&image, &work)?;
                 let size = parse_size(&disk_size)?;
                 if size > fs::metadata(&work)?.len() {
                     disk::resize(&work, size)?;
                 }
             } else {
-                eprintln!("==> reusing working disk {} (--fresh to start over)", work.display());
+                eprintln!(
+                    "==> reusing working disk {} (--fresh to start over)",
+                    work.display()
+                );
             }
             let (key, keys) = authorized_keys(&dir)?;
-            let cmdline = format!("maculaos.ssh_authorized_keys=\"{}\"", keys.join(";"));
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let cmdline = maculaos_scenarios::key_param(&keys);
             disk::grubenv_set(&work, &[("maculaos_extra_cmdline", &cmdline)])?;
 
             let mut spec = VmSpec::new(&work, &dir);
@@ -146,10 +163,14 @@ pub fn run(cmd: VmCommand) -> Result<()> {
             spec.serial_stdio = !headless;
             spec.memory_mib = memory;
             let mut vm = Vm::start(spec)?;
-            let port = vm.ssh_port().context("QEMU started without an SSH forward")?;
+            let port = vm
+                .ssh_port()
+                .context("QEMU started without an SSH forward")?;
             fs::write(
                 dir.join("vm.json"),
-                serde_json::to_string_pretty(&json!({"pid": vm.pid(), "ssh_port": port, "key": key, "qmp": dir.join("qmp.sock")}))?,
+                serde_json::to_string_pretty(
+                    &json!({"pid": vm.pid(), "ssh_port": port, "key": key, "qmp": dir.join("qmp.sock")}),
+                )?,
             )?;
             let ssh_line = format!("ssh -i {} -p {port} macula@127.0.0.1", key.display());
             eprintln!("==> QEMU: {}", vm.command_line());
@@ -158,7 +179,11 @@ pub fn run(cmd: VmCommand) -> Result<()> {
                 let start = Instant::now();
                 let ssh = vm.ssh(&key, "macula")?;
                 vm.wait_for_ssh(&ssh, HEADLESS_BOOT_TIMEOUT)?;
-                eprintln!("==> up after {:.0}s; serial log: {}", start.elapsed().as_secs_f64(), vm.serial_log_path().display());
+                eprintln!(
+                    "==> up after {:.0}s; serial log: {}",
+                    start.elapsed().as_secs_f64(),
+                    vm.serial_log_path().display()
+                );
                 println!("{ssh_line}");
                 // Leave QEMU running after we exit: Vm's Drop would stop it.
                 std::mem::forget(vm);
@@ -198,7 +223,10 @@ pub fn run(cmd: VmCommand) -> Result<()> {
                 }
             }
             if !wait_gone(Duration::from_secs(10)) {
-                maculaos_runner::Cmd::new("kill").arg(pid.to_string()).quiet().run()?;
+                maculaos_runner::Cmd::new("kill")
+                    .arg(pid.to_string())
+                    .quiet()
+                    .run()?;
                 wait_gone(Duration::from_secs(10));
             }
             let _ = fs::remove_file(dir.join("vm.json"));
@@ -207,8 +235,11 @@ pub fn run(cmd: VmCommand) -> Result<()> {
         }
         VmCommand::Ssh { out, command } => {
             let dir = vm_dir(&crate::out_dir(out.as_deref()));
-            let state = read_state(&dir).context("no dev VM is running: `maculaos-sdk vm start --headless` first")?;
-            let port = state["ssh_port"].as_u64().context("vm.json has no ssh_port")?;
+            let state = read_state(&dir)
+                .context("no dev VM is running: `maculaos-sdk vm start --headless` first")?;
+            let port = state["ssh_port"]
+                .as_u64()
+                .context("vm.json has no ssh_port")?;
             let key = state["key"].as_str().context("vm.json has no key")?;
             let ssh = maculaos_vm::Ssh::new(port as u16, key, "macula");
             let mut args = ssh.args(&command.join(" "));

@@ -23,7 +23,11 @@ pub struct BuildArgs {
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     pub version: String,
     /// Debian mirror (also MACULAOS_MIRROR).
-    #[arg(long, env = "MACULAOS_MIRROR", default_value = "http://deb.debian.org/debian")]
+    #[arg(
+        long,
+        env = "MACULAOS_MIRROR",
+        default_value = "http://deb.debian.org/debian"
+    )]
     pub mirror: String,
     /// Cache for downloaded packages and build stages (also MACULAOS_CACHE).
     #[arg(long)]
@@ -38,7 +42,10 @@ impl BuildArgs {
         let repo = repo_root();
         maculaos_image::BuildOptions {
             out: out_dir(self.out.as_deref()),
-            cache: self.cache.clone().unwrap_or_else(maculaos_image::default_cache),
+            cache: self
+                .cache
+                .clone()
+                .unwrap_or_else(maculaos_image::default_cache),
             version: self.version.clone(),
             suite: "bookworm".into(),
             mirror: self.mirror.clone(),
@@ -78,7 +85,9 @@ pub fn repo_root() -> PathBuf {
 pub fn out_dir(given: Option<&std::path::Path>) -> PathBuf {
     match given {
         Some(p) if p.is_absolute() => p.to_owned(),
-        Some(p) => std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_owned()),
+        Some(p) => std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_owned()),
         None => repo_root().join("out"),
     }
 }
@@ -92,7 +101,8 @@ fn main() {
             let build = BuildArgs {
                 out: args.out.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                mirror: std::env::var("MACULAOS_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into()),
+                mirror: std::env::var("MACULAOS_MIRROR")
+                    .unwrap_or_else(|_| "http://deb.debian.org/debian".into()),
                 cache: None,
                 zstd_level: 9,
             };

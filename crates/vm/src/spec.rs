@@ -247,6 +247,9 @@ pub(crate) fn qemu_args(spec: &VmSpec, ports: &Ports, boot: u32) -> Result<Vec<S
     push(&["-cpu", "max"]);
     push(&["-m", &spec.memory_mib.to_string()]);
     push(&["-smp", &spec.cpus.to_string()]);
+    // Entropy from the host: without it a TCG guest can wait minutes for its
+    // random pool, and first-boot key generation with it.
+    push(&["-device", "virtio-rng-pci"]);
     if spec.firmware == Firmware::Uefi {
         push(&["-bios", &opt_path(&spec.ovmf)?]);
     }
