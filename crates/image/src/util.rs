@@ -178,7 +178,7 @@ pub fn free_space(dir: &Path) -> Result<u64> {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("checking free space in {}", dir.display()));
     }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    Ok(st.f_bavail * st.f_frsize)
 }
 
 fn unsafe_zeroed() -> libc::statvfs {

@@ -180,10 +180,10 @@ impl Collector {
     fn space(&self, p: &str) -> (u64, u64, u64) {
         match nix::sys::statvfs::statvfs(&self.root.join(p.trim_start_matches('/'))) {
             Ok(s) => {
-                let f = s.fragment_size() as u64;
-                let size = s.blocks() as u64 * f;
-                let free = s.blocks_free() as u64 * f;
-                (size, size - free.min(size), s.blocks_available() as u64 * f)
+                let f = s.fragment_size();
+                let size = s.blocks() * f;
+                let free = s.blocks_free() * f;
+                (size, size - free.min(size), s.blocks_available() * f)
             }
             Err(_) => (0, 0, 0),
         }
@@ -254,11 +254,7 @@ impl Info {
                     d.mountpoint,
                     human_size(d.used_bytes),
                     human_size(d.size_bytes),
-                    if d.size_bytes > 0 {
-                        d.used_bytes * 100 / d.size_bytes
-                    } else {
-                        0
-                    },
+                    (d.used_bytes * 100).checked_div(d.size_bytes).unwrap_or(0),
                     human_size(d.available_bytes)
                 ),
             )),

@@ -225,8 +225,9 @@ fn run(debug: &Cell<bool>) -> Result<Infallible, InitError> {
     // 8. Mount it on /var with /home and /root.
     mount_data(&parts.data, &outcome)?;
 
-    // 9. A writable /etc whose changes last until reboot.
+    // 9. A writable /etc whose changes last until reboot, and a /tmp.
     mount_etc_overlay()?;
+    mount_tmp()?;
 
     // 10. Identity.
     setup_identity()?;
@@ -719,6 +720,24 @@ fn mount_etc_overlay() -> Result<(), InitError> {
         etc.display()
     )))?;
     say("/etc is writable (an overlay whose changes last until reboot)");
+    Ok(())
+}
+
+/// /tmp on tmpfs: the root is read-only, and systemd needs a writable /tmp
+/// to set up services' private /dev (PrivateDevices=, e.g. systemd-resolved).
+fn mount_tmp() -> Result<(), InitError> {
+    let tmp = sysroot("/tmp");
+    mount(
+        Some("tmpfs"),
+        &tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .map_err(InitError::sys(format!(
+        "mounting a tmpfs on {}",
+        tmp.display()
+    )))?;
     Ok(())
 }
 

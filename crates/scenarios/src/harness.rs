@@ -30,13 +30,17 @@ pub struct Ctx {
     pubkey: String,
     pub timings: Vec<Timing>,
     vm: Option<Vm>,
+    /// How the image under test was built (for scenarios that build again).
+    pub build: maculaos_image::BuildOptions,
+    pub manifest: maculaos_image::Manifest,
 }
 
 impl Ctx {
     pub fn new(
         name: &'static str,
         base: &Path,
-        image: &Path,
+        report: &maculaos_image::BuildReport,
+        build: &maculaos_image::BuildOptions,
         key: &Path,
         pubkey: &str,
     ) -> Result<Ctx> {
@@ -48,7 +52,9 @@ impl Ctx {
         Ok(Ctx {
             name,
             dir,
-            image: image.to_owned(),
+            image: report.disk.clone(),
+            build: build.clone(),
+            manifest: report.manifest.clone(),
             key: key.to_owned(),
             pubkey: pubkey.to_owned(),
             timings: Vec::new(),

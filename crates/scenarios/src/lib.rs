@@ -96,7 +96,7 @@ pub fn run(args: &TestArgs, build: &BuildOptions) -> Result<i32> {
         for s in chosen {
             eprintln!("==> scenario {}: {}", s.name, s.about);
             let started = Instant::now();
-            let mut ctx = Ctx::new(s.name, &dir, &report.disk, &key, &pubkey)?;
+            let mut ctx = Ctx::new(s.name, &dir, &report, build, &key, &pubkey)?;
             let result = (s.run)(&mut ctx);
             ctx.shutdown();
             let secs = started.elapsed().as_secs_f64();
@@ -111,7 +111,7 @@ pub fn run(args: &TestArgs, build: &BuildOptions) -> Result<i32> {
                 }
             }
             eprintln!("    ({:.0}s; logs in {})", secs, ctx.dir.display());
-            timings.extend(ctx.timings.drain(..));
+            timings.append(&mut ctx.timings);
             timings.push(Timing {
                 scenario: s.name.into(),
                 what: "scenario total".into(),

@@ -32,6 +32,16 @@ pub fn all() -> Vec<Scenario> {
             about: "a missing root label gets one clear line, then a reboot",
             run: missing_root,
         },
+        Scenario {
+            name: "reproducible",
+            about: "rebuilding the root from the same inputs gives the same squashfs sha256",
+            run: reproducible,
+        },
+        Scenario {
+            name: "build-errors",
+            about: "unreachable mirror, full output disk: clear errors, no half-written image",
+            run: build_errors,
+        },
     ]
 }
 
@@ -181,6 +191,108 @@ fn missing_root(ctx: &mut Ctx) -> Result<()> {
     let text = ctx.vm()?.serial_text();
     ensure(text.contains("NOT_A_MACULA_ROOT"), || {
         "the failure message does not list the partitions it saw".into()
+    })?;
+    Ok(())
+}
+
+/// A cache that shares the downloaded packages and the Debian root with the
+/// main one but has no root stage, so the root is built again from scratch.
+fn fresh_root_cache(ctx: &Ctx, name: &str, share_rootfs: bool) -> Result<std::path::PathBuf> {
+    let cache = ctx.dir.join(name);
+    std::fs::create_dir_all(&cache)?;
+    let mut shared = vec!["debs"];
+    if share_rootfs {
+        shared.push("rootfs");
+    }
+    for d in shared {
+        let src = ctx.build.cache.join(d);
+        std::fs::create_dir_all(&src)?;
+        std::os::unix::fs::symlink(&src, cache.join(d))
+            .with_context(|| format!("linking {}", src.display()))?;
+    }
+    Ok(cache)
+}
+
+fn reproducible(ctx: &mut Ctx) -> Result<()> {
+    let mut opts = ctx.build.clone();
+    opts.cache = fresh_root_cache(ctx, "cache", true)?;
+    opts.out = ctx.dir.join("out");
+    let again = maculaos_image::build(&opts)?;
+    let first = ctx
+        .manifest
+        .output("slot")
+        .context("first build has no slot image")?;
+    let second = again
+        .manifest
+        .output("slot")
+        .context("second build has no slot image")?;
+    ensure(first.sha256 == second.sha256, || {
+        format!(
+            "squashfs differs between two builds of the same inputs: {} vs {}",
+            first.sha256, second.sha256
+        )
+    })?;
+    let _ = std::fs::remove_dir_all(&opts.out);
+    let _ = std::fs::remove_dir_all(&opts.cache);
+    Ok(())
+}
+
+fn image_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    n.ends_with(".img") || n.ends_with(".squashfs") || n.ends_with(".partial")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn build_errors(ctx: &mut Ctx) -> Result<()> {
+    // 1. No route to the mirror: a port on this machine where nothing listens.
+    let mut opts = ctx.build.clone();
+    opts.mirror = "http://127.0.0.1:9/debian".into();
+    opts.cache = fresh_root_cache(ctx, "cache-nomirror", false)?;
+    opts.out = ctx.dir.join("out-nomirror");
+    let err = match maculaos_image::build(&opts) {
+        Ok(_) => anyhow::bail!("a build from an unreachable mirror succeeded"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure(
+        err.contains("cannot reach the Debian mirror http://127.0.0.1:9/debian"),
+        || format!("unreachable mirror: unclear error: {err}"),
+    )?;
+    let left = image_files(&opts.out);
+    ensure(left.is_empty(), || {
+        format!("failed build left {left:?} in {}", opts.out.display())
+    })?;
+
+    // 2. A full output disk: a 64 MiB tmpfs.
+    let full = ctx.dir.join("full");
+    std::fs::create_dir_all(&full)?;
+    maculaos_runner::Cmd::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "maculaos-test-full"])
+        .arg(&full)
+        .quiet()
+        .run()
+        .context("mounting a small tmpfs (the scenario runs as root, like the image build)")?;
+    let mut opts = ctx.build.clone();
+    opts.out = full.clone();
+    let result = maculaos_image::build(&opts);
+    let left = image_files(&full);
+    let _ = maculaos_runner::Cmd::new("umount").arg(&full).quiet().run();
+    let err = match result {
+        Ok(_) => anyhow::bail!("a build into a 64 MiB directory succeeded"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure(
+        err.contains("not enough disk space") && err.contains(&full.display().to_string()),
+        || format!("full disk: unclear error: {err}"),
+    )?;
+    ensure(left.is_empty(), || {
+        format!("failed build left {left:?} in {}", full.display())
     })?;
     Ok(())
 }
