@@ -38,13 +38,19 @@ fn list_files(image: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// SOURCE_DATE_EPOCH of the mmdebstrap stage. Fixed rather than the commit
+/// time so a new commit does not rebuild the Debian root: only dates inside
+/// files depend on it (e.g. /etc/shadow's last password change), and the
+/// squashfs stage pins every file time to the build's own epoch anyway.
+pub const ROOTFS_EPOCH: u64 = 1_700_000_000;
+
 /// Cache key of the mmdebstrap stage: everything that changes its result.
 pub fn rootfs_key(opts: &BuildOptions) -> Result<String> {
     let image = opts.image_dir();
     let mut k = KeyHasher::default();
     k.str("suite", &opts.suite)
         .str("mirror", &opts.mirror)
-        .str("sde", &opts.source_date_epoch.to_string());
+        .str("sde", &ROOTFS_EPOCH.to_string());
     for f in list_files(&image)? {
         k.file(&f)?;
     }
@@ -91,7 +97,7 @@ pub fn debian_root(opts: &BuildOptions, key: &str) -> Result<(PathBuf, bool)> {
     let _ = fs::remove_file(&log);
     let mut cmd = Cmd::new("mmdebstrap")
         .hint("apt-get install mmdebstrap")
-        .env("SOURCE_DATE_EPOCH", opts.source_date_epoch.to_string())
+        .env("SOURCE_DATE_EPOCH", ROOTFS_EPOCH.to_string())
         .args(["--variant=minbase", "--mode=root", "--format=directory"])
         .arg("--aptopt=Apt::Install-Recommends \"false\"")
         .arg(format!("--include={}", pkgs.join(",")))

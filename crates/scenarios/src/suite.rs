@@ -4,6 +4,7 @@ use crate::harness::{ensure, info, Ctx, BOOT_TIMEOUT};
 use crate::Scenario;
 use anyhow::{Context, Result};
 use maculaos_vm::{disk, Firmware, Ssh};
+use std::time::Duration;
 
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -31,6 +32,11 @@ pub fn all() -> Vec<Scenario> {
             name: "missing-root",
             about: "a missing root label gets one clear line, then a reboot",
             run: missing_root,
+        },
+        Scenario {
+            name: "debug-shell",
+            about: "with maculaos.debug a boot failure opens a shell on the console",
+            run: debug_shell,
         },
         Scenario {
             name: "reproducible",
@@ -192,6 +198,28 @@ fn missing_root(ctx: &mut Ctx) -> Result<()> {
     ensure(text.contains("NOT_A_MACULA_ROOT"), || {
         "the failure message does not list the partitions it saw".into()
     })?;
+    Ok(())
+}
+
+fn debug_shell(ctx: &mut Ctx) -> Result<()> {
+    let disk_path = ctx.disk("maculaos.rootwait=3 maculaos.debug")?;
+    maculaos_runner::Cmd::new("sfdisk")
+        .args(["--part-label"])
+        .arg(&disk_path)
+        .args(["3", "NOT_A_MACULA_ROOT"])
+        .quiet()
+        .run()?;
+    let vm = ctx.start(ctx.spec(&disk_path, Firmware::Bios))?;
+    vm.wait_for_serial("no partition labelled MACULA_ROOT_A", BOOT_TIMEOUT)?;
+    vm.wait_for_serial("debug shell", BOOT_TIMEOUT)?;
+    vm.mark_serial();
+    // The shell computes; the console echoes input, so look for the result only.
+    vm.send_serial("echo shell-says-$((6*7))\n")?;
+    vm.wait_for_serial("shell-says-42", Duration::from_secs(60))?;
+    vm.send_serial("exit\n")?;
+    let vm = ctx.vm()?;
+    vm.wait_exit(BOOT_TIMEOUT)
+        .context("leaving the debug shell did not reboot")?;
     Ok(())
 }
 
