@@ -71,6 +71,7 @@ pub fn debian_root(opts: &BuildOptions, key: &str) -> Result<(PathBuf, bool)> {
     fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     crate::util::require_space(&base, 2 << 30, "the Debian root filesystem")?;
     let partial = base.join(format!("{key}.partial"));
+    unmount_under(&partial);
     remove_tree(&partial)?;
     let debs_cache = opts.cache.join("debs");
     fs::create_dir_all(&debs_cache)?;
@@ -133,15 +134,14 @@ pub fn debian_root(opts: &BuildOptions, key: &str) -> Result<(PathBuf, bool)> {
     );
     if let Err(e) = cmd.run() {
         let text = fs::read_to_string(&log).unwrap_or_default();
+        // mmdebstrap's file-mirror hook leaves its bind mount behind when apt fails.
+        unmount_under(&partial);
         let _ = remove_tree(&partial);
-        if text.contains("Temporary failure resolving")
-            || text.contains("Could not resolve")
-            || text.contains("Failed to fetch")
-            || text.contains("Unable to connect")
-        {
+        if mirror_unreachable(&text) {
             bail!(
-                "cannot reach the Debian mirror {}: check the network (or set MACULAOS_MIRROR to a reachable mirror). Details: {e}",
-                opts.mirror
+                "cannot reach the Debian mirror {}: check the network, or set MACULAOS_MIRROR (or --mirror) to a reachable mirror (log: {})",
+                opts.mirror,
+                log.display()
             );
         }
         return Err(e.into());
@@ -155,6 +155,38 @@ pub fn debian_root(opts: &BuildOptions, key: &str) -> Result<(PathBuf, bool)> {
     fs::rename(&partial, &dir)?;
     prune(&base, key, 2);
     Ok((dir, false))
+}
+
+/// Whether an mmdebstrap log says the mirror could not be reached.
+pub fn mirror_unreachable(log: &str) -> bool {
+    [
+        "Temporary failure resolving",
+        "Could not resolve",
+        "Could not connect",
+        "Failed to fetch",
+        "Unable to connect",
+        "Connection refused",
+    ]
+    .iter()
+    .any(|s| log.contains(s))
+}
+
+/// Lazily unmount every mount at or below `dir` (deepest first).
+pub fn unmount_under(dir: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Cmd::new("umount").args(["-l", &p]).quiet().run();
+    }
 }
 
 /// Keep the `keep` newest cache entries in `base` (and `current`).
@@ -272,6 +304,12 @@ mod tests {
     fn package_lists_skip_comments_and_blanks() {
         let l = read_package_list("# head\nsystemd\n\n  vim  # editor\n");
         assert_eq!(l, vec!["systemd", "vim"]);
+    }
+
+    #[test]
+    fn mirror_errors_are_recognised() {
+        assert!(mirror_unreachable("W: Failed to fetch http://127.0.0.1:9/debian/dists/bookworm/InRelease  Could not connect to 127.0.0.1:9"));
+        assert!(!mirror_unreachable("E: Unable to locate package vimm"));
     }
 
     #[test]

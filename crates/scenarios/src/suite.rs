@@ -296,6 +296,11 @@ fn build_errors(ctx: &mut Ctx) -> Result<()> {
     ensure(left.is_empty(), || {
         format!("failed build left {left:?} in {}", opts.out.display())
     })?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let dir = ctx.dir.display().to_string();
+    ensure(!mounts.contains(&dir), || {
+        format!("the failed build left a mount under {dir}")
+    })?;
 
     // 2. A full output disk: a 64 MiB tmpfs.
     let full = ctx.dir.join("full");
