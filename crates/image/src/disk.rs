@@ -221,6 +221,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn grub_cfg_parses() {
+        // The real parser of GRUB's script language, from grub-common.
+        if !maculaos_runner::have("grub-script-check") {
+            eprintln!("grub-script-check not installed; skipping");
+            return;
+        }
+        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../image/grub/grub.cfg");
+        maculaos_runner::Cmd::new("grub-script-check")
+            .arg(&cfg)
+            .quiet()
+            .run()
+            .unwrap();
+    }
+
+    #[test]
     fn slot_cfg_is_safe_grub_script() {
         assert_eq!(
             slot_cfg(Slot::B, "1.2.3"),
