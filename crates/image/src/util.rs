@@ -38,7 +38,9 @@ impl KeyHasher {
 
     pub fn file(&mut self, path: &Path) -> Result<&mut Self> {
         let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        self.str(&path.to_string_lossy(), "");
+        // The name, not the whole path: a fresh clone elsewhere must get the same key.
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        self.str(&name, "");
         self.0.update(data.len().to_le_bytes());
         self.0.update(&data);
         Ok(self)
