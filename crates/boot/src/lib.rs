@@ -14,6 +14,15 @@ pub const LABEL_ESP: &str = "MACULA_ESP";
 /// GPT partition label of the persistent data partition mounted on `/var`.
 pub const LABEL_DATA: &str = "MACULA_DATA";
 
+/// GPT type of a data partition that has not been formatted yet. The image
+/// ships `MACULA_DATA` with this type; maculaos-init formats it and only then
+/// sets [`TYPE_LINUX_FS`]. A power cut in between leaves this type, so the
+/// next boot formats again instead of mistaking a half-made filesystem for
+/// foreign data (which it must never touch).
+pub const TYPE_DATA_UNFORMATTED: &str = "40CB2921-36A6-4662-A9CD-6FF51C2C78D8";
+/// GPT type "Linux filesystem data".
+pub const TYPE_LINUX_FS: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
 /// Where `maculaos-init` records how it booted the system.
 pub const BOOT_INFO_PATH: &str = "/run/maculaos/boot.json";
 /// Persistent MaculaOS state (config, identity) on the data partition.

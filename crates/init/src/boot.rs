@@ -13,6 +13,7 @@ use crate::seed::seed_data;
 use crate::switch::{switch_root, ROOT_INIT};
 use maculaos_boot::{
     BootInfo, BootParams, Cmdline, Firmware, Mode, BOOT_INFO_PATH, LABEL_DATA, STATE_DIR,
+    TYPE_DATA_UNFORMATTED, TYPE_LINUX_FS,
 };
 use maculaos_kmod::{KmodError, Loader, ModuleIndex};
 use maculaos_runner::Cmd;
@@ -513,7 +514,11 @@ fn prepare_data(parts: &BootPartitions, devs: &[BlockDev]) -> Result<DataOutcome
     let device = parts.data.node();
     let head = read_head(&device)?;
     let state = classify(&head);
-    if state == DataState::Foreign {
+    let unformatted = parts
+        .data
+        .partnum
+        .is_some_and(|n| partition_type(&parts.disk, n).is_some_and(|t| is_unformatted_type(&t)));
+    if state == DataState::Foreign && !unformatted {
         return Err(InitError::ForeignData {
             label: LABEL_DATA,
             device,
@@ -562,7 +567,7 @@ fn prepare_data(parts: &BootPartitions, devs: &[BlockDev]) -> Result<DataOutcome
         }
     }
 
-    let formatted = state == DataState::Blank;
+    let formatted = unformatted || state == DataState::Blank;
     if formatted {
         say(format!(
             "formatting {LABEL_DATA} ({device}, {}): first boot",
@@ -581,6 +586,11 @@ fn prepare_data(parts: &BootPartitions, devs: &[BlockDev]) -> Result<DataOutcome
         .map_err(InitError::tool(format!(
             "formatting {LABEL_DATA} ({device})"
         )))?;
+        // Only now is it a filesystem worth keeping. If this fails we must not
+        // go on: the next boot would see "unformatted" and format it again.
+        if let Some(n) = parts.data.partnum {
+            set_partition_type(&parts.disk, n, TYPE_LINUX_FS)?;
+        }
     }
     let resize = !formatted && ext4_size(&head).is_some_and(|fs| fs_needs_resize(fs, size));
     Ok(DataOutcome {
@@ -588,6 +598,47 @@ fn prepare_data(parts: &BootPartitions, devs: &[BlockDev]) -> Result<DataOutcome
         grown,
         resize,
     })
+}
+
+/// The GPT type GUID of partition `partnum` of `disk`, read with the root's
+/// sfdisk; None (and a warning) when it cannot be read.
+fn partition_type(disk: &str, partnum: u32) -> Option<String> {
+    let node = format!("/dev/{disk}");
+    match in_root(["sfdisk", "--part-type", &node, &partnum.to_string()])
+        .quiet()
+        .output()
+    {
+        Ok(t) => Some(t.trim().to_string()),
+        Err(e) => {
+            warn(format!(
+                "reading the partition type of {node} partition {partnum}: {e}"
+            ));
+            None
+        }
+    }
+}
+
+/// Whether a GPT type (as sfdisk prints it) marks a data partition still to be formatted.
+pub fn is_unformatted_type(t: &str) -> bool {
+    t.trim().eq_ignore_ascii_case(TYPE_DATA_UNFORMATTED)
+}
+
+fn set_partition_type(disk: &str, partnum: u32, type_guid: &str) -> Result<(), InitError> {
+    let node = format!("/dev/{disk}");
+    in_root([
+        "sfdisk",
+        "--no-reread",
+        "--no-tell-kernel",
+        "--part-type",
+        &node,
+        &partnum.to_string(),
+        type_guid,
+    ])
+    .quiet()
+    .run()
+    .map_err(InitError::tool(format!(
+        "marking {LABEL_DATA} ({node} partition {partnum}) as formatted"
+    )))
 }
 
 /// Extend partition `partnum` of `disk` to the end of the free space, with
@@ -832,5 +883,19 @@ mod tests {
             sysroot(BOOT_INFO_PATH),
             Path::new("/sysroot/run/maculaos/boot.json")
         );
+    }
+}
+
+#[cfg(test)]
+mod type_tests {
+    use super::*;
+
+    #[test]
+    fn unformatted_type_is_recognised_in_any_case() {
+        assert!(is_unformatted_type(
+            "40cb2921-36a6-4662-a9cd-6ff51c2c78d8\n"
+        ));
+        assert!(is_unformatted_type(TYPE_DATA_UNFORMATTED));
+        assert!(!is_unformatted_type(TYPE_LINUX_FS));
     }
 }

@@ -34,6 +34,11 @@ pub fn all() -> Vec<Scenario> {
             run: missing_root,
         },
         Scenario {
+            name: "power-cut",
+            about: "power cut while first boot formats the data partition: the next boot recovers",
+            run: power_cut,
+        },
+        Scenario {
             name: "debug-shell",
             about: "with maculaos.debug a boot failure opens a shell on the console",
             run: debug_shell,
@@ -79,6 +84,18 @@ fn check_booted(ssh: &Ssh, firmware: &str) -> Result<()> {
     ensure(failed.trim().is_empty(), || {
         format!("units failed during boot:\n{failed}")
     })?;
+    let ptype = ssh.check("sudo sfdisk --part-type /dev/vda 5")?;
+    ensure(
+        ptype
+            .trim()
+            .eq_ignore_ascii_case(maculaos_boot::TYPE_LINUX_FS),
+        || {
+            format!(
+                "MACULA_DATA's partition type after first boot is {}, expected Linux filesystem",
+                ptype.trim()
+            )
+        },
+    )?;
     let human = ssh.check("maculaos info")?;
     ensure(human.contains("read-only"), || {
         format!("maculaos info (text) does not say read-only:\n{human}")
@@ -197,6 +214,23 @@ fn missing_root(ctx: &mut Ctx) -> Result<()> {
     let text = ctx.vm()?.serial_text();
     ensure(text.contains("NOT_A_MACULA_ROOT"), || {
         "the failure message does not list the partitions it saw".into()
+    })?;
+    Ok(())
+}
+
+fn power_cut(ctx: &mut Ctx) -> Result<()> {
+    let disk_path = ctx.disk("")?;
+    let vm = ctx.start(ctx.spec(&disk_path, Firmware::Bios))?;
+    vm.wait_for_serial("formatting MACULA_DATA", BOOT_TIMEOUT)?;
+    // Pull the plug: QEMU ends at once, nothing is flushed or unmounted.
+    vm.quit()?;
+    vm.wait_exit(Duration::from_secs(60))?;
+    vm.boot_again()?;
+    let ssh = ctx.wait_up("boot after the power cut")?;
+    check_booted(&ssh, "BIOS")?;
+    let id = ssh.check("sudo test -s /var/lib/maculaos/machine-id && echo ok")?;
+    ensure(id.trim() == "ok", || {
+        "no machine-id on the data partition after recovery".into()
     })?;
     Ok(())
 }
