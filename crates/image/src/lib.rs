@@ -399,6 +399,8 @@ fn make_root(
     rootfs::remove_tree(&dir)?;
     fs::rename(&partial, &dir)?;
     rootfs::remove_tree(&work)?;
+    // Each changed input makes a new entry of ~200 MiB: keep the last few.
+    rootfs::prune(&base, key, 3);
     let note = format!(
         "{n} overlay files, initramfs {} modules ({} compressed)",
         stats.modules,

@@ -190,7 +190,7 @@ pub fn unmount_under(dir: &Path) {
 }
 
 /// Keep the `keep` newest cache entries in `base` (and `current`).
-fn prune(base: &Path, current: &str, keep: usize) {
+pub(crate) fn prune(base: &Path, current: &str, keep: usize) {
     let Ok(rd) = fs::read_dir(base) else { return };
     let mut entries: Vec<(std::time::SystemTime, PathBuf)> = rd
         .filter_map(|e| e.ok())

@@ -104,6 +104,8 @@ pub fn run(args: &TestArgs, build: &BuildOptions) -> Result<i32> {
                 Ok(()) => {
                     println!("PASS {}", s.name);
                     passed += 1;
+                    // Logs stay; the multi-GiB working disk only when it failed.
+                    let _ = std::fs::remove_file(ctx.dir.join("disk.img"));
                 }
                 Err(e) => {
                     println!("FAIL {}: {e:#}", s.name);
