@@ -195,9 +195,10 @@ fn grow_data(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-fn missing_root(ctx: &mut Ctx) -> Result<()> {
-    let disk_path = ctx.disk("maculaos.rootwait=5")?;
-    // Rename slot A's partition with the real partitioning tool.
+/// Boot a copy whose slot A partition was renamed (with the real
+/// partitioning tool) until init reports the missing label.
+fn boot_without_root<'a>(ctx: &'a mut Ctx, extra: &str) -> Result<&'a mut maculaos_vm::Vm> {
+    let disk_path = ctx.disk(extra)?;
     maculaos_runner::Cmd::new("sfdisk")
         .args(["--part-label"])
         .arg(&disk_path)
@@ -206,6 +207,11 @@ fn missing_root(ctx: &mut Ctx) -> Result<()> {
         .run()?;
     let vm = ctx.start(ctx.spec(&disk_path, Firmware::Bios))?;
     vm.wait_for_serial("no partition labelled MACULA_ROOT_A", BOOT_TIMEOUT)?;
+    Ok(vm)
+}
+
+fn missing_root(ctx: &mut Ctx) -> Result<()> {
+    let vm = boot_without_root(ctx, "maculaos.rootwait=5")?;
     vm.wait_for_serial("rebooting", BOOT_TIMEOUT)?;
     // -no-reboot: the guest's reboot ends QEMU.
     let vm = ctx.vm()?;
@@ -236,15 +242,7 @@ fn power_cut(ctx: &mut Ctx) -> Result<()> {
 }
 
 fn debug_shell(ctx: &mut Ctx) -> Result<()> {
-    let disk_path = ctx.disk("maculaos.rootwait=3 maculaos.debug")?;
-    maculaos_runner::Cmd::new("sfdisk")
-        .args(["--part-label"])
-        .arg(&disk_path)
-        .args(["3", "NOT_A_MACULA_ROOT"])
-        .quiet()
-        .run()?;
-    let vm = ctx.start(ctx.spec(&disk_path, Firmware::Bios))?;
-    vm.wait_for_serial("no partition labelled MACULA_ROOT_A", BOOT_TIMEOUT)?;
+    let vm = boot_without_root(ctx, "maculaos.rootwait=3 maculaos.debug")?;
     vm.wait_for_serial("debug shell", BOOT_TIMEOUT)?;
     vm.mark_serial();
     // The shell computes; the console echoes input, so look for the result only.
