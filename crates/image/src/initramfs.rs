@@ -147,26 +147,18 @@ pub fn build(
             data,
         });
     }
-    add(Entry::File {
-        path: format!("{mbase}/modules.dep"),
-        mode: 0o644,
-        data: sub_dep.into_bytes(),
-    });
-    add(Entry::File {
-        path: format!("{mbase}/modules.alias"),
-        mode: 0o644,
-        data: sub_alias.into_bytes(),
-    });
-    add(Entry::File {
-        path: format!("{mbase}/modules.softdep"),
-        mode: 0o644,
-        data: sub_softdep.into_bytes(),
-    });
-    add(Entry::File {
-        path: format!("{mbase}/modules.builtin"),
-        mode: 0o644,
-        data: builtin.into_bytes(),
-    });
+    for (name, text) in [
+        ("modules.dep", sub_dep),
+        ("modules.alias", sub_alias),
+        ("modules.softdep", sub_softdep),
+        ("modules.builtin", builtin),
+    ] {
+        add(Entry::File {
+            path: format!("{mbase}/{name}"),
+            mode: 0o644,
+            data: text.into_bytes(),
+        });
+    }
 
     let entries: Vec<Entry> = tree.into_values().collect();
     let mut raw = Vec::new();
