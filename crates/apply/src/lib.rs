@@ -1,363 +1,249 @@
 //! `maculaos apply`: makes the node match its configuration.
 //!
-//! Today the only source is the kernel command line and the only setting is
-//! `maculaos.ssh_authorized_keys="<key>[;<key>…]"`, which lets a VM or a
-//! bootloader hand the admin user (`macula`) its SSH keys. The declarative
-//! config.yaml with its datasources and applicators grows from here.
+//! [`apply`] runs one applicator per part of the configuration, in a fixed
+//! order (hostname, SSH keys, network, DNS, NTP, modules, sysctl,
+//! environment, write_files, boot_cmd, run_cmd, k3s). Each is independent: one
+//! that fails is reported in [`Report::errors`] and the others still run.
+//! Each is idempotent: a second run with the same configuration reports no
+//! change (except `boot_cmd`, which runs at every boot by design).
+//!
+//! Files are written under [`Options::root`] (`/` on a node), atomically,
+//! and only when their content, mode or owner differs. Acting on the running
+//! system (kernel hostname, /proc/sys, modprobe, services) happens only when
+//! [`Options::live`]; running the configuration's commands only when
+//! [`Options::run_commands`].
 
-use maculaos_boot::Cmdline;
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
+mod applier;
+mod commands;
+mod dropins;
+mod environment;
+mod hostname;
+mod k3s;
+mod kernel;
+mod network;
+mod ssh;
+mod users;
+mod write_files;
+
+use applier::Applier;
+use maculaos_config::Config;
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+pub use hostname::{default_hostname, hosts_file, primary_mac};
+pub use k3s::k3s_installed;
+pub use users::{lookup_group, lookup_user};
+
+/// The admin user: the one the configuration's SSH keys are for.
 pub const ADMIN_USER: &str = "macula";
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("user {user} is not in {passwd}: the image is missing its admin user")]
-    NoUser { user: String, passwd: PathBuf },
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+/// How to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Where the node's files are (`/` on a node; a directory in tests or image builds).
+    pub root: PathBuf,
+    /// Work out what would change, and change nothing: no file written, no
+    /// command run (read-only queries such as `systemctl is-active` aside).
+    pub dry_run: bool,
+    /// Run by the boot unit: only then `boot_cmd` runs.
+    pub boot: bool,
+    /// Also act on the running system: set the kernel hostname, write
+    /// /proc/sys, load modules, reload or restart services, enable k3s.
+    /// Its files (/proc, /sys) are still read under `root`.
+    pub live: bool,
+    /// Run the configuration's commands (`boot_cmd`, `run_cmd`).
+    pub run_commands: bool,
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ApplyError {
-    let path = path.to_owned();
-    move |source| ApplyError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
-/// SSH public keys from `maculaos.ssh_authorized_keys` (several separated by
-/// `;`). Spaces may be written `%20`: GRUB escapes double quotes when it
-/// builds the command line, so a quoted value with spaces cannot pass through it.
-pub fn ssh_keys_from_cmdline(c: &Cmdline) -> Vec<String> {
-    c.get("maculaos.ssh_authorized_keys")
-        .map(|v| {
-            percent_decode(v)
-                .split(';')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Decode `%XX` escapes; anything malformed stays as it is.
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A user's uid, gid and home from a passwd file.
-pub fn lookup_user(passwd: &str, user: &str) -> Option<(u32, u32, PathBuf)> {
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        if f.len() >= 6 && f[0] == user {
-            Some((f[2].parse().ok()?, f[3].parse().ok()?, PathBuf::from(f[5])))
-        } else {
-            None
-        }
-    })
-}
-
-/// Make `home/.ssh/authorized_keys` hold `keys` (those not yet there are
-/// appended; keys added by hand stay). Returns whether the file changed.
-pub fn ensure_authorized_keys(
-    home: &Path,
-    uid: u32,
-    gid: u32,
-    keys: &[String],
-) -> Result<bool, ApplyError> {
-    if keys.is_empty() {
-        return Ok(false);
-    }
-    let dir = home.join(".ssh");
-    let file = dir.join("authorized_keys");
-    let existing = fs::read_to_string(&file).unwrap_or_default();
-    let missing: Vec<&String> = keys
-        .iter()
-        .filter(|k| !existing.lines().any(|l| l.trim() == k.as_str()))
-        .collect();
-    if missing.is_empty() {
-        return Ok(false);
-    }
-    fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-        .map_err(io("setting mode of", &dir))?;
-    let mut text = existing;
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    for k in missing {
-        text.push_str(k);
-        text.push('\n');
-    }
-    let tmp = dir.join(".authorized_keys.new");
-    fs::write(&tmp, text).map_err(io("writing", &tmp))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
-        .map_err(io("setting mode of", &tmp))?;
-    chown(&dir, uid, gid)?;
-    chown(&tmp, uid, gid)?;
-    fs::rename(&tmp, &file).map_err(io("replacing", &file))?;
-    Ok(true)
-}
-
-fn chown(p: &Path, uid: u32, gid: u32) -> Result<(), ApplyError> {
-    std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(io("changing owner of", p))
-}
-
-/// The default hostname `macula-XXXX`, XXXX the last four hex digits of the
-/// primary MAC address (stable across reboots and reinstalls), else of the
-/// machine-id.
-pub fn default_hostname(primary_mac: Option<&str>, machine_id: &str) -> String {
-    let hex: String = match primary_mac {
-        Some(mac) => mac.chars().filter(|c| c.is_ascii_hexdigit()).collect(),
-        None => machine_id
-            .chars()
-            .filter(|c| c.is_ascii_hexdigit())
-            .collect(),
-    };
-    let tail = if primary_mac.is_some() {
-        &hex[hex.len().saturating_sub(4)..]
-    } else {
-        &hex[..hex.len().min(4)]
-    };
-    if tail.is_empty() {
-        "macula".to_string()
-    } else {
-        format!("macula-{}", tail.to_ascii_lowercase())
-    }
-}
-
-/// The MAC of the first wired interface backed by a device, by name order.
-pub fn primary_mac(sys_class_net: &Path) -> Option<String> {
-    let mut names: Vec<String> = fs::read_dir(sys_class_net)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names.into_iter().find_map(|n| {
-        let dir = sys_class_net.join(&n);
-        let is_ether = fs::read_to_string(dir.join("type")).is_ok_and(|t| t.trim() == "1");
-        if !is_ether || !dir.join("device").exists() {
-            return None;
-        }
-        let mac = fs::read_to_string(dir.join("address"))
-            .ok()?
-            .trim()
-            .to_string();
-        (mac != "00:00:00:00:00:00").then_some(mac)
-    })
-}
-
-/// /etc/hosts that resolves the node's own name (sudo and others ask).
-pub fn hosts_file(hostname: &str) -> String {
-    format!(
-        "127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    )
-}
-
-/// Set the hostname (default `macula-XXXX`) in /etc/hostname, /etc/hosts and the kernel.
-fn apply_hostname(root: &Path, report: &mut Report) -> Result<(), ApplyError> {
-    // The NIC driver may still be loading (udev) when we start: give it a moment.
-    let net = root.join("sys/class/net");
-    let wait = if root == Path::new("/") { 10 } else { 0 };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
-    let mut mac = primary_mac(&net);
-    while mac.is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        mac = primary_mac(&net);
-    }
-    let machine_id = fs::read_to_string(root.join("etc/machine-id")).unwrap_or_default();
-    let name = default_hostname(mac.as_deref(), machine_id.trim());
-    let hostname_file = root.join("etc/hostname");
-    let current = fs::read_to_string(&hostname_file).unwrap_or_default();
-    if current.trim() != name {
-        fs::write(&hostname_file, format!("{name}\n")).map_err(io("writing", &hostname_file))?;
-        report.changes.push(format!("hostname: {name}"));
-    }
-    let hosts = root.join("etc/hosts");
-    if fs::read_to_string(&hosts).unwrap_or_default() != hosts_file(&name) {
-        fs::write(&hosts, hosts_file(&name)).map_err(io("writing", &hosts))?;
-    }
-    if root == Path::new("/") {
-        let running = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        if running.trim() != name {
-            fs::write("/proc/sys/kernel/hostname", &name).map_err(io(
-                "setting the hostname through",
-                Path::new("/proc/sys/kernel/hostname"),
-            ))?;
+impl Options {
+    /// The options for `root`: live, and running commands, only when `root` is `/`.
+    pub fn for_root(root: impl Into<PathBuf>, dry_run: bool, boot: bool) -> Options {
+        let root = root.into();
+        let live = root == Path::new("/");
+        Options {
+            root,
+            dry_run,
+            boot,
+            live,
+            run_commands: live,
         }
     }
-    Ok(())
 }
 
-/// What one run changed, for the journal.
-#[derive(Debug, Default, PartialEq)]
+/// What one run changed (or, in a dry run, would change: entries start with
+/// "would "), what failed, and what is worth knowing.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub changes: Vec<String>,
+    pub errors: Vec<String>,
+    pub notes: Vec<String>,
 }
 
-/// Apply everything, reading from `root` (`/` on a node).
-pub fn apply(root: &Path) -> Result<Report, ApplyError> {
-    let mut report = Report::default();
-    apply_hostname(root, &mut report)?;
-    let cmdline =
-        Cmdline::parse(&fs::read_to_string(root.join("proc/cmdline")).unwrap_or_default());
-    let keys = ssh_keys_from_cmdline(&cmdline);
-    if !keys.is_empty() {
-        let passwd_path = root.join("etc/passwd");
-        let passwd = fs::read_to_string(&passwd_path).map_err(io("reading", &passwd_path))?;
-        let (uid, gid, home) =
-            lookup_user(&passwd, ADMIN_USER).ok_or_else(|| ApplyError::NoUser {
-                user: ADMIN_USER.into(),
-                passwd: passwd_path.clone(),
-            })?;
-        let home = root.join(home.strip_prefix("/").unwrap_or(&home));
-        if ensure_authorized_keys(&home, uid, gid, &keys)? {
-            report.changes.push(format!(
-                "ssh: {} key(s) for {ADMIN_USER} from the kernel command line",
-                keys.len()
-            ));
+impl Report {
+    /// Whether every applicator succeeded.
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// One applicator: a failure it returns is reported under its name; it may
+/// also report errors itself and go on (one bad file among several).
+type Step = fn(&Config, &mut Applier) -> Result<(), String>;
+
+/// In order: names first (hostname, keys), then the network and what uses
+/// it, the kernel, files, and last what runs (commands, k3s).
+const STEPS: &[(&str, Step)] = &[
+    ("hostname", hostname::apply),
+    ("ssh", ssh::apply),
+    ("network", network::apply),
+    ("dns", dropins::dns),
+    ("ntp", dropins::ntp),
+    ("modules", kernel::modules),
+    ("sysctl", kernel::sysctl),
+    ("environment", environment::apply),
+    ("write_files", write_files::apply),
+    ("boot_cmd", commands::boot_cmd),
+    ("run_cmd", commands::run_cmd),
+    ("k3s", k3s::apply),
+];
+
+/// Make the node under `opts.root` match `config`.
+pub fn apply(config: &Config, opts: &Options) -> Report {
+    let mut a = Applier::new(opts);
+    for (area, step) in STEPS {
+        if let Err(e) = step(config, &mut a) {
+            a.error(area, e);
         }
     }
-    Ok(report)
+    a.report
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::fs;
 
-    fn owner(p: &Path) -> (u32, u32) {
-        use std::os::unix::fs::MetadataExt;
-        let m = fs::metadata(p).unwrap();
-        (m.uid(), m.gid())
+    /// A tempdir root: nothing live, no commands.
+    pub fn opts(root: &Path) -> Options {
+        Options::for_root(root, false, false)
     }
 
-    #[test]
-    fn keys_come_from_cmdline() {
-        let c = Cmdline::parse(
-            "quiet maculaos.ssh_authorized_keys=\"ssh-ed25519 AAAA a@b; ssh-rsa BBBB c@d\"",
-        );
-        assert_eq!(
-            ssh_keys_from_cmdline(&c),
-            vec!["ssh-ed25519 AAAA a@b", "ssh-rsa BBBB c@d"]
-        );
-        assert!(ssh_keys_from_cmdline(&Cmdline::parse("quiet")).is_empty());
-        let c = Cmdline::parse(
-            "maculaos.ssh_authorized_keys=ssh-ed25519%20AAAA%20a@b;ssh-rsa%20BB%2BB",
-        );
-        assert_eq!(
-            ssh_keys_from_cmdline(&c),
-            vec!["ssh-ed25519 AAAA a@b", "ssh-rsa BB+B"]
-        );
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz%41"), "%zzA");
+    pub fn yaml(text: &str) -> Config {
+        if text.trim().is_empty() {
+            return Config::default();
+        }
+        serde_yaml_ng::from_str(text).unwrap()
     }
 
-    #[test]
-    fn hostname_from_mac_or_machine_id() {
+    /// Apply, check there was no error, apply again and check that nothing
+    /// changed; returns the first report.
+    pub fn apply_twice(config: &Config, o: &Options) -> Report {
+        let first = apply(config, o);
+        assert_eq!(first.errors, Vec::<String>::new(), "first run: {first:?}");
+        let second = apply(config, o);
         assert_eq!(
-            default_hostname(Some("52:54:00:12:AB:56"), "x"),
-            "macula-ab56"
+            second.errors,
+            Vec::<String>::new(),
+            "second run: {second:?}"
         );
-        assert_eq!(default_hostname(None, "0f3e9a77c0d1"), "macula-0f3e");
-        assert_eq!(default_hostname(None, ""), "macula");
+        assert_eq!(
+            second.changes,
+            Vec::<String>::new(),
+            "not idempotent: {second:?}"
+        );
+        first
     }
 
+    const FULL: &str = "\
+maculaos:
+  hostname: edge-01
+  dns_nameservers: [1.1.1.1]
+  labels: {zone: a}
+  modules: [br_netfilter]
+  sysctl: {net.ipv4.ip_forward: 1}
+  environment: {TZ: UTC}
+  ntp: {servers: [pool.ntp.org]}
+  ssh: {authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB me@host']}
+  network:
+    dhcp: false
+    interfaces: [{name: eth0, address: 10.0.0.5/24, gateway: 10.0.0.1}]
+k3s: {token: t, args: [--disable=traefik]}
+write_files: [{path: /etc/motd.d/hello, content: hi}]
+run_cmd: ['echo ran >> run.log']
+boot_cmd: ['echo boot >> boot.log']
+";
+
+    /// Every file the full configuration writes, relative to the root.
+    const FULL_FILES: &[&str] = &[
+        "etc/hostname",
+        "etc/hosts",
+        "etc/ssh/authorized_keys.d/macula",
+        "etc/systemd/network/10-maculaos-eth0.network",
+        "etc/systemd/network/80-maculaos-dhcp.network",
+        "etc/systemd/resolved.conf.d/90-maculaos.conf",
+        "etc/systemd/timesyncd.conf.d/90-maculaos.conf",
+        "etc/modules-load.d/maculaos.conf",
+        "etc/sysctl.d/90-maculaos.conf",
+        "etc/environment",
+        "etc/motd.d/hello",
+        "etc/rancher/k3s/config.yaml",
+    ];
+
     #[test]
-    fn primary_mac_skips_virtual_and_loopback() {
+    fn full_config_applies_once() {
         let d = tempfile::tempdir().unwrap();
-        let mk = |n: &str, t: &str, mac: &str, dev: bool| {
-            let p = d.path().join(n);
-            fs::create_dir_all(&p).unwrap();
-            fs::write(p.join("type"), t).unwrap();
-            fs::write(p.join("address"), mac).unwrap();
-            if dev {
-                fs::create_dir_all(p.join("device")).unwrap();
-            }
-        };
-        mk("lo", "772", "00:00:00:00:00:00", false);
-        mk("br0", "1", "aa:aa:aa:aa:aa:aa", false);
-        mk("enp0s3", "1", "52:54:00:12:34:56\n", true);
-        mk("enp1s0", "1", "52:54:00:ff:ff:ff", true);
-        assert_eq!(primary_mac(d.path()).as_deref(), Some("52:54:00:12:34:56"));
-    }
-
-    #[test]
-    fn passwd_lookup() {
-        let p = "root:x:0:0:root:/root:/bin/bash\nmacula:x:1000:1000:MaculaOS admin:/home/macula:/bin/bash\n";
+        let r = apply_twice(&yaml(FULL), &opts(d.path()));
+        for f in FULL_FILES {
+            assert!(d.path().join(f).symlink_metadata().is_ok(), "{f} missing");
+        }
+        assert_eq!(r.changes.len(), FULL_FILES.len(), "{r:?}");
         assert_eq!(
-            lookup_user(p, "macula"),
-            Some((1000, 1000, PathBuf::from("/home/macula")))
+            r.notes,
+            vec![
+                "run_cmd: 1 command(s) not run: commands run only when applying to the running node (root /)",
+                "k3s: not installed (config written to /etc/rancher/k3s/config.yaml)",
+            ]
         );
-        assert_eq!(lookup_user(p, "nobody"), None);
     }
 
     #[test]
-    fn keys_are_added_once_and_hand_added_keys_stay() {
+    fn dry_run_writes_nothing_and_says_what_would_change() {
         let d = tempfile::tempdir().unwrap();
-        let (uid, gid) = owner(d.path());
-        let f = d.path().join(".ssh/authorized_keys");
-        fs::create_dir_all(d.path().join(".ssh")).unwrap();
-        fs::write(&f, "ssh-ed25519 HAND x@y").unwrap();
-        let keys = vec!["ssh-ed25519 AAAA a@b".to_string()];
-        assert!(ensure_authorized_keys(d.path(), uid, gid, &keys).unwrap());
-        assert!(
-            !ensure_authorized_keys(d.path(), uid, gid, &keys).unwrap(),
-            "second run changes nothing"
-        );
-        let text = fs::read_to_string(&f).unwrap();
-        assert_eq!(text, "ssh-ed25519 HAND x@y\nssh-ed25519 AAAA a@b\n");
-        let mode = fs::metadata(&f).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-    }
-
-    #[test]
-    fn apply_on_a_fake_root() {
-        let d = tempfile::tempdir().unwrap();
-        let (uid, gid) = owner(d.path());
-        fs::create_dir_all(d.path().join("proc")).unwrap();
-        fs::create_dir_all(d.path().join("etc")).unwrap();
-        fs::create_dir_all(d.path().join("home/macula")).unwrap();
-        fs::write(
-            d.path().join("proc/cmdline"),
-            "maculaos.ssh_authorized_keys=\"ssh-ed25519 K t\"",
-        )
-        .unwrap();
-        fs::write(
-            d.path().join("etc/passwd"),
-            format!("macula:x:{uid}:{gid}::/home/macula:/bin/bash\n"),
-        )
-        .unwrap();
-        let r = apply(d.path()).unwrap();
-        assert_eq!(r.changes.len(), 2, "{r:?}");
+        let mut o = opts(d.path());
+        o.dry_run = true;
+        o.boot = true;
+        o.run_commands = true;
+        let r = apply(&yaml(FULL), &o);
+        assert!(r.ok(), "{r:?}");
         assert_eq!(
-            fs::read_to_string(d.path().join("etc/hostname")).unwrap(),
-            "macula\n"
+            fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "nothing written"
         );
-        assert_eq!(apply(d.path()).unwrap(), Report::default());
+        assert_eq!(r.changes.len(), FULL_FILES.len() + 2, "{r:?}");
+        assert!(r.changes.iter().all(|c| c.starts_with("would ")), "{r:?}");
+        assert!(r
+            .changes
+            .contains(&"would write /etc/hostname (hostname)".to_string()));
+        assert!(r
+            .changes
+            .contains(&"would run `echo ran >> run.log` (run_cmd)".to_string()));
+
+        // Once applied, a dry run finds nothing to do.
+        o.dry_run = false;
+        o.run_commands = false;
+        o.boot = false;
+        apply(&yaml(FULL), &o);
+        o.dry_run = true;
+        let r = apply(&yaml(FULL), &o);
+        assert_eq!(r.changes, Vec::<String>::new());
+    }
+
+    #[test]
+    fn for_root_is_live_only_on_slash() {
+        let o = Options::for_root("/", true, true);
+        assert!(o.live && o.run_commands && o.dry_run && o.boot);
+        let o = Options::for_root("/tmp/x", false, false);
+        assert!(!o.live && !o.run_commands);
     }
 }

@@ -1,8 +1,11 @@
 //! `maculaos`: the operator CLI on every MaculaOS node.
 
-use anyhow::{Context, Result};
+mod apply;
+mod config;
+
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use std::path::Path;
+use std::process::ExitCode;
 
 /// MaculaOS node management.
 #[derive(Parser)]
@@ -21,10 +24,19 @@ enum Command {
         json: bool,
     },
     /// Make the node match its configuration (run at boot by maculaos-apply.service).
-    Apply,
+    Apply(apply::Args),
+    /// Show, check and describe the configuration.
+    #[command(subcommand)]
+    Config(config::Command),
+    /// Run the node's checks; exit code 0 only when none fails.
+    Health {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Info { json } => {
@@ -34,17 +46,22 @@ fn main() -> Result<()> {
             } else {
                 print!("{}", info.render());
             }
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Apply => {
-            let report =
-                maculaos_apply::apply(Path::new("/")).context("applying the configuration")?;
-            if report.changes.is_empty() {
-                println!("maculaos apply: nothing to change");
+        Command::Apply(args) => apply::run(&args),
+        Command::Config(cmd) => config::run(cmd),
+        Command::Health { json } => {
+            let checks = maculaos_health::run(&maculaos_config::Paths::system());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                print!("{}", maculaos_health::render(&checks));
             }
-            for c in report.changes {
-                println!("maculaos apply: {c}");
-            }
+            Ok(if maculaos_health::healthy(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
-    Ok(())
 }

@@ -44,6 +44,9 @@ pub const VM: &[Tool] = &[
     t("mcopy", "mtools"),
     t("sfdisk", "fdisk"),
     t("grub-editenv", "grub-common"),
+    // NoCloud seed drives for the configuration scenarios, made as users make them.
+    t("cloud-localds", "cloud-image-utils"),
+    t("genisoimage", "genisoimage"),
 ];
 
 /// The Debian packages whose tools are missing, deduplicated, in order.

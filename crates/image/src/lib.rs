@@ -410,6 +410,29 @@ fn make_root(
 }
 
 /// Run the whole build.
+/// The image defaults are the configuration every node falls back to: an
+/// image whose defaults do not pass validation is never built.
+fn check_default_config(image: &Path) -> Result<()> {
+    use maculaos_config::load::{check, merge};
+    use maculaos_config::sources::{parse, Format};
+    let path = image.join("overlay/usr/lib/maculaos/config.yaml");
+    let name = path.display().to_string();
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {name}"))?;
+    let source = parse(&name, &text, Format::Maculaos)
+        .map_err(|p| anyhow::anyhow!("the image's default configuration is invalid: {p}"))?;
+    let (value, prov) = merge(std::slice::from_ref(&source));
+    let config = <maculaos_config::Config as serde::Deserialize>::deserialize(value)
+        .with_context(|| format!("{name}: does not match the schema"))?;
+    let problems = check(&config, &prov);
+    if !problems.is_empty() {
+        bail!(
+            "the image's default configuration is invalid:\n{}",
+            maculaos_config::error::render(&problems)
+        );
+    }
+    Ok(())
+}
+
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     if opts.version.is_empty()
         || !opts
@@ -422,6 +445,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             opts.version
         );
     }
+    check_default_config(&opts.image_dir())?;
     fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating output directory {}", opts.out.display()))?;
     fs::create_dir_all(&opts.cache)

@@ -226,3 +226,41 @@ pub fn write_report(path: &Path, m: &maculaos_image::Manifest, timings: &[Timing
     std::fs::write(path, serde_json::to_string_pretty(&v)?)
         .with_context(|| format!("writing {}", path.display()))
 }
+
+/// A tiny HTTP server on 127.0.0.1 answering every GET with one body: what a
+/// guest reaches through [`maculaos_vm::VmSpec::host_services`]. It lives
+/// until the test process ends.
+pub struct HttpServer {
+    pub port: u16,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HttpServer {
+    pub fn serve(body: String) -> Result<HttpServer> {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut req = [0u8; 4096];
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let _ = conn.read(&mut req);
+                counter.fetch_add(1, Ordering::SeqCst);
+                let reply = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/yaml\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes());
+            }
+        });
+        Ok(HttpServer { port, hits })
+    }
+
+    /// How many requests it has answered.
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

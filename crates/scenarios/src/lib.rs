@@ -6,6 +6,7 @@
 //! Serial logs of every boot stay in `<out>/scenarios/<name>/serial-N.log`;
 //! timings go to `<out>/scenarios/report.json`, never into assertions.
 
+mod config;
 mod harness;
 mod suite;
 

@@ -44,6 +44,16 @@ pub fn all() -> Vec<Scenario> {
             run: debug_shell,
         },
         Scenario {
+            name: "config-nocloud",
+            about: "a cloud-localds seed and a config.d file configure the node; still true after reboot",
+            run: crate::config::config_nocloud,
+        },
+        Scenario {
+            name: "config-last-good",
+            about: "a config typo boots with the last good config; health, console and banner say where",
+            run: crate::config::config_last_good,
+        },
+        Scenario {
             name: "reproducible",
             about: "rebuilding the root from the same inputs gives the same squashfs sha256",
             run: reproducible,

@@ -22,7 +22,10 @@ pub mod ssh;
 mod vm;
 
 pub use maculaos_boot::Firmware;
-pub use spec::{Accel, VmSpec, DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OVMF, DEFAULT_QEMU};
+pub use spec::{
+    extra_nic_mac, Accel, VmSpec, DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OVMF, DEFAULT_QEMU,
+    GUEST_SERVICE_ADDR,
+};
 pub use ssh::{test_key, Output, Ssh};
 pub use vm::{StopHow, Stopped, Vm};
 

@@ -73,6 +73,11 @@ pub struct VmSpec {
     pub ssh_forward: bool,
     /// More guest TCP ports to forward from free 127.0.0.1 ports.
     pub extra_forwards: Vec<u16>,
+    /// Guest connections to `GUEST_SERVICE_ADDR:port` reach `127.0.0.1:host_port`
+    /// on the host: (guest port, host port). The only way out of the VM.
+    pub host_services: Vec<(u16, u16)>,
+    /// NICs after the first, each on its own isolated user network.
+    pub extra_nics: u32,
     /// Holds the sockets, the pidfile, `qemu.log` and the serial logs.
     pub run_dir: PathBuf,
     /// Put the serial console (multiplexed with the QEMU monitor, `Ctrl-A c`)
@@ -99,6 +104,8 @@ impl Default for VmSpec {
             no_reboot: false,
             ssh_forward: false,
             extra_forwards: Vec::new(),
+            host_services: Vec::new(),
+            extra_nics: 0,
             run_dir: PathBuf::new(),
             serial_stdio: false,
             headless: true,
@@ -235,6 +242,15 @@ fn opt_path(p: &Path) -> Result<String> {
         })
 }
 
+/// The address in the guest's user network where [`VmSpec::host_services`]
+/// answer (restrict=on keeps every other address unreachable).
+pub const GUEST_SERVICE_ADDR: &str = "10.0.2.100";
+
+/// The MAC address of extra NIC `i` (1-based), so tests can match it.
+pub fn extra_nic_mac(i: u32) -> String {
+    format!("52:54:00:00:01:{:02x}", i % 256)
+}
+
 /// The QEMU arguments (without the program) for boot number `boot`.
 pub(crate) fn qemu_args(spec: &VmSpec, ports: &Ports, boot: u32) -> Result<Vec<String>> {
     let mut a: Vec<String> = Vec::new();
@@ -264,10 +280,25 @@ pub(crate) fn qemu_args(spec: &VmSpec, ports: &Ports, boot: u32) -> Result<Vec<S
     for (guest, host) in ports.forwards() {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
     }
+    for (guest, host) in &spec.host_services {
+        netdev.push_str(&format!(
+            ",guestfwd=tcp:{GUEST_SERVICE_ADDR}:{guest}-tcp:127.0.0.1:{host}"
+        ));
+    }
     push(&["-netdev", &netdev]);
     // No option ROM: a disk that does not boot should fail fast instead of
     // spending a minute in iPXE network boot.
     push(&["-device", "virtio-net-pci,netdev=n0,romfile="]);
+    // More NICs, each on its own isolated user network with no forwards:
+    // for static-address configuration tests.
+    for i in 1..=spec.extra_nics {
+        push(&["-netdev", &format!("user,id=n{i},restrict=on")]);
+        let mac = extra_nic_mac(i);
+        push(&[
+            "-device",
+            &format!("virtio-net-pci,netdev=n{i},mac={mac},romfile="),
+        ]);
+    }
     if spec.headless {
         push(&["-display", "none"]);
     }

@@ -1,0 +1,200 @@
+//! The hostname: `maculaos.hostname`, else `macula-XXXX` from the primary MAC.
+
+use crate::applier::{io_msg, Applier, ROOT_OWNER};
+use maculaos_config::Config;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const AREA: &str = "hostname";
+
+/// The default hostname `macula-XXXX`, XXXX the last four hex digits of the
+/// primary MAC address (stable across reboots and reinstalls), else of the
+/// machine-id.
+pub fn default_hostname(primary_mac: Option<&str>, machine_id: &str) -> String {
+    let hex: String = match primary_mac {
+        Some(mac) => mac.chars().filter(|c| c.is_ascii_hexdigit()).collect(),
+        None => machine_id
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .collect(),
+    };
+    let tail = if primary_mac.is_some() {
+        &hex[hex.len().saturating_sub(4)..]
+    } else {
+        &hex[..hex.len().min(4)]
+    };
+    if tail.is_empty() {
+        "macula".to_string()
+    } else {
+        format!("macula-{}", tail.to_ascii_lowercase())
+    }
+}
+
+/// The MAC of the first wired interface backed by a device, by name order.
+pub fn primary_mac(sys_class_net: &Path) -> Option<String> {
+    let mut names: Vec<String> = fs::read_dir(sys_class_net)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|n| {
+        let dir = sys_class_net.join(&n);
+        let is_ether = fs::read_to_string(dir.join("type")).is_ok_and(|t| t.trim() == "1");
+        if !is_ether || !dir.join("device").exists() {
+            return None;
+        }
+        let mac = fs::read_to_string(dir.join("address"))
+            .ok()?
+            .trim()
+            .to_string();
+        (mac != "00:00:00:00:00:00").then_some(mac)
+    })
+}
+
+/// /etc/hosts that resolves the node's own name (sudo and others ask).
+pub fn hosts_file(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    )
+}
+
+/// The default name for this root. At boot the NIC driver may still be
+/// loading (udev) when we start, so on the node itself we give it a moment.
+fn default_for(a: &Applier) -> String {
+    let net = a.path("/sys/class/net");
+    let wait = if a.opts.boot && a.opts.root == Path::new("/") {
+        Duration::from_secs(10)
+    } else {
+        Duration::ZERO
+    };
+    let deadline = Instant::now() + wait;
+    let mut mac = primary_mac(&net);
+    while mac.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        mac = primary_mac(&net);
+    }
+    let machine_id = fs::read_to_string(a.path("/etc/machine-id")).unwrap_or_default();
+    default_hostname(mac.as_deref(), machine_id.trim())
+}
+
+pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
+    let name = match &config.maculaos.hostname {
+        Some(h) => h.as_str().to_string(),
+        None => default_for(a),
+    };
+    a.put_file(
+        AREA,
+        "/etc/hostname",
+        format!("{name}\n").as_bytes(),
+        0o644,
+        ROOT_OWNER,
+    )?;
+    a.put_file(
+        AREA,
+        "/etc/hosts",
+        hosts_file(&name).as_bytes(),
+        0o644,
+        ROOT_OWNER,
+    )?;
+    if a.live() {
+        set_kernel_hostname(a, &name);
+    }
+    Ok(())
+}
+
+/// The running kernel's name (what `hostname` prints), through /proc.
+fn set_kernel_hostname(a: &mut Applier, name: &str) {
+    let path = a.path("/proc/sys/kernel/hostname");
+    let running = fs::read_to_string(&path).unwrap_or_default();
+    if running.trim() == name {
+        return;
+    }
+    a.act(
+        AREA,
+        ("set", "set"),
+        &format!("the kernel hostname to {name}"),
+        || fs::write(&path, name).map_err(|e| io_msg("writing", &path, &e)),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::{apply_twice, opts, yaml};
+
+    #[test]
+    fn hostname_from_mac_or_machine_id() {
+        assert_eq!(
+            default_hostname(Some("52:54:00:12:AB:56"), "x"),
+            "macula-ab56"
+        );
+        assert_eq!(default_hostname(None, "0f3e9a77c0d1"), "macula-0f3e");
+        assert_eq!(default_hostname(None, ""), "macula");
+    }
+
+    #[test]
+    fn primary_mac_skips_virtual_and_loopback() {
+        let d = tempfile::tempdir().unwrap();
+        let mk = |n: &str, t: &str, mac: &str, dev: bool| {
+            let p = d.path().join(n);
+            fs::create_dir_all(&p).unwrap();
+            fs::write(p.join("type"), t).unwrap();
+            fs::write(p.join("address"), mac).unwrap();
+            if dev {
+                fs::create_dir_all(p.join("device")).unwrap();
+            }
+        };
+        mk("lo", "772", "00:00:00:00:00:00", false);
+        mk("br0", "1", "aa:aa:aa:aa:aa:aa", false);
+        mk("enp0s3", "1", "52:54:00:12:34:56\n", true);
+        mk("enp1s0", "1", "52:54:00:ff:ff:ff", true);
+        assert_eq!(primary_mac(d.path()).as_deref(), Some("52:54:00:12:34:56"));
+    }
+
+    #[test]
+    fn default_name_goes_to_etc() {
+        let d = tempfile::tempdir().unwrap();
+        let nic = d.path().join("sys/class/net/eth0");
+        fs::create_dir_all(nic.join("device")).unwrap();
+        fs::write(nic.join("type"), "1\n").unwrap();
+        fs::write(nic.join("address"), "52:54:00:12:ab:56\n").unwrap();
+        let r = apply_twice(&yaml(""), &opts(d.path()));
+        assert!(r
+            .changes
+            .contains(&"hostname: wrote /etc/hostname".to_string()));
+        assert!(r
+            .changes
+            .contains(&"hostname: wrote /etc/hosts".to_string()));
+        let etc = d.path().join("etc");
+        assert_eq!(
+            fs::read_to_string(etc.join("hostname")).unwrap(),
+            "macula-ab56\n"
+        );
+        assert!(fs::read_to_string(etc.join("hosts"))
+            .unwrap()
+            .contains("127.0.1.1\tmacula-ab56\n"));
+    }
+
+    #[test]
+    fn configured_name_wins_and_live_sets_the_kernel_name() {
+        let d = tempfile::tempdir().unwrap();
+        let kernel = d.path().join("proc/sys/kernel/hostname");
+        fs::create_dir_all(kernel.parent().unwrap()).unwrap();
+        fs::write(&kernel, "localhost\n").unwrap();
+        let mut o = opts(d.path());
+        o.live = true;
+        let r = apply_twice(&yaml("maculaos: {hostname: edge-01}"), &o);
+        assert!(
+            r.changes
+                .contains(&"hostname: set the kernel hostname to edge-01".to_string()),
+            "{r:?}"
+        );
+        assert_eq!(fs::read_to_string(&kernel).unwrap(), "edge-01");
+        assert_eq!(
+            fs::read_to_string(d.path().join("etc/hostname")).unwrap(),
+            "edge-01\n"
+        );
+    }
+}

@@ -1,0 +1,734 @@
+//! Where configuration comes from, the order sources are merged in, the
+//! checks across keys, and the fall-back to the last good configuration.
+//!
+//! Order, lowest first (later sources win key by key; maps merge, lists and
+//! single values replace, except SSH keys, which add up):
+//! 1. image defaults `/usr/lib/maculaos/config.yaml`
+//! 2. the node's `/var/lib/maculaos/config.yaml`
+//! 3. `/var/lib/maculaos/config.d/*.yaml` in lexical order
+//! 4. datasources: NoCloud `meta-data`, then `user-data`, then the `maculaos.config_url` copy
+//! 5. the kernel command line (`maculaos.hostname=…`)
+
+use crate::error::Problem;
+use crate::schema::{Config, K3sRole};
+use crate::sources::{self, Format, Source};
+use crate::values::Hostname;
+use maculaos_boot::Cmdline;
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::{Mapping, Value};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+/// Where every file of the configuration lives, under a root (`/` on a node).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Paths {
+    pub root: PathBuf,
+}
+
+impl Paths {
+    pub fn new(root: impl Into<PathBuf>) -> Paths {
+        Paths { root: root.into() }
+    }
+    /// The running system.
+    pub fn system() -> Paths {
+        Paths::new("/")
+    }
+    fn at(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+    pub fn defaults(&self) -> PathBuf {
+        self.at("usr/lib/maculaos/config.yaml")
+    }
+    pub fn node_config(&self) -> PathBuf {
+        self.at("var/lib/maculaos/config.yaml")
+    }
+    pub fn config_d(&self) -> PathBuf {
+        self.at("var/lib/maculaos/config.d")
+    }
+    /// Copies of the NoCloud drive's files, refreshed at each boot the drive is there.
+    pub fn nocloud_dir(&self) -> PathBuf {
+        self.at("var/lib/maculaos/datasource/nocloud")
+    }
+    /// Copy of the configuration fetched from `maculaos.config_url`.
+    pub fn url_copy(&self) -> PathBuf {
+        self.at("var/lib/maculaos/datasource/url/config.yaml")
+    }
+    pub fn last_good(&self) -> PathBuf {
+        self.at("var/lib/maculaos/last-good.yaml")
+    }
+    pub fn cmdline(&self) -> PathBuf {
+        self.at("proc/cmdline")
+    }
+}
+
+/// Which key came from which source (`maculaos.hostname` → its file).
+pub type Provenance = BTreeMap<String, String>;
+
+/// Read every source that exists, in merge order. Sources with errors are
+/// left out and their problems returned.
+pub fn read_sources(paths: &Paths) -> (Vec<Source>, Vec<Problem>) {
+    let mut files: Vec<(PathBuf, Format)> = vec![
+        (paths.defaults(), Format::Maculaos),
+        (paths.node_config(), Format::Maculaos),
+    ];
+    files.extend(
+        config_d_files(&paths.config_d())
+            .into_iter()
+            .map(|p| (p, Format::Maculaos)),
+    );
+    files.push((paths.nocloud_dir().join("meta-data"), Format::MetaData));
+    files.push((paths.nocloud_dir().join("user-data"), Format::UserData));
+    files.push((paths.url_copy(), Format::UserData));
+
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (path, format) in files {
+        let name = display_path(paths, &path);
+        match fs::read_to_string(&path) {
+            Ok(text) => match sources::parse(&name, &text, format) {
+                Ok(s) => out.push(s),
+                Err(p) => problems.push(p),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => problems.push(Problem::new(
+                name,
+                "cannot read it: permission denied (run the command with sudo)",
+            )),
+            Err(e) => problems.push(Problem::new(name, format!("cannot read it: {e}"))),
+        }
+    }
+    let cmdline = Cmdline::parse(&fs::read_to_string(paths.cmdline()).unwrap_or_default());
+    match sources::from_cmdline(&cmdline) {
+        Ok(s) => out.push(s),
+        Err(p) => problems.push(p),
+    }
+    (out, problems)
+}
+
+/// The path as it is on the node (without a test root in front).
+fn display_path(paths: &Paths, p: &Path) -> String {
+    match p.strip_prefix(&paths.root) {
+        Ok(rel) if paths.root != Path::new("/") => format!("/{}", rel.display()),
+        _ => p.display().to_string(),
+    }
+}
+
+/// `config.d/*.yaml` and `*.yml`, in lexical order.
+fn config_d_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Lists that add up across sources instead of replacing: SSH keys.
+pub const ACCUMULATE: &[&str] = &["ssh_authorized_keys", "maculaos.ssh.authorized_keys"];
+
+/// Merge sources in order: maps merge key by key, lists of [`ACCUMULATE`]
+/// add up, anything else replaces.
+pub fn merge(sources: &[Source]) -> (Value, Provenance) {
+    let mut out = Mapping::new();
+    let mut prov = Provenance::new();
+    for s in sources {
+        if let Value::Mapping(m) = &s.value {
+            merge_map(&mut out, m, "", &s.name, &mut prov);
+        }
+    }
+    (Value::Mapping(out), prov)
+}
+
+fn key_text(k: &Value) -> String {
+    match k {
+        Value::String(s) => s.clone(),
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
+}
+
+fn merge_map(dst: &mut Mapping, src: &Mapping, prefix: &str, source: &str, prov: &mut Provenance) {
+    for (k, v) in src {
+        let path = if prefix.is_empty() {
+            key_text(k)
+        } else {
+            format!("{prefix}.{}", key_text(k))
+        };
+        match v {
+            Value::Mapping(vm) => {
+                let slot = dst
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::Mapping(Mapping::new()));
+                if !slot.is_mapping() {
+                    *slot = Value::Mapping(Mapping::new());
+                    forget_under(prov, &path);
+                }
+                if let Value::Mapping(dm) = slot {
+                    merge_map(dm, vm, &path, source, prov);
+                }
+            }
+            Value::Sequence(items) if ACCUMULATE.contains(&path.as_str()) => {
+                // Access granted by one source is not taken away by another.
+                let slot = dst
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::Sequence(Vec::new()));
+                let Value::Sequence(have) = slot else {
+                    *slot = v.clone();
+                    prov.insert(path, source.to_string());
+                    continue;
+                };
+                for item in items {
+                    if !have.contains(item) {
+                        have.push(item.clone());
+                    }
+                }
+                let entry = prov.entry(path).or_default();
+                if !entry.is_empty() {
+                    entry.push_str(" + ");
+                }
+                entry.push_str(source);
+            }
+            _ => {
+                dst.insert(k.clone(), v.clone());
+                forget_under(prov, &path);
+                prov.insert(path, source.to_string());
+            }
+        }
+    }
+}
+
+fn forget_under(prov: &mut Provenance, path: &str) {
+    let dot = format!("{path}.");
+    prov.retain(|k, _| k != path && !k.starts_with(&dot));
+}
+
+/// The source that set `path` or the nearest key above it.
+pub fn source_of<'a>(prov: &'a Provenance, path: &str) -> Option<&'a str> {
+    if let Some(s) = prov.get(path) {
+        return Some(s);
+    }
+    let dot = format!("{path}.");
+    if let Some((_, s)) = prov.iter().find(|(k, _)| k.starts_with(&dot)) {
+        return Some(s);
+    }
+    let parent = path.rsplit_once('.')?.0;
+    source_of(prov, parent)
+}
+
+/// Checks that need more than one key, or the whole merged configuration.
+pub fn check(config: &Config, prov: &Provenance) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut bad = |path: &str, msg: String| {
+        let src = source_of(prov, path).unwrap_or("configuration");
+        out.push(Problem::new(src, format!("{path}: {msg}")));
+    };
+    if config.k3s_role() == K3sRole::Agent
+        && (config.k3s.server_url.is_none() || config.k3s.token.is_none())
+    {
+        bad(
+            "k3s",
+            "an agent needs `server_url` and `token` to join its server".into(),
+        );
+    }
+    for (i, iface) in config.network().interfaces.iter().enumerate() {
+        if iface.name.is_empty() && iface.mac.is_none() {
+            bad(
+                &format!("maculaos.network.interfaces.{i}"),
+                "give the interface a `name` (or a `mac`)".into(),
+            );
+        }
+        if iface.dhcp == Some(false) && iface.all_addresses().is_empty() {
+            bad(
+                &format!("maculaos.network.interfaces.{i}"),
+                format!(
+                    "`{}` has DHCP off and no `address`: it would get no address",
+                    iface.name
+                ),
+            );
+        }
+    }
+    for (i, f) in config.write_files.iter().enumerate() {
+        if !f.path.starts_with('/') {
+            bad(
+                &format!("write_files.{i}.path"),
+                format!("`{}` is not an absolute path", f.path),
+            );
+        }
+    }
+    if let Some(realm) = &config.maculaos.mesh.realm {
+        let ok = realm.split('.').count() >= 2 && Hostname::try_from(realm.clone()).is_ok();
+        if !ok {
+            bad(
+                "maculaos.mesh.realm",
+                format!("`{realm}` is not a realm in reverse domain notation, such as io.macula"),
+            );
+        }
+    }
+    for s in &config.maculaos.ntp.servers {
+        if Hostname::try_from(s.clone()).is_err() && s.parse::<std::net::IpAddr>().is_err() {
+            bad(
+                "maculaos.ntp.servers",
+                format!("`{s}` is neither a host name nor an address"),
+            );
+        }
+    }
+    if let Some(d) = &config.maculaos.install.device {
+        if !d.starts_with("/dev/") {
+            bad(
+                "maculaos.install.device",
+                format!("`{d}` is not a device path such as /dev/sda"),
+            );
+        }
+    }
+    let size = &config.maculaos.live.persistence_size;
+    let digits = size.trim_end_matches(['K', 'M', 'G', 'T']);
+    if digits.is_empty() || digits.parse::<u64>().is_err() {
+        bad(
+            "maculaos.live.persistence_size",
+            format!("`{size}` is not a size such as 512M or 4G"),
+        );
+    }
+    out
+}
+
+/// What the node runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Using {
+    /// The sources as they are now: all valid.
+    Current,
+    /// Some source is invalid: the last configuration that was valid.
+    LastGood,
+    /// Some source is invalid and no earlier one was ever valid: the image defaults.
+    Defaults,
+}
+
+/// The configuration in effect, and why.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// The merged sources, as YAML.
+    pub value: Value,
+    pub provenance: Provenance,
+    /// Everything wrong with the current sources (empty when `Current`).
+    pub problems: Vec<Problem>,
+    pub using: Using,
+}
+
+/// Read, merge and check every source; on any problem fall back to the last
+/// good configuration, else to the image defaults.
+pub fn load(paths: &Paths) -> Loaded {
+    let (sources, mut problems) = read_sources(paths);
+    if problems.is_empty() {
+        let (value, provenance) = merge(&sources);
+        match Config::deserialize(value.clone()) {
+            Ok(config) => {
+                problems.extend(check(&config, &provenance));
+                if problems.is_empty() {
+                    return Loaded {
+                        config,
+                        value,
+                        provenance,
+                        problems,
+                        using: Using::Current,
+                    };
+                }
+            }
+            Err(e) => problems.push(Problem::new(
+                "merged configuration",
+                Problem::from_yaml("", &e).message,
+            )),
+        }
+    }
+    fallback(paths, problems)
+}
+
+fn fallback(paths: &Paths, problems: Vec<Problem>) -> Loaded {
+    let from_file = |path: PathBuf, using: Using| -> Option<Loaded> {
+        let name = display_path(paths, &path);
+        let text = fs::read_to_string(&path).ok()?;
+        let source = sources::parse(&name, &text, Format::Maculaos).ok()?;
+        let (value, provenance) = merge(std::slice::from_ref(&source));
+        let config = Config::deserialize(value.clone()).ok()?;
+        Some(Loaded {
+            config,
+            value,
+            provenance,
+            problems: problems.clone(),
+            using,
+        })
+    };
+    from_file(paths.last_good(), Using::LastGood)
+        .or_else(|| from_file(paths.defaults(), Using::Defaults))
+        .unwrap_or_else(|| Loaded {
+            config: Config::default(),
+            value: Value::Mapping(Mapping::new()),
+            provenance: Provenance::new(),
+            problems: problems.clone(),
+            using: Using::Defaults,
+        })
+}
+
+/// Keep `loaded` as the last good configuration (only a `Current` one).
+/// Returns whether the file changed.
+pub fn save_last_good(paths: &Paths, loaded: &Loaded) -> std::io::Result<bool> {
+    if loaded.using != Using::Current {
+        return Ok(false);
+    }
+    let body = serde_yaml_ng::to_string(&loaded.value)
+        .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))?;
+    let text = format!(
+        "# The last configuration that passed validation, merged from all sources.\n\
+         # Written by `maculaos apply`; used when a source has an error. Do not edit.\n{body}"
+    );
+    let path = paths.last_good();
+    if fs::read_to_string(&path).is_ok_and(|t| t == text) {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("yaml.new");
+    fs::write(&tmp, text)?;
+    // It may hold a k3s token: root only.
+    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    Ok(true)
+}
+
+/// Keys whose values are secrets: shown as `<redacted>` unless asked.
+const SECRET_KEYS: &[&str] = &["token", "password", "secret", "private_key"];
+
+/// A copy of `value` with secrets replaced.
+pub fn redact(value: &Value) -> Value {
+    match value {
+        Value::Mapping(m) => Value::Mapping(
+            m.iter()
+                .map(|(k, v)| {
+                    let secret = k.as_str().is_some_and(|k| SECRET_KEYS.contains(&k));
+                    let v = if secret && !v.is_null() {
+                        Value::String("<redacted>".into())
+                    } else {
+                        redact(v)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Sequence(s) => Value::Sequence(s.iter().map(redact).collect()),
+        other => other.clone(),
+    }
+}
+
+/// One line per key: `path = value    # source`, for `config show --sources`.
+pub fn render_with_sources(value: &Value, prov: &Provenance) -> String {
+    let mut lines = Vec::new();
+    leaves(value, "", &mut lines);
+    let width = lines
+        .iter()
+        .map(|(p, v)| p.len() + v.len() + 3)
+        .max()
+        .unwrap_or(0);
+    lines
+        .into_iter()
+        .map(|(p, v)| {
+            let src = source_of(prov, &p).unwrap_or("?");
+            let left = format!("{p} = {v}");
+            format!("{left:width$}  # {src}\n")
+        })
+        .collect()
+}
+
+fn leaves(v: &Value, prefix: &str, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Mapping(m) if !m.is_empty() => {
+            for (k, v) in m {
+                let path = if prefix.is_empty() {
+                    key_text(k)
+                } else {
+                    format!("{prefix}.{}", key_text(k))
+                };
+                leaves(v, &path, out);
+            }
+        }
+        other => out.push((
+            prefix.to_string(),
+            serde_json::to_string(other).unwrap_or_default(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Node {
+        dir: tempfile::TempDir,
+    }
+
+    impl Node {
+        fn new() -> Node {
+            Node {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+        fn paths(&self) -> Paths {
+            Paths::new(self.dir.path())
+        }
+        fn write(&self, rel: &str, text: &str) {
+            let p = self.dir.path().join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        }
+    }
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB me@host";
+
+    #[test]
+    fn nothing_at_all_is_a_valid_empty_config() {
+        let n = Node::new();
+        let l = load(&n.paths());
+        assert_eq!(l.using, Using::Current);
+        assert!(l.problems.is_empty());
+        assert_eq!(l.config, Config::default());
+    }
+
+    #[test]
+    fn precedence_follows_the_documented_order() {
+        let n = Node::new();
+        n.write(
+            "usr/lib/maculaos/config.yaml",
+            "maculaos:\n  hostname: from-defaults\n  modules: [overlay]\n",
+        );
+        n.write(
+            "var/lib/maculaos/config.yaml",
+            "maculaos:\n  hostname: from-node\n",
+        );
+        n.write(
+            "var/lib/maculaos/config.d/20-b.yaml",
+            "maculaos:\n  hostname: from-d20\n",
+        );
+        n.write(
+            "var/lib/maculaos/config.d/10-a.yaml",
+            "maculaos:\n  hostname: from-d10\n  sysctl:\n    vm.swappiness: 10\n",
+        );
+        n.write(
+            "var/lib/maculaos/config.d/ignored.txt",
+            "not: yaml: at: all: [",
+        );
+        let l = load(&n.paths());
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert_eq!(
+            l.config.maculaos.hostname.as_ref().unwrap().as_str(),
+            "from-d20"
+        );
+        assert_eq!(
+            l.provenance["maculaos.hostname"],
+            format!("/var/lib/maculaos/config.d/20-b.yaml")
+        );
+        assert_eq!(
+            l.provenance["maculaos.modules"],
+            "/usr/lib/maculaos/config.yaml"
+        );
+        assert_eq!(
+            l.provenance["maculaos.sysctl.vm.swappiness"],
+            "/var/lib/maculaos/config.d/10-a.yaml"
+        );
+
+        n.write(
+            "var/lib/maculaos/datasource/nocloud/meta-data",
+            "local-hostname: from-meta\n",
+        );
+        let l = load(&n.paths());
+        assert_eq!(
+            l.config.maculaos.hostname.as_ref().unwrap().as_str(),
+            "from-meta"
+        );
+        n.write(
+            "var/lib/maculaos/datasource/nocloud/user-data",
+            "#cloud-config\nhostname: from-user-data\n",
+        );
+        let l = load(&n.paths());
+        assert_eq!(
+            l.config.maculaos.hostname.as_ref().unwrap().as_str(),
+            "from-user-data"
+        );
+        n.write(
+            "var/lib/maculaos/datasource/url/config.yaml",
+            "maculaos:\n  hostname: from-url\n",
+        );
+        let l = load(&n.paths());
+        assert_eq!(
+            l.config.maculaos.hostname.as_ref().unwrap().as_str(),
+            "from-url"
+        );
+        n.write("proc/cmdline", "quiet maculaos.hostname=from-cmdline\n");
+        let l = load(&n.paths());
+        assert_eq!(
+            l.config.maculaos.hostname.as_ref().unwrap().as_str(),
+            "from-cmdline"
+        );
+        assert_eq!(l.provenance["maculaos.hostname"], "kernel command line");
+        // Lists replace, they do not append.
+        assert_eq!(l.config.maculaos.modules.len(), 1);
+    }
+
+    #[test]
+    fn lists_replace_and_maps_merge() {
+        let a = sources::parse(
+            "a",
+            "maculaos:\n  modules: [a, b]\n  labels: {x: '1'}\n",
+            Format::Maculaos,
+        )
+        .unwrap();
+        let b = sources::parse(
+            "b",
+            "maculaos:\n  modules: [c]\n  labels: {y: '2'}\n",
+            Format::Maculaos,
+        )
+        .unwrap();
+        let (v, prov) = merge(&[a, b]);
+        let c = Config::deserialize(v).unwrap();
+        assert_eq!(c.maculaos.modules.len(), 1);
+        assert_eq!(c.maculaos.labels.len(), 2);
+        assert_eq!(prov["maculaos.labels.x"], "a");
+        assert_eq!(prov["maculaos.labels.y"], "b");
+    }
+
+    #[test]
+    fn ssh_keys_add_up_across_sources() {
+        let k2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC other@host";
+        let a = sources::parse(
+            "a",
+            &format!("ssh_authorized_keys: ['{KEY}']\n"),
+            Format::Maculaos,
+        )
+        .unwrap();
+        let b = sources::parse(
+            "b",
+            &format!("ssh_authorized_keys: ['{k2}', '{KEY}']\n"),
+            Format::Maculaos,
+        )
+        .unwrap();
+        let (v, prov) = merge(&[a, b]);
+        let c = Config::deserialize(v).unwrap();
+        assert_eq!(c.ssh_keys(), vec![KEY.to_string(), k2.to_string()]);
+        assert_eq!(prov["ssh_authorized_keys"], "a + b");
+    }
+
+    #[test]
+    fn a_bad_source_falls_back_to_the_last_good_config() {
+        let n = Node::new();
+        n.write(
+            "var/lib/maculaos/config.yaml",
+            &format!("maculaos:\n  hostname: good\nssh_authorized_keys: ['{KEY}']\n"),
+        );
+        let l = load(&n.paths());
+        assert_eq!(l.using, Using::Current);
+        assert!(save_last_good(&n.paths(), &l).unwrap());
+        assert!(
+            !save_last_good(&n.paths(), &l).unwrap(),
+            "unchanged the second time"
+        );
+
+        n.write(
+            "var/lib/maculaos/config.d/50-typo.yaml",
+            "maculaos:\n  hostnme: oops\n",
+        );
+        let l = load(&n.paths());
+        assert_eq!(l.using, Using::LastGood);
+        assert_eq!(
+            l.config.maculaos.hostname.as_ref().unwrap().as_str(),
+            "good"
+        );
+        assert_eq!(l.problems.len(), 1);
+        assert_eq!(
+            l.problems[0].to_string(),
+            "/var/lib/maculaos/config.d/50-typo.yaml:2:3: maculaos: unknown key `hostnme` in `maculaos` — did you mean `hostname`?"
+        );
+        // The last good copy is not overwritten by a failing load.
+        assert!(!save_last_good(&n.paths(), &l).unwrap());
+    }
+
+    #[test]
+    fn without_a_last_good_config_the_defaults_are_used() {
+        let n = Node::new();
+        n.write(
+            "usr/lib/maculaos/config.yaml",
+            "maculaos:\n  modules: [overlay]\n",
+        );
+        n.write(
+            "var/lib/maculaos/config.yaml",
+            "maculaos:\n  modules: [over lay]\n",
+        );
+        let l = load(&n.paths());
+        assert_eq!(l.using, Using::Defaults);
+        assert_eq!(l.config.maculaos.modules.len(), 1);
+        assert_eq!(l.config.maculaos.modules[0].as_str(), "overlay");
+        assert!(l.problems[0].message.contains("not a kernel module name"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_only_the_first_source() {
+        let n = Node::new();
+        n.write("var/lib/maculaos/config.yaml", "k3s:\n  rol: agent\n");
+        n.write(
+            "var/lib/maculaos/config.d/a.yaml",
+            "maculaos:\n  hostname: -x\n",
+        );
+        n.write("proc/cmdline", "maculaos.mesh.realm=x");
+        let l = load(&n.paths());
+        assert_eq!(l.problems.len(), 2, "{:?}", l.problems);
+    }
+
+    #[test]
+    fn cross_key_checks_name_the_source() {
+        let n = Node::new();
+        n.write("var/lib/maculaos/config.yaml", "k3s:\n  role: agent\n");
+        n.write(
+            "var/lib/maculaos/config.d/net.yaml",
+            "maculaos:\n  network:\n    interfaces:\n      - name: eth1\n        dhcp: false\n  mesh:\n    realm: macula\n",
+        );
+        n.write(
+            "var/lib/maculaos/config.d/files.yaml",
+            "write_files:\n  - path: etc/x\n",
+        );
+        let l = load(&n.paths());
+        let all: Vec<String> = l.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(all.len(), 4, "{all:#?}");
+        assert!(all[0].starts_with("/var/lib/maculaos/config.yaml: k3s: an agent needs"));
+        assert!(all.iter().any(|p| p.contains("eth1` has DHCP off")));
+        assert!(all
+            .iter()
+            .any(|p| p.starts_with("/var/lib/maculaos/config.d/files.yaml: write_files.0.path")));
+        assert!(all.iter().any(|p| p.contains("reverse domain")));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let v: Value = serde_yaml_ng::from_str("k3s:\n  token: abc\n  args: [x]\n").unwrap();
+        let r = serde_yaml_ng::to_string(&redact(&v)).unwrap();
+        assert!(r.contains("<redacted>") && !r.contains("abc"), "{r}");
+    }
+
+    #[test]
+    fn show_with_sources() {
+        let a = sources::parse(
+            "a.yaml",
+            "maculaos:\n  hostname: x\n  modules: [m]\n",
+            Format::Maculaos,
+        )
+        .unwrap();
+        let (v, prov) = merge(&[a]);
+        let out = render_with_sources(&v, &prov);
+        assert!(out.contains("maculaos.hostname = \"x\""), "{out}");
+        assert!(out.contains("# a.yaml"), "{out}");
+        assert!(out.contains("maculaos.modules = [\"m\"]"), "{out}");
+    }
+}
