@@ -1,6 +1,6 @@
 //! `maculaos config show | validate | schema`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 use maculaos_config::load::{check, merge, redact, render_with_sources};
 use maculaos_config::sources::{self, Format};
@@ -90,7 +90,19 @@ fn validate(files: &[PathBuf]) -> Result<ExitCode> {
     let mut bad = 0;
     for f in files {
         let name = f.display().to_string();
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {name}"))?;
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                bad += 1;
+                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    " (run it with sudo)"
+                } else {
+                    ""
+                };
+                println!("{name}: cannot read it: {e}{hint}");
+                continue;
+            }
+        };
         let problems = match sources::parse(&name, &text, Format::UserData) {
             Err(p) => vec![p],
             Ok(source) => {

@@ -295,8 +295,30 @@ impl Inputs {
     }
 }
 
+/// Time spent in each step of one read.
+#[derive(Default, Clone, Copy)]
+struct Phases {
+    parse: Duration,
+    merge: Duration,
+    deserialize: Duration,
+    check: Duration,
+}
+
+impl Phases {
+    fn total(&self) -> Duration {
+        self.parse + self.merge + self.deserialize + self.check
+    }
+    fn add(&mut self, o: &Phases) {
+        self.parse += o.parse;
+        self.merge += o.merge;
+        self.deserialize += o.deserialize;
+        self.check += o.check;
+    }
+}
+
 /// One full read: parse all, merge, deserialize, check.
-fn read_all(inputs: &Inputs) -> Result<Config, Vec<Problem>> {
+fn read_all(inputs: &Inputs, t: &mut Phases) -> Result<Config, Vec<Problem>> {
+    let start = Instant::now();
     let mut sources: Vec<Source> = Vec::with_capacity(inputs.files.len() + 1);
     let mut problems = Vec::new();
     for (name, text) in &inputs.files {
@@ -312,15 +334,26 @@ fn read_all(inputs: &Inputs) -> Result<Config, Vec<Problem>> {
     if !problems.is_empty() {
         return Err(problems);
     }
+    let parsed = Instant::now();
+    t.parse = parsed - start;
     let (value, prov) = merge(&sources);
+    let merged = Instant::now();
+    t.merge = merged - parsed;
     let config = Config::deserialize(value)
         .map_err(|e| vec![Problem::from_yaml("merged configuration", &e)])?;
+    let read = Instant::now();
+    t.deserialize = read - merged;
     let problems = check(&config, &prov);
+    t.check = read.elapsed();
     if problems.is_empty() {
         Ok(config)
     } else {
         Err(problems)
     }
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 fn main() -> ExitCode {
@@ -335,7 +368,8 @@ fn main() -> ExitCode {
     let inputs = Inputs::new();
 
     // Once to check the result: every source valid and everything merged.
-    let config = match read_all(&inputs) {
+    let mut phases = Phases::default();
+    let config = match read_all(&inputs, &mut phases) {
         Ok(c) => c,
         Err(problems) => {
             eprint!(
@@ -380,30 +414,35 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let mut total = Duration::ZERO;
+    let mut sum = Phases::default();
     let mut min = Duration::MAX;
     for _ in 0..iterations {
-        let start = Instant::now();
-        let r = read_all(black_box(&inputs));
-        let took = start.elapsed();
+        let r = read_all(black_box(&inputs), &mut phases);
         if r.is_err() {
             eprintln!("a problem appeared during the run");
             return ExitCode::FAILURE;
         }
         black_box(r.ok());
-        total += took;
-        min = min.min(took);
+        sum.add(&phases);
+        min = min.min(phases.total());
     }
-    let mean = total / iterations;
-    let sources = inputs.files.len() + 1;
+    let mean = |d: Duration| us(d) / f64::from(iterations);
     println!(
-        "bench_parse: {} lines in {sources} sources, {iterations} iterations",
-        inputs.lines()
+        "bench_parse: {} lines in {} sources, {iterations} iterations",
+        inputs.lines(),
+        inputs.files.len() + 1
     );
     println!(
         "parse+merge+deserialize+check: mean {:.1} µs, min {:.1} µs per iteration",
-        mean.as_secs_f64() * 1e6,
-        min.as_secs_f64() * 1e6
+        mean(sum.total()),
+        us(min)
+    );
+    println!(
+        "  mean per step: parse {:.1} µs, merge {:.1} µs, deserialize {:.1} µs, check {:.1} µs",
+        mean(sum.parse),
+        mean(sum.merge),
+        mean(sum.deserialize),
+        mean(sum.check)
     );
     ExitCode::SUCCESS
 }

@@ -202,9 +202,19 @@ fn merge_map(dst: &mut Mapping, src: &Mapping, prefix: &str, source: &str, prov:
     }
 }
 
+/// Drop what `prov` knows of `path` and every key below it. The keys below
+/// are one range of the sorted map, so this costs no scan of the whole map.
 fn forget_under(prov: &mut Provenance, path: &str) {
+    prov.remove(path);
     let dot = format!("{path}.");
-    prov.retain(|k, _| k != path && !k.starts_with(&dot));
+    let below: Vec<String> = prov
+        .range(dot.clone()..)
+        .take_while(|(k, _)| k.starts_with(&dot))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in below {
+        prov.remove(&k);
+    }
 }
 
 /// The source that set `path` or the nearest key above it.

@@ -158,6 +158,9 @@ pub const BOOT_PARAMS: &[&str] = &[
     "maculaos.config_url",
 ];
 
+/// The deepest a kernel parameter may reach into the configuration.
+const MAX_KEY_PARTS: usize = 8;
+
 /// The name of the kernel command line as a source.
 pub const CMDLINE: &str = "kernel command line";
 
@@ -195,6 +198,14 @@ pub fn from_cmdline(c: &Cmdline) -> Result<Source, Problem> {
         };
         if path.iter().any(|p| p.is_empty()) {
             return Err(Problem::new(CMDLINE, format!("`{key}`: empty key part")));
+        }
+        // No key of the schema is deeper; a longer one is a mistake (and a
+        // deep enough one would exhaust the stack of the YAML value code).
+        if path.len() > MAX_KEY_PARTS {
+            return Err(Problem::new(
+                CMDLINE,
+                format!("`{key}`: no configuration key has more than {MAX_KEY_PARTS} parts"),
+            ));
         }
         set_path(&mut map, &path, value, true);
     }
@@ -330,6 +341,13 @@ mod tests {
         let c = Config::deserialize(s.value).unwrap();
         assert_eq!(c.maculaos.dns_nameservers.len(), 2);
         assert_eq!(c.ssh_authorized_keys.len(), 1);
+    }
+
+    #[test]
+    fn cmdline_keys_have_a_depth_limit() {
+        let deep = format!("maculaos.{}b=1", "a.".repeat(20000));
+        let p = from_cmdline(&Cmdline::parse(&deep)).unwrap_err();
+        assert!(p.message.contains("more than 8 parts"), "{p}");
     }
 
     #[test]

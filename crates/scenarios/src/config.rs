@@ -111,7 +111,7 @@ fn check_configured(ssh: &Ssh, seed_key: &Path) -> Result<()> {
 
 /// The `done in N ms` of this boot's maculaos-apply.service.
 fn record_apply_time(ctx: &mut Ctx, ssh: &Ssh, label: &str) -> Result<()> {
-    let out = ssh.check("journalctl -b -o cat -u maculaos-apply.service")?;
+    let out = ssh.check("sudo journalctl -b -o cat -u maculaos-apply.service")?;
     let ms = out
         .lines()
         .filter_map(|l| l.split("done in ").nth(1))
@@ -220,6 +220,11 @@ pub fn config_last_good(ctx: &mut Ctx) -> Result<()> {
     ensure(serial.contains("CONFIGURATION ERROR"), || {
         "the boot console did not show the configuration error".into()
     })?;
+    // agetty prints /etc/issue.d/ above the serial login prompt.
+    ensure(
+        serial.contains("*** MaculaOS: the configuration has errors"),
+        || "the console login banner did not show the configuration error".into(),
+    )?;
     let motd = ssh.check("cat /run/motd.d/50-maculaos-config")?;
     ensure(motd.contains("20-typo.yaml"), || {
         format!("login banner: {motd}")
@@ -229,7 +234,10 @@ pub fn config_last_good(ctx: &mut Ctx) -> Result<()> {
         shown.starts_with("# CONFIGURATION ERROR") && shown.contains("hostname: good-node"),
         || format!("`config show` with a typo:\n{shown}"),
     )?;
-    let v = ssh.run(&format!("maculaos config validate {typo}"))?;
+    // An operator checks a copy of their own, without root.
+    let v = ssh.run(&format!(
+        "sudo cat {typo} > /tmp/typo.yaml && maculaos config validate /tmp/typo.yaml"
+    ))?;
     ensure(!v.success() && v.stdout.contains("did you mean"), || {
         format!("`config validate` on the typo: {v:?}")
     })?;
