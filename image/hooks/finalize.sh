@@ -7,7 +7,8 @@ set -eu
 chmod 0440 /etc/sudoers.d/*
 
 systemctl enable --quiet systemd-networkd.service systemd-resolved.service ssh.service \
-    maculaos-apply.service maculaos-config-url.service
+    maculaos-apply.service maculaos-config-url.service \
+    maculaos-boot-check.service maculaos-mark-good.service
 systemctl set-default --quiet multi-user.target
 # Not needed on a node that waits for nothing but its own network.
 systemctl mask --quiet systemd-networkd-wait-online.service

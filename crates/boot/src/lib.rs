@@ -3,6 +3,9 @@
 //! `maculaos.*` kernel command line, and the record init leaves for the
 //! running system in [`BOOT_INFO_PATH`].
 
+pub mod blockdev;
+pub mod grubenv;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

@@ -2,6 +2,7 @@
 
 mod apply;
 mod config;
+mod slots;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,11 +29,27 @@ enum Command {
     /// Show, check and describe the configuration.
     #[command(subcommand)]
     Config(config::Command),
+    /// Updates of the A/B slots (today: `--status`).
+    Upgrade {
+        /// Show both slots: version, good / trying N of 3 / bad, running, next boot, last rollback.
+        #[arg(long, required = true)]
+        status: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running slot the good one if it was booted on trial (run by maculaos-mark-good.service).
+    MarkGood,
     /// Run the node's checks; exit code 0 only when none fails.
     Health {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Only the checks that decide whether this boot is good (sshd,
+        /// networking); on a slot on trial, a failure reboots to use a try
+        /// (maculaos-boot-check.service).
+        #[arg(long)]
+        boot: bool,
     },
 }
 
@@ -50,7 +67,10 @@ fn main() -> Result<ExitCode> {
         }
         Command::Apply(args) => apply::run(&args),
         Command::Config(cmd) => config::run(cmd),
-        Command::Health { json } => {
+        Command::Upgrade { status: _, json } => slots::status_cmd(json),
+        Command::MarkGood => slots::mark_good_cmd(),
+        Command::Health { json, boot: true } => slots::boot_check(json),
+        Command::Health { json, boot: false } => {
             let checks = maculaos_health::run(&maculaos_config::Paths::system());
             if json {
                 println!("{}", serde_json::to_string_pretty(&checks)?);

@@ -156,6 +156,7 @@ pub const BOOT_PARAMS: &[&str] = &[
     "maculaos.debug",
     "maculaos.rootwait",
     "maculaos.config_url",
+    "maculaos.trial",
 ];
 
 /// The deepest a kernel parameter may reach into the configuration.

@@ -62,6 +62,30 @@ pub fn k3s_check(root: &Path) -> Check {
     }
 }
 
+/// The units a boot needs before its slot may be marked good: a node that
+/// cannot be reached is not healthy, whatever else runs.
+pub const BOOT_UNITS: &[&str] = &["ssh.service", "systemd-networkd.service"];
+
+/// A systemd unit is active.
+pub fn unit_check(unit: &str) -> Check {
+    let state = maculaos_runner::Cmd::new("systemctl")
+        .args(["is-active", unit])
+        .quiet()
+        .output()
+        .unwrap_or_else(|e| e.to_string());
+    let state = state.lines().next().unwrap_or("unknown").trim().to_string();
+    if state == "active" {
+        Check::new(unit, State::Pass, format!("{unit} active"))
+    } else {
+        Check::new(unit, State::Fail, format!("{unit} is {state}"))
+    }
+}
+
+/// The checks that decide whether a boot is good (`maculaos health --boot`).
+pub fn boot_checks() -> Vec<Check> {
+    BOOT_UNITS.iter().map(|u| unit_check(u)).collect()
+}
+
 /// Run every check.
 pub fn run(paths: &Paths) -> Vec<Check> {
     let loaded = maculaos_config::load(paths);

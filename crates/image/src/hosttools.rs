@@ -47,6 +47,8 @@ pub const VM: &[Tool] = &[
     // NoCloud seed drives for the configuration scenarios, made as users make them.
     t("cloud-localds", "cloud-image-utils"),
     t("genisoimage", "genisoimage"),
+    // Update bundles: the reference tool checks our signatures (and signs for ours).
+    t("minisign", "minisign"),
 ];
 
 /// The Debian packages whose tools are missing, deduplicated, in order.

@@ -255,7 +255,45 @@ struct Root {
     kver: String,
 }
 
-fn root_key(opts: &BuildOptions, rootfs_key: &str, bins: &Binaries) -> Result<String> {
+/// Where a node finds the public keys it trusts for update bundles.
+pub const TRUSTED_KEYS_DIR: &str = "/usr/share/maculaos/keys";
+
+/// The public keys the image will trust: `image/keys/*.pub`, or, when there
+/// is none, the development key (made on first use), with a loud warning.
+fn trusted_keys(opts: &BuildOptions) -> Result<Vec<PathBuf>> {
+    let dir = opts.image_dir().join("keys");
+    let mut keys: Vec<PathBuf> = fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "pub"))
+                .collect()
+        })
+        .unwrap_or_default();
+    keys.sort();
+    for k in &keys {
+        maculaos_bundle::load_public_key(k)
+            .map_err(|e| anyhow::anyhow!("{}: not a minisign public key: {e}", k.display()))?;
+    }
+    if keys.is_empty() {
+        let (public, _) = maculaos_bundle::dev_keypair(&opts.cache)?;
+        eprintln!(
+            "WARNING: no key in {}: this image trusts only the development key {} — \
+             it is dev-signed and must not be released",
+            dir.display(),
+            public.display()
+        );
+        keys.push(public);
+    }
+    Ok(keys)
+}
+
+fn root_key(
+    opts: &BuildOptions,
+    rootfs_key: &str,
+    bins: &Binaries,
+    keys: &[PathBuf],
+) -> Result<String> {
     let image = opts.image_dir();
     let mut k = KeyHasher::default();
     k.str("rootfs", rootfs_key)
@@ -266,6 +304,9 @@ fn root_key(opts: &BuildOptions, rootfs_key: &str, bins: &Binaries) -> Result<St
         k.tree(&image.join(d))?;
     }
     k.file(&image.join("hooks/finalize.sh"))?;
+    for key in keys {
+        k.file(key)?;
+    }
     k.str("cli", &util::sha256_file(&bins.cli)?);
     k.str("init", &util::sha256_file(&bins.init)?);
     Ok(k.finish())
@@ -275,6 +316,7 @@ fn make_root(
     opts: &BuildOptions,
     debian: &Path,
     bins: &Binaries,
+    keys: &[PathBuf],
     key: &str,
 ) -> Result<(Root, String)> {
     let base = opts.cache.join("root");
@@ -316,6 +358,13 @@ fn make_root(
         Ok(())
     };
     install(&bins.cli, "/usr/bin/maculaos")?;
+    let keys_dir = work.join(TRUSTED_KEYS_DIR.trim_start_matches('/'));
+    fs::create_dir_all(&keys_dir)?;
+    for k in keys {
+        let name = k.file_name().context("a key file without a name")?;
+        fs::copy(k, keys_dir.join(name))
+            .with_context(|| format!("installing {} into {TRUSTED_KEYS_DIR}", k.display()))?;
+    }
 
     // Identity and banner.
     let tpl = |name: &str| -> Result<String> {
@@ -482,9 +531,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         ))
     })?;
     let _ = cached;
-    let key = root_key(opts, &rkey, &bins)?;
+    let keys = trusted_keys(opts)?;
+    let key = root_key(opts, &rkey, &bins, &keys)?;
     let root = st.run("root", "MaculaOS files, initramfs, squashfs", || {
-        make_root(opts, &debian, &bins, &key)
+        make_root(opts, &debian, &bins, &keys, &key)
     })?;
 
     let layout = layout::Layout::default();

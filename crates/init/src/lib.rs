@@ -37,7 +37,7 @@ pub mod console;
 pub mod data;
 pub mod error;
 pub mod identity;
-pub mod partitions;
+pub use maculaos_boot::blockdev as partitions;
 pub mod seed;
 pub mod switch;
 

@@ -26,6 +26,8 @@ pub struct Ctx {
     pub name: &'static str,
     pub dir: PathBuf,
     image: PathBuf,
+    /// The slot image (root squashfs) of the build under test.
+    pub slot_image: PathBuf,
     key: PathBuf,
     pubkey: String,
     pub timings: Vec<Timing>,
@@ -53,6 +55,7 @@ impl Ctx {
             name,
             dir,
             image: report.disk.clone(),
+            slot_image: report.slot.clone(),
             build: build.clone(),
             manifest: report.manifest.clone(),
             key: key.to_owned(),

@@ -8,6 +8,7 @@
 
 mod config;
 mod harness;
+mod slots;
 mod suite;
 
 use anyhow::{bail, Result};

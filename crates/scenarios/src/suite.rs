@@ -54,6 +54,16 @@ pub fn all() -> Vec<Scenario> {
             run: crate::config::config_last_good,
         },
         Scenario {
+            name: "trial-good",
+            about: "a slot on trial that boots healthy is marked good; grub-editenv agrees",
+            run: crate::slots::trial_good,
+        },
+        Scenario {
+            name: "trial-rollback",
+            about: "a slot on trial that never boots is tried 3 times, then GRUB goes back and says why",
+            run: crate::slots::trial_rollback,
+        },
+        Scenario {
             name: "reproducible",
             about: "rebuilding the root from the same inputs gives the same squashfs sha256",
             run: reproducible,
@@ -270,7 +280,8 @@ fn debug_shell(ctx: &mut Ctx) -> Result<()> {
 fn fresh_root_cache(ctx: &Ctx, name: &str, share_rootfs: bool) -> Result<std::path::PathBuf> {
     let cache = ctx.dir.join(name);
     std::fs::create_dir_all(&cache)?;
-    let mut shared = vec!["debs"];
+    // The same development key (an input of the image, when image/keys/ is empty).
+    let mut shared = vec!["debs", "dev-keys"];
     if share_rootfs {
         shared.push("rootfs");
     }

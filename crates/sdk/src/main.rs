@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+mod bundle;
 mod devvm;
 
 /// MaculaOS host SDK.
@@ -67,6 +68,10 @@ enum Command {
     },
     /// Run the unit tests and the scenario suite.
     Test(maculaos_scenarios::TestArgs),
+    /// Make a minisign key pair for signing update bundles.
+    Keygen(bundle::KeygenArgs),
+    /// Make a signed update bundle (.mos) from a built slot image.
+    Bundle(bundle::BundleArgs),
 }
 
 /// The repository this SDK was built from (holds image/ and crates/).
@@ -97,6 +102,8 @@ fn main() {
     let result: Result<i32> = match cli.command {
         Command::BuildImage(args) => maculaos_image::build(&args.options()).map(|_| 0),
         Command::Vm { command } => devvm::run(command).map(|_| 0),
+        Command::Keygen(args) => bundle::keygen(&args).map(|_| 0),
+        Command::Bundle(args) => bundle::run(&args).map(|_| 0),
         Command::Test(args) => {
             let build = BuildArgs {
                 out: args.out.clone(),

@@ -1,5 +1,6 @@
-//! Finding the boot partitions by GPT partition name, without udev: the
-//! kernel exports each partition's name as `PARTNAME=` in sysfs uevent files.
+//! Finding partitions by GPT partition name, without udev (maculaos-init and
+//! the CLI both use it): the kernel exports each partition's name as
+//! `PARTNAME=` in sysfs uevent files.
 
 use std::cmp::Ordering;
 use std::io;

@@ -1,0 +1,296 @@
+//! The A/B slots as GRUB sees them. GRUB keeps the boot state in its
+//! environment block on the ESP (see image/grub/grub.cfg and
+//! docs/updates.md); this crate reads it, marks a slot on trial good, and
+//! tells what each slot holds.
+//!
+//! The ESP is mounted only for the moment it is read or written (under
+//! /run/maculaos/esp), so a power cut at any other time cannot touch it.
+
+use maculaos_boot::grubenv::{self, Vars};
+use maculaos_boot::{blockdev, Slot, LABEL_ESP};
+use maculaos_runner::Cmd;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+pub const VAR_SLOT: &str = "maculaos_slot";
+pub const VAR_TRIAL: &str = "maculaos_trial";
+pub const VAR_TRIES: &str = "maculaos_tries";
+pub const VAR_BAD: &str = "maculaos_bad";
+pub const VAR_ROLLBACK: &str = "maculaos_rollback";
+/// Boots a slot on trial gets (GRUB counts them down: grub.cfg).
+pub const TRIES: u8 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlotsError {
+    #[error("no partition labelled {LABEL_ESP} on the boot disk {disk}: is this an installed MaculaOS disk?")]
+    NoEsp { disk: String },
+    #[error("reading the block devices in /sys: {0}")]
+    Sysfs(std::io::Error),
+    #[error(transparent)]
+    Grubenv(#[from] grubenv::GrubenvError),
+    #[error(transparent)]
+    Run(#[from] maculaos_runner::RunError),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The boot state GRUB keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct State {
+    /// The good slot: booted when no trial is running.
+    pub good: Slot,
+    /// A slot on trial, with the boots it has left.
+    pub trial: Option<Slot>,
+    pub tries_left: Option<u8>,
+    /// The slot that last failed its trial, and why GRUB gave up on it.
+    pub bad: Option<Slot>,
+    pub rollback: Option<String>,
+}
+
+fn slot_var(vars: &Vars, k: &str) -> Option<Slot> {
+    vars.get(k).and_then(|v| v.parse().ok())
+}
+
+impl State {
+    pub fn from_vars(vars: &Vars) -> State {
+        State {
+            good: slot_var(vars, VAR_SLOT).unwrap_or(Slot::A),
+            trial: slot_var(vars, VAR_TRIAL),
+            tries_left: vars.get(VAR_TRIES).and_then(|v| v.parse().ok()),
+            bad: slot_var(vars, VAR_BAD),
+            rollback: vars.get(VAR_ROLLBACK).filter(|r| !r.is_empty()).cloned(),
+        }
+    }
+
+    /// The slot the next boot starts (what grub.cfg will pick).
+    pub fn next_boot(&self) -> Slot {
+        match (self.trial, self.tries_left) {
+            (Some(t), Some(n)) if n > 0 => t,
+            _ => self.good,
+        }
+    }
+}
+
+/// Make `running` the good slot if it is the one on trial. Returns whether
+/// anything changed (marking good happens once per trial).
+pub fn mark_good(vars: &mut Vars, running: Slot) -> bool {
+    if slot_var(vars, VAR_TRIAL) != Some(running) {
+        return false;
+    }
+    vars.insert(VAR_SLOT.into(), running.to_string());
+    vars.insert(VAR_TRIAL.into(), String::new());
+    vars.insert(VAR_TRIES.into(), String::new());
+    if slot_var(vars, VAR_BAD) == Some(running) {
+        vars.insert(VAR_BAD.into(), String::new());
+    }
+    true
+}
+
+/// The ESP of the disk `root_device` (e.g. `/dev/vda3`) is on.
+pub fn find_esp(sysfs: &Path, root_device: &str) -> Result<String, SlotsError> {
+    let devs = blockdev::scan_block_devices(sysfs).map_err(SlotsError::Sysfs)?;
+    let root_name = root_device.trim_start_matches("/dev/");
+    let disk = devs
+        .iter()
+        .find(|d| d.name == root_name)
+        .and_then(|d| d.disk.clone())
+        .unwrap_or_default();
+    devs.iter()
+        .find(|d| d.disk.as_deref() == Some(disk.as_str()) && d.label.as_deref() == Some(LABEL_ESP))
+        .map(|d| d.node())
+        .ok_or(SlotsError::NoEsp { disk })
+}
+
+/// The ESP, mounted for as long as this lives.
+pub struct Esp {
+    pub dir: PathBuf,
+}
+
+impl Esp {
+    /// Mount `device` (vfat) at `dir`; `write` mounts it read-write with
+    /// synchronous writes, so what we write is on the disk when we return.
+    pub fn mount(device: &str, dir: &Path, write: bool) -> Result<Esp, SlotsError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SlotsError::Io(format!("creating {}: {e}", dir.display())))?;
+        let opts = if write { "rw,sync" } else { "ro" };
+        Cmd::new("mount")
+            .args(["-t", "vfat", "-o", opts, device])
+            .arg(dir)
+            .quiet()
+            .run()?;
+        Ok(Esp {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn grubenv(&self) -> PathBuf {
+        self.dir.join("grub/grubenv")
+    }
+
+    /// The version a slot holds (from its `slot.cfg`), if it holds one.
+    pub fn slot_version(&self, slot: Slot) -> Option<String> {
+        let cfg = std::fs::read_to_string(self.dir.join(format!("slots/{slot}/slot.cfg"))).ok()?;
+        parse_slot_cfg(&cfg, slot)
+    }
+}
+
+impl Drop for Esp {
+    fn drop(&mut self) {
+        let _ = Cmd::new("umount").arg(&self.dir).quiet().run();
+    }
+}
+
+/// `set maculaos_B_version="1.2.3"` → `1.2.3` (see the image builder's slot_cfg).
+pub fn parse_slot_cfg(cfg: &str, slot: Slot) -> Option<String> {
+    let key = format!("set maculaos_{slot}_version=");
+    cfg.lines()
+        .find_map(|l| l.trim().strip_prefix(&key))
+        .map(|v| v.trim().trim_matches('"').to_string())
+}
+
+/// One slot, for `maculaos upgrade --status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotStatus {
+    pub slot: Slot,
+    pub version: Option<String>,
+    /// `good`, `trying N of 3`, `bad`, `empty`, or `standby`.
+    pub state: String,
+    pub running: bool,
+    pub next_boot: bool,
+}
+
+/// Both slots' status from GRUB's state and the versions on the ESP.
+pub fn status(state: &State, versions: [Option<String>; 2], running: Slot) -> Vec<SlotStatus> {
+    [Slot::A, Slot::B]
+        .into_iter()
+        .zip(versions)
+        .map(|(slot, version)| {
+            let st = if version.is_none() {
+                "empty".to_string()
+            } else if state.trial == Some(slot) {
+                let used = TRIES - state.tries_left.unwrap_or(0).min(TRIES);
+                format!("trying {used} of {TRIES}")
+            } else if state.good == slot {
+                "good".to_string()
+            } else if state.bad == Some(slot) {
+                "bad".to_string()
+            } else {
+                "standby".to_string()
+            };
+            SlotStatus {
+                slot,
+                version,
+                state: st,
+                running: running == slot,
+                next_boot: state.next_boot() == slot,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vars {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn state_and_next_boot() {
+        let s = State::from_vars(&vars(&[("maculaos_slot", "A")]));
+        assert_eq!((s.good, s.trial, s.next_boot()), (Slot::A, None, Slot::A));
+        let s = State::from_vars(&vars(&[
+            ("maculaos_slot", "A"),
+            ("maculaos_trial", "B"),
+            ("maculaos_tries", "2"),
+        ]));
+        assert_eq!(s.next_boot(), Slot::B);
+        let s = State::from_vars(&vars(&[
+            ("maculaos_slot", "A"),
+            ("maculaos_trial", "B"),
+            ("maculaos_tries", "0"),
+        ]));
+        assert_eq!(s.next_boot(), Slot::A, "no tries left: GRUB falls back");
+        let s = State::from_vars(&vars(&[("maculaos_trial", ""), ("maculaos_rollback", "")]));
+        assert_eq!((s.trial, s.rollback), (None, None));
+    }
+
+    #[test]
+    fn mark_good_only_the_slot_on_trial_and_once() {
+        let mut v = vars(&[
+            ("maculaos_slot", "A"),
+            ("maculaos_trial", "B"),
+            ("maculaos_tries", "2"),
+            ("maculaos_bad", "B"),
+        ]);
+        assert!(!mark_good(&mut v, Slot::A), "A is not on trial");
+        assert!(mark_good(&mut v, Slot::B));
+        let s = State::from_vars(&v);
+        assert_eq!(
+            (s.good, s.trial, s.tries_left, s.bad),
+            (Slot::B, None, None, None)
+        );
+        assert!(!mark_good(&mut v, Slot::B), "only once");
+    }
+
+    #[test]
+    fn status_of_both_slots() {
+        let s = State::from_vars(&vars(&[
+            ("maculaos_slot", "A"),
+            ("maculaos_trial", "B"),
+            ("maculaos_tries", "2"),
+        ]));
+        let st = status(&s, [Some("1.0".into()), Some("1.1".into())], Slot::B);
+        assert_eq!(st[0].state, "good");
+        assert_eq!(st[1].state, "trying 1 of 3");
+        assert!(st[1].running && st[1].next_boot && !st[0].next_boot);
+        let s = State::from_vars(&vars(&[("maculaos_slot", "A"), ("maculaos_bad", "B")]));
+        let st = status(&s, [Some("1.0".into()), Some("1.1".into())], Slot::A);
+        assert_eq!(st[1].state, "bad");
+        let st = status(&s, [Some("1.0".into()), None], Slot::A);
+        assert_eq!(st[1].state, "empty");
+    }
+
+    #[test]
+    fn slot_cfg_versions() {
+        assert_eq!(
+            parse_slot_cfg("set maculaos_B_version=\"1.2.3\"\n", Slot::B),
+            Some("1.2.3".into())
+        );
+        assert_eq!(
+            parse_slot_cfg("set maculaos_A_version=\"1\"\n", Slot::B),
+            None
+        );
+    }
+
+    #[test]
+    fn esp_is_found_on_the_boot_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path();
+        let mk = |disk: &str, part: &str, label: &str| {
+            let dev = sys.join(format!("devices/{disk}/{part}"));
+            std::fs::create_dir_all(&dev).unwrap();
+            std::fs::write(
+                dev.join("uevent"),
+                format!("DEVNAME={part}\nDEVTYPE=partition\nPARTNAME={label}\n"),
+            )
+            .unwrap();
+            std::fs::create_dir_all(sys.join("class/block")).unwrap();
+            std::os::unix::fs::symlink(&dev, sys.join(format!("class/block/{part}"))).unwrap();
+        };
+        mk("vda", "vda2", "MACULA_ESP");
+        mk("vda", "vda3", "MACULA_ROOT_A");
+        mk("vdb", "vdb2", "MACULA_ESP");
+        mk("vdb", "vdb3", "MACULA_ROOT_A");
+        assert_eq!(find_esp(sys, "/dev/vdb3").unwrap(), "/dev/vdb2");
+        assert_eq!(find_esp(sys, "/dev/vda3").unwrap(), "/dev/vda2");
+        assert!(matches!(
+            find_esp(sys, "/dev/sdz1"),
+            Err(SlotsError::NoEsp { .. })
+        ));
+    }
+}
