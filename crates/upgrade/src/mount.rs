@@ -1,0 +1,75 @@
+//! [`MountBootFiles`]: the kernel and initrd out of a freshly written slot,
+//! on a real node (needs root and squashfs support; not unit-tested, the
+//! QEMU scenario covers it).
+
+use crate::error::{io_err, Result};
+use crate::{BootFiles, INITRD, KERNEL};
+use maculaos_runner::Cmd;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Where the new root is mounted (read-only) for the moment it is read:
+/// `<MOUNT_BASE>.<pid>`.
+pub const MOUNT_BASE: &str = "/run/maculaos/upgrade-root";
+
+/// Mounts the written squashfs read-only and copies `/boot/vmlinuz` and
+/// `/boot/initrd.img` out of it.
+pub struct MountBootFiles;
+
+/// Unmounts (and removes the mount point) when dropped, so an error while
+/// copying does not leave the new root mounted.
+struct Mounted {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl Mounted {
+    fn unmount(&mut self) -> Result<()> {
+        if self.mounted {
+            Cmd::new("umount").arg(&self.dir).quiet().run()?;
+            self.mounted = false;
+        }
+        let _ = fs::remove_dir(&self.dir);
+        Ok(())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = self.unmount();
+    }
+}
+
+impl BootFiles for MountBootFiles {
+    fn extract(&self, partition: &Path, dest_dir: &Path) -> Result<()> {
+        let dir = PathBuf::from(format!("{MOUNT_BASE}.{}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let mut m = Mounted {
+            dir: dir.clone(),
+            mounted: false,
+        };
+        Cmd::new("mount")
+            .args(["-t", "squashfs", "-o", "ro"])
+            .arg(partition)
+            .arg(&dir)
+            .quiet()
+            .run()?;
+        m.mounted = true;
+        for name in [KERNEL, INITRD] {
+            let src = dir.join("boot").join(name);
+            let dest = dest_dir.join(name);
+            if !src.is_file() {
+                return Err(crate::UpgradeError::MissingBootFile {
+                    file: format!("/boot/{name}"),
+                });
+            }
+            // Contents only (no permission bits): see `install_file`.
+            let what = format!("copying {} to {}", src.display(), dest.display());
+            let mut input = File::open(&src).map_err(io_err(what.clone()))?;
+            let mut out = File::create(&dest).map_err(io_err(what.clone()))?;
+            io::copy(&mut input, &mut out).map_err(io_err(what))?;
+        }
+        m.unmount()
+    }
+}
