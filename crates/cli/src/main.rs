@@ -29,15 +29,8 @@ enum Command {
     /// Show, check and describe the configuration.
     #[command(subcommand)]
     Config(config::Command),
-    /// Updates of the A/B slots (today: `--status`).
-    Upgrade {
-        /// Show both slots: version, good / trying N of 3 / bad, running, next boot, last rollback.
-        #[arg(long, required = true)]
-        status: bool,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Updates of the A/B slots: `--status`, or `--apply --from DIR|FILE`.
+    Upgrade(slots::UpgradeArgs),
     /// Make the running slot the good one if it was booted on trial (run by maculaos-mark-good.service).
     MarkGood,
     /// Run the node's checks; exit code 0 only when none fails.
@@ -67,7 +60,7 @@ fn main() -> Result<ExitCode> {
         }
         Command::Apply(args) => apply::run(&args),
         Command::Config(cmd) => config::run(cmd),
-        Command::Upgrade { status: _, json } => slots::status_cmd(json),
+        Command::Upgrade(args) => slots::upgrade_cmd(&args),
         Command::MarkGood => slots::mark_good_cmd(),
         Command::Health { json, boot: true } => slots::boot_check(json),
         Command::Health { json, boot: false } => {

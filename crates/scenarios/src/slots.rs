@@ -111,3 +111,92 @@ pub fn trial_rollback(ctx: &mut Ctx) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// Version of the second build the update scenario installs.
+const V2: &str = "0.2.0-scenario";
+
+/// v1 → v2 from a "USB stick": a second disk holding a signed bundle.
+pub fn upgrade_usb(ctx: &mut Ctx) -> Result<()> {
+    // The same inputs under another version: a real, newer slot image.
+    let mut opts = ctx.build.clone();
+    opts.version = V2.into();
+    opts.out = ctx.dir.join("v2");
+    let v2 = maculaos_image::build(&opts)?;
+    let (_, dev_key) = maculaos_bundle::dev_keypair(&ctx.build.cache)?;
+    let stick = ctx.dir.join("stick");
+    std::fs::create_dir_all(&stick)?;
+    let mos = stick.join(maculaos_bundle::bundle_file_name(V2, "amd64"));
+    let meta = maculaos_bundle::BundleMeta::new(V2, maculaos_bundle::Channel::Stable);
+    maculaos_bundle::create(&v2.slot, &mos, &meta, &dev_key)?;
+    let _ = std::fs::remove_dir_all(&opts.out);
+    let usb = ctx.dir.join("usb.img");
+    let size = std::fs::metadata(&mos)?.len() + (64 << 20);
+    std::fs::File::create(&usb)?.set_len(size)?;
+    maculaos_runner::Cmd::new("mkfs.ext4")
+        .args(["-q", "-L", "UPDATES", "-d"])
+        .arg(&stick)
+        .arg(&usb)
+        .run()?;
+    std::fs::remove_dir_all(&stick)?;
+
+    let image = ctx.disk("")?;
+    let mut spec = ctx.spec(&image, Firmware::Bios);
+    spec.extra_drives.push(usb);
+    let ssh = ctx.boot(spec, "v1")?;
+    ssh.check("sudo mkdir -p /mnt/usb && sudo mount -o ro /dev/vdb /mnt/usb")?;
+    let out = ssh
+        .check_timeout(
+            "sudo maculaos upgrade --apply --from /mnt/usb/",
+            std::time::Duration::from_secs(900),
+        )
+        .context("maculaos upgrade --apply")?;
+    ensure(out.contains(&format!("now holds {V2}")), || {
+        format!("`upgrade --apply` did not finish:\n{out}")
+    })?;
+    if let Some(secs) = out
+        .split(" MiB in ")
+        .nth(1)
+        .and_then(|r| r.split(" s,").next())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+    {
+        ctx.record("apply: write + read back of the slot image", secs);
+    }
+    let st = ssh.check("sudo maculaos upgrade --status")?;
+    ensure(
+        st.lines()
+            .any(|l| l.starts_with("B ") && l.contains(V2) && l.contains("trying 0 of 3")),
+        || format!("after --apply slot B should be on trial with {V2}:\n{st}"),
+    )?;
+    let started = std::time::Instant::now();
+    let ssh = ctx.reboot(&ssh, "v2 on trial")?;
+    let i = info(&ssh)?;
+    ensure(i["slot"] == "B" && i["version"] == V2, || {
+        format!(
+            "after the update: slot {} version {}",
+            i["slot"], i["version"]
+        )
+    })?;
+    let st = ssh.check("sudo maculaos upgrade --status")?;
+    ensure(
+        st.lines()
+            .any(|l| l.starts_with("B ") && l.contains("good")),
+        || format!("v2 was not marked good:\n{st}"),
+    )?;
+    ctx.record(
+        "reboot after --apply until v2 is up and marked good",
+        started.elapsed().as_secs_f64(),
+    );
+    // Applying what already runs is refused, and says why.
+    let again = ssh.run("sudo mount -o ro /dev/vdb /mnt/usb 2>/dev/null; sudo maculaos upgrade --apply --from /mnt/usb/")?;
+    ensure(
+        !again.success() && again.stderr.contains("already running"),
+        || format!("re-applying the running version: {again:?}"),
+    )?;
+    ctx.shutdown();
+    let env = env_of(&image)?;
+    ensure(
+        var(&env, "maculaos_slot") == "B" && var(&env, "maculaos_trial").is_empty(),
+        || format!("grub-editenv list after the update: {env:?}"),
+    )?;
+    Ok(())
+}
