@@ -64,11 +64,6 @@ pub fn all() -> Vec<Scenario> {
             run: crate::slots::trial_rollback,
         },
         Scenario {
-            name: "upgrade-usb",
-            about: "v1 -> v2 from a signed bundle on a second disk: apply, reboot, v2 on B marked good",
-            run: crate::slots::upgrade_usb,
-        },
-        Scenario {
             name: "reproducible",
             about: "rebuilding the root from the same inputs gives the same squashfs sha256",
             run: reproducible,
