@@ -145,13 +145,7 @@ pub fn make_esp(
 }
 
 /// The per-slot GRUB snippet: lets the menu show each slot's version.
-pub fn slot_cfg(slot: Slot, version: &str) -> String {
-    let safe: String = version
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || ".-+~_".contains(*c))
-        .collect();
-    format!("set maculaos_{slot}_version=\"{safe}\"\n")
-}
+pub use maculaos_slots::slot_cfg;
 
 /// Assemble the disk image at `dest` (via a `.partial` file).
 pub fn make_disk(

@@ -140,7 +140,18 @@ impl Drop for Esp {
     }
 }
 
-/// `set maculaos_B_version="1.2.3"` → `1.2.3` (see the image builder's slot_cfg).
+/// The per-slot GRUB snippet, `set maculaos_B_version="1.2.3"`, written by
+/// the image builder and by `maculaos upgrade`. Only `[A-Za-z0-9.+~_-]`
+/// survive, so the version can never break out of the quoted GRUB string.
+pub fn slot_cfg(slot: Slot, version: &str) -> String {
+    let safe: String = version
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || ".-+~_".contains(*c))
+        .collect();
+    format!("set maculaos_{slot}_version=\"{safe}\"\n")
+}
+
+/// `set maculaos_B_version="1.2.3"` → `1.2.3` (the inverse of [`slot_cfg`]).
 pub fn parse_slot_cfg(cfg: &str, slot: Slot) -> Option<String> {
     let key = format!("set maculaos_{slot}_version=");
     cfg.lines()

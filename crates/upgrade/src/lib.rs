@@ -500,19 +500,8 @@ fn start_trial(vars: &mut grubenv::Vars, slot: Slot) {
     vars.insert(VAR_ROLLBACK.into(), String::new());
 }
 
-/// The per-slot GRUB snippet: `set maculaos_B_version="1.2.3"`.
-///
-/// The same rule as the image builder's `slot_cfg` (crates/image/src/disk.rs;
-/// kept in step by hand so the node binary does not depend on the image
-/// builder): only `[A-Za-z0-9.+~_-]` survive, so the version can never break
-/// out of the quoted GRUB string.
-pub fn slot_cfg(slot: Slot, version: &str) -> String {
-    let safe: String = version
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || ".-+~_".contains(*c))
-        .collect();
-    format!("set maculaos_{slot}_version=\"{safe}\"\n")
-}
+/// One rule for both writers of `slot.cfg`: the image builder and this.
+pub use maculaos_slots::slot_cfg;
 
 #[cfg(test)]
 mod tests;
