@@ -116,9 +116,6 @@ pub fn trial_rollback(ctx: &mut Ctx) -> Result<()> {
 const V2: &str = "0.2.0-scenario";
 
 /// v1 → v2 from a "USB stick": a second disk holding a signed bundle.
-/// Not in the suite yet: it has not had its first run (the session ran out
-/// of time); the next session registers it in suite.rs once it passes.
-#[allow(dead_code)]
 pub fn upgrade_usb(ctx: &mut Ctx) -> Result<()> {
     // The same inputs under another version: a real, newer slot image.
     let mut opts = ctx.build.clone();

@@ -64,6 +64,11 @@ pub fn all() -> Vec<Scenario> {
             run: crate::slots::trial_rollback,
         },
         Scenario {
+            name: "upgrade-usb",
+            about: "a signed v2 bundle on a second disk: --apply, reboot into v2 on trial, marked good; re-apply refused",
+            run: crate::slots::upgrade_usb,
+        },
+        Scenario {
             name: "reproducible",
             about: "rebuilding the root from the same inputs gives the same squashfs sha256",
             run: reproducible,
