@@ -126,10 +126,37 @@ pub fn ensure(tools: &[Tool]) -> Result<(), HostToolsError> {
             .quiet()
             .run()
     };
-    install().map_err(|source| HostToolsError::Install {
-        pkgs: pkgs.clone(),
-        source,
-    })?;
+    if let Err(source) = install() {
+        // A host with a newer qemu-utils (from backports) than the archive's
+        // qemu-system-x86 cannot take both: qemu-utils Breaks a different
+        // qemu-system-common. Install the matching qemu-utils with it.
+        let pins = companion_pins(&pkgs);
+        if pins.is_empty() {
+            return Err(HostToolsError::Install { pkgs, source });
+        }
+        eprintln!(
+            "==> note: the archive's QEMU does not match this host's {}; installing the matching {} with it",
+            pins.iter().map(|(p, _, _)| p.to_string()).collect::<Vec<_>>().join(", "),
+            pins.iter().map(|(p, _, v)| format!("{p} {v}")).collect::<Vec<_>>().join(", "),
+        );
+        Cmd::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "--allow-downgrades",
+            ])
+            .args(&pkgs)
+            .args(pins.iter().map(|(p, _, v)| format!("{p}={v}")))
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .quiet()
+            .run()
+            .map_err(|source| HostToolsError::Install {
+                pkgs: pkgs.clone(),
+                source,
+            })?;
+    }
     let still = missing(tools);
     if still.is_empty() {
         Ok(())
@@ -138,8 +165,63 @@ pub fn ensure(tools: &[Tool]) -> Result<(), HostToolsError> {
     }
 }
 
+/// Installed packages that must carry the same version as a package we
+/// install (`installed`, `installing`).
+const LOCKSTEP: &[(&str, &str)] = &[("qemu-utils", "qemu-system-x86")];
+
+/// For each installed package of [`LOCKSTEP`] whose version differs from the
+/// archive's candidate of its partner (being installed): (package, installed
+/// version, the version to install).
+fn companion_pins(pkgs: &[&str]) -> Vec<(&'static str, String, String)> {
+    let installed = |p: &str| {
+        Cmd::new("dpkg-query")
+            .args(["-W", "-f", "${Version}", p])
+            .quiet()
+            .output()
+            .ok()
+            .map(|o| o.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let candidate = |p: &str| {
+        Cmd::new("apt-cache")
+            .args(["policy", p])
+            .quiet()
+            .output()
+            .ok()
+            .and_then(|o| parse_candidate(&o))
+    };
+    LOCKSTEP
+        .iter()
+        .filter(|(_, partner)| pkgs.contains(partner))
+        .filter_map(|(p, partner)| {
+            let have = installed(p)?;
+            let want = candidate(partner)?;
+            (have != want).then_some((*p, have, want))
+        })
+        .collect()
+}
+
+/// The `Candidate:` line of `apt-cache policy`.
+fn parse_candidate(policy: &str) -> Option<String> {
+    policy
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:"))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty() && v != "(none)")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn candidate_of_apt_cache_policy() {
+        let out = "qemu-system-x86:\n  Installed: (none)\n  Candidate: 1:7.2+dfsg-7+deb12u18+b3\n  Version table:\n";
+        assert_eq!(
+            super::parse_candidate(out).as_deref(),
+            Some("1:7.2+dfsg-7+deb12u18+b3")
+        );
+        assert_eq!(super::parse_candidate("x:\n  Candidate: (none)\n"), None);
+    }
+
     use super::*;
 
     #[test]
