@@ -8,7 +8,10 @@ chmod 0440 /etc/sudoers.d/*
 
 systemctl enable --quiet systemd-networkd.service systemd-resolved.service ssh.service \
     maculaos-apply.service maculaos-config-url.service \
-    maculaos-boot-check.service maculaos-mark-good.service
+    maculaos-boot-check.service maculaos-mark-good.service maculaos-upgrade-check.timer
 systemctl set-default --quiet multi-user.target
+# The root is read-only at run time: the mount point the guide uses for an
+# update stick (`maculaos upgrade --from /mnt/usb/`) must exist in the image.
+mkdir -p /mnt/usb
 # Not needed on a node that waits for nothing but its own network.
 systemctl mask --quiet systemd-networkd-wait-online.service

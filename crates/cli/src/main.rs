@@ -2,6 +2,7 @@
 
 mod apply;
 mod config;
+mod fetch;
 mod slots;
 
 use anyhow::Result;
@@ -29,8 +30,15 @@ enum Command {
     /// Show, check and describe the configuration.
     #[command(subcommand)]
     Config(config::Command),
-    /// Updates of the A/B slots: `--status`, or `--apply --from DIR|FILE`.
+    /// Updates of the A/B slots: `--status`, `--check`, `--download`, `--apply [--from DIR|FILE]`.
     Upgrade(slots::UpgradeArgs),
+    /// Make the next boot start the other slot (the version before the last
+    /// update), or cancel an update that waits to be tried. Reboot to use it.
+    Rollback {
+        /// Roll back to a slot that failed its trial.
+        #[arg(long)]
+        force: bool,
+    },
     /// Make the running slot the good one if it was booted on trial (run by maculaos-mark-good.service).
     MarkGood,
     /// Run the node's checks; exit code 0 only when none fails.
@@ -61,6 +69,7 @@ fn main() -> Result<ExitCode> {
         Command::Apply(args) => apply::run(&args),
         Command::Config(cmd) => config::run(cmd),
         Command::Upgrade(args) => slots::upgrade_cmd(&args),
+        Command::Rollback { force } => slots::rollback_cmd(force),
         Command::MarkGood => slots::mark_good_cmd(),
         Command::Health { json, boot: true } => slots::boot_check(json),
         Command::Health { json, boot: false } => {

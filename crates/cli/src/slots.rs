@@ -9,29 +9,53 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// The keys update bundles must be signed with (installed by the image build).
-const TRUSTED_KEYS: &str = "/usr/share/maculaos/keys";
+pub(crate) const TRUSTED_KEYS: &str = "/usr/share/maculaos/keys";
 /// What the updater keeps on the data partition.
-const STATE_DIR: &str = "/var/lib/maculaos/updates";
+pub(crate) const STATE_DIR: &str = "/var/lib/maculaos/updates";
 
 #[derive(clap::Args)]
-#[group(required = true, multiple = false, id = "action")]
+// Not a struct-level #[group(...)]: clap puts every field of the struct in
+// that group, which made --from, --json, --force… exclusive with the action.
+#[group(skip)]
+#[command(group = clap::ArgGroup::new("action").required(true).multiple(false))]
 pub struct UpgradeArgs {
     /// Show both slots: version, good / trying N of 3 / bad, running, next boot, last rollback.
     #[arg(long, group = "action")]
     status: bool,
-    /// Write a signed bundle into the standby slot and set it to be tried at the next boot.
-    #[arg(long, group = "action", requires = "from")]
+    /// Show the running version and the newest on the channel (upgrade.url, upgrade.channel).
+    #[arg(long, group = "action")]
+    check: bool,
+    /// Download the newest bundle of the channel into /var/lib/maculaos/updates and check its signature.
+    #[arg(long, group = "action")]
+    download: bool,
+    /// Write a signed bundle into the standby slot and set it to be tried at the next boot
+    /// (the newest of the channel, downloaded if needed; or --from).
+    #[arg(long, group = "action")]
     apply: bool,
+    /// What maculaos-upgrade-check.timer runs: with upgrade.auto_check, look for
+    /// a newer version and report it; with upgrade.auto_apply, also apply it
+    /// (never a version that failed its trial). Never reboots.
+    #[arg(long, group = "action")]
+    auto: bool,
+    /// The same as `maculaos rollback`: the next boot starts the other slot.
+    #[arg(long, group = "action")]
+    rollback: bool,
     /// The bundle (`.mos`), or a directory holding bundles (the newest is taken): a USB stick.
-    #[arg(long, value_name = "DIR|FILE")]
+    #[arg(long, value_name = "DIR|FILE", conflicts_with_all = ["status", "check", "download", "rollback", "auto"])]
     from: Option<PathBuf>,
+    /// Update source instead of upgrade.url: github://OWNER/REPO, https://HOST/PATH/, file:///DIR/.
+    #[arg(long, value_name = "URL", conflicts_with = "from")]
+    url: Option<String>,
+    /// Channel instead of upgrade.channel: stable, beta or nightly.
+    #[arg(long, value_name = "CHANNEL", conflicts_with = "from")]
+    channel: Option<maculaos_bundle::Channel>,
     /// Write a version older than the running one.
     #[arg(long)]
     allow_downgrade: bool,
     /// Write the running version again, or one that failed its trial before.
     #[arg(long)]
     force: bool,
-    /// Machine-readable output (with --status).
+    /// Machine-readable output (with --status, --check).
     #[arg(long)]
     json: bool,
 }
@@ -40,11 +64,23 @@ pub fn upgrade_cmd(args: &UpgradeArgs) -> Result<ExitCode> {
     if args.status {
         return status_cmd(args.json);
     }
-    let from = args
-        .from
-        .as_deref()
-        .context("--apply needs --from DIR|FILE")?;
-    apply_cmd(from, args.allow_downgrade, args.force)
+    if args.auto {
+        return crate::fetch::auto_cmd();
+    }
+    if args.rollback {
+        return rollback_cmd(args.force);
+    }
+    let (url, channel) = (args.url.as_deref(), args.channel);
+    if args.check {
+        return crate::fetch::check_cmd(url, channel, args.json);
+    }
+    if args.download {
+        return crate::fetch::download_cmd(url, channel, args.allow_downgrade, args.force);
+    }
+    match args.from.as_deref() {
+        Some(from) => apply_cmd(from, args.allow_downgrade, args.force),
+        None => crate::fetch::apply_latest_cmd(url, channel, args.allow_downgrade, args.force),
+    }
 }
 
 /// Where the ESP is mounted for the moment it is used.
@@ -211,7 +247,7 @@ fn slot_partition(info: &BootInfo, slot: maculaos_boot::Slot) -> Result<(PathBuf
 }
 
 /// `maculaos upgrade --apply --from DIR|FILE`.
-fn apply_cmd(from: &Path, allow_downgrade: bool, force: bool) -> Result<ExitCode> {
+pub(crate) fn apply_cmd(from: &Path, allow_downgrade: bool, force: bool) -> Result<ExitCode> {
     let bundle = pick_bundle(from)?;
     let info = boot_info()?;
     let slot = info.slot.other();
@@ -235,34 +271,21 @@ fn apply_cmd(from: &Path, allow_downgrade: bool, force: bool) -> Result<ExitCode
         bundle.display(),
         target.partition.display()
     );
-    let mut last_shown = -1i64;
+    let mut steps = maculaos_progress::Steps::default();
     let mut progress = |p: maculaos_upgrade::Progress| {
-        // One line per 5 %: readable in a log as well as on a terminal.
-        let step = (p.percent() / 5.0) as i64;
-        let phase = match p.phase {
-            maculaos_upgrade::Phase::Write => "writing",
-            maculaos_upgrade::Phase::ReadBack => "checking",
+        let (phase, pass) = match p.phase {
+            maculaos_upgrade::Phase::Verify => ("verifying", 0),
+            maculaos_upgrade::Phase::Write => ("writing", 1),
+            maculaos_upgrade::Phase::ReadBack => ("checking", 2),
         };
-        let key = step
-            + if p.phase == maculaos_upgrade::Phase::ReadBack {
-                100
-            } else {
-                0
-            };
-        if key != last_shown {
-            last_shown = key;
-            let eta = p
-                .eta
-                .map(|e| format!(", {}s left", e.as_secs()))
-                .unwrap_or_default();
-            println!(
-                "  {phase} {:>3.0}%  {} / {} MiB  {:.1} MiB/s{eta}",
-                p.percent(),
-                p.done >> 20,
-                p.total >> 20,
-                p.bytes_per_sec / 1048576.0
-            );
-            let _ = std::io::stdout().flush();
+        if steps.due(pass, p.percent()) {
+            show(&maculaos_progress::line(
+                phase,
+                p.done,
+                p.total,
+                p.bytes_per_sec,
+                p.eta,
+            ));
         }
     };
     let opts = maculaos_upgrade::Options {
@@ -287,5 +310,55 @@ fn apply_cmd(from: &Path, allow_downgrade: bool, force: bool) -> Result<ExitCode
         applied.bytes >> 20,
         applied.seconds
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Print a progress line now (stdout may be a pipe to the journal).
+pub(crate) fn show(line: &str) {
+    println!("{line}");
+    let _ = std::io::stdout().flush();
+}
+
+/// `maculaos rollback`: the next boot starts the other slot.
+pub fn rollback_cmd(force: bool) -> Result<ExitCode> {
+    let info = boot_info()?;
+    let other = info.slot.other();
+    let esp = esp(&info, true)?;
+    let bootable = esp.slot_version(other).is_some()
+        && esp.dir.join(format!("slots/{other}/vmlinuz")).is_file();
+    let from = esp
+        .slot_version(info.slot)
+        .unwrap_or_else(|| maculaos_info::collect().version);
+    let to = esp.slot_version(other).unwrap_or_else(|| "-".into());
+    let reason = format!(
+        "rolled back by the operator from slot {} ({from})",
+        info.slot
+    );
+    // Read, decide, and write only when something changes: a refusal
+    // leaves the GRUB environment untouched.
+    let mut vars = maculaos_boot::grubenv::read(&esp.grubenv())?;
+    let outcome = maculaos_slots::rollback(&mut vars, info.slot, bootable, force, &reason);
+    if outcome.is_ok() {
+        maculaos_boot::grubenv::write(&esp.grubenv(), &vars)?;
+    }
+    drop(esp);
+    use maculaos_slots::Rollback;
+    match outcome {
+        Ok(Rollback::ToOther(s)) => println!(
+            "maculaos rollback: the next boot starts slot {s} ({to}). Reboot to use it: sudo systemctl reboot"
+        ),
+        Ok(Rollback::AbandonTrial { running, good }) => println!(
+            "maculaos rollback: the trial of slot {running} is abandoned; the next boot starts slot {good} ({to}). \
+             Reboot to use it: sudo systemctl reboot"
+        ),
+        Ok(Rollback::CancelTrial(s)) => println!(
+            "maculaos rollback: the update waiting in slot {s} ({to}) is cancelled; the next boot stays on slot {} ({from})",
+            info.slot
+        ),
+        Err(refused) => {
+            eprintln!("maculaos rollback: {refused}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

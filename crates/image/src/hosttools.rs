@@ -49,6 +49,8 @@ pub const VM: &[Tool] = &[
     t("genisoimage", "genisoimage"),
     // Update bundles: the reference tool checks our signatures (and signs for ours).
     t("minisign", "minisign"),
+    // The relay behind each guest connection to a host service (VmSpec::host_services).
+    t("socat", "socat"),
 ];
 
 /// The Debian packages whose tools are missing, deduplicated, in order.

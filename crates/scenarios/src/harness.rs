@@ -267,3 +267,116 @@ impl HttpServer {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// A static file server on 127.0.0.1 for update sources: GET of files under
+/// `root`, with `Range: bytes=N-` (206). With `cut_once_after`, the first
+/// full GET of a `.mos` file sends that many body bytes and drops the
+/// connection: a download cut half-way. Every request line (with its Range)
+/// is kept for the scenario to check.
+pub struct DirServer {
+    pub port: u16,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl DirServer {
+    pub fn serve(root: PathBuf, cut_once_after: Option<u64>) -> Result<DirServer> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        let cut_done = Arc::new(AtomicBool::new(cut_once_after.is_none()));
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (root, log, cut_done) = (root.clone(), log.clone(), cut_done.clone());
+                std::thread::spawn(move || {
+                    let cut = cut_once_after.filter(|_| !cut_done.load(Ordering::SeqCst));
+                    let _ = answer_file(conn, &root, cut, &cut_done, &log);
+                });
+            }
+        });
+        Ok(DirServer { port, requests })
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// One request of [`DirServer`], logged as "GET /path [range=N-]".
+fn answer_file(
+    mut conn: std::net::TcpStream,
+    root: &Path,
+    cut: Option<u64>,
+    cut_done: &std::sync::atomic::AtomicBool,
+    log: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Seek, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    let mut range_from = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("range") {
+                range_from = v
+                    .trim()
+                    .strip_prefix("bytes=")
+                    .and_then(|r| r.strip_suffix('-'))
+                    .and_then(|n| n.parse::<u64>().ok());
+            }
+        }
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let line = format!(
+        "GET {path}{}",
+        range_from
+            .map(|n| format!(" range={n}-"))
+            .unwrap_or_default()
+    );
+    if let Ok(mut l) = log.lock() {
+        l.push(line);
+    }
+    let file = root.join(path.trim_start_matches('/'));
+    let Some(mut f) = std::fs::File::open(&file)
+        .ok()
+        .filter(|_| !path.contains(".."))
+    else {
+        return conn.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    };
+    let size = f.metadata()?.len();
+    let from = range_from.filter(|n| *n <= size).unwrap_or(0);
+    let head = if range_from.is_some() {
+        format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{}/{size}\r\n",
+            size.saturating_sub(1)
+        )
+    } else {
+        "HTTP/1.1 200 OK\r\n".to_string()
+    };
+    conn.write_all(
+        format!(
+            "{head}Content-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+            size - from
+        )
+        .as_bytes(),
+    )?;
+    f.seek(std::io::SeekFrom::Start(from))?;
+    let limit = match cut {
+        Some(n) if range_from.is_none() && path.ends_with(".mos") => {
+            cut_done.store(true, std::sync::atomic::Ordering::SeqCst);
+            n
+        }
+        _ => u64::MAX,
+    };
+    std::io::copy(&mut f.take(limit), &mut conn)?;
+    Ok(())
+}

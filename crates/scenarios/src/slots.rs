@@ -1,11 +1,12 @@
 //! Scenarios of GRUB's boot counting: a slot on trial that comes up healthy
 //! becomes the good one; one that never does is abandoned after three tries.
 
-use crate::harness::{ensure, info, Ctx};
+use crate::harness::{ensure, info, Ctx, DirServer, BOOT_TIMEOUT};
 use anyhow::{Context, Result};
+use maculaos_vm::GUEST_SERVICE_ADDR;
 use maculaos_vm::{disk, Firmware};
 use std::io::{Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Give slot B its boot files on the ESP (copies of slot A's) and, when
 /// `with_root`, its root: the build's slot image written into MACULA_ROOT_B.
@@ -33,6 +34,17 @@ fn fill_slot_b(ctx: &Ctx, image: &Path, with_root: bool) -> Result<()> {
         dst.sync_all()?;
     }
     Ok(())
+}
+
+/// `maculaos info` says the node runs `slot` with `version`.
+fn expect_running(ssh: &maculaos_vm::Ssh, slot: &str, version: &str, when: &str) -> Result<()> {
+    let i = info(ssh)?;
+    ensure(i["slot"] == slot && i["version"] == version, || {
+        format!(
+            "{when}: running slot {} version {}, expected slot {slot} version {version}",
+            i["slot"], i["version"]
+        )
+    })
 }
 
 fn env_of(image: &Path) -> Result<std::collections::BTreeMap<String, String>> {
@@ -101,6 +113,12 @@ pub fn trial_rollback(ctx: &mut Ctx) -> Result<()> {
             && st.lines().any(|l| l.starts_with("B ") && l.contains("bad")),
         || format!("`upgrade --status` after the rollback:\n{st}"),
     )?;
+    // A manual rollback to the slot that failed is refused, and says why.
+    let back = ssh.run("sudo maculaos rollback")?;
+    ensure(
+        !back.success() && back.stderr.contains("slot B failed its trial"),
+        || format!("`maculaos rollback` to the bad slot B: {back:?}"),
+    )?;
     ctx.shutdown();
     let env = env_of(&image)?;
     ensure(
@@ -112,43 +130,222 @@ pub fn trial_rollback(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Bundles `upgrade --apply` must refuse, written into `dir`: (file name, a
+/// piece of the error it must give). Their payloads are small: each is
+/// refused before its payload could be written.
+fn bad_bundles(ctx: &Ctx, dir: &Path, dev_key: &Path) -> Result<Vec<(String, &'static str)>> {
+    use maculaos_bundle::{create, BundleMeta, Channel};
+    std::fs::create_dir_all(dir)?;
+    let payload = ctx.dir.join("small.squashfs");
+    std::fs::write(&payload, vec![0x5a; 1 << 20])?;
+    let meta = |v: &str| BundleMeta::new(v, Channel::Stable);
+    let mut out = Vec::new();
+    // Signed by a key the image does not trust.
+    let (_, other_key) = maculaos_bundle::generate_keypair(&ctx.dir.join("keys"), "stranger")?;
+    create(
+        &payload,
+        &dir.join("stranger.mos"),
+        &meta("9.0.0"),
+        &other_key,
+    )?;
+    out.push(("stranger.mos".into(), "which is not trusted here"));
+    // Made for another architecture.
+    let mut arm = meta("9.0.0");
+    arm.arch = "arm64".into();
+    create(&payload, &dir.join("arm64.mos"), &arm, dev_key)?;
+    out.push(("arm64.mos".into(), "is for architecture arm64"));
+    // Older than the running version.
+    create(&payload, &dir.join("old.mos"), &meta("0.0.1"), dev_key)?;
+    out.push(("old.mos".into(), "downgrade from"));
+    // A manifest changed after signing (the version, same length).
+    create(&payload, &dir.join("manifest.mos"), &meta("9.0.0"), dev_key)?;
+    patch(&dir.join("manifest.mos"), b"\"9.0.0\"", b"\"9.0.1\"")?;
+    out.push(("manifest.mos".into(), "does not verify with key"));
+    // A payload changed after signing.
+    create(&payload, &dir.join("payload.mos"), &meta("9.0.0"), dev_key)?;
+    patch(&dir.join("payload.mos"), &[0x5a; 64], &[0x5b; 64])?;
+    out.push(("payload.mos".into(), "payload sha256"));
+    std::fs::remove_file(&payload)?;
+    Ok(out)
+}
+
+/// Replace the first `from` in the file at `path` with `to` (same length).
+fn patch(path: &Path, from: &[u8], to: &[u8]) -> Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .with_context(|| {
+            format!(
+                "{} does not contain what the scenario patches",
+                path.display()
+            )
+        })?;
+    bytes[at..at + to.len()].copy_from_slice(to);
+    std::fs::write(path, bytes)?;
+    Ok(())
+}
+
 /// Version of the second build the update scenario installs.
 const V2: &str = "0.2.0-scenario";
 
 /// v1 → v2 from a "USB stick": a second disk holding a signed bundle.
-pub fn upgrade_usb(ctx: &mut Ctx) -> Result<()> {
-    // The same inputs under another version: a real, newer slot image.
+/// The signed bundle of [`V2`]: the same inputs built under another version
+/// (a real, newer slot image), signed with the dev key the image trusts.
+/// Built once per set of build inputs and shared by the update scenarios.
+fn v2_bundle(ctx: &Ctx) -> Result<PathBuf> {
+    let all = ctx.dir.parent().unwrap_or(&ctx.dir).join("shared-v2");
+    let key: String = ctx
+        .manifest
+        .inputs
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(16)
+        .collect();
+    let shared = all.join(key);
+    let mos = shared.join(maculaos_bundle::bundle_file_name(V2, "amd64"));
+    if mos.is_file() {
+        return Ok(mos);
+    }
+    // Bundles of older inputs are of no use any more.
+    let _ = std::fs::remove_dir_all(&all);
+    std::fs::create_dir_all(&shared)?;
     let mut opts = ctx.build.clone();
     opts.version = V2.into();
-    opts.out = ctx.dir.join("v2");
+    opts.out = shared.join("build");
     let v2 = maculaos_image::build(&opts)?;
     let (_, dev_key) = maculaos_bundle::dev_keypair(&ctx.build.cache)?;
-    let stick = ctx.dir.join("stick");
-    std::fs::create_dir_all(&stick)?;
-    let mos = stick.join(maculaos_bundle::bundle_file_name(V2, "amd64"));
     let meta = maculaos_bundle::BundleMeta::new(V2, maculaos_bundle::Channel::Stable);
     maculaos_bundle::create(&v2.slot, &mos, &meta, &dev_key)?;
     let _ = std::fs::remove_dir_all(&opts.out);
+    Ok(mos)
+}
+
+/// An ext4 "USB stick" image holding what is in `files` (then removed),
+/// for the guest's second disk (/dev/vdb).
+fn usb_stick(ctx: &Ctx, files: &Path) -> Result<PathBuf> {
+    let mut size = 32u64 << 20;
+    for e in walkdir::WalkDir::new(files) {
+        size += e?.metadata()?.len();
+    }
     let usb = ctx.dir.join("usb.img");
-    let size = std::fs::metadata(&mos)?.len() + (64 << 20);
-    std::fs::File::create(&usb)?.set_len(size)?;
+    std::fs::File::create(&usb)?.set_len(size + size / 8)?;
     maculaos_runner::Cmd::new("mkfs.ext4")
         .args(["-q", "-L", "UPDATES", "-d"])
-        .arg(&stick)
+        .arg(files)
         .arg(&usb)
         .run()?;
-    std::fs::remove_dir_all(&stick)?;
+    std::fs::remove_dir_all(files)?;
+    Ok(usb)
+}
 
+/// v1 with the v2 bundle (and whatever `more` adds) on a USB stick mounted
+/// at /mnt/usb; returns the disk image and SSH.
+fn boot_with_v2_stick(
+    ctx: &mut Ctx,
+    more: impl FnOnce(&Ctx, &Path) -> Result<()>,
+) -> Result<(PathBuf, maculaos_vm::Ssh)> {
+    let v2 = v2_bundle(ctx)?;
+    let stick = ctx.dir.join("stick");
+    std::fs::create_dir_all(&stick)?;
+    link_or_copy(
+        &v2,
+        &stick.join(maculaos_bundle::bundle_file_name(V2, "amd64")),
+    )?;
+    more(ctx, &stick)?;
+    let usb = usb_stick(ctx, &stick)?;
     let image = ctx.disk("")?;
     let mut spec = ctx.spec(&image, Firmware::Bios);
     spec.extra_drives.push(usb);
     let ssh = ctx.boot(spec, "v1")?;
-    ssh.check("sudo mkdir -p /mnt/usb && sudo mount -o ro /dev/vdb /mnt/usb")?;
+    ssh.check("sudo mount -o ro /dev/vdb /mnt/usb")?;
+    Ok((image, ssh))
+}
+
+/// Power cut while `--apply` writes the standby slot: the node boots the
+/// running version as if nothing happened, slot B is empty (not half-tried),
+/// and the next `--apply` writes it completely.
+pub fn upgrade_power_cut(ctx: &mut Ctx) -> Result<()> {
+    let (image, ssh) = boot_with_v2_stick(ctx, |_, _| Ok(()))?;
+    ssh.check(
+        "sudo systemd-run --unit=apply-cut --collect \
+         sh -c 'maculaos upgrade --apply --from /mnt/usb/ > /run/apply.log 2>&1'",
+    )?;
+    let vm = ctx.vm()?;
+    crate::harness::wait_until(vm, "--apply to write 30 % of slot B", CMD_LONG, || {
+        Ok(ssh
+            .run("cat /run/apply.log")?
+            .stdout
+            .contains("writing  30%"))
+    })?;
+    vm.quit()?;
+    vm.wait_exit(BOOT_TIMEOUT)?;
+    vm.boot_again()?;
+    let ssh = ctx.wait_up("after the power cut")?;
+    expect_running(&ssh, "A", &ctx.manifest.version, "after the power cut")?;
+    let st = ssh.check("sudo maculaos upgrade --status")?;
+    ensure(
+        st.lines()
+            .any(|l| l.starts_with("B ") && l.contains("empty"))
+            && st.contains("last rollback: none"),
+        || format!("after a cut --apply slot B should be empty, with no trial:\n{st}"),
+    )?;
+    ssh.check("sudo mount -o ro /dev/vdb /mnt/usb")?;
+    let out = ssh.check_timeout("sudo maculaos upgrade --apply --from /mnt/usb/", CMD_LONG)?;
+    ensure(out.contains(&format!("now holds {V2}")), || {
+        format!("`upgrade --apply` after the power cut:\n{out}")
+    })?;
+    ctx.shutdown();
+    let env = env_of(&image)?;
+    ensure(
+        var(&env, "maculaos_trial") == "B" && var(&env, "maculaos_tries") == "3",
+        || format!("grub-editenv list after the second --apply: {env:?}"),
+    )?;
+    Ok(())
+}
+
+/// Link `src` at `dest` (same file system: no copy of 200 MiB), else copy.
+fn link_or_copy(src: &Path, dest: &Path) -> Result<()> {
+    if std::fs::hard_link(src, dest).is_err() {
+        std::fs::copy(src, dest)
+            .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+    }
+    Ok(())
+}
+
+pub fn upgrade_usb(ctx: &mut Ctx) -> Result<()> {
+    let mut refused = Vec::new();
+    let (image, ssh) = boot_with_v2_stick(ctx, |ctx, stick| {
+        let (_, dev_key) = maculaos_bundle::dev_keypair(&ctx.build.cache)?;
+        refused = bad_bundles(ctx, &stick.join("bad"), &dev_key)?;
+        Ok(())
+    })?;
+    // Nothing to roll back to yet: slot B is empty.
+    let back = ssh.run("sudo maculaos rollback")?;
+    ensure(
+        !back.success() && back.stderr.contains("slot B is empty"),
+        || format!("`maculaos rollback` with an empty slot B: {back:?}"),
+    )?;
+    // Bundles that must be refused, each with its reason, before anything
+    // is written: slot B's first 64 MiB, the ESP's slot B and GRUB's state
+    // stay as they were.
+    let untouched = "sudo head -c 64M /dev/disk/by-partlabel/MACULA_ROOT_B | sha256sum; \
+                     sudo maculaos upgrade --status --json";
+    let before = ssh.check(untouched)?;
+    for (file, why) in &refused {
+        let r = ssh.run(&format!(
+            "sudo maculaos upgrade --apply --from /mnt/usb/bad/{file}"
+        ))?;
+        ensure(!r.success() && r.stderr.contains(why), || {
+            format!("`upgrade --apply` of {file} should be refused with \"{why}\": {r:?}")
+        })?;
+    }
+    let after = ssh.check(untouched)?;
+    ensure(before == after, || {
+        format!("refused bundles changed slot B or GRUB's state:\nbefore {before}\nafter {after}")
+    })?;
     let out = ssh
-        .check_timeout(
-            "sudo maculaos upgrade --apply --from /mnt/usb/",
-            std::time::Duration::from_secs(900),
-        )
+        .check_timeout("sudo maculaos upgrade --apply --from /mnt/usb/", CMD_LONG)
         .context("maculaos upgrade --apply")?;
     ensure(out.contains(&format!("now holds {V2}")), || {
         format!("`upgrade --apply` did not finish:\n{out}")
@@ -169,13 +366,7 @@ pub fn upgrade_usb(ctx: &mut Ctx) -> Result<()> {
     )?;
     let started = std::time::Instant::now();
     let ssh = ctx.reboot(&ssh, "v2 on trial")?;
-    let i = info(&ssh)?;
-    ensure(i["slot"] == "B" && i["version"] == V2, || {
-        format!(
-            "after the update: slot {} version {}",
-            i["slot"], i["version"]
-        )
-    })?;
+    expect_running(&ssh, "B", V2, "after the update")?;
     let st = ssh.check("sudo maculaos upgrade --status")?;
     ensure(
         st.lines()
@@ -192,11 +383,191 @@ pub fn upgrade_usb(ctx: &mut Ctx) -> Result<()> {
         !again.success() && again.stderr.contains("already running"),
         || format!("re-applying the running version: {again:?}"),
     )?;
+    // Manual rollback to v1, and forward again to v2.
+    let v1 = ctx.manifest.version.clone();
+    let mut ssh = ssh;
+    for (slot, version) in [("A", v1.as_str()), ("B", V2)] {
+        let out = ssh.check("sudo maculaos rollback")?;
+        ensure(
+            out.contains(&format!("the next boot starts slot {slot}")),
+            || format!("`maculaos rollback` towards slot {slot}:\n{out}"),
+        )?;
+        ssh = ctx.reboot(&ssh, &format!("rolled back to slot {slot}"))?;
+        expect_running(&ssh, slot, version, "after `maculaos rollback`")?;
+        let st = ssh.check("sudo maculaos upgrade --status")?;
+        ensure(
+            st.contains("last rollback: rolled back by the operator"),
+            || format!("`upgrade --status` does not show the manual rollback:\n{st}"),
+        )?;
+    }
     ctx.shutdown();
     let env = env_of(&image)?;
     ensure(
         var(&env, "maculaos_slot") == "B" && var(&env, "maculaos_trial").is_empty(),
-        || format!("grub-editenv list after the update: {env:?}"),
+        || format!("grub-editenv list after the update and two rollbacks: {env:?}"),
     )?;
+    Ok(())
+}
+
+/// v1 → v2 from an HTTP update source set in the node's configuration: the
+/// channel index names the bundle; the first download is cut half-way and
+/// resumed with a Range request; `--apply` takes the downloaded bundle.
+pub fn upgrade_http(ctx: &mut Ctx) -> Result<()> {
+    let v2 = v2_bundle(ctx)?;
+    let channel = ctx.dir.join("site/stable");
+    std::fs::create_dir_all(&channel)?;
+    let name = maculaos_bundle::bundle_file_name(V2, "amd64");
+    link_or_copy(&v2, &channel.join(&name))?;
+    maculaos_fetch::write_index(&channel, &channel.join(&name))?;
+    let size = std::fs::metadata(&v2)?.len();
+    let server = DirServer::serve(ctx.dir.join("site"), Some(size / 2))?;
+
+    let image = ctx.disk("")?;
+    let mut spec = ctx.spec(&image, Firmware::Bios);
+    spec.host_services.push((8080, server.port));
+    let ssh = ctx.boot(spec, "v1")?;
+    // The source as an operator sets it: in the node's configuration.
+    ssh.check(&format!(
+        "sudo mkdir -p /var/lib/maculaos/config.d && printf 'maculaos:\\n  upgrade:\\n    url: http://{GUEST_SERVICE_ADDR}:8080/\\n' \
+         | sudo tee /var/lib/maculaos/config.d/50-upgrade.yaml"
+    ))?;
+    let check = ssh.check("sudo maculaos upgrade --check")?;
+    ensure(check.contains(&format!("{V2} is newer")), || {
+        format!("`upgrade --check` should offer {V2}:\n{check}")
+    })?;
+    // The timer's check (auto_check on by default): it reports, applies nothing.
+    ssh.check("systemctl is-active maculaos-upgrade-check.timer")?;
+    ssh.check("sudo systemctl start maculaos-upgrade-check.service")?;
+    let log = ssh.check("sudo journalctl -b -o cat -u maculaos-upgrade-check.service")?;
+    ensure(
+        log.contains(&format!("{V2} is available on channel stable")),
+        || format!("maculaos-upgrade-check.service should report {V2}:\n{log}"),
+    )?;
+    let started = std::time::Instant::now();
+    let dl = ssh
+        .check_timeout("sudo maculaos upgrade --download", CMD_LONG)
+        .context("maculaos upgrade --download")?;
+    ctx.record(
+        "download of the v2 bundle over HTTP, cut once and resumed",
+        started.elapsed().as_secs_f64(),
+    );
+    ensure(
+        dl.contains("is downloaded and its signature checked"),
+        || format!("`upgrade --download`:\n{dl}"),
+    )?;
+    let requests = server.requests();
+    let bundle_path = format!("/stable/{name}");
+    ensure(
+        requests.iter().any(|r| r == &format!("GET {bundle_path}"))
+            && requests
+                .iter()
+                .any(|r| r.starts_with(&format!("GET {bundle_path} range="))),
+        || format!("the cut download was not resumed with a Range request: {requests:?}"),
+    )?;
+    let out = ssh
+        .check_timeout("sudo maculaos upgrade --apply", CMD_LONG)
+        .context("maculaos upgrade --apply")?;
+    ensure(
+        out.contains("already downloaded and verified") && out.contains(&format!("now holds {V2}")),
+        || format!("`upgrade --apply` should write the downloaded {V2}:\n{out}"),
+    )?;
+    let ssh = ctx.reboot(&ssh, "v2 on trial")?;
+    expect_running(&ssh, "B", V2, "after the update")?;
+    let check = ssh.check("sudo maculaos upgrade --check")?;
+    ensure(check.contains("up to date"), || {
+        format!("after the update `upgrade --check` should say up to date:\n{check}")
+    })?;
+    ctx.shutdown();
+    Ok(())
+}
+
+/// Deadline for a download or an apply of a whole slot image under TCG.
+const CMD_LONG: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// Version of the broken update [`upgrade_bad`] applies.
+const V3_BROKEN: &str = "0.3.0-broken";
+
+/// A signed update that cannot boot: its root holds the kernel and initrd
+/// (so it installs like any other) and nothing else, so `maculaos-init`
+/// fails on every try. GRUB must give up after 3 tries, the node must
+/// remember the version as bad, and refuse it again without --force.
+pub fn upgrade_bad(ctx: &mut Ctx) -> Result<()> {
+    let root = ctx.dir.join("v3-root");
+    maculaos_runner::Cmd::new("unsquashfs")
+        .args(["-q", "-n", "-d"])
+        .arg(&root)
+        .arg(&ctx.slot_image)
+        .args(["boot/vmlinuz", "boot/initrd.img"])
+        .run()?;
+    let payload = ctx.dir.join("v3.squashfs");
+    maculaos_runner::Cmd::new("mksquashfs")
+        .arg(&root)
+        .arg(&payload)
+        .args(["-noappend", "-quiet", "-comp", "zstd"])
+        .run()?;
+    std::fs::remove_dir_all(&root)?;
+    let stick = ctx.dir.join("stick");
+    std::fs::create_dir_all(&stick)?;
+    let (_, dev_key) = maculaos_bundle::dev_keypair(&ctx.build.cache)?;
+    let meta = maculaos_bundle::BundleMeta::new(V3_BROKEN, maculaos_bundle::Channel::Stable);
+    let mos = stick.join(maculaos_bundle::bundle_file_name(V3_BROKEN, "amd64"));
+    maculaos_bundle::create(&payload, &mos, &meta, &dev_key)?;
+    let usb = usb_stick(ctx, &stick)?;
+
+    let image = ctx.disk("")?;
+    let mut spec = ctx.spec(&image, Firmware::Bios);
+    spec.extra_drives.push(usb);
+    let ssh = ctx.boot(spec, "v1")?;
+    ssh.check("sudo mount -o ro /dev/vdb /mnt/usb")?;
+    let out = ssh.check_timeout("sudo maculaos upgrade --apply --from /mnt/usb/", CMD_LONG)?;
+    ensure(out.contains(&format!("now holds {V3_BROKEN}")), || {
+        format!("`upgrade --apply` of the broken update:\n{out}")
+    })?;
+    // The reboot, then three failed tries (init reboots; QEMU exits each time).
+    let _ = ssh.run("sudo systemctl reboot");
+    let vm = ctx.vm()?;
+    for _ in 0..4 {
+        vm.wait_exit(BOOT_TIMEOUT)
+            .context("waiting for the guest to reboot")?;
+        vm.boot_again()?;
+    }
+    let ssh = ctx.wait_up("after three failed tries of the broken update")?;
+    let vm = ctx.vm()?;
+    let tries = vm
+        .serial_log_paths()
+        .iter()
+        .filter(|p| {
+            std::fs::read_to_string(p).is_ok_and(|t| t.contains("it mounts, but has no /sbin/init"))
+        })
+        .count();
+    ensure(tries == 3, || {
+        format!(
+            "slot B should have failed exactly 3 boots; {tries} serial logs show its init failing"
+        )
+    })?;
+    expect_running(&ssh, "A", &ctx.manifest.version, "after the failed trial")?;
+    let st = ssh.check("sudo maculaos upgrade --status")?;
+    ensure(
+        st.contains("last rollback: slot B was not marked good after 3 boots; booting slot A")
+            && st.lines().any(|l| l.starts_with("B ") && l.contains("bad")),
+        || format!("`upgrade --status` after the failed trial:\n{st}"),
+    )?;
+    // Remembered: the same bundle is refused, with the reason.
+    let again = ssh.run(
+        "sudo mount -o ro /dev/vdb /mnt/usb; sudo maculaos upgrade --apply --from /mnt/usb/",
+    )?;
+    ensure(
+        !again.success()
+            && again
+                .stderr
+                .contains(&format!("{V3_BROKEN} failed its trial"))
+            && again.stderr.contains("--force"),
+        || format!("re-applying the version that failed its trial: {again:?}"),
+    )?;
+    let bad = ssh.check("sudo cat /var/lib/maculaos/updates/bad-versions.json")?;
+    ensure(bad.contains(V3_BROKEN), || {
+        format!("bad-versions.json does not name {V3_BROKEN}: {bad}")
+    })?;
+    ctx.shutdown();
     Ok(())
 }

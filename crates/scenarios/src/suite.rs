@@ -69,6 +69,21 @@ pub fn all() -> Vec<Scenario> {
             run: crate::slots::upgrade_usb,
         },
         Scenario {
+            name: "upgrade-http",
+            about: "upgrade.url over HTTP: --check offers v2, --download is cut and resumed, --apply, reboot into v2",
+            run: crate::slots::upgrade_http,
+        },
+        Scenario {
+            name: "upgrade-power-cut",
+            about: "power cut while --apply writes slot B: v1 boots, B is empty, the next --apply completes",
+            run: crate::slots::upgrade_power_cut,
+        },
+        Scenario {
+            name: "upgrade-bad",
+            about: "a signed update that cannot boot: 3 failed tries, back on v1, remembered bad, refused again",
+            run: crate::slots::upgrade_bad,
+        },
+        Scenario {
             name: "reproducible",
             about: "rebuilding the root from the same inputs gives the same squashfs sha256",
             run: reproducible,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 mod bundle;
 mod devvm;
+mod publish;
 
 /// MaculaOS host SDK.
 #[derive(Parser)]
@@ -72,6 +73,8 @@ enum Command {
     Keygen(bundle::KeygenArgs),
     /// Make a signed update bundle (.mos) from a built slot image.
     Bundle(bundle::BundleArgs),
+    /// Put a bundle on a self-hosted update source: DIR/<channel>/ and its latest.json.
+    Publish(publish::PublishArgs),
 }
 
 /// The repository this SDK was built from (holds image/ and crates/).
@@ -104,6 +107,7 @@ fn main() {
         Command::Vm { command } => devvm::run(command).map(|_| 0),
         Command::Keygen(args) => bundle::keygen(&args).map(|_| 0),
         Command::Bundle(args) => bundle::run(&args).map(|_| 0),
+        Command::Publish(args) => publish::run(&args).map(|_| 0),
         Command::Test(args) => {
             let build = BuildArgs {
                 out: args.out.clone(),

@@ -86,6 +86,74 @@ pub fn mark_good(vars: &mut Vars, running: Slot) -> bool {
     true
 }
 
+/// What `maculaos rollback` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rollback {
+    /// The other slot is the good one again: the next boot starts it.
+    ToOther(Slot),
+    /// The running slot was on trial: its trial is abandoned, the next boot
+    /// starts the good slot (the one it was updated from).
+    AbandonTrial { running: Slot, good: Slot },
+    /// An update waiting to be tried in the other slot is cancelled: the next
+    /// boot stays on the running slot.
+    CancelTrial(Slot),
+}
+
+/// Why `maculaos rollback` refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RollbackRefused {
+    #[error("slot {0} is empty (it holds no version, or no kernel on the ESP): there is nothing to roll back to")]
+    Empty(Slot),
+    #[error("slot {0} failed its trial ({1}); roll back to it anyway with --force")]
+    Bad(Slot, String),
+}
+
+/// Make the next boot leave the running slot: go back to the other slot if
+/// it holds a bootable, not-bad version. `other_bootable`: the other slot
+/// has a version and a kernel on the ESP. `reason` is kept in
+/// `maculaos_rollback` so `upgrade --status` shows it afterwards.
+pub fn rollback(
+    vars: &mut Vars,
+    running: Slot,
+    other_bootable: bool,
+    force: bool,
+    reason: &str,
+) -> Result<Rollback, RollbackRefused> {
+    let state = State::from_vars(vars);
+    let other = running.other();
+    let clear_trial = |v: &mut Vars| {
+        v.insert(VAR_TRIAL.into(), String::new());
+        v.insert(VAR_TRIES.into(), String::new());
+        v.insert(VAR_ROLLBACK.into(), reason.to_string());
+    };
+    if state.trial == Some(other) && state.next_boot() == other {
+        clear_trial(vars);
+        return Ok(Rollback::CancelTrial(other));
+    }
+    if !other_bootable {
+        return Err(RollbackRefused::Empty(other));
+    }
+    if state.trial == Some(running) && state.good == other {
+        clear_trial(vars);
+        return Ok(Rollback::AbandonTrial {
+            running,
+            good: other,
+        });
+    }
+    if state.bad == Some(other) && !force {
+        let why = state
+            .rollback
+            .unwrap_or_else(|| "no reason recorded".into());
+        return Err(RollbackRefused::Bad(other, why));
+    }
+    clear_trial(vars);
+    vars.insert(VAR_SLOT.into(), other.to_string());
+    if state.bad == Some(other) {
+        vars.insert(VAR_BAD.into(), String::new());
+    }
+    Ok(Rollback::ToOther(other))
+}
+
 /// The ESP of the disk `root_device` (e.g. `/dev/vda3`) is on.
 pub fn find_esp(sysfs: &Path, root_device: &str) -> Result<String, SlotsError> {
     let devs = blockdev::scan_block_devices(sysfs).map_err(SlotsError::Sysfs)?;
@@ -264,6 +332,86 @@ mod tests {
         assert_eq!(st[1].state, "bad");
         let st = status(&s, [Some("1.0".into()), None], Slot::A);
         assert_eq!(st[1].state, "empty");
+    }
+
+    #[test]
+    fn rollback_to_the_other_slot_and_back() {
+        let mut v = vars(&[("maculaos_slot", "B")]);
+        assert_eq!(
+            rollback(&mut v, Slot::B, true, false, "operator"),
+            Ok(Rollback::ToOther(Slot::A))
+        );
+        let s = State::from_vars(&v);
+        assert_eq!((s.good, s.next_boot()), (Slot::A, Slot::A));
+        assert_eq!(s.rollback.as_deref(), Some("operator"));
+        // After booting A, rolling back again returns to B.
+        assert_eq!(
+            rollback(&mut v, Slot::A, true, false, "again"),
+            Ok(Rollback::ToOther(Slot::B))
+        );
+        assert_eq!(State::from_vars(&v).next_boot(), Slot::B);
+    }
+
+    #[test]
+    fn rollback_refuses_empty_and_bad_slots() {
+        let mut v = vars(&[("maculaos_slot", "A")]);
+        let before = v.clone();
+        assert_eq!(
+            rollback(&mut v, Slot::A, false, true, "x"),
+            Err(RollbackRefused::Empty(Slot::B))
+        );
+        assert_eq!(v, before, "a refusal changes nothing");
+        let mut v = vars(&[
+            ("maculaos_slot", "A"),
+            ("maculaos_bad", "B"),
+            (
+                "maculaos_rollback",
+                "slot B was not marked good after 3 boots",
+            ),
+        ]);
+        let before = v.clone();
+        let err = rollback(&mut v, Slot::A, true, false, "x").unwrap_err();
+        assert!(
+            err.to_string().contains("not marked good after 3 boots"),
+            "{err}"
+        );
+        assert_eq!(v, before);
+        assert_eq!(
+            rollback(&mut v, Slot::A, true, true, "forced"),
+            Ok(Rollback::ToOther(Slot::B))
+        );
+        let s = State::from_vars(&v);
+        assert_eq!((s.good, s.bad), (Slot::B, None));
+    }
+
+    #[test]
+    fn rollback_during_a_trial() {
+        // Running B on trial (updated from A): abandon the trial, boot A.
+        let mut v = vars(&[
+            ("maculaos_slot", "A"),
+            ("maculaos_trial", "B"),
+            ("maculaos_tries", "2"),
+        ]);
+        assert_eq!(
+            rollback(&mut v, Slot::B, true, false, "operator"),
+            Ok(Rollback::AbandonTrial {
+                running: Slot::B,
+                good: Slot::A
+            })
+        );
+        let s = State::from_vars(&v);
+        assert_eq!((s.trial, s.next_boot()), (None, Slot::A));
+        // Running A with an update waiting in B: cancel it, stay on A.
+        let mut v = vars(&[
+            ("maculaos_slot", "A"),
+            ("maculaos_trial", "B"),
+            ("maculaos_tries", "3"),
+        ]);
+        assert_eq!(
+            rollback(&mut v, Slot::A, true, false, "operator"),
+            Ok(Rollback::CancelTrial(Slot::B))
+        );
+        assert_eq!(State::from_vars(&v).next_boot(), Slot::A);
     }
 
     #[test]

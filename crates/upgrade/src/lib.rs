@@ -11,6 +11,7 @@
 //! 2. makes the standby slot unbootable: any trial of it is cleared in
 //!    GRUB's environment and its kernel (`slots/<slot>/vmlinuz` on the ESP,
 //!    which both the menu entry and grub.cfg's trial logic require) removed;
+//!    its payload matches the signed hash (a first pass that writes nothing);
 //! 3. streams the payload into the partition, hashing it on the way, and
 //!    reads it back to compare;
 //! 4. copies the new kernel and initrd out of the written root onto the ESP,
@@ -205,6 +206,26 @@ fn apply_inner(
             partition_size: target.partition_size,
         });
     }
+    // The payload matches its signed hash, before a byte of the standby slot
+    // is overwritten: that slot is usually the way back (the version before
+    // the running one), and a damaged download must not cost it. The write
+    // below hashes again, in case the file changes in between.
+    let check = maculaos_bundle::open(bundle).map_err(UpgradeError::Open)?;
+    check
+        .verify_for(trusted, node_arch, COMPATIBLE)
+        .map_err(|source| UpgradeError::Verify {
+            bundle: bundle.to_owned(),
+            source,
+        })?;
+    let started = Instant::now();
+    maculaos_bundle::copy_payload(check, &mut io::sink(), |done, total| {
+        progress(Progress::new(Phase::Verify, done, total, started.elapsed()))
+    })
+    .map_err(|source| UpgradeError::Verify {
+        bundle: bundle.to_owned(),
+        source,
+    })?;
+
     // No truncate, no create: it is a block device on a node.
     let mut part = OpenOptions::new()
         .write(true)

@@ -5,6 +5,8 @@ use std::time::Duration;
 /// Which pass over the partition a [`Progress`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Hashing the payload in the bundle before anything is written.
+    Verify,
     /// Streaming the payload into the partition.
     Write,
     /// Reading it back to compare its sha256 with the manifest's.
@@ -29,14 +31,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(phase: Phase, done: u64, total: u64, elapsed: Duration) -> Progress {
-        let secs = elapsed.as_secs_f64();
-        let bytes_per_sec = if secs > 0.0 && done > 0 {
-            done as f64 / secs
-        } else {
-            0.0
-        };
-        let eta = (bytes_per_sec > 0.0)
-            .then(|| Duration::from_secs_f64(total.saturating_sub(done) as f64 / bytes_per_sec));
+        let (bytes_per_sec, eta) =
+            maculaos_progress::rate(done, total.saturating_sub(done), elapsed);
         Progress {
             phase,
             done,
@@ -49,10 +45,6 @@ impl Progress {
 
     /// 0..=100 (100 for an empty pass).
     pub fn percent(&self) -> f64 {
-        if self.total == 0 {
-            100.0
-        } else {
-            self.done as f64 * 100.0 / self.total as f64
-        }
+        maculaos_progress::percent(self.done, self.total)
     }
 }

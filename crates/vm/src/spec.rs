@@ -74,7 +74,8 @@ pub struct VmSpec {
     /// More guest TCP ports to forward from free 127.0.0.1 ports.
     pub extra_forwards: Vec<u16>,
     /// Guest connections to `GUEST_SERVICE_ADDR:port` reach `127.0.0.1:host_port`
-    /// on the host: (guest port, host port). The only way out of the VM.
+    /// on the host: (guest port, host port), one `socat` relay per connection.
+    /// The only way out of the VM.
     pub host_services: Vec<(u16, u16)>,
     /// NICs after the first, each on its own isolated user network.
     pub extra_nics: u32,
@@ -281,8 +282,11 @@ pub(crate) fn qemu_args(spec: &VmSpec, ports: &Ports, boot: u32) -> Result<Vec<S
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
     }
     for (guest, host) in &spec.host_services {
+        // `cmd:` starts one relay per guest connection; a `tcp:` target would
+        // be one host connection made at start-up, shared by every guest
+        // connection (a second HTTP request would find it closed).
         netdev.push_str(&format!(
-            ",guestfwd=tcp:{GUEST_SERVICE_ADDR}:{guest}-tcp:127.0.0.1:{host}"
+            ",guestfwd=tcp:{GUEST_SERVICE_ADDR}:{guest}-cmd:socat - TCP:127.0.0.1:{host}"
         ));
     }
     push(&["-netdev", &netdev]);
