@@ -186,6 +186,53 @@ fn patch(path: &Path, from: &[u8], to: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Apply's write pass beside a plain `dd` of the same payload into the same
+/// partition (slot B, which then holds the same bytes again), both as MiB/s
+/// in the report: numbers, not asserts.
+fn write_rate_against_dd(ctx: &mut Ctx, ssh: &maculaos_vm::Ssh, apply_out: &str) -> Result<()> {
+    // The last progress line of the write pass: "  writing 100%  174 / 174 MiB  6.2 MiB/s".
+    let apply_rate = apply_out
+        .lines()
+        .find(|l| l.trim_start().starts_with("writing 100%"))
+        .and_then(|l| l.split("MiB  ").nth(1))
+        .and_then(|r| r.split(" MiB/s").next())
+        .and_then(|r| r.trim().parse::<f64>().ok());
+    let name = maculaos_bundle::bundle_file_name(V2, "amd64");
+    let dd = ssh.check_timeout(
+        &format!(
+            "sudo sh -c 'tar -xOf /mnt/usb/{name} {payload} \
+             | dd of=/dev/disk/by-partlabel/MACULA_ROOT_B bs=1M iflag=fullblock conv=fsync 2>&1'",
+            payload = maculaos_bundle::PAYLOAD_ENTRY
+        ),
+        CMD_LONG,
+    )?;
+    // "182714368 bytes (183 MB, 174 MiB) copied, 20.1 s, 9.1 MB/s"
+    let dd_rate = dd.lines().find(|l| l.contains(" copied, ")).and_then(|l| {
+        let bytes: f64 = l.split_whitespace().next()?.parse().ok()?;
+        let secs: f64 = l
+            .split(" copied, ")
+            .nth(1)?
+            .split(" s")
+            .next()?
+            .parse()
+            .ok()?;
+        Some(bytes / secs / 1048576.0)
+    });
+    match (apply_rate, dd_rate) {
+        (Some(a), Some(d)) => {
+            // The report holds seconds: seconds per 100 MiB at each rate.
+            ctx.record("apply write pass: seconds per 100 MiB", 100.0 / a);
+            ctx.record("dd of the same payload: seconds per 100 MiB", 100.0 / d);
+            eprintln!(
+                "    apply writes at {a:.1} MiB/s, dd at {d:.1} MiB/s: ratio {:.2}",
+                a / d
+            );
+        }
+        _ => eprintln!("    note: no write rates to compare (apply: {apply_rate:?}, dd: {dd:?})"),
+    }
+    Ok(())
+}
+
 /// Version of the second build the update scenario installs.
 const V2: &str = "0.2.0-scenario";
 
@@ -358,6 +405,7 @@ pub fn upgrade_usb(ctx: &mut Ctx) -> Result<()> {
     {
         ctx.record("apply: write + read back of the slot image", secs);
     }
+    write_rate_against_dd(ctx, &ssh, &out)?;
     let st = ssh.check("sudo maculaos upgrade --status")?;
     ensure(
         st.lines()
@@ -473,44 +521,63 @@ pub fn upgrade_http(ctx: &mut Ctx) -> Result<()> {
     )?;
     let ssh = ctx.reboot(&ssh, "v2 on trial")?;
     expect_running(&ssh, "B", V2, "after the update")?;
+    let st = ssh.check("sudo maculaos upgrade --status")?;
+    ensure(
+        st.lines()
+            .any(|l| l.starts_with("B ") && l.contains(V2) && l.contains("good")),
+        || format!("v2 in slot B should be marked good:\n{st}"),
+    )?;
     let check = ssh.check("sudo maculaos upgrade --check")?;
     ensure(check.contains("up to date"), || {
         format!("after the update `upgrade --check` should say up to date:\n{check}")
     })?;
     ctx.shutdown();
+    let env = env_of(&image)?;
+    ensure(
+        var(&env, "maculaos_slot") == "B" && var(&env, "maculaos_trial").is_empty(),
+        || format!("grub-editenv list after the update over HTTP: {env:?}"),
+    )?;
     Ok(())
 }
 
 /// Deadline for a download or an apply of a whole slot image under TCG.
 const CMD_LONG: std::time::Duration = std::time::Duration::from_secs(900);
 
-/// Version of the broken update [`upgrade_bad`] applies.
-const V3_BROKEN: &str = "0.3.0-broken";
+/// Version of the unhealthy update [`upgrade_bad`] applies.
+const V3_UNHEALTHY: &str = "0.3.0-unhealthy";
 
-/// A signed update that cannot boot: its root holds the kernel and initrd
-/// (so it installs like any other) and nothing else, so `maculaos-init`
-/// fails on every try. GRUB must give up after 3 tries, the node must
-/// remember the version as bad, and refuse it again without --force.
+/// A signed update that boots but fails its boot checks: v1's root with
+/// sshd masked. On each try `maculaos health --boot` reboots the node; GRUB
+/// must give up after 3 tries, the node must remember the version as bad,
+/// and refuse it again without --force.
 pub fn upgrade_bad(ctx: &mut Ctx) -> Result<()> {
     let root = ctx.dir.join("v3-root");
     maculaos_runner::Cmd::new("unsquashfs")
         .args(["-q", "-n", "-d"])
         .arg(&root)
         .arg(&ctx.slot_image)
-        .args(["boot/vmlinuz", "boot/initrd.img"])
         .run()?;
+    let _ = std::fs::remove_file(root.join("etc/systemd/system/ssh.service"));
+    std::os::unix::fs::symlink("/dev/null", root.join("etc/systemd/system/ssh.service"))?;
     let payload = ctx.dir.join("v3.squashfs");
     maculaos_runner::Cmd::new("mksquashfs")
         .arg(&root)
         .arg(&payload)
-        .args(["-noappend", "-quiet", "-comp", "zstd"])
+        .args([
+            "-noappend",
+            "-quiet",
+            "-comp",
+            "zstd",
+            "-Xcompression-level",
+            "3",
+        ])
         .run()?;
     std::fs::remove_dir_all(&root)?;
     let stick = ctx.dir.join("stick");
     std::fs::create_dir_all(&stick)?;
     let (_, dev_key) = maculaos_bundle::dev_keypair(&ctx.build.cache)?;
-    let meta = maculaos_bundle::BundleMeta::new(V3_BROKEN, maculaos_bundle::Channel::Stable);
-    let mos = stick.join(maculaos_bundle::bundle_file_name(V3_BROKEN, "amd64"));
+    let meta = maculaos_bundle::BundleMeta::new(V3_UNHEALTHY, maculaos_bundle::Channel::Stable);
+    let mos = stick.join(maculaos_bundle::bundle_file_name(V3_UNHEALTHY, "amd64"));
     maculaos_bundle::create(&payload, &mos, &meta, &dev_key)?;
     let usb = usb_stick(ctx, &stick)?;
 
@@ -520,10 +587,12 @@ pub fn upgrade_bad(ctx: &mut Ctx) -> Result<()> {
     let ssh = ctx.boot(spec, "v1")?;
     ssh.check("sudo mount -o ro /dev/vdb /mnt/usb")?;
     let out = ssh.check_timeout("sudo maculaos upgrade --apply --from /mnt/usb/", CMD_LONG)?;
-    ensure(out.contains(&format!("now holds {V3_BROKEN}")), || {
-        format!("`upgrade --apply` of the broken update:\n{out}")
+    ensure(out.contains(&format!("now holds {V3_UNHEALTHY}")), || {
+        format!("`upgrade --apply` of the unhealthy update:\n{out}")
     })?;
-    // The reboot, then three failed tries (init reboots; QEMU exits each time).
+    // The reboot, then three failed tries (the boot check reboots; QEMU
+    // exits each time), then GRUB boots v1.
+    let started = std::time::Instant::now();
     let _ = ssh.run("sudo systemctl reboot");
     let vm = ctx.vm()?;
     for _ in 0..4 {
@@ -531,18 +600,23 @@ pub fn upgrade_bad(ctx: &mut Ctx) -> Result<()> {
             .context("waiting for the guest to reboot")?;
         vm.boot_again()?;
     }
-    let ssh = ctx.wait_up("after three failed tries of the broken update")?;
+    let ssh = ctx.wait_up("after three failed tries of the unhealthy update")?;
+    ctx.record(
+        "reboot into the unhealthy update until back on v1 (3 failed tries)",
+        started.elapsed().as_secs_f64(),
+    );
     let vm = ctx.vm()?;
     let tries = vm
         .serial_log_paths()
         .iter()
         .filter(|p| {
-            std::fs::read_to_string(p).is_ok_and(|t| t.contains("it mounts, but has no /sbin/init"))
+            std::fs::read_to_string(p)
+                .is_ok_and(|t| t.contains("slot B on trial failed its boot checks"))
         })
         .count();
     ensure(tries == 3, || {
         format!(
-            "slot B should have failed exactly 3 boots; {tries} serial logs show its init failing"
+            "slot B should have failed exactly 3 boots; {tries} serial logs show its boot checks failing"
         )
     })?;
     expect_running(&ssh, "A", &ctx.manifest.version, "after the failed trial")?;
@@ -560,13 +634,13 @@ pub fn upgrade_bad(ctx: &mut Ctx) -> Result<()> {
         !again.success()
             && again
                 .stderr
-                .contains(&format!("{V3_BROKEN} failed its trial"))
+                .contains(&format!("{V3_UNHEALTHY} failed its trial"))
             && again.stderr.contains("--force"),
         || format!("re-applying the version that failed its trial: {again:?}"),
     )?;
     let bad = ssh.check("sudo cat /var/lib/maculaos/updates/bad-versions.json")?;
-    ensure(bad.contains(V3_BROKEN), || {
-        format!("bad-versions.json does not name {V3_BROKEN}: {bad}")
+    ensure(bad.contains(V3_UNHEALTHY), || {
+        format!("bad-versions.json does not name {V3_UNHEALTHY}: {bad}")
     })?;
     ctx.shutdown();
     Ok(())
