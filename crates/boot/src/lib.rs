@@ -3,8 +3,11 @@
 //! `maculaos.*` kernel command line, and the record init leaves for the
 //! running system in [`BOOT_INFO_PATH`].
 
+pub mod bios;
 pub mod blockdev;
 pub mod grubenv;
+pub mod layout;
+pub mod media;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -3,6 +3,7 @@
 mod apply;
 mod config;
 mod fetch;
+mod install;
 mod slots;
 
 use anyhow::Result;
@@ -41,6 +42,9 @@ enum Command {
     },
     /// Make the running slot the good one if it was booted on trial (run by maculaos-mark-good.service).
     MarkGood,
+    /// Install MaculaOS from the live medium onto a disk: interactive, or
+    /// unattended with --config FILE / --auto (the install: settings).
+    Install(install::Args),
     /// Run the node's checks; exit code 0 only when none fails.
     Health {
         /// Machine-readable output.
@@ -71,6 +75,7 @@ fn main() -> Result<ExitCode> {
         Command::Upgrade(args) => slots::upgrade_cmd(&args),
         Command::Rollback { force } => slots::rollback_cmd(force),
         Command::MarkGood => slots::mark_good_cmd(),
+        Command::Install(args) => install::run(&args),
         Command::Health { json, boot: true } => slots::boot_check(json),
         Command::Health { json, boot: false } => {
             let checks = maculaos_health::run(&maculaos_config::Paths::system());

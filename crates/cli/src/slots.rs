@@ -89,7 +89,18 @@ const ESP_MNT: &str = "/run/maculaos/esp";
 fn boot_info() -> Result<BootInfo> {
     let text = std::fs::read_to_string(BOOT_INFO_PATH)
         .with_context(|| format!("reading {BOOT_INFO_PATH} (written by maculaos-init at boot)"))?;
-    BootInfo::from_json(&text).with_context(|| format!("parsing {BOOT_INFO_PATH}"))
+    let info = BootInfo::from_json(&text).with_context(|| format!("parsing {BOOT_INFO_PATH}"))?;
+    // Slots, updates and rollbacks belong to an installed disk; a live
+    // system has none of them.
+    if info.mode != maculaos_boot::Mode::Disk {
+        anyhow::bail!(
+            "this system runs in {} mode from {}, not from an installed disk: it has no A/B slots. \
+             Install it first (sudo maculaos install), then boot the installed disk",
+            info.mode,
+            info.root_device
+        );
+    }
+    Ok(info)
 }
 
 fn esp(info: &BootInfo, write: bool) -> Result<Esp> {
@@ -191,8 +202,11 @@ pub fn boot_check(json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cmdline = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let Some(trial) = cmdline.get("maculaos.trial") else {
+        return Ok(ExitCode::FAILURE);
+    };
     let info = boot_info()?;
-    if cmdline.get("maculaos.trial") == Some(&info.slot.to_string()) {
+    if trial == info.slot.to_string() {
         println!(
             "maculaos health: slot {} on trial failed its boot checks: rebooting to use a try",
             info.slot

@@ -128,7 +128,7 @@ fn parse_meta_data(name: &str, text: &str) -> Result<Value, Problem> {
 
 /// Set `path` in `map`, making the maps on the way; `overwrite` false keeps
 /// a value that is already there.
-pub(crate) fn set_path(map: &mut Mapping, path: &[&str], v: Value, overwrite: bool) {
+pub fn set_path(map: &mut Mapping, path: &[&str], v: Value, overwrite: bool) {
     let Some((last, init)) = path.split_last() else {
         return;
     };

@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-const GRUB_BIOS_DIR: &str = "/usr/lib/grub/i386-pc";
+pub(crate) const GRUB_BIOS_DIR: &str = "/usr/lib/grub/i386-pc";
 const GRUB_EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
 /// Fixed FAT volume id, so the ESP image does not change from build to build.
 const ESP_VOLUME_ID: &str = "4d414355";

@@ -24,6 +24,8 @@ pub const BUILD: &[Tool] = &[
     t("mcopy", "mtools"),
     t("grub-mkimage", "grub-common"),
     t("grub-editenv", "grub-common"),
+    t("grub-mkrescue", "grub-common"),
+    t("xorriso", "xorriso"),
     t("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin"),
     t("/usr/lib/grub/x86_64-efi/kernel.img", "grub-efi-amd64-bin"),
     t("dpkg-deb", "dpkg"),

@@ -11,14 +11,16 @@
 //!    (cached per input hash). This squashfs is the slot image.
 //! 5. esp — GRUB (BIOS and UEFI), grub.cfg, grubenv, slot A's kernel and initrd
 //! 6. disk — the GPT disk image
-//! 7. manifest — build-manifest.json with hashes, sizes and packages
+//! 7. iso — the live/installer ISO (same kernel, initramfs and slot image)
+//! 8. manifest — build-manifest.json with hashes, sizes and packages
 
-pub mod bios;
+pub use maculaos_boot::bios;
 pub mod cpio;
 pub mod disk;
 pub mod hosttools;
 pub mod initramfs;
-pub mod layout;
+pub mod iso;
+pub use maculaos_boot::layout;
 pub mod rootfs;
 pub mod stages;
 pub mod util;
@@ -62,6 +64,10 @@ impl BuildOptions {
 
     pub fn slot_name(&self) -> String {
         format!("maculaos-{}-{ARCH}.squashfs", self.version)
+    }
+
+    pub fn iso_name(&self) -> String {
+        format!("maculaos-{}-{ARCH}.iso", self.version)
     }
 
     pub fn disk_path(&self) -> PathBuf {
@@ -182,6 +188,7 @@ pub struct BuildReport {
     pub manifest: Manifest,
     pub disk: PathBuf,
     pub slot: PathBuf,
+    pub iso: PathBuf,
 }
 
 struct Binaries {
@@ -499,7 +506,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         .with_context(|| format!("creating output directory {}", opts.out.display()))?;
     fs::create_dir_all(&opts.cache)
         .with_context(|| format!("creating cache {}", opts.cache.display()))?;
-    let mut st = Stages::new(7);
+    let mut st = Stages::new(8);
 
     st.run("host-tools", "checking host tools", || {
         let before = hosttools::missing(hosttools::BUILD);
@@ -542,7 +549,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     fs::create_dir_all(&work)?;
     util::require_space(
         &opts.out,
-        fs::metadata(&root.squashfs)?.len() * 2 + layout.esp_size,
+        fs::metadata(&root.squashfs)?.len() * 3 + layout.esp_size,
         "the outputs",
     )?;
     let esp = work.join("esp.img");
@@ -581,10 +588,30 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         part.commit()?;
         Ok(((), String::new()))
     })?;
+    let iso_path = opts.out.join(opts.iso_name());
+    st.run("iso", "live and installer ISO (grub-mkrescue)", || {
+        iso::make_iso(
+            &opts.image_dir(),
+            &work,
+            &iso::IsoInputs {
+                version: &opts.version,
+                kernel: &root.kernel,
+                initrd: &root.initrd,
+                squashfs: &root.squashfs,
+                grub: &grub,
+            },
+            &iso_path,
+        )?;
+        Ok(((), String::new()))
+    })?;
     let inputs = inputs_hash(opts)?;
     let manifest = st.run("manifest", "hashing outputs", || {
         let mut outputs = Vec::new();
-        for (path, kind) in [(&disk_path, "disk"), (&slot_path, "slot")] {
+        for (path, kind) in [
+            (&disk_path, "disk"),
+            (&slot_path, "slot"),
+            (&iso_path, "iso"),
+        ] {
             outputs.push(Output {
                 name: path
                     .file_name()
@@ -627,6 +654,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         manifest,
         disk: disk_path,
         slot: slot_path,
+        iso: iso_path,
     })
 }
 

@@ -146,8 +146,10 @@ impl Collector {
                 .trim()
                 .to_string(),
             version: os_release_value(&os, "VERSION_ID").unwrap_or_else(|| "unknown".into()),
+            // A live system runs from its medium, not from a slot.
             slot: boot
                 .as_ref()
+                .filter(|b| b.mode == maculaos_boot::Mode::Disk)
                 .map(|b| b.slot.to_string())
                 .or_else(|| cmdline.get("maculaos.slot").map(str::to_string)),
             mode: boot

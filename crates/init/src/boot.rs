@@ -11,6 +11,7 @@ use crate::partitions::{
 };
 use crate::seed::seed_data;
 use crate::switch::{switch_root, ROOT_INIT};
+use maculaos_boot::media::{iso_volume_id, ISO_HEAD_LEN, LABEL_LIVE, LIVE_ROOT, MEDIUM_DIR};
 use maculaos_boot::{
     BootInfo, BootParams, Cmdline, Firmware, Mode, BOOT_INFO_PATH, LABEL_DATA, STATE_DIR,
     TYPE_DATA_UNFORMATTED, TYPE_LINUX_FS,
@@ -41,6 +42,9 @@ const ROOT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// overlay, the data partition ext4. Also what the image builder should
 /// pass to `ModuleIndex::closure` (with storage drivers).
 pub const FS_MODULES: [&str; 3] = ["squashfs", "overlay", "ext4"];
+/// What live mode also needs: the ISO's filesystem, loop devices for the
+/// root image on it, and CD drives (their controllers come by modalias).
+const LIVE_MODULES: [&str; 3] = ["isofs", "loop", "sr_mod"];
 /// The mounts init makes in the initramfs and hands to the root.
 const SYSTEM_MOUNTS: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
 /// How often to rescan for new devices while waiting for the boot disk.
@@ -185,21 +189,75 @@ fn run(debug: &Cell<bool>) -> Result<Infallible, InitError> {
     debug.set(cmdline.has("maculaos.debug") && cmdline.get("maculaos.debug") != Some("0"));
     let params = BootParams::from_cmdline(&cmdline)?;
     debug.set(params.debug);
-    if params.mode != Mode::Disk {
-        return Err(InitError::UnsupportedMode(params.mode));
-    }
-    let root_label = params.slot.label();
-    say(format!("booting slot {} ({root_label})", params.slot));
 
-    // 3 and 4. Drivers, then the partitions they reveal.
+    // 3 to 8: the root and /var, from a disk or from the live medium.
     let mut loader = open_loader();
     if let Some(l) = loader.as_mut() {
         load_fs_modules(l);
     }
-    let (parts, devs) = wait_for_partitions(loader.as_mut(), &params)?;
+    let booted = match params.mode {
+        Mode::Disk => boot_disk(loader.as_mut(), &params)?,
+        Mode::Live | Mode::Install => boot_live(loader.as_mut(), &params)?,
+        Mode::Recovery => return Err(InitError::UnsupportedMode(params.mode)),
+    };
+    settle_drivers(loader.as_mut());
     if let Some(l) = &loader {
         say(format!("loaded {} kernel modules", l.loaded().len()));
     }
+
+    // 9. A writable /etc whose changes last until reboot, and a /tmp.
+    mount_etc_overlay()?;
+    mount_tmp()?;
+
+    // 10. Identity.
+    setup_identity()?;
+
+    // 11. The record of this boot.
+    let info = BootInfo {
+        mode: params.mode,
+        slot: params.slot,
+        firmware: if Path::new("/sys/firmware/efi").exists() {
+            Firmware::Uefi
+        } else {
+            Firmware::Bios
+        },
+        root_device: booted.root_device,
+        data_device: booted.data_device,
+        data_formatted: booted.data.formatted,
+        data_grown: booted.data.grown,
+        init_done_ms: fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|t| parse_uptime_ms(&t))
+            .unwrap_or(0),
+    };
+    let info_path = sysroot(BOOT_INFO_PATH);
+    if let Some(dir) = info_path.parent() {
+        fs::create_dir_all(dir).map_err(InitError::io("creating directory", dir))?;
+    }
+    fs::write(&info_path, info.to_json()).map_err(InitError::io("writing", &info_path))?;
+
+    // 12. Hand over.
+    say(format!(
+        "starting {ROOT_INIT} ({} ms after kernel start)",
+        info.init_done_ms
+    ));
+    switch_root(SYSROOT, &SYSTEM_MOUNTS)
+}
+
+/// Where the root and /var came from.
+struct Booted {
+    root_device: String,
+    data_device: String,
+    data: DataOutcome,
+}
+
+/// Disk mode: the slot's squashfs from `MACULA_ROOT_<slot>`, /var on `MACULA_DATA`.
+fn boot_disk(loader: Option<&mut Loader>, params: &BootParams) -> Result<Booted, InitError> {
+    let root_label = params.slot.label();
+    say(format!("booting slot {} ({root_label})", params.slot));
+
+    // 3 and 4. Drivers, then the partitions they reveal.
+    let (parts, devs) = wait_for_partitions(loader, params)?;
     say(format!(
         "found {root_label} ({}) and {LABEL_DATA} ({}) on {}",
         parts.root.node(),
@@ -224,45 +282,82 @@ fn run(debug: &Cell<bool>) -> Result<Infallible, InitError> {
     let outcome = prepare_data(&parts, &devs)?;
 
     // 8. Mount it on /var with /home and /root.
-    mount_data(&parts.data, &outcome)?;
-
-    // 9. A writable /etc whose changes last until reboot, and a /tmp.
-    mount_etc_overlay()?;
-    mount_tmp()?;
-
-    // 10. Identity.
-    setup_identity()?;
-
-    // 11. The record of this boot.
-    let info = BootInfo {
-        mode: params.mode,
-        slot: params.slot,
-        firmware: if Path::new("/sys/firmware/efi").exists() {
-            Firmware::Uefi
-        } else {
-            Firmware::Bios
-        },
+    mount_data(Some(&parts.data), &outcome)?;
+    Ok(Booted {
         root_device: parts.root.node(),
         data_device: parts.data.node(),
-        data_formatted: outcome.formatted,
-        data_grown: outcome.grown,
-        init_done_ms: fs::read_to_string("/proc/uptime")
-            .ok()
-            .and_then(|t| parse_uptime_ms(&t))
-            .unwrap_or(0),
-    };
-    let info_path = sysroot(BOOT_INFO_PATH);
-    if let Some(dir) = info_path.parent() {
-        fs::create_dir_all(dir).map_err(InitError::io("creating directory", dir))?;
-    }
-    fs::write(&info_path, info.to_json()).map_err(InitError::io("writing", &info_path))?;
+        data: outcome,
+    })
+}
 
-    // 12. Hand over.
+/// Live (and install) mode: the root from the live medium's squashfs,
+/// everything writable in memory. Nothing is written to any disk.
+fn boot_live(mut loader: Option<&mut Loader>, params: &BootParams) -> Result<Booted, InitError> {
     say(format!(
-        "starting {ROOT_INIT} ({} ms after kernel start)",
-        info.init_done_ms
+        "booting {} from the live medium ({LABEL_LIVE})",
+        params.mode
     ));
-    switch_root(SYSROOT, &SYSTEM_MOUNTS)
+    if let Some(l) = loader.as_deref_mut() {
+        for m in LIVE_MODULES {
+            match l.load(m) {
+                Ok(_) | Err(KmodError::UnknownModule { .. }) => {}
+                Err(e) => warn(&e),
+            }
+        }
+    }
+    let medium = wait_for_medium(loader, params)?;
+    let device = medium.node();
+    say(format!("found the live medium on {device}"));
+
+    // The medium stays mounted under /run, which the root inherits: the
+    // loop device needs it, and `maculaos install` reads its payload.
+    fs::create_dir_all(MEDIUM_DIR).map_err(InitError::io("creating directory", MEDIUM_DIR))?;
+    mount(
+        Some(device.as_str()),
+        MEDIUM_DIR,
+        Some("iso9660"),
+        MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(InitError::sys(format!(
+        "mounting the live medium {device} (iso9660) on {MEDIUM_DIR}"
+    )))?;
+    let image = Path::new(MEDIUM_DIR).join(LIVE_ROOT);
+    if !image.is_file() {
+        return Err(InitError::NoRoot {
+            label: LABEL_LIVE,
+            device,
+            reason: format!("it has no /{LIVE_ROOT}"),
+        });
+    }
+    // A loop device over a file needs the loop ioctls; busybox's mount does
+    // them (doing it here would need unsafe code, denied in this workspace).
+    Cmd::new(BUSYBOX)
+        .args(["mount", "-t", "squashfs", "-o", "loop,ro"])
+        .arg(&image)
+        .arg(SYSROOT)
+        .quiet()
+        .run()
+        .map_err(InitError::tool(format!(
+            "mounting {} as the root",
+            image.display()
+        )))?;
+    check_root_init(LABEL_LIVE, &device)?;
+    say(format!(
+        "mounted /{LIVE_ROOT} ({device}) read-only on {SYSROOT}"
+    ));
+    bind_system_mounts()?;
+    let outcome = DataOutcome {
+        formatted: false,
+        grown: false,
+        resize: false,
+    };
+    mount_data(None, &outcome)?;
+    Ok(Booted {
+        root_device: device,
+        data_device: "tmpfs".into(),
+        data: outcome,
+    })
 }
 
 fn mount_fs(
@@ -355,15 +450,48 @@ fn warn_load(e: &KmodError) {
     }
 }
 
-/// Load drivers and look for the boot partitions until both are there or
-/// `root_wait_secs` pass. Drivers for new buses make new devices appear
-/// (virtio-pci → virtio disks, USB host → USB storage), so every round
-/// coldplugs again.
-fn wait_for_partitions(
+/// Load drivers for what appeared after the boot device was found: a
+/// bus driver's devices need drivers of their own (virtio-pci → virtio
+/// disks). Init stops looking once it has its own device, so a NoCloud
+/// seed on another bus would otherwise wait for udev, after
+/// `maculaos apply` has looked for it (live mode from a CD is one such
+/// case). A few rounds, until one loads nothing new.
+fn settle_drivers(loader: Option<&mut Loader>) {
+    let Some(l) = loader else { return };
+    for _ in 0..5 {
+        let loaded = l.coldplug(Path::new("/sys"));
+        for w in l.take_warnings() {
+            warn_load(&w);
+        }
+        match loaded {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                warn(&e);
+                break;
+            }
+        }
+    }
+}
+
+/// What one look at the block devices found.
+enum Look<T, M> {
+    Found(T),
+    /// Not (yet) there; kept to explain a timeout.
+    NotYet(M),
+}
+
+/// Load drivers and look at the block devices until `look` finds what it
+/// wants or `root_wait_secs` pass (then `timed_out` makes the error).
+/// Drivers for new buses make new devices appear (virtio-pci → virtio
+/// disks, USB host → USB storage), so every round coldplugs again.
+fn wait_for_devices<T, M>(
     mut loader: Option<&mut Loader>,
     params: &BootParams,
-) -> Result<(BootPartitions, Vec<BlockDev>), InitError> {
-    let root_label = params.slot.label();
+    what: &str,
+    mut look: impl FnMut(&[BlockDev]) -> Look<T, M>,
+    timed_out: impl FnOnce(M, &[BlockDev], u64) -> InitError,
+) -> Result<(T, Vec<BlockDev>), InitError> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(params.root_wait_secs);
     let mut announced = false;
@@ -382,57 +510,108 @@ fn wait_for_partitions(
         }
         let devs = scan_block_devices(Path::new("/sys"))
             .map_err(InitError::io("reading", "/sys/class/block"))?;
-        let missing = match find_boot_partitions(&devs, root_label, LABEL_DATA) {
-            Ok(found) => {
-                // devtmpfs adds the node just after sysfs shows the device:
-                // use it only once both nodes are there.
-                let absent = [found.root.node(), found.data.node()]
-                    .into_iter()
-                    .find(|n| !Path::new(n).exists());
-                match absent {
-                    None => return Ok((found, devs)),
-                    Some(node) if Instant::now() >= deadline => {
-                        return Err(InitError::Io {
-                            action: "waiting for the device node",
-                            path: node.into(),
-                            source: std::io::ErrorKind::NotFound.into(),
-                        })
-                    }
-                    Some(_) => {
-                        std::thread::sleep(POLL_INTERVAL);
-                        continue;
-                    }
-                }
+        match look(&devs) {
+            Look::Found(t) => return Ok((t, devs)),
+            Look::NotYet(missing) if Instant::now() >= deadline => {
+                return Err(timed_out(missing, &devs, params.root_wait_secs))
             }
-            Err(missing) => missing,
-        };
-        if Instant::now() >= deadline {
-            let seen = describe_seen(&devs);
-            let secs = params.root_wait_secs;
-            return Err(match missing {
-                Missing::Root => InitError::RootNotFound {
-                    label: root_label,
-                    secs,
-                    seen,
-                },
-                Missing::Data { disk } => InitError::DataNotFound {
-                    data_label: LABEL_DATA,
-                    root_label,
-                    disk,
-                    secs,
-                    seen,
-                },
-            });
+            Look::NotYet(_) => {}
         }
         if !announced && start.elapsed() >= Duration::from_secs(1) {
             say(format!(
-                "waiting up to {} s for {root_label}",
+                "waiting up to {} s for {what}",
                 params.root_wait_secs
             ));
             announced = true;
         }
         std::thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// Why the boot partitions are not usable yet.
+enum NotReady {
+    Missing(Missing),
+    /// Found in sysfs; devtmpfs has not made this node yet.
+    NoNode(String),
+}
+
+fn wait_for_partitions(
+    loader: Option<&mut Loader>,
+    params: &BootParams,
+) -> Result<(BootPartitions, Vec<BlockDev>), InitError> {
+    let root_label = params.slot.label();
+    wait_for_devices(
+        loader,
+        params,
+        root_label,
+        |devs| match find_boot_partitions(devs, root_label, LABEL_DATA) {
+            // devtmpfs adds the node just after sysfs shows the device:
+            // use it only once both nodes are there.
+            Ok(found) => match [found.root.node(), found.data.node()]
+                .into_iter()
+                .find(|n| !Path::new(n).exists())
+            {
+                None => Look::Found(found),
+                Some(node) => Look::NotYet(NotReady::NoNode(node)),
+            },
+            Err(missing) => Look::NotYet(NotReady::Missing(missing)),
+        },
+        |why, devs, secs| {
+            let seen = describe_seen(devs);
+            match why {
+                NotReady::NoNode(node) => InitError::Io {
+                    action: "waiting for the device node",
+                    path: node.into(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                },
+                NotReady::Missing(Missing::Root) => InitError::RootNotFound {
+                    label: root_label,
+                    secs,
+                    seen,
+                },
+                NotReady::Missing(Missing::Data { disk }) => InitError::DataNotFound {
+                    data_label: LABEL_DATA,
+                    root_label,
+                    disk,
+                    secs,
+                    seen,
+                },
+            }
+        },
+    )
+}
+
+/// The whole disk (CD drive, USB stick, virtual disk) whose ISO 9660
+/// volume id is [`LABEL_LIVE`]. Partitions are skipped: a hybrid ISO
+/// written to a stick is read from the start of the disk.
+fn wait_for_medium(
+    loader: Option<&mut Loader>,
+    params: &BootParams,
+) -> Result<BlockDev, InitError> {
+    let (medium, _) = wait_for_devices(
+        loader,
+        params,
+        LABEL_LIVE,
+        |devs| {
+            for d in devs.iter().filter(|d| !d.is_partition()) {
+                let node = d.node();
+                // An empty CD drive or a vanished device: not it.
+                let Ok(head) = read_head(&node, ISO_HEAD_LEN) else {
+                    continue;
+                };
+                if iso_volume_id(&head).as_deref() == Some(LABEL_LIVE) {
+                    return Look::Found(d.clone());
+                }
+            }
+            Look::NotYet(())
+        },
+        |(), devs, secs| InitError::MediumNotFound {
+            label: LABEL_LIVE,
+            secs,
+            seen: describe_seen(devs),
+        },
+    )?;
+    Ok(medium)
 }
 
 fn mount_root(label: &'static str, root: &BlockDev) -> Result<(), InitError> {
@@ -462,17 +641,23 @@ fn mount_root(label: &'static str, root: &BlockDev) -> Result<(), InitError> {
             })
         }
     }
+    check_root_init(label, &device)?;
+    say(format!("mounted {label} ({device}) read-only on {SYSROOT}"));
+    Ok(())
+}
+
+/// The mounted root has an init to hand over to; if not, unmount it.
+fn check_root_init(label: &'static str, device: &str) -> Result<(), InitError> {
     // lstat, not stat: /sbin/init is an absolute symlink into the root,
     // which does not resolve from the initramfs.
     if fs::symlink_metadata(sysroot(ROOT_INIT)).is_err() {
         let _ = nix::mount::umount(SYSROOT);
         return Err(InitError::NoRoot {
             label,
-            device,
+            device: device.to_string(),
             reason: format!("it mounts, but has no {ROOT_INIT}"),
         });
     }
-    say(format!("mounted {label} ({device}) read-only on {SYSROOT}"));
     Ok(())
 }
 
@@ -500,11 +685,11 @@ fn bind_system_mounts() -> Result<(), InitError> {
     Ok(())
 }
 
-/// Read up to [`data::HEAD_LEN`] bytes from the start of a device.
-fn read_head(device: &str) -> Result<Vec<u8>, InitError> {
+/// Read up to `len` bytes from the start of a device.
+fn read_head(device: &str, len: usize) -> Result<Vec<u8>, InitError> {
     let file = fs::File::open(device).map_err(InitError::io("opening", device))?;
-    let mut head = Vec::with_capacity(data::HEAD_LEN);
-    file.take(data::HEAD_LEN as u64)
+    let mut head = Vec::with_capacity(len);
+    file.take(len as u64)
         .read_to_end(&mut head)
         .map_err(InitError::io("reading", device))?;
     Ok(head)
@@ -512,7 +697,7 @@ fn read_head(device: &str) -> Result<Vec<u8>, InitError> {
 
 fn prepare_data(parts: &BootPartitions, devs: &[BlockDev]) -> Result<DataOutcome, InitError> {
     let device = parts.data.node();
-    let head = read_head(&device)?;
+    let head = read_head(&device, data::HEAD_LEN)?;
     let state = classify(&head);
     let unformatted = parts
         .data
@@ -683,22 +868,42 @@ fn grow_partition(disk: &str, partnum: u32) -> Result<(), InitError> {
         .map_err(InitError::tool(what))
 }
 
-fn mount_data(data_part: &BlockDev, outcome: &DataOutcome) -> Result<(), InitError> {
-    let device = data_part.node();
-    mount(
-        Some(device.as_str()),
-        DATA_MOUNT,
-        Some("ext4"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(InitError::sys(format!(
-        "mounting {LABEL_DATA} ({device}) as ext4 on {DATA_MOUNT}"
-    )))?;
+/// Put /var (with /home and /root) on the data partition, or, with none
+/// (live mode), on a tmpfs: seeded from the image either way.
+fn mount_data(data_part: Option<&BlockDev>, outcome: &DataOutcome) -> Result<(), InitError> {
+    let device = match data_part {
+        Some(part) => {
+            let device = part.node();
+            mount(
+                Some(device.as_str()),
+                DATA_MOUNT,
+                Some("ext4"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(InitError::sys(format!(
+                "mounting {LABEL_DATA} ({device}) as ext4 on {DATA_MOUNT}"
+            )))?;
+            device
+        }
+        None => {
+            fs::create_dir_all(DATA_MOUNT)
+                .map_err(InitError::io("creating directory", DATA_MOUNT))?;
+            mount(
+                Some("tmpfs"),
+                DATA_MOUNT,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("mode=0755"),
+            )
+            .map_err(InitError::sys(format!("mounting a tmpfs on {DATA_MOUNT}")))?;
+            "tmpfs (in memory: gone at reboot)".to_string()
+        }
+    };
     let stats = seed_data(Path::new(SYSROOT), Path::new(DATA_MOUNT))?;
     if stats.created > 0 {
         say(format!(
-            "copied {} new entries from the image into {LABEL_DATA}",
+            "copied {} new entries from the image into /var",
             stats.created
         ));
     }
@@ -729,7 +934,10 @@ fn mount_data(data_part: &BlockDev, outcome: &DataOutcome) -> Result<(), InitErr
             to.display()
         )))?;
     }
-    say(format!("mounted {LABEL_DATA} ({device}) on /var"));
+    match data_part {
+        Some(_) => say(format!("mounted {LABEL_DATA} ({device}) on /var")),
+        None => say(format!("/var is a {device}")),
+    }
     if outcome.resize {
         // Online, now that it is mounted where the root's resize2fs sees
         // it (/var). A failure costs only space, and the next boot tries

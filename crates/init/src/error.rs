@@ -39,6 +39,12 @@ pub enum InitError {
         secs: u64,
         seen: String,
     },
+    #[error("no MaculaOS live medium (an ISO 9660 volume {label}) after {secs} s; saw: {seen}")]
+    MediumNotFound {
+        label: &'static str,
+        secs: u64,
+        seen: String,
+    },
     #[error("{label} ({device}) holds no MaculaOS root ({reason})")]
     NoRoot {
         label: &'static str,
@@ -98,6 +104,9 @@ impl InitError {
             InitError::UnsupportedMode(_) => "boot with maculaos.mode=disk, or use an image that has this mode",
             InitError::RootNotFound { .. } | InitError::DataNotFound { .. } => {
                 "check that the disk is attached and its controller's driver is in the initramfs; maculaos.rootwait=SECONDS waits longer"
+            }
+            InitError::MediumNotFound { .. } => {
+                "check that the ISO (or the USB stick it was written to) is attached and was written whole; maculaos.rootwait=SECONDS waits longer"
             }
             InitError::NoRoot { .. } => {
                 "this slot was never installed or its update did not finish: pick the other slot in the boot menu"

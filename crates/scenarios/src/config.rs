@@ -13,7 +13,7 @@ const RUNCMD_LOG: &str = "/var/lib/maculaos-scenario/runcmd.log";
 const WRITTEN: &str = "/etc/maculaos-scenario/hello.txt";
 
 /// A NoCloud seed drive, made the way users make one.
-fn nocloud_seed(dir: &Path, user_data: &str, meta_data: &str) -> Result<PathBuf> {
+pub fn nocloud_seed(dir: &Path, user_data: &str, meta_data: &str) -> Result<PathBuf> {
     let ud = dir.join("user-data");
     let md = dir.join("meta-data");
     std::fs::write(&ud, user_data)?;

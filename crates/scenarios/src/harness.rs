@@ -28,6 +28,8 @@ pub struct Ctx {
     image: PathBuf,
     /// The slot image (root squashfs) of the build under test.
     pub slot_image: PathBuf,
+    /// The live/installer ISO of the build under test.
+    pub iso: PathBuf,
     key: PathBuf,
     pubkey: String,
     pub timings: Vec<Timing>,
@@ -56,6 +58,7 @@ impl Ctx {
             dir,
             image: report.disk.clone(),
             slot_image: report.slot.clone(),
+            iso: report.iso.clone(),
             build: build.clone(),
             manifest: report.manifest.clone(),
             key: key.to_owned(),
@@ -80,6 +83,11 @@ impl Ctx {
             ],
         )?;
         Ok(path)
+    }
+
+    /// The test public key (one line), for configs the scenario writes.
+    pub fn pubkey(&self) -> &str {
+        self.pubkey.trim()
     }
 
     pub fn spec(&self, disk: &Path, firmware: Firmware) -> VmSpec {

@@ -8,11 +8,13 @@
 
 mod config;
 mod harness;
+mod install;
 mod slots;
 mod suite;
 
 use anyhow::{bail, Result};
 use clap::Args;
+pub use config::nocloud_seed;
 pub use harness::key_param;
 use harness::{Ctx, Timing};
 use maculaos_image::BuildOptions;

@@ -84,6 +84,21 @@ pub fn all() -> Vec<Scenario> {
             run: crate::slots::upgrade_bad,
         },
         Scenario {
+            name: "live-bios",
+            about: "the ISO in a CD drive boots live under SeaBIOS: info says live, /var in memory, the blank disk untouched; install refuses a used disk, the medium, a small disk",
+            run: crate::install::live_bios,
+        },
+        Scenario {
+            name: "live-uefi",
+            about: "the ISO written to a USB stick boots live under OVMF; the blank disk untouched",
+            run: crate::install::live_uefi,
+        },
+        Scenario {
+            name: "install",
+            about: "unattended install from the ISO (NoCloud install.device), then the disk boots alone (bios, uefi) with the config's hostname and key",
+            run: crate::install::install_unattended,
+        },
+        Scenario {
             name: "reproducible",
             about: "rebuilding the root from the same inputs gives the same squashfs sha256",
             run: reproducible,
@@ -344,7 +359,10 @@ fn image_files(dir: &std::path::Path) -> Vec<String> {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| {
-                    n.ends_with(".img") || n.ends_with(".squashfs") || n.ends_with(".partial")
+                    n.ends_with(".img")
+                        || n.ends_with(".iso")
+                        || n.ends_with(".squashfs")
+                        || n.ends_with(".partial")
                 })
                 .collect()
         })

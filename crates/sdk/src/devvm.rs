@@ -32,6 +32,10 @@ pub enum VmCommand {
         /// Memory in MiB.
         #[arg(long, default_value_t = 2048)]
         memory: u32,
+        /// Boot the live ISO from a CD drive instead, with a blank disk
+        /// (`iso-disk.img`, --disk-size) to try `sudo maculaos install` on.
+        #[arg(long)]
+        iso: bool,
     },
     /// Power the VM off (ACPI), killing it if it does not stop in time.
     Stop {
@@ -81,7 +85,9 @@ fn pid_alive(pid: u64) -> bool {
 fn ensure_image(opts: &BuildOptions) -> Result<PathBuf> {
     let disk = opts.disk_path();
     let fresh = Manifest::load(&opts.manifest_path()).ok().map(|m| {
-        m.inputs == maculaos_image::inputs_hash(opts).unwrap_or_default() && disk.exists()
+        m.inputs == maculaos_image::inputs_hash(opts).unwrap_or_default()
+            && disk.exists()
+            && opts.out.join(opts.iso_name()).exists()
     });
     match fresh {
         Some(true) => eprintln!("==> image {} is up to date", disk.display()),
@@ -111,6 +117,74 @@ fn authorized_keys(dir: &Path) -> Result<(PathBuf, Vec<String>)> {
     Ok((key, keys))
 }
 
+/// The dev VM booting the disk image: a working copy (kept across starts
+/// unless the image is newer or --fresh) whose GRUB environment gives
+/// `macula` the keys.
+fn disk_spec(
+    image: &Path,
+    dir: &Path,
+    keys: &[&str],
+    disk_size: &str,
+    fresh: bool,
+) -> Result<VmSpec> {
+    let work = dir.join("disk.img");
+    let stale = fs::metadata(&work)
+        .and_then(|w| Ok(w.modified()? < fs::metadata(image)?.modified()?))
+        .unwrap_or(true);
+    if fresh || stale {
+        eprintln!(
+            "==> new working disk {} from {}",
+            work.display(),
+            image.display()
+        );
+        disk::working_copy(image, &work)?;
+        let size = parse_size(disk_size)?;
+        if size > fs::metadata(&work)?.len() {
+            disk::resize(&work, size)?;
+        }
+    } else {
+        eprintln!(
+            "==> reusing working disk {} (--fresh to start over)",
+            work.display()
+        );
+    }
+    let cmdline = maculaos_scenarios::key_param(keys);
+    disk::grubenv_set(&work, &[("maculaos_extra_cmdline", &cmdline)])?;
+    Ok(VmSpec::new(&work, dir))
+}
+
+/// The dev VM booting the live ISO: the keys come on a NoCloud seed (the
+/// ISO's boot menu cannot be changed), a blank disk is there to install on.
+fn iso_spec(
+    opts: &BuildOptions,
+    dir: &Path,
+    keys: &[&str],
+    disk_size: &str,
+    fresh: bool,
+) -> Result<VmSpec> {
+    let blank = dir.join("iso-disk.img");
+    if fresh || !blank.exists() {
+        eprintln!("==> new blank disk {} ({disk_size})", blank.display());
+        let f =
+            fs::File::create(&blank).with_context(|| format!("creating {}", blank.display()))?;
+        f.set_len(parse_size(disk_size)?)?;
+    }
+    let seed_dir = dir.join("seed");
+    fs::create_dir_all(&seed_dir)?;
+    let user_data = format!(
+        "#cloud-config\nssh_authorized_keys:\n{}",
+        keys.iter()
+            .map(|k| format!("  - {k}\n"))
+            .collect::<String>()
+    );
+    let seed = maculaos_scenarios::nocloud_seed(&seed_dir, &user_data, "instance-id: dev-vm\n")?;
+    let mut spec = VmSpec::new(&blank, dir);
+    spec.cdrom = Some(opts.out.join(opts.iso_name()));
+    spec.extra_drives = vec![seed];
+    eprintln!("==> live ISO {}", opts.out.join(opts.iso_name()).display());
+    Ok(spec)
+}
+
 pub fn run(cmd: VmCommand) -> Result<()> {
     match cmd {
         VmCommand::Start {
@@ -120,6 +194,7 @@ pub fn run(cmd: VmCommand) -> Result<()> {
             disk_size,
             fresh,
             memory,
+            iso,
         } => {
             maculaos_image::hosttools::ensure(maculaos_image::hosttools::VM)?;
             let opts = build.options();
@@ -131,33 +206,13 @@ pub fn run(cmd: VmCommand) -> Result<()> {
                 }
             }
             let image = ensure_image(&opts)?;
-            let work = dir.join("disk.img");
-            let stale = fs::metadata(&work)
-                .and_then(|w| Ok(w.modified()? < fs::metadata(&image)?.modified()?))
-                .unwrap_or(true);
-            if fresh || stale {
-                eprintln!(
-                    "==> new working disk {} from {}",
-                    work.display(),
-                    image.display()
-                );
-                disk::working_copy(&image, &work)?;
-                let size = parse_size(&disk_size)?;
-                if size > fs::metadata(&work)?.len() {
-                    disk::resize(&work, size)?;
-                }
-            } else {
-                eprintln!(
-                    "==> reusing working disk {} (--fresh to start over)",
-                    work.display()
-                );
-            }
             let (key, keys) = authorized_keys(&dir)?;
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let cmdline = maculaos_scenarios::key_param(&keys);
-            disk::grubenv_set(&work, &[("maculaos_extra_cmdline", &cmdline)])?;
-
-            let mut spec = VmSpec::new(&work, &dir);
+            let mut spec = if iso {
+                iso_spec(&opts, &dir, &keys, &disk_size, fresh)?
+            } else {
+                disk_spec(&image, &dir, &keys, &disk_size, fresh)?
+            };
             spec.firmware = if uefi { Firmware::Uefi } else { Firmware::Bios };
             spec.ssh_forward = true;
             spec.serial_stdio = !headless;

@@ -66,6 +66,8 @@ pub struct VmSpec {
     pub cpus: u32,
     /// More raw disks, attached after the boot disk (`/dev/vdb`, …).
     pub extra_drives: Vec<PathBuf>,
+    /// An ISO in a CD drive (IDE, `/dev/sr0`), booted before the disks.
+    pub cdrom: Option<PathBuf>,
     /// Pass `-no-reboot`: a guest reboot makes QEMU exit, so the harness can
     /// inspect the disk and boot again with a fresh serial log.
     pub no_reboot: bool,
@@ -102,6 +104,7 @@ impl Default for VmSpec {
             memory_mib: DEFAULT_MEMORY_MIB,
             cpus: DEFAULT_CPUS,
             extra_drives: Vec::new(),
+            cdrom: None,
             no_reboot: false,
             ssh_forward: false,
             extra_forwards: Vec::new(),
@@ -156,7 +159,10 @@ impl VmSpec {
         if self.run_dir.as_os_str().is_empty() {
             return Err(invalid("run_dir is not set".to_string()));
         }
-        for d in std::iter::once(&self.disk).chain(&self.extra_drives) {
+        for d in std::iter::once(&self.disk)
+            .chain(&self.extra_drives)
+            .chain(&self.cdrom)
+        {
             if !d.is_file() {
                 return Err(invalid(format!(
                     "disk image {} does not exist",
@@ -274,6 +280,19 @@ pub(crate) fn qemu_args(spec: &VmSpec, ports: &Ports, boot: u32) -> Result<Vec<S
         // discard=unmap lets guest TRIM punch holes, keeping working copies sparse.
         let drive = format!("file={},format=raw,if=virtio,discard=unmap", opt_path(d)?);
         push(&["-drive", &drive]);
+    }
+    if let Some(iso) = &spec.cdrom {
+        // bootindex puts the CD first for SeaBIOS and OVMF alike; the
+        // disks (no bootindex) come after it.
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=cd0,media=cdrom,readonly=on",
+                opt_path(iso)?
+            ),
+            "-device",
+            "ide-cd,drive=cd0,bootindex=0",
+        ]);
     }
     // restrict=on isolates the guest from the host's networks; only the
     // explicit 127.0.0.1 forwards reach it.

@@ -1,6 +1,6 @@
 //! The GPT layout of a MaculaOS disk (DESIGN.md "Disk and boot"), as plain data.
 
-use maculaos_boot::{Slot, LABEL_BIOS, LABEL_DATA, LABEL_ESP, TYPE_DATA_UNFORMATTED};
+use crate::{Slot, LABEL_BIOS, LABEL_DATA, LABEL_ESP, TYPE_DATA_UNFORMATTED};
 
 pub const MIB: u64 = 1024 * 1024;
 pub const SECTOR: u64 = 512;
@@ -10,7 +10,7 @@ pub const TYPE_BIOS_BOOT: &str = "21686148-6449-6E6F-744E-656564454649";
 pub const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 /// Generic Linux data: deliberately not the "root" or "var" discoverable
 /// types, so systemd's gpt-auto generator never mounts a slot on its own.
-pub const TYPE_LINUX: &str = maculaos_boot::TYPE_LINUX_FS;
+pub const TYPE_LINUX: &str = crate::TYPE_LINUX_FS;
 
 /// One partition of the layout.
 #[derive(Debug, Clone, PartialEq)]
