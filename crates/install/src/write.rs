@@ -15,7 +15,7 @@ use maculaos_boot::grubenv;
 use maculaos_boot::layout::{Part, SECTOR};
 use maculaos_boot::media::PayloadFile;
 use maculaos_boot::{Slot, LABEL_BIOS, LABEL_DATA, LABEL_ESP, STATE_DIR};
-use maculaos_runner::{have, Cmd};
+use maculaos_runner::{have, Cmd, Mount};
 use sha2::{Digest, Sha256};
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -230,8 +230,8 @@ fn run_step(
                 .arg(&dev)
                 .quiet()
                 .run()?;
-            let m = Mounted::mount(&dev, "vfat", mount_dir(opts, "esp"))?;
-            fill_esp(&m.dir, payload)?;
+            let m = Mount::new(&dev, &mount_dir(opts, "esp"), Some("vfat"), None)?;
+            fill_esp(m.dir(), payload)?;
             m.unmount()?;
         }
         Step::Slot => {
@@ -248,8 +248,8 @@ fn run_step(
                 .arg(&dev)
                 .quiet()
                 .run()?;
-            let m = Mounted::mount(&dev, "ext4", mount_dir(opts, "data"))?;
-            store_config(&m.dir, config_yaml)?;
+            let m = Mount::new(&dev, &mount_dir(opts, "data"), Some("ext4"), None)?;
+            store_config(m.dir(), config_yaml)?;
             m.unmount()?;
         }
         Step::Sync => nix::unistd::sync(),
@@ -636,50 +636,6 @@ pub fn store_config(data_root: &Path, yaml: &str) -> Result<PathBuf, StepError> 
         sync_dir(d)?;
     }
     Ok(dest)
-}
-
-/// A filesystem mounted for the moment it is filled; unmounted (and its
-/// mount point removed) when dropped, so an error never leaves it mounted.
-struct Mounted {
-    dir: PathBuf,
-    mounted: bool,
-}
-
-impl Mounted {
-    fn mount(dev: &str, fstype: &str, dir: PathBuf) -> Result<Mounted, StepError> {
-        fs::create_dir_all(&dir).map_err(io_step(format!("creating {}", dir.display())))?;
-        let mut m = Mounted {
-            dir,
-            mounted: false,
-        };
-        Cmd::new("mount")
-            .args(["-t", fstype])
-            .arg(dev)
-            .arg(&m.dir)
-            .quiet()
-            .run()?;
-        m.mounted = true;
-        Ok(m)
-    }
-
-    fn unmount(mut self) -> Result<(), StepError> {
-        self.release()
-    }
-
-    fn release(&mut self) -> Result<(), StepError> {
-        if self.mounted {
-            Cmd::new("umount").arg(&self.dir).quiet().run()?;
-            self.mounted = false;
-        }
-        let _ = fs::remove_dir(&self.dir);
-        Ok(())
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = self.release();
-    }
 }
 
 #[cfg(test)]

@@ -327,6 +327,67 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// A filesystem mounted with `mount` for as long as this lives. Dropped
+/// (an error on the way, a panic), it is unmounted and its mount point
+/// removed if empty, so nothing is left mounted behind; [`Mount::unmount`]
+/// does the same now and reports a failure.
+pub struct Mount {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl Mount {
+    /// `mount [-t FSTYPE] [-o OPTIONS] SOURCE DIR`, making `dir` first.
+    pub fn new(
+        source: impl AsRef<OsStr>,
+        dir: &Path,
+        fstype: Option<&str>,
+        options: Option<&str>,
+    ) -> Result<Mount, RunError> {
+        std::fs::create_dir_all(dir).map_err(|source| RunError::Io {
+            command: format!("mkdir -p {}", dir.display()),
+            source,
+        })?;
+        let mut cmd = Cmd::new("mount").hint("apt-get install mount");
+        if let Some(t) = fstype {
+            cmd = cmd.args(["-t", t]);
+        }
+        if let Some(o) = options {
+            cmd = cmd.args(["-o", o]);
+        }
+        cmd.arg(source).arg(dir).quiet().run()?;
+        Ok(Mount {
+            dir: dir.to_owned(),
+            mounted: true,
+        })
+    }
+
+    /// Where it is mounted.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Unmount now.
+    pub fn unmount(mut self) -> Result<(), RunError> {
+        self.release()
+    }
+
+    fn release(&mut self) -> Result<(), RunError> {
+        if self.mounted {
+            Cmd::new("umount").arg(&self.dir).quiet().run()?;
+            self.mounted = false;
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+        Ok(())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = self.release();
+    }
+}
+
 /// Whether `program` can be found on `PATH` (or is an existing path).
 pub fn have(program: &str) -> bool {
     if program.contains('/') {

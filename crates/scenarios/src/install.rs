@@ -6,7 +6,7 @@
 use crate::config::nocloud_seed;
 use crate::harness::{ensure, info, Ctx, BOOT_TIMEOUT, CMD_TIMEOUT};
 use anyhow::{Context, Result};
-use maculaos_runner::Cmd;
+use maculaos_runner::{shell_quote, Cmd};
 use maculaos_vm::{disk, Firmware, Ssh};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -108,8 +108,12 @@ fn sha256(path: &Path) -> Result<String> {
         .to_string())
 }
 
+/// The hostname given to the interactive installer.
+const INTERACTIVE_HOST: &str = "asked-node";
+
 /// SeaBIOS, the ISO in a CD drive, a blank disk and a used one attached:
-/// live mode, then what the installer refuses (and `--dry-run`).
+/// live mode, then what the installer refuses (and `--dry-run`), then the
+/// interactive installer on the blank disk.
 pub fn live_bios(ctx: &mut Ctx) -> Result<()> {
     let blank = blank_disk(&ctx.dir, "blank.img", 8 << 30)?;
     let used = used_disk(&ctx.dir)?;
@@ -157,8 +161,42 @@ pub fn live_bios(ctx: &mut Ctx) -> Result<()> {
         plan.contains("MACULA_ROOT_A") && plan.contains("nothing was written"),
         || format!("`install --dry-run` printed no plan:\n{plan}"),
     )?;
-    ctx.shutdown();
+    // Nothing was written by the live system: checked now, while it runs
+    // (QEMU writes through to the file), before the interactive install
+    // below writes the blank disk.
     untouched(&blank)?;
+
+    // The interactive installer, answered on its standard input: disk 1
+    // (the blank one), hostname, key, bootstrap yes, gateway no, realm,
+    // no k3s, then the typed confirmation.
+    let answers = format!(
+        "1\n{INTERACTIVE_HOST}\n{}\ny\nn\nio.example\nnone\n/dev/vda\n",
+        ctx.pubkey()
+    );
+    let out = ssh.run_timeout(
+        &format!(
+            "printf '%s' {} | sudo maculaos install",
+            shell_quote(&answers)
+        ),
+        CMD_TIMEOUT,
+    )?;
+    ensure(
+        out.success()
+            && out.stdout.contains("Install MaculaOS on /dev/vda")
+            && out.stdout.contains("installed MaculaOS"),
+        || format!("the interactive install on /dev/vda did not finish:\n{out:?}"),
+    )?;
+    let stored = ssh.check(
+        "sudo mkdir -p /run/check && sudo mount -o ro /dev/vda5 /run/check && \
+         sudo cat /run/check/lib/maculaos/config.yaml; sudo umount /run/check",
+    )?;
+    ensure(
+        stored.contains(INTERACTIVE_HOST)
+            && stored.contains("io.example")
+            && stored.contains("bootstrap"),
+        || format!("the interactive answers are not in the stored config:\n{stored}"),
+    )?;
+    ctx.shutdown();
     let used_after = sha256(&used)?;
     ensure(used_before == used_after, || {
         "the used disk changed although the install was refused".to_string()

@@ -85,7 +85,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "live-bios",
-            about: "the ISO in a CD drive boots live under SeaBIOS: info says live, /var in memory, the blank disk untouched; install refuses a used disk, the medium, a small disk",
+            about: "the ISO in a CD drive boots live under SeaBIOS: info says live, /var in memory, the blank disk untouched; install refuses a used disk, the medium, a small disk; the interactive installer, answered on stdin",
             run: crate::install::live_bios,
         },
         Scenario {

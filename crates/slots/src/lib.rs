@@ -8,7 +8,6 @@
 
 use maculaos_boot::grubenv::{self, Vars};
 use maculaos_boot::{blockdev, Slot, LABEL_ESP};
-use maculaos_runner::Cmd;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -172,22 +171,18 @@ pub fn find_esp(sysfs: &Path, root_device: &str) -> Result<String, SlotsError> {
 /// The ESP, mounted for as long as this lives.
 pub struct Esp {
     pub dir: PathBuf,
+    _mount: maculaos_runner::Mount,
 }
 
 impl Esp {
     /// Mount `device` (vfat) at `dir`; `write` mounts it read-write with
     /// synchronous writes, so what we write is on the disk when we return.
     pub fn mount(device: &str, dir: &Path, write: bool) -> Result<Esp, SlotsError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| SlotsError::Io(format!("creating {}: {e}", dir.display())))?;
         let opts = if write { "rw,sync" } else { "ro" };
-        Cmd::new("mount")
-            .args(["-t", "vfat", "-o", opts, device])
-            .arg(dir)
-            .quiet()
-            .run()?;
+        let mount = maculaos_runner::Mount::new(device, dir, Some("vfat"), Some(opts))?;
         Ok(Esp {
             dir: dir.to_owned(),
+            _mount: mount,
         })
     }
 
@@ -199,12 +194,6 @@ impl Esp {
     pub fn slot_version(&self, slot: Slot) -> Option<String> {
         let cfg = std::fs::read_to_string(self.dir.join(format!("slots/{slot}/slot.cfg"))).ok()?;
         parse_slot_cfg(&cfg, slot)
-    }
-}
-
-impl Drop for Esp {
-    fn drop(&mut self) {
-        let _ = Cmd::new("umount").arg(&self.dir).quiet().run();
     }
 }
 

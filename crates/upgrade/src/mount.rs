@@ -4,8 +4,8 @@
 
 use crate::error::{io_err, Result};
 use crate::{BootFiles, INITRD, KERNEL};
-use maculaos_runner::Cmd;
-use std::fs::{self, File};
+use maculaos_runner::Mount;
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -17,45 +17,11 @@ pub const MOUNT_BASE: &str = "/run/maculaos/upgrade-root";
 /// `/boot/initrd.img` out of it.
 pub struct MountBootFiles;
 
-/// Unmounts (and removes the mount point) when dropped, so an error while
-/// copying does not leave the new root mounted.
-struct Mounted {
-    dir: PathBuf,
-    mounted: bool,
-}
-
-impl Mounted {
-    fn unmount(&mut self) -> Result<()> {
-        if self.mounted {
-            Cmd::new("umount").arg(&self.dir).quiet().run()?;
-            self.mounted = false;
-        }
-        let _ = fs::remove_dir(&self.dir);
-        Ok(())
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = self.unmount();
-    }
-}
-
 impl BootFiles for MountBootFiles {
     fn extract(&self, partition: &Path, dest_dir: &Path) -> Result<()> {
         let dir = PathBuf::from(format!("{MOUNT_BASE}.{}", std::process::id()));
-        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        let mut m = Mounted {
-            dir: dir.clone(),
-            mounted: false,
-        };
-        Cmd::new("mount")
-            .args(["-t", "squashfs", "-o", "ro"])
-            .arg(partition)
-            .arg(&dir)
-            .quiet()
-            .run()?;
-        m.mounted = true;
+        // Unmounted (also on an error while copying) when `m` goes.
+        let m = Mount::new(partition, &dir, Some("squashfs"), Some("ro"))?;
         for name in [KERNEL, INITRD] {
             let src = dir.join("boot").join(name);
             let dest = dest_dir.join(name);
@@ -70,6 +36,6 @@ impl BootFiles for MountBootFiles {
             let mut out = File::create(&dest).map_err(io_err(what.clone()))?;
             io::copy(&mut input, &mut out).map_err(io_err(what))?;
         }
-        m.unmount()
+        Ok(m.unmount()?)
     }
 }
