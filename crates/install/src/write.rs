@@ -421,22 +421,10 @@ fn copy_verified(payload: &Payload, f: &PayloadFile, dest: &Path) -> Result<(), 
     let what = format!("copying {} to {}", src.display(), dest.display());
     let mut input = File::open(&src).map_err(io_step(what.clone()))?;
     let mut out = File::create(dest).map_err(io_step(what.clone()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_step(what)(e)),
-        };
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(io_step(what.clone()))?;
-        done += n as u64;
-    }
+    let (actual, done) = hash_stream(&mut input, &what, |piece, _| {
+        out.write_all(piece).map_err(io_step(what.clone()))
+    })?;
     out.sync_all().map_err(io_step(what.clone()))?;
-    let actual = hex::encode(hasher.finalize());
     if actual != f.sha256 || done != f.size {
         drop(out);
         let _ = fs::remove_file(dest);
@@ -463,6 +451,32 @@ fn sync_dir(dir: &Path) -> Result<(), StepError> {
         .map_err(io_step(format!("syncing directory {}", dir.display())))
 }
 
+/// Read `input` to its end in [`CHUNK`] pieces, hashing them with sha256;
+/// `each` sees every piece and the byte count so far (to write it, to
+/// report progress). Returns the hex digest and the byte count. A read
+/// error is reported as `what`.
+fn hash_stream(
+    input: &mut dyn Read,
+    what: &str,
+    mut each: impl FnMut(&[u8], u64) -> Result<(), StepError>,
+) -> Result<(String, u64), StepError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_step(what.to_string())(e)),
+        };
+        hasher.update(&buf[..n]);
+        done += n as u64;
+        each(&buf[..n], done)?;
+    }
+    Ok((hex::encode(hasher.finalize()), done))
+}
+
 /// Stream the slot image `src` into `dev` (a partition, or a file in
 /// tests), hashing it on the way; flush; then read back exactly `f.size`
 /// bytes from the disk and compare their sha256 with the manifest's.
@@ -482,36 +496,21 @@ pub fn write_slot(
         .map_err(io_step(format!("opening {} for writing", dev.display())))?;
     let total = f.size;
     let started = Instant::now();
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut done = 0u64;
-    report(Report::Progress {
+    let progress = |done| Report::Progress {
         pass: Pass::Write,
         done,
         total,
         elapsed: started.elapsed(),
-    });
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_step(reading)(e)),
-        };
-        out.write_all(&buf[..n]).map_err(io_step(writing.clone()))?;
-        hasher.update(&buf[..n]);
-        done += n as u64;
-        report(Report::Progress {
-            pass: Pass::Write,
-            done,
-            total,
-            elapsed: started.elapsed(),
-        });
-    }
+    };
+    report(progress(0));
+    let (actual, done) = hash_stream(&mut input, &reading, |piece, done| {
+        out.write_all(piece).map_err(io_step(writing.clone()))?;
+        report(progress(done));
+        Ok(())
+    })?;
     out.sync_all()
         .map_err(io_step(format!("flushing {} to the disk", dev.display())))?;
     drop(out);
-    let actual = hex::encode(hasher.finalize());
     if actual != f.sha256 || done != total {
         return Err(StepError::Damaged {
             file: f.path.clone(),
@@ -543,33 +542,17 @@ fn read_back(
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
     );
     let started = Instant::now();
-    let mut input = f.take(size);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut done = 0u64;
-    report(Report::Progress {
+    let progress = |done| Report::Progress {
         pass: Pass::ReadBack,
         done,
         total: size,
         elapsed: started.elapsed(),
-    });
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_step(what)(e)),
-        };
-        hasher.update(&buf[..n]);
-        done += n as u64;
-        report(Report::Progress {
-            pass: Pass::ReadBack,
-            done,
-            total: size,
-            elapsed: started.elapsed(),
-        });
-    }
-    let actual = hex::encode(hasher.finalize());
+    };
+    report(progress(0));
+    let (actual, done) = hash_stream(&mut f.take(size), &what, |_, done| {
+        report(progress(done));
+        Ok(())
+    })?;
     if done != size || actual != expected {
         return Err(StepError::ReadBack {
             device: dev.display().to_string(),
