@@ -567,6 +567,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                     version: &opts.version,
                     kernel: &root.kernel,
                     initrd: &root.initrd,
+                    image: maculaos_slots::SlotImage {
+                        size: fs::metadata(&root.squashfs)?.len(),
+                        sha256: util::sha256_file(&root.squashfs)?,
+                    },
                 }],
                 layout.esp_size,
                 &esp,

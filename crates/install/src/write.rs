@@ -404,7 +404,15 @@ pub fn fill_esp(esp: &Path, payload: &Payload) -> Result<(), StepError> {
     copy_verified(payload, &m.initrd, &slot_dir.join(INITRD))?;
     write_synced(
         &slot_dir.join(SLOT_CFG),
-        maculaos_slots::slot_cfg(Slot::A, payload.version()).as_bytes(),
+        maculaos_slots::slot_cfg(
+            Slot::A,
+            payload.version(),
+            &maculaos_slots::SlotImage {
+                size: payload.manifest.slot.size,
+                sha256: payload.manifest.slot.sha256.clone(),
+            },
+        )
+        .as_bytes(),
     )?;
     copy_verified(payload, &m.kernel, &slot_dir.join(KERNEL))?;
     for d in ["EFI/BOOT", "EFI", "grub", "slots/A", "slots/B", "slots", ""] {
@@ -734,10 +742,13 @@ mod tests {
         assert_eq!(env.len(), 1);
         assert_eq!(fs::read(e.join("slots/A/vmlinuz")).unwrap().len(), 6000);
         assert_eq!(fs::read(e.join("slots/A/initrd.img")).unwrap().len(), 18000);
+        let cfg = fs::read_to_string(e.join("slots/A/slot.cfg")).unwrap();
         assert_eq!(
-            fs::read_to_string(e.join("slots/A/slot.cfg")).unwrap(),
-            "set maculaos_A_version=\"1.2.3\"\n"
+            maculaos_slots::parse_slot_cfg(&cfg, Slot::A).as_deref(),
+            Some("1.2.3")
         );
+        let image = maculaos_slots::parse_slot_image(&cfg, Slot::A).unwrap();
+        assert_eq!(image.sha256, payload.manifest.slot.sha256);
         assert!(e.join("slots/B").is_dir());
         assert_eq!(fs::read_dir(e.join("slots/B")).unwrap().count(), 0);
     }

@@ -197,23 +197,54 @@ impl Esp {
     }
 }
 
-/// The per-slot GRUB snippet, `set maculaos_B_version="1.2.3"`, written by
-/// the image builder and by `maculaos upgrade`. Only `[A-Za-z0-9.+~_-]`
-/// survive, so the version can never break out of the quoted GRUB string.
-pub fn slot_cfg(slot: Slot, version: &str) -> String {
+/// What a slot was written with: the size and sha256 of its image, kept in
+/// its `slot.cfg` so `maculaos repair` can check the slot later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotImage {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// The per-slot GRUB snippet written by the image builder, the installer
+/// and `maculaos upgrade`: `set maculaos_B_version="1.2.3"` (the menu shows
+/// it) plus the image's size and sha256. Only `[A-Za-z0-9.+~_-]` survive in
+/// the version and hex digits in the hash, so nothing can break out of the
+/// quoted GRUB strings.
+pub fn slot_cfg(slot: Slot, version: &str, image: &SlotImage) -> String {
     let safe: String = version
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || ".-+~_".contains(*c))
         .collect();
-    format!("set maculaos_{slot}_version=\"{safe}\"\n")
+    let hash: String = image
+        .sha256
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .collect();
+    format!(
+        "set maculaos_{slot}_version=\"{safe}\"\nset maculaos_{slot}_size=\"{}\"\nset maculaos_{slot}_sha256=\"{hash}\"\n",
+        image.size
+    )
+}
+
+fn slot_cfg_value(cfg: &str, slot: Slot, name: &str) -> Option<String> {
+    let key = format!("set maculaos_{slot}_{name}=");
+    cfg.lines()
+        .find_map(|l| l.trim().strip_prefix(&key))
+        .map(|v| v.trim().trim_matches('"').to_string())
 }
 
 /// `set maculaos_B_version="1.2.3"` → `1.2.3` (the inverse of [`slot_cfg`]).
 pub fn parse_slot_cfg(cfg: &str, slot: Slot) -> Option<String> {
-    let key = format!("set maculaos_{slot}_version=");
-    cfg.lines()
-        .find_map(|l| l.trim().strip_prefix(&key))
-        .map(|v| v.trim().trim_matches('"').to_string())
+    slot_cfg_value(cfg, slot, "version")
+}
+
+/// The image size and sha256 in a `slot.cfg`; `None` for one written
+/// before they were recorded.
+pub fn parse_slot_image(cfg: &str, slot: Slot) -> Option<SlotImage> {
+    Some(SlotImage {
+        size: slot_cfg_value(cfg, slot, "size")?.parse().ok()?,
+        sha256: slot_cfg_value(cfg, slot, "sha256").filter(|h| h.len() == 64)?,
+    })
 }
 
 /// One slot, for `maculaos upgrade --status`.
@@ -401,6 +432,32 @@ mod tests {
             Ok(Rollback::CancelTrial(Slot::B))
         );
         assert_eq!(State::from_vars(&v).next_boot(), Slot::A);
+    }
+
+    #[test]
+    fn slot_cfg_is_safe_grub_script_and_round_trips() {
+        let img = SlotImage {
+            size: 42,
+            sha256: "ab".repeat(32),
+        };
+        assert_eq!(
+            slot_cfg(Slot::B, "1.2.3", &img),
+            format!(
+                "set maculaos_B_version=\"1.2.3\"\nset maculaos_B_size=\"42\"\nset maculaos_B_sha256=\"{}\"\n",
+                "ab".repeat(32)
+            )
+        );
+        let evil = SlotImage {
+            size: 1,
+            sha256: "\"; reboot; \"".into(),
+        };
+        let cfg = slot_cfg(Slot::A, "1\"; reboot; \"", &evil);
+        assert!(cfg.starts_with("set maculaos_A_version=\"1reboot\"\n"), "{cfg}");
+        assert!(cfg.contains("set maculaos_A_sha256=\"eb\"\n"), "{cfg}");
+        let cfg = slot_cfg(Slot::B, "1.2.3", &img);
+        assert_eq!(parse_slot_cfg(&cfg, Slot::B).as_deref(), Some("1.2.3"));
+        assert_eq!(parse_slot_image(&cfg, Slot::B), Some(img));
+        assert_eq!(parse_slot_image("set maculaos_B_version=\"1\"\n", Slot::B), None);
     }
 
     #[test]

@@ -269,7 +269,11 @@ fn apply_inner(
     read_back(&target.partition, slot, size, &sha256, progress)?;
 
     // 7. Boot files: initrd, slot.cfg, and the kernel last.
-    install_boot_files(target, &version, boot_files)?;
+    let image = maculaos_slots::SlotImage {
+        size,
+        sha256: sha256.clone(),
+    };
+    install_boot_files(target, &version, &image, boot_files)?;
 
     // 8. Only now: try it at the next boot.
     grubenv::update(&grubenv_path, |v| start_trial(v, slot))
@@ -453,7 +457,12 @@ fn read_back(
 
 /// Step 7: extract the kernel and initrd, install the initrd, slot.cfg and
 /// then the kernel into `slots/<slot>/` on the ESP.
-fn install_boot_files(target: &Target, version: &str, boot_files: &dyn BootFiles) -> Result<()> {
+fn install_boot_files(
+    target: &Target,
+    version: &str,
+    image: &maculaos_slots::SlotImage,
+    boot_files: &dyn BootFiles,
+) -> Result<()> {
     let slot = target.slot;
     let wrap = |e: UpgradeError| UpgradeError::BootFiles {
         slot,
@@ -483,7 +492,7 @@ fn install_boot_files(target: &Target, version: &str, boot_files: &dyn BootFiles
     }
     let dir = target.slot_dir();
     install_file(&tmp.path().join(INITRD), &dir.join(INITRD)).map_err(wrap)?;
-    write_atomic(&dir.join(SLOT_CFG), slot_cfg(slot, version).as_bytes()).map_err(wrap)?;
+    write_atomic(&dir.join(SLOT_CFG), slot_cfg(slot, version, image).as_bytes()).map_err(wrap)?;
     install_file(&tmp.path().join(KERNEL), &dir.join(KERNEL)).map_err(wrap)?;
     Ok(())
 }
