@@ -4,6 +4,7 @@ mod apply;
 mod config;
 mod fetch;
 mod install;
+mod recovery;
 mod slots;
 
 use anyhow::Result;
@@ -45,6 +46,21 @@ enum Command {
     /// Install MaculaOS from the live medium onto a disk: interactive, or
     /// unattended with --config FILE / --auto (the install: settings).
     Install(install::Args),
+    /// Make the next boot (once) start recovery mode: the system with root
+    /// shells on the consoles, network and SSH, no workloads, and the data
+    /// partition unmounted for `maculaos repair`.
+    Recovery {
+        /// Reboot now.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// In recovery mode: fsck the data partition, rebuild GRUB's environment
+    /// if it cannot be read, check both slots against their recorded sha256.
+    Repair {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the node's checks; exit code 0 only when none fails.
     Health {
         /// Machine-readable output.
@@ -75,6 +91,8 @@ fn main() -> Result<ExitCode> {
         Command::Upgrade(args) => slots::upgrade_cmd(&args),
         Command::Rollback { force } => slots::rollback_cmd(force),
         Command::MarkGood => slots::mark_good_cmd(),
+        Command::Recovery { reboot } => recovery::recovery_cmd(reboot),
+        Command::Repair { json } => recovery::repair_cmd(json),
         Command::Install(args) => install::run(&args),
         Command::Health { json, boot: true } => slots::boot_check(json),
         Command::Health { json, boot: false } => {

@@ -86,13 +86,16 @@ pub fn upgrade_cmd(args: &UpgradeArgs) -> Result<ExitCode> {
 /// Where the ESP is mounted for the moment it is used.
 const ESP_MNT: &str = "/run/maculaos/esp";
 
-fn boot_info() -> Result<BootInfo> {
+pub(crate) fn boot_info() -> Result<BootInfo> {
     let text = std::fs::read_to_string(BOOT_INFO_PATH)
         .with_context(|| format!("reading {BOOT_INFO_PATH} (written by maculaos-init at boot)"))?;
     let info = BootInfo::from_json(&text).with_context(|| format!("parsing {BOOT_INFO_PATH}"))?;
     // Slots, updates and rollbacks belong to an installed disk; a live
     // system has none of them.
-    if info.mode != maculaos_boot::Mode::Disk {
+    if matches!(
+        info.mode,
+        maculaos_boot::Mode::Live | maculaos_boot::Mode::Install
+    ) {
         anyhow::bail!(
             "this system runs in {} mode from {}, not from an installed disk: it has no A/B slots. \
              Install it first (sudo maculaos install), then boot the installed disk",
@@ -103,7 +106,7 @@ fn boot_info() -> Result<BootInfo> {
     Ok(info)
 }
 
-fn esp(info: &BootInfo, write: bool) -> Result<Esp> {
+pub(crate) fn esp(info: &BootInfo, write: bool) -> Result<Esp> {
     let dev = find_esp(Path::new("/sys"), &info.root_device)?;
     Esp::mount(&dev, Path::new(ESP_MNT), write).with_context(|| format!("mounting the ESP {dev}"))
 }
@@ -246,6 +249,11 @@ fn pick_bundle(from: &Path) -> Result<PathBuf> {
 
 /// The partition of `slot` on the boot disk, and its size in bytes.
 fn slot_partition(info: &BootInfo, slot: maculaos_boot::Slot) -> Result<(PathBuf, u64)> {
+    boot_disk_partition(info, slot.label())
+}
+
+/// The partition labelled `label` on the disk the system booted from, and its size.
+pub(crate) fn boot_disk_partition(info: &BootInfo, label: &str) -> Result<(PathBuf, u64)> {
     let devs = maculaos_boot::blockdev::scan_block_devices(Path::new("/sys"))
         .context("reading the block devices in /sys")?;
     let root = info.root_device.trim_start_matches("/dev/");
@@ -255,8 +263,8 @@ fn slot_partition(info: &BootInfo, slot: maculaos_boot::Slot) -> Result<(PathBuf
         .and_then(|d| d.disk.clone());
     let part = devs
         .iter()
-        .find(|d| d.disk.is_some() && d.disk == disk && d.label.as_deref() == Some(slot.label()))
-        .with_context(|| format!("no partition labelled {} on the boot disk", slot.label()))?;
+        .find(|d| d.disk.is_some() && d.disk == disk && d.label.as_deref() == Some(label))
+        .with_context(|| format!("no partition labelled {label} on the boot disk"))?;
     Ok((PathBuf::from(part.node()), part.size * 512))
 }
 

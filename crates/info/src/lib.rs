@@ -149,7 +149,12 @@ impl Collector {
             // A live system runs from its medium, not from a slot.
             slot: boot
                 .as_ref()
-                .filter(|b| b.mode == maculaos_boot::Mode::Disk)
+                .filter(|b| {
+                    !matches!(
+                        b.mode,
+                        maculaos_boot::Mode::Live | maculaos_boot::Mode::Install
+                    )
+                })
                 .map(|b| b.slot.to_string())
                 .or_else(|| cmdline.get("maculaos.slot").map(str::to_string)),
             mode: boot

@@ -198,7 +198,7 @@ fn run(debug: &Cell<bool>) -> Result<Infallible, InitError> {
     let booted = match params.mode {
         Mode::Disk => boot_disk(loader.as_mut(), &params)?,
         Mode::Live | Mode::Install => boot_live(loader.as_mut(), &params)?,
-        Mode::Recovery => return Err(InitError::UnsupportedMode(params.mode)),
+        Mode::Recovery => boot_recovery(loader.as_mut(), &params)?,
     };
     settle_drivers(loader.as_mut());
     if let Some(l) = &loader {
@@ -288,6 +288,92 @@ fn boot_disk(loader: Option<&mut Loader>, params: &BootParams) -> Result<Booted,
         data_device: parts.data.node(),
         data: outcome,
     })
+}
+
+/// Recovery mode: the slot's root as in disk mode, but /var in memory and
+/// `MACULA_DATA` left unmounted, so `maculaos repair` can check it and a
+/// damaged one cannot stop the boot. The node's state (`/var/lib/maculaos`:
+/// config, SSH host keys, machine id) is copied from it when it mounts, so
+/// the node is reachable as itself.
+fn boot_recovery(loader: Option<&mut Loader>, params: &BootParams) -> Result<Booted, InitError> {
+    let root_label = params.slot.label();
+    say(format!(
+        "booting slot {} ({root_label}) in recovery mode",
+        params.slot
+    ));
+    let (parts, _) = wait_for_partitions(loader, params)?;
+    mount_root(root_label, &parts.root)?;
+    bind_system_mounts()?;
+    let outcome = DataOutcome {
+        formatted: false,
+        grown: false,
+        resize: false,
+    };
+    mount_data(None, &outcome)?;
+    let data = parts.data.node();
+    if let Err(e) = copy_state_from(&data) {
+        warn(format!(
+            "{e}\nthe node's configuration and keys are not available: `maculaos repair` checks {LABEL_DATA}"
+        ));
+    }
+    Ok(Booted {
+        root_device: parts.root.node(),
+        data_device: "tmpfs".into(),
+        data: outcome,
+    })
+}
+
+/// Copy `/var/lib/maculaos` from the data partition `device` (mounted
+/// read-only for the moment) into the in-memory /var.
+fn copy_state_from(device: &str) -> Result<(), InitError> {
+    // Under the root's /run (a bind of ours, made before: a mount on our
+    // own /run now would not show through it), where its cp finds it.
+    const MNT: &str = "/run/maculaos/data-ro";
+    let target = sysroot(MNT);
+    fs::create_dir_all(&target).map_err(InitError::io("creating directory", &target))?;
+    mount(
+        Some(device),
+        &target,
+        Some("ext4"),
+        MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(InitError::sys(format!(
+        "mounting {LABEL_DATA} ({device}) read-only"
+    )))?;
+    // The root's cp keeps owners, modes and times. Downloaded update
+    // bundles (hundreds of MiB) stay behind: /var is in memory now.
+    let copy = || -> Result<(), InitError> {
+        let what = || format!("copying /var/lib/maculaos from {LABEL_DATA} ({device})");
+        let src = target.join("lib/maculaos");
+        let entries = fs::read_dir(&src).map_err(InitError::io("reading", &src))?;
+        in_root(["mkdir", "-p", "-m", "0700", "/var/lib/maculaos"])
+            .run()
+            .map_err(InitError::tool(what()))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "updates" {
+                continue;
+            }
+            in_root([
+                "cp",
+                "-a",
+                &format!("{MNT}/lib/maculaos/{name}"),
+                "/var/lib/maculaos/",
+            ])
+            .run()
+            .map_err(InitError::tool(what()))?;
+        }
+        Ok(())
+    };
+    let copied = copy();
+    let _ = nix::mount::umount(&target);
+    let _ = fs::remove_dir(&target);
+    copied?;
+    say(format!(
+        "copied /var/lib/maculaos from {LABEL_DATA} ({device}); {LABEL_DATA} stays unmounted"
+    ));
+    Ok(())
 }
 
 /// Live (and install) mode: the root from the live medium's squashfs,

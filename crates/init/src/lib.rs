@@ -26,7 +26,13 @@
 //!
 //! Any failure prints what failed and a hint, then reboots after 10 s (the
 //! boot counter then falls back to the other slot), or with `maculaos.debug`
-//! opens a shell first. Other modes are not built yet and fail that way.
+//! opens a shell first.
+//!
+//! Live and install modes (`maculaos.mode=live|install`, the ISO) replace
+//! steps 4-8: the medium is found by its ISO 9660 volume id, the root is its
+//! `live/root.squashfs` (loop-mounted) and /var a tmpfs. Recovery mode keeps
+//! steps 4-6 but puts /var on a tmpfs too, with only `/var/lib/maculaos`
+//! copied from `MACULA_DATA`, which stays unmounted for `maculaos repair`.
 //!
 //! The decisions (which partitions, blank or not, grow or not, what to copy)
 //! are plain functions in the modules below, tested on their own; the

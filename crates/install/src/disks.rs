@@ -102,11 +102,13 @@ pub struct Disk {
 
 impl Disk {
     /// Worth offering as an installation target: a disk with a size, not a
-    /// RAM-backed one (zram swap, ram disks).
+    /// RAM-backed one (zram swap, ram disks) or a floppy drive.
     pub fn is_candidate(&self) -> bool {
         self.kind == DevKind::Disk
             && self.size > 0
-            && !["zram", "ram"].iter().any(|p| self.name.starts_with(p))
+            && !["zram", "ram", "fd"]
+                .iter()
+                .any(|p| self.name.starts_with(p))
     }
 
     /// Everything mounted from it: the whole disk, its partitions and what
@@ -391,7 +393,7 @@ pub fn parse_lsblk(json: &str) -> Result<Vec<Disk>, InstallError> {
         .blockdevices
         .iter()
         .filter(|d| d.kind.as_deref() != Some("loop"))
-        .filter(|d| !["zram", "ram"].iter().any(|p| d.name.starts_with(p)))
+        .filter(|d| !["zram", "ram", "fd"].iter().any(|p| d.name.starts_with(p)))
         .map(disk)
         .collect())
 }

@@ -299,6 +299,17 @@ impl fmt::Debug for Cmd {
     }
 }
 
+impl RunError {
+    /// The exit code of a program that ran and failed (tools such as
+    /// e2fsck say different things with different codes).
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            RunError::Failed { status, .. } => status.strip_prefix("exit code ")?.parse().ok(),
+            _ => None,
+        }
+    }
+}
+
 fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {

@@ -121,14 +121,20 @@ impl Ctx {
     /// Boot (the VM must have just been started or restarted) until SSH works
     /// and multi-user.target is active; records wall time and guest uptime.
     pub fn wait_up(&mut self, label: &str) -> Result<Ssh> {
+        self.wait_up_for(label, "multi-user.target")
+    }
+
+    /// [`Ctx::wait_up`] for a boot that ends in another systemd target
+    /// (recovery mode's).
+    pub fn wait_up_for(&mut self, label: &str, target: &str) -> Result<Ssh> {
         let started = Instant::now();
         let key = self.key.clone();
         let vm = self.vm()?;
         let ssh = vm.ssh(&key, "macula")?;
         vm.wait_for_ssh(&ssh, BOOT_TIMEOUT)?;
-        wait_until(vm, "multi-user.target to be active", BOOT_TIMEOUT, || {
+        wait_until(vm, &format!("{target} to be active"), BOOT_TIMEOUT, || {
             Ok(ssh
-                .run("systemctl is-active multi-user.target")?
+                .run(&format!("systemctl is-active {target}"))?
                 .stdout
                 .trim()
                 == "active")
@@ -139,8 +145,9 @@ impl Ctx {
             .trim()
             .parse()
             .unwrap_or(0.0);
-        self.record(format!("{label}: QEMU start to multi-user (wall)"), wall);
-        self.record(format!("{label}: guest uptime at multi-user"), uptime);
+        let t = target.trim_end_matches(".target");
+        self.record(format!("{label}: QEMU start to {t} (wall)"), wall);
+        self.record(format!("{label}: guest uptime at {t}"), uptime);
         Ok(ssh)
     }
 

@@ -166,11 +166,11 @@ pub fn live_bios(ctx: &mut Ctx) -> Result<()> {
     // below writes the blank disk.
     untouched(&blank)?;
 
-    // The interactive installer, answered on its standard input: disk 1
-    // (the blank one), hostname, key, bootstrap yes, gateway no, realm,
-    // no k3s, then the typed confirmation.
+    // The interactive installer, answered on its standard input: the blank
+    // disk by its path, hostname, key, bootstrap yes, gateway no, realm, no
+    // k3s, then the typed confirmation.
     let answers = format!(
-        "1\n{INTERACTIVE_HOST}\n{}\ny\nn\nio.example\nnone\n/dev/vda\n",
+        "/dev/vda\n{INTERACTIVE_HOST}\n{}\ny\nn\nio.example\nnone\n/dev/vda\n",
         ctx.pubkey()
     );
     let out = ssh.run_timeout(

@@ -9,6 +9,7 @@
 mod config;
 mod harness;
 mod install;
+mod recovery;
 mod slots;
 mod suite;
 

@@ -99,6 +99,11 @@ pub fn all() -> Vec<Scenario> {
             run: crate::install::install_unattended,
         },
         Scenario {
+            name: "recovery",
+            about: "maculaos recovery: root shells, SSH, no workloads, data unmounted; repair checks data, slots, rebuilds a garbled grubenv; then a normal boot",
+            run: crate::recovery::recovery,
+        },
+        Scenario {
             name: "reproducible",
             about: "rebuilding the root from the same inputs gives the same squashfs sha256",
             run: reproducible,

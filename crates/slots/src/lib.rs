@@ -226,6 +226,47 @@ pub fn slot_cfg(slot: Slot, version: &str, image: &SlotImage) -> String {
     )
 }
 
+/// What checking a slot's partition against its recorded image found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotCheck {
+    /// The first `size` bytes hash to the recorded sha256.
+    Intact,
+    /// They do not: the slot is damaged.
+    Damaged { actual: String },
+}
+
+/// Hash the first `image.size` bytes of `partition` and compare them with
+/// `image.sha256`.
+pub fn check_slot(partition: &std::path::Path, image: &SlotImage) -> std::io::Result<SlotCheck> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let f = std::fs::File::open(partition)?;
+    let mut input = f.take(image.size);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    let actual = hex::encode(hasher.finalize());
+    Ok(if done == image.size && actual == image.sha256 {
+        SlotCheck::Intact
+    } else if done != image.size {
+        SlotCheck::Damaged {
+            actual: format!("only {done} of {} bytes readable", image.size),
+        }
+    } else {
+        SlotCheck::Damaged { actual }
+    })
+}
+
 fn slot_cfg_value(cfg: &str, slot: Slot, name: &str) -> Option<String> {
     let key = format!("set maculaos_{slot}_{name}=");
     cfg.lines()
@@ -452,12 +493,47 @@ mod tests {
             sha256: "\"; reboot; \"".into(),
         };
         let cfg = slot_cfg(Slot::A, "1\"; reboot; \"", &evil);
-        assert!(cfg.starts_with("set maculaos_A_version=\"1reboot\"\n"), "{cfg}");
+        assert!(
+            cfg.starts_with("set maculaos_A_version=\"1reboot\"\n"),
+            "{cfg}"
+        );
         assert!(cfg.contains("set maculaos_A_sha256=\"eb\"\n"), "{cfg}");
         let cfg = slot_cfg(Slot::B, "1.2.3", &img);
         assert_eq!(parse_slot_cfg(&cfg, Slot::B).as_deref(), Some("1.2.3"));
         assert_eq!(parse_slot_image(&cfg, Slot::B), Some(img));
-        assert_eq!(parse_slot_image("set maculaos_B_version=\"1\"\n", Slot::B), None);
+        assert_eq!(
+            parse_slot_image("set maculaos_B_version=\"1\"\n", Slot::B),
+            None
+        );
+    }
+
+    #[test]
+    fn slots_are_checked_against_their_record() {
+        use sha2::{Digest, Sha256};
+        let d = tempfile::tempdir().unwrap();
+        let part = d.path().join("part");
+        let mut bytes = vec![7u8; 3000];
+        bytes.extend(vec![0u8; 1000]);
+        std::fs::write(&part, &bytes).unwrap();
+        let image = SlotImage {
+            size: 3000,
+            sha256: hex::encode(Sha256::digest(&bytes[..3000])),
+        };
+        assert_eq!(check_slot(&part, &image).unwrap(), SlotCheck::Intact);
+        bytes[10] = 8;
+        std::fs::write(&part, &bytes).unwrap();
+        assert!(matches!(
+            check_slot(&part, &image).unwrap(),
+            SlotCheck::Damaged { .. }
+        ));
+        let too_big = SlotImage {
+            size: 9000,
+            ..image
+        };
+        assert!(matches!(
+            check_slot(&part, &too_big).unwrap(),
+            SlotCheck::Damaged { actual } if actual.contains("4000 of 9000")
+        ));
     }
 
     #[test]

@@ -492,7 +492,11 @@ fn install_boot_files(
     }
     let dir = target.slot_dir();
     install_file(&tmp.path().join(INITRD), &dir.join(INITRD)).map_err(wrap)?;
-    write_atomic(&dir.join(SLOT_CFG), slot_cfg(slot, version, image).as_bytes()).map_err(wrap)?;
+    write_atomic(
+        &dir.join(SLOT_CFG),
+        slot_cfg(slot, version, image).as_bytes(),
+    )
+    .map_err(wrap)?;
     install_file(&tmp.path().join(KERNEL), &dir.join(KERNEL)).map_err(wrap)?;
     Ok(())
 }
