@@ -61,6 +61,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A root login shell (in recovery mode, or anywhere for an admin).
+    Shell,
+    /// Wipe the node's configuration and state and start again as on first
+    /// boot: not built yet; says so and changes nothing.
+    FactoryReset {
+        /// Required to wipe anything (when it exists).
+        #[arg(long)]
+        confirm: bool,
+    },
     /// Run the node's checks; exit code 0 only when none fails.
     Health {
         /// Machine-readable output.
@@ -93,6 +102,8 @@ fn main() -> Result<ExitCode> {
         Command::MarkGood => slots::mark_good_cmd(),
         Command::Recovery { reboot } => recovery::recovery_cmd(reboot),
         Command::Repair { json } => recovery::repair_cmd(json),
+        Command::Shell => recovery::shell_cmd(),
+        Command::FactoryReset { confirm: _ } => recovery::factory_reset_cmd(),
         Command::Install(args) => install::run(&args),
         Command::Health { json, boot: true } => slots::boot_check(json),
         Command::Health { json, boot: false } => {

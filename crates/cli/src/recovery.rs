@@ -32,6 +32,33 @@ pub fn recovery_cmd(reboot: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `maculaos shell`: a root login shell; through sudo for the admin user.
+pub fn shell_cmd() -> Result<ExitCode> {
+    let mut cmd = if maculaos_install::is_root() {
+        std::process::Command::new("/bin/bash")
+    } else {
+        let mut c = std::process::Command::new("sudo");
+        c.arg("/bin/bash");
+        c
+    };
+    let status = cmd.arg("--login").status()?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `maculaos factory-reset`: not built yet. It says so, and what to do
+/// instead, rather than pretend.
+pub fn factory_reset_cmd() -> Result<ExitCode> {
+    eprintln!(
+        "maculaos factory-reset is not built yet (it comes with the health and reset work): nothing was changed.\n\
+         To start a node over today, reinstall it from the live ISO (sudo maculaos install)."
+    );
+    Ok(ExitCode::FAILURE)
+}
+
 /// How one check of `maculaos repair` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
