@@ -13,6 +13,13 @@ pub fn recovery(ctx: &mut Ctx) -> Result<()> {
     let image = ctx.disk("")?;
     let ssh = ctx.boot(ctx.spec(&image, Firmware::Bios), "first boot")?;
     ssh.check("echo kept | sudo tee /var/lib/recovery-kept.txt >/dev/null")?;
+    // The key in the node's own configuration too: the test's kernel
+    // parameter lives in grubenv, which this scenario garbles and repair
+    // rebuilds without it.
+    ssh.check(&format!(
+        "sudo mkdir -p /var/lib/maculaos/config.d && printf 'ssh_authorized_keys:\\n  - %s\\n' {} | sudo tee /var/lib/maculaos/config.d/50-key.yaml >/dev/null",
+        maculaos_runner::shell_quote(ctx.pubkey())
+    ))?;
     // Outside recovery mode, repair refuses: the data partition is in use.
     let r = ssh.run("sudo maculaos repair")?;
     ensure(!r.success() && r.stderr.contains("recovery mode"), || {
