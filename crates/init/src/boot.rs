@@ -160,7 +160,9 @@ fn reboot_now() -> ! {
     }
 }
 
-/// What happened to the data partition.
+/// What happened to the data partition (nothing, by default: live and
+/// recovery modes leave it alone).
+#[derive(Default)]
 struct DataOutcome {
     formatted: bool,
     grown: bool,
@@ -304,11 +306,7 @@ fn boot_recovery(loader: Option<&mut Loader>, params: &BootParams) -> Result<Boo
     let (parts, _) = wait_for_partitions(loader, params)?;
     mount_root(root_label, &parts.root)?;
     bind_system_mounts()?;
-    let outcome = DataOutcome {
-        formatted: false,
-        grown: false,
-        resize: false,
-    };
+    let outcome = DataOutcome::default();
     mount_data(None, &outcome)?;
     let data = parts.data.node();
     if let Err(e) = copy_state_from(&data) {
@@ -433,11 +431,7 @@ fn boot_live(mut loader: Option<&mut Loader>, params: &BootParams) -> Result<Boo
         "mounted /{LIVE_ROOT} ({device}) read-only on {SYSROOT}"
     ));
     bind_system_mounts()?;
-    let outcome = DataOutcome {
-        formatted: false,
-        grown: false,
-        resize: false,
-    };
+    let outcome = DataOutcome::default();
     mount_data(None, &outcome)?;
     Ok(Booted {
         root_device: device,
