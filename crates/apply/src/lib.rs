@@ -2,8 +2,9 @@
 //!
 //! [`apply`] runs one applicator per part of the configuration, in a fixed
 //! order (hostname, SSH keys, network, DNS, NTP, modules, sysctl,
-//! environment, write_files, boot_cmd, run_cmd, k3s). Each is independent: one
-//! that fails is reported in [`Report::errors`] and the others still run.
+//! environment, write_files, watchdog, backup, boot_cmd, run_cmd, k3s).
+//! Each is independent: one that fails is reported in [`Report::errors`]
+//! and the others still run.
 //! Each is idempotent: a second run with the same configuration reports no
 //! change (except `boot_cmd`, which runs at every boot by design).
 //!
@@ -14,6 +15,7 @@
 //! [`Options::run_commands`].
 
 mod applier;
+mod backup_timer;
 mod commands;
 mod dropins;
 mod environment;
@@ -23,6 +25,7 @@ mod kernel;
 mod network;
 mod ssh;
 mod users;
+mod watchdog;
 mod write_files;
 
 use applier::Applier;
@@ -91,7 +94,9 @@ impl Report {
 type Step = fn(&Config, &mut Applier) -> Result<(), String>;
 
 /// In order: names first (hostname, keys), then the network and what uses
-/// it, the kernel, files, and last what runs (commands, k3s).
+/// it, the kernel, files, the node's own services (the systemd watchdog,
+/// the backup timer: armed before the configuration's commands run, which
+/// may take long or fail), and last what runs (commands, k3s).
 const STEPS: &[(&str, Step)] = &[
     ("hostname", hostname::apply),
     ("ssh", ssh::apply),
@@ -102,6 +107,8 @@ const STEPS: &[(&str, Step)] = &[
     ("sysctl", kernel::sysctl),
     ("environment", environment::apply),
     ("write_files", write_files::apply),
+    ("watchdog", watchdog::apply),
+    ("backup", backup_timer::apply),
     ("boot_cmd", commands::boot_cmd),
     ("run_cmd", commands::run_cmd),
     ("k3s", k3s::apply),
@@ -186,6 +193,7 @@ boot_cmd: ['echo boot >> boot.log']
         "etc/sysctl.d/90-maculaos.conf",
         "etc/environment",
         "etc/motd.d/hello",
+        "etc/systemd/system.conf.d/90-maculaos-watchdog.conf",
         "etc/rancher/k3s/config.yaml",
     ];
 

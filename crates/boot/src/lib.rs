@@ -8,6 +8,7 @@ pub mod blockdev;
 pub mod grubenv;
 pub mod layout;
 pub mod media;
+pub mod reset;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -229,6 +230,56 @@ pub struct BootParams {
     pub debug: bool,
     /// `maculaos.rootwait=SECONDS`: how long to wait for the boot disk.
     pub root_wait_secs: u64,
+    /// `maculaos.live.persistence` and `maculaos.live.persistence_device`
+    /// (the config keys, given on the command line because init decides
+    /// before any configuration file can be read): where live mode keeps
+    /// `/var`.
+    pub persistence: Persistence,
+}
+
+/// Where live mode keeps `/var`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Persistence {
+    /// In memory: gone at reboot (the default).
+    Off,
+    /// On the partition (or disk) labelled [`media::LABEL_PERSIST`].
+    Auto,
+    /// On this device node, e.g. `/dev/sdb1`.
+    Device(String),
+}
+
+/// A yes/no kernel parameter: present without a value means yes.
+fn flag(c: &Cmdline, key: &'static str) -> Result<bool, BootError> {
+    if !c.has(key) {
+        return Ok(false);
+    }
+    match c.get(key).map(str::to_ascii_lowercase).as_deref() {
+        None | Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(_) => Err(BootError::BadValue {
+            key,
+            value: c.get(key).unwrap_or_default().to_string(),
+            expected: "true or false",
+        }),
+    }
+}
+
+impl Persistence {
+    fn from_cmdline(c: &Cmdline) -> Result<Persistence, BootError> {
+        const DEVICE: &str = "maculaos.live.persistence_device";
+        if !flag(c, "maculaos.live.persistence")? {
+            return Ok(Persistence::Off);
+        }
+        match c.get(DEVICE) {
+            None | Some("auto") => Ok(Persistence::Auto),
+            Some(d) if d.starts_with("/dev/") && d.len() > 5 => Ok(Persistence::Device(d.into())),
+            Some(d) => Err(BootError::BadValue {
+                key: DEVICE,
+                value: d.to_string(),
+                expected: "auto, or a device such as /dev/sdb1",
+            }),
+        }
+    }
 }
 
 /// Default time to wait for the boot disk's partitions to appear. Generous
@@ -252,6 +303,7 @@ impl BootParams {
             slot: slot.unwrap_or(Slot::A),
             debug: c.has("maculaos.debug") && c.get("maculaos.debug") != Some("0"),
             root_wait_secs,
+            persistence: Persistence::from_cmdline(c)?,
         })
     }
 }
@@ -270,6 +322,9 @@ pub struct BootInfo {
     pub data_formatted: bool,
     /// The data partition was grown to fill the disk on this boot.
     pub data_grown: bool,
+    /// A factory reset (see [`reset`]) was carried out on this boot.
+    #[serde(default)]
+    pub factory_reset: bool,
     /// Milliseconds from kernel start to the hand-over to systemd.
     pub init_done_ms: u64,
 }
@@ -316,6 +371,35 @@ mod tests {
     }
 
     #[test]
+    fn persistence_params() {
+        let p = |s: &str| BootParams::from_cmdline(&Cmdline::parse(s)).map(|p| p.persistence);
+        assert_eq!(p("maculaos.mode=live").unwrap(), Persistence::Off);
+        assert_eq!(p("maculaos.live.persistence").unwrap(), Persistence::Auto);
+        assert_eq!(
+            p("maculaos.live.persistence=true").unwrap(),
+            Persistence::Auto
+        );
+        assert_eq!(p("maculaos.live.persistence=0").unwrap(), Persistence::Off);
+        assert_eq!(
+            p("maculaos.live.persistence=yes maculaos.live.persistence_device=/dev/sdb2").unwrap(),
+            Persistence::Device("/dev/sdb2".into())
+        );
+        // A device without persistence turned on changes nothing.
+        assert_eq!(
+            p("maculaos.live.persistence_device=/dev/sdb2").unwrap(),
+            Persistence::Off
+        );
+        let e = p("maculaos.live.persistence=maybe")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maculaos.live.persistence=maybe"), "{e}");
+        let e = p("maculaos.live.persistence maculaos.live.persistence_device=sdb")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/dev/sdb1"), "{e}");
+    }
+
+    #[test]
     fn params_are_read() {
         let p = BootParams::from_cmdline(&Cmdline::parse(
             "maculaos.mode=recovery maculaos.slot=b maculaos.debug maculaos.rootwait=5",
@@ -354,6 +438,7 @@ mod tests {
             data_device: "/dev/vda5".into(),
             data_formatted: true,
             data_grown: false,
+            factory_reset: false,
             init_done_ms: 1234,
         };
         assert_eq!(BootInfo::from_json(&b.to_json()).unwrap(), b);

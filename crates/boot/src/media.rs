@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 
 /// ISO 9660 volume id of the MaculaOS live medium.
 pub const LABEL_LIVE: &str = "MACULA_LIVE";
+/// GPT partition name or ext4 label of the partition that keeps live
+/// mode's `/var` across reboots (with `maculaos.live.persistence`).
+pub const LABEL_PERSIST: &str = "MACULA_PERSIST";
 /// Where the running live system has the medium mounted (read-only).
 pub const MEDIUM_DIR: &str = "/run/maculaos/medium";
 /// The root image on the medium.

@@ -1,7 +1,9 @@
 //! `maculaos`: the operator CLI on every MaculaOS node.
 
 mod apply;
+mod backup;
 mod config;
+mod diag;
 mod fetch;
 mod install;
 mod recovery;
@@ -63,13 +65,22 @@ enum Command {
     },
     /// A root login shell (in recovery mode, or anywhere for an admin).
     Shell,
-    /// Wipe the node's configuration and state and start again as on first
-    /// boot: not built yet; says so and changes nothing.
-    FactoryReset {
-        /// Required to wipe anything (when it exists).
-        #[arg(long)]
-        confirm: bool,
-    },
+    /// Wipe the node's configuration, credentials, identity and state and
+    /// start again as on first boot (done by the next boot, which this
+    /// starts); both OS slots stay.
+    FactoryReset(recovery::ResetArgs),
+    /// Back up the configured paths, list backups, restore one.
+    #[command(subcommand)]
+    Backup(backup::Command),
+    /// Diagnose the network, storage or mesh (✓/✗ lines), or write a
+    /// support bundle with --full -o FILE.
+    Diag(diag::Args),
+    /// The system journal, or one unit's (`maculaos logs ssh -f`).
+    Logs(diag::LogsArgs),
+    /// The health agent (maculaos-agent.service): runs the checks on their
+    /// intervals, restarts failed units, cleans up a full disk, feeds
+    /// systemd's watchdog; events go to the journal (`maculaos logs maculaos-agent`).
+    Agent,
     /// Run the node's checks; exit code 0 only when none fails.
     Health {
         /// Machine-readable output.
@@ -103,8 +114,15 @@ fn main() -> Result<ExitCode> {
         Command::Recovery { reboot } => recovery::recovery_cmd(reboot),
         Command::Repair { json } => recovery::repair_cmd(json),
         Command::Shell => recovery::shell_cmd(),
-        Command::FactoryReset { confirm: _ } => recovery::factory_reset_cmd(),
+        Command::FactoryReset(args) => recovery::factory_reset_cmd(&args),
         Command::Install(args) => install::run(&args),
+        Command::Backup(cmd) => backup::run(cmd),
+        Command::Agent => {
+            maculaos_health::agent::run(&maculaos_config::Paths::system())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diag(args) => diag::run(&args),
+        Command::Logs(args) => diag::logs(&args),
         Command::Health { json, boot: true } => slots::boot_check(json),
         Command::Health { json, boot: false } => {
             let checks = maculaos_health::run(&maculaos_config::Paths::system());

@@ -3,11 +3,12 @@
 //! partition, GRUB's environment, both slots).
 
 use crate::slots::{boot_disk_partition, boot_info, esp};
-use anyhow::{bail, Result};
-use maculaos_boot::{grubenv, Mode, Slot, LABEL_DATA};
-use maculaos_runner::Cmd;
+use anyhow::{bail, Context, Result};
+use maculaos_boot::{grubenv, reset, Mode, Slot, LABEL_DATA};
+use maculaos_runner::{Cmd, Mount};
 use maculaos_slots::{check_slot, parse_slot_image, SlotCheck};
 use serde::Serialize;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// `maculaos recovery [--reboot]`: the next boot (once) starts the boot
@@ -49,14 +50,135 @@ pub fn shell_cmd() -> Result<ExitCode> {
     })
 }
 
-/// `maculaos factory-reset`: not built yet. It says so, and what to do
-/// instead, rather than pretend.
-pub fn factory_reset_cmd() -> Result<ExitCode> {
-    eprintln!(
-        "maculaos factory-reset is not built yet (it comes with the health and reset work): nothing was changed.\n\
-         To start a node over today, reinstall it from the live ISO (sudo maculaos install)."
+/// `maculaos factory-reset` options.
+#[derive(clap::Args)]
+pub struct ResetArgs {
+    /// Really do it (without it, the command only says what it would remove).
+    #[arg(long)]
+    pub confirm: bool,
+    /// Keep the user data in /var/lib/data.
+    #[arg(long)]
+    pub keep_data: bool,
+    /// Keep the network settings (network, maculaos.network,
+    /// maculaos.dns_nameservers), so the node stays reachable where it is.
+    #[arg(long)]
+    pub keep_network: bool,
+    /// Ask for the reset but do not reboot now: it happens on the next boot.
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// Withdraw a reset asked for with --no-reboot.
+    #[arg(long, conflicts_with_all = ["confirm", "keep_data", "keep_network"])]
+    pub cancel: bool,
+}
+
+/// Where the data partition's root is for this boot, mounting it when it is
+/// not in use (recovery mode). `None` when there is none to reset.
+fn data_root(info: &maculaos_boot::BootInfo) -> Result<(PathBuf, Option<Mount>)> {
+    match info.mode {
+        Mode::Disk => Ok((PathBuf::from("/var"), None)),
+        Mode::Recovery => {
+            let (dev, _) = boot_disk_partition(info, LABEL_DATA)?;
+            let mount = Mount::new(&dev, Path::new("/run/maculaos/reset-data"), Some("ext4"), None)
+                .with_context(|| {
+                    format!(
+                        "mounting {LABEL_DATA} ({}) to leave the reset request on it; \
+                         if it does not mount, run `maculaos repair` first",
+                        dev.display()
+                    )
+                })?;
+            Ok((mount.dir().to_path_buf(), Some(mount)))
+        }
+        Mode::Live if info.data_device.starts_with("/dev/") => {
+            Ok((PathBuf::from("/var"), None))
+        }
+        Mode::Live | Mode::Install => bail!(
+            "this live system keeps /var in memory: there is nothing to reset (a reboot starts afresh)"
+        ),
+    }
+}
+
+/// The network part of the running configuration, as YAML, to write back
+/// after the reset.
+fn network_settings() -> Result<String> {
+    let loaded = maculaos_config::load(&maculaos_config::Paths::system());
+    let mut kept = serde_yaml_ng::Mapping::new();
+    if let Some(n) = loaded.value.get("network") {
+        kept.insert("network".into(), n.clone());
+    }
+    let mut os = serde_yaml_ng::Mapping::new();
+    for key in ["network", "dns_nameservers"] {
+        if let Some(v) = loaded.value.get("maculaos").and_then(|m| m.get(key)) {
+            os.insert(key.into(), v.clone());
+        }
+    }
+    if !os.is_empty() {
+        kept.insert("maculaos".into(), os.into());
+    }
+    let yaml = serde_yaml_ng::to_string(&kept)?;
+    Ok(format!(
+        "# Kept by `maculaos factory-reset --keep-network`.\n{}",
+        if kept.is_empty() { "{}\n" } else { &yaml }
+    ))
+}
+
+/// `maculaos factory-reset`: ask maculaos-init to wipe the node's state on
+/// the next boot (see `maculaos_boot::reset`), then reboot.
+pub fn factory_reset_cmd(args: &ResetArgs) -> Result<ExitCode> {
+    let info = crate::slots::read_boot_info()?;
+    let (root, mount) = data_root(&info)?;
+    if args.cancel {
+        let had = reset::cancel_request(&root)?;
+        println!(
+            "{}",
+            if had {
+                "the factory reset asked for is withdrawn"
+            } else {
+                "no factory reset was asked for"
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let keeps = [
+        (args.keep_data, "the user data in /var/lib/data"),
+        (args.keep_network, "the network settings"),
+    ];
+    let kept: Vec<&str> = keeps.iter().filter(|(k, _)| *k).map(|(_, w)| *w).collect();
+    let plan = format!(
+        "A factory reset removes the node's configuration, credentials and identity \
+         (/var/lib/maculaos: SSH host keys, machine id), k3s state, logs and home directories: \
+         everything on the data partition{}. Both OS slots stay; the next boot is a first boot.",
+        if kept.is_empty() {
+            String::new()
+        } else {
+            format!(" except {}", kept.join(" and "))
+        }
     );
-    Ok(ExitCode::FAILURE)
+    if !args.confirm {
+        eprintln!("{plan}\nNothing was changed: add --confirm to do it.");
+        return Ok(ExitCode::FAILURE);
+    }
+    let req = reset::ResetRequest {
+        keep_data: args.keep_data,
+        network_yaml: args.keep_network.then(network_settings).transpose()?,
+        requested_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let path = reset::write_request(&root, &req)?;
+    if let Some(m) = mount {
+        m.unmount().context("unmounting the data partition")?;
+    }
+    println!("{plan}\nasked for: {}", path.display());
+    if args.no_reboot {
+        println!(
+            "the reset happens at the next boot (withdraw it with `maculaos factory-reset --cancel`)"
+        );
+    } else {
+        println!("rebooting to reset");
+        Cmd::new("systemctl").args(["reboot", "--no-block"]).run()?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// How one check of `maculaos repair` ended.
@@ -152,7 +274,7 @@ fn data_check(info: &maculaos_boot::BootInfo) -> Result<Check> {
             _ => Check::new(
                 what,
                 Outcome::Failed,
-                format!("e2fsck could not fix it: {e}\nback up what you can (it is not mounted), then `maculaos factory-reset` once it exists, or reinstall"),
+                format!("e2fsck could not fix it: {e}\nback up what you can (it is not mounted), then `maculaos factory-reset --confirm` (it reformats nothing: it removes the files), or reinstall"),
             ),
         },
     })

@@ -86,10 +86,16 @@ pub fn upgrade_cmd(args: &UpgradeArgs) -> Result<ExitCode> {
 /// Where the ESP is mounted for the moment it is used.
 const ESP_MNT: &str = "/run/maculaos/esp";
 
-pub(crate) fn boot_info() -> Result<BootInfo> {
+/// How this boot was made, whatever the mode.
+pub(crate) fn read_boot_info() -> Result<BootInfo> {
     let text = std::fs::read_to_string(BOOT_INFO_PATH)
         .with_context(|| format!("reading {BOOT_INFO_PATH} (written by maculaos-init at boot)"))?;
-    let info = BootInfo::from_json(&text).with_context(|| format!("parsing {BOOT_INFO_PATH}"))?;
+    BootInfo::from_json(&text).with_context(|| format!("parsing {BOOT_INFO_PATH}"))
+}
+
+/// [`read_boot_info`] for commands about slots: refused in live and install mode.
+pub(crate) fn boot_info() -> Result<BootInfo> {
+    let info = read_boot_info()?;
     // Slots, updates and rollbacks belong to an installed disk; a live
     // system has none of them.
     if matches!(

@@ -86,6 +86,14 @@ fn readable(msg: &str) -> String {
 fn unknown(what: &str, path: Option<&str>, r: &str) -> String {
     let (name, expected) = r.split_once(", expected").unwrap_or((r, ""));
     let name = name.trim_matches('`');
+    if what == "key" {
+        if let Some((.., why)) = NOT_SUPPORTED
+            .iter()
+            .find(|(p, k, _)| path == Some(*p) && name == *k)
+        {
+            return why.to_string();
+        }
+    }
     let candidates: Vec<&str> = expected
         .split('`')
         .skip(1)
@@ -101,6 +109,28 @@ fn unknown(what: &str, path: Option<&str>, r: &str) -> String {
     }
     out
 }
+
+/// Keys of the plan (the seeds) that are known but not supported: refused
+/// with the reason, not as a typo.
+const NOT_SUPPORTED: &[(&str, &str, &str)] = &[
+    (
+        "maculaos.backup",
+        "mesh",
+        "`mesh`: backups to mesh peers are not supported yet; only `target: local` is",
+    ),
+    (
+        "maculaos.backup",
+        "s3",
+        "`s3`: backups to S3 are not supported yet; only `target: local` is",
+    ),
+    (
+        "maculaos.auto_heal",
+        "actions",
+        "`actions` cannot be configured: the auto-heal actions are built in (disk cleanup, \
+         restart of a unit whose check has `restart_on_failure`, time sync); \
+         `auto_heal` takes `enabled`, `disk_threshold` and `journal_max`",
+    ),
+];
 
 /// The candidate nearest to `name`, if it is near enough to be a typo.
 pub fn suggest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {

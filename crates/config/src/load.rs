@@ -10,7 +10,7 @@
 //! 5. the kernel command line (`maculaos.hostname=…`)
 
 use crate::error::Problem;
-use crate::schema::{Config, K3sRole};
+use crate::schema::{Backup, CheckType, Config, Health, K3sRole, Watchdog};
 use crate::sources::{self, Format, Source};
 use crate::values::Hostname;
 use maculaos_boot::Cmdline;
@@ -303,7 +303,171 @@ pub fn check(config: &Config, prov: &Provenance) -> Vec<Problem> {
             format!("`{size}` is not a size such as 512M or 4G"),
         );
     }
+    check_health(&config.maculaos.health, &mut bad);
+    check_watchdog(&config.maculaos.watchdog, &mut bad);
+    check_backup(&config.maculaos.backup, &mut bad);
     out
+}
+
+/// The keys a check of each type needs, and those it may have.
+fn check_health(health: &Health, bad: &mut impl FnMut(&str, String)) {
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, c) in health.checks.iter().enumerate() {
+        let at = format!("maculaos.health.checks.{i}");
+        let name = c.name.trim();
+        if name.is_empty() {
+            bad(&at, "give the check a `name`".into());
+        } else if c.name.contains(['\n', '\r']) {
+            bad(&at, format!("check `{name}`: a name is one line"));
+        } else if seen.contains(&c.name.as_str()) {
+            bad(
+                &at,
+                format!(
+                    "check `{}`: another check has that name; names must be unique",
+                    c.name
+                ),
+            );
+        } else {
+            seen.push(&c.name);
+        }
+        let who = format!("check `{}` (type {})", c.name, c.kind);
+        let mut missing = |field: &str, what: &str| {
+            bad(&at, format!("{who}: `{field}` is missing: {what}"));
+        };
+        let tcp_split = c.host.is_some() || c.port.is_some();
+        match c.kind {
+            CheckType::Process | CheckType::Unit => {
+                if c.unit.is_none() {
+                    missing("unit", "the systemd unit to check (or `process`)");
+                }
+            }
+            CheckType::Http => {
+                if c.url.is_none() {
+                    missing(
+                        "url",
+                        "the URL to GET, such as http://localhost:8080/health",
+                    );
+                }
+            }
+            CheckType::Tcp => {
+                if c.address.is_none() && !tcp_split {
+                    missing(
+                        "host",
+                        "where to connect: `host` and `port`, or `address: HOST:PORT`",
+                    );
+                } else if c.address.is_none() && c.host.is_none() {
+                    missing("host", "the host to connect to, with `port`");
+                } else if c.address.is_none() && c.port.is_none() {
+                    missing("port", "the port to connect to, with `host`");
+                } else if c.port == Some(0) {
+                    bad(&at, format!("{who}: `port` 0 is not a port"));
+                } else if c.address.is_some() && tcp_split {
+                    bad(
+                        &at,
+                        format!("{who}: give `address` or `host` and `port`, not both"),
+                    );
+                }
+            }
+            CheckType::Disk => {
+                if c.path.is_none() {
+                    missing("path", "a path on the filesystem to watch, such as /var");
+                }
+            }
+        }
+        // Keys of another type: most likely a mistake, never silently ignored.
+        let mut foreign = Vec::new();
+        let http = c.kind == CheckType::Http;
+        let tcp = c.kind == CheckType::Tcp;
+        let disk = c.kind == CheckType::Disk;
+        for (set, key, ok) in [
+            (c.url.is_some(), "url", http),
+            (c.host.is_some(), "host", tcp),
+            (c.port.is_some(), "port", tcp),
+            (c.address.is_some(), "address", tcp),
+            (c.path.is_some(), "path", disk),
+            (c.threshold.is_some(), "threshold", disk),
+            (c.action.is_some(), "action", disk),
+            (c.unit.is_some(), "unit", !disk),
+            (c.restart_on_failure, "restart_on_failure", !disk),
+        ] {
+            if set && !ok {
+                foreign.push(format!("`{key}`"));
+            }
+        }
+        if !foreign.is_empty() {
+            bad(
+                &at,
+                format!(
+                    "{who}: {} not used by a {} check",
+                    foreign.join(", "),
+                    c.kind
+                ),
+            );
+        }
+        if c.restart_on_failure && (http || tcp) && c.unit.is_none() {
+            bad(
+                &at,
+                format!("{who}: `restart_on_failure` needs `unit`, the systemd unit to restart"),
+            );
+        }
+    }
+}
+
+fn check_watchdog(w: &Watchdog, bad: &mut impl FnMut(&str, String)) {
+    if !w.device.as_str().starts_with("/dev/") {
+        bad(
+            "maculaos.watchdog.device",
+            format!("`{}` is not a device such as /dev/watchdog", w.device),
+        );
+    }
+    let t = w.timeout.get();
+    if t.subsec_nanos() != 0 || t.as_secs() > 3600 {
+        bad(
+            "maculaos.watchdog.timeout",
+            format!("`{}`: give whole seconds, from 1 to 3600", w.timeout),
+        );
+    }
+}
+
+fn check_backup(b: &Backup, bad: &mut impl FnMut(&str, String)) {
+    let dir = b.dir.as_path();
+    let state = Path::new(maculaos_boot::STATE_DIR);
+    if dir.starts_with(state) {
+        bad(
+            "maculaos.backup.dir",
+            format!(
+                "`{}` is inside {}, which a factory reset wipes: keep backups elsewhere \
+                 (default /var/lib/maculaos-backups)",
+                b.dir,
+                state.display()
+            ),
+        );
+    }
+    if dir == Path::new("/") {
+        bad(
+            "maculaos.backup.dir",
+            "`/` is not a backup directory".into(),
+        );
+    }
+    let excluded = b.exclude.iter().any(|e| dir.starts_with(e.as_path()));
+    if let Some(inc) = b.include.iter().find(|i| dir.starts_with(i.as_path())) {
+        if !excluded {
+            bad(
+                "maculaos.backup.dir",
+                format!(
+                    "`{}` is inside the included `{inc}`: each backup would hold the ones \
+                     before it (add it to `exclude`, or move it)",
+                    b.dir
+                ),
+            );
+        }
+    }
+    if b.enabled && b.include.is_empty() {
+        bad(
+            "maculaos.backup.include",
+            "backups are enabled but `include` is empty: nothing to back up".into(),
+        );
+    }
 }
 
 /// What the node runs with.
@@ -718,6 +882,204 @@ mod tests {
             .iter()
             .any(|p| p.starts_with("/var/lib/maculaos/config.d/files.yaml: write_files.0.path")));
         assert!(all.iter().any(|p| p.contains("reverse domain")));
+    }
+
+    /// The problems of `maculaos:` + `text` (one file), as the CLI shows them.
+    fn cross_key(text: &str) -> Vec<String> {
+        let n = Node::new();
+        n.write(
+            "var/lib/maculaos/config.yaml",
+            &format!("maculaos:\n{text}"),
+        );
+        let l = load(&n.paths());
+        l.problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    const AT: &str = "/var/lib/maculaos/config.yaml: ";
+
+    #[test]
+    fn health_checks_need_the_keys_of_their_type() {
+        let p = cross_key(
+            "  health:
+    checks:
+      - {name: k3s, type: process}
+      - {name: mesh, type: http}
+      - {name: api, type: tcp}
+      - {name: api2, type: tcp, host: localhost}
+      - {name: api3, type: tcp, port: 6443}
+      - {name: var, type: disk}
+",
+        );
+        assert_eq!(
+            p,
+            [
+                "maculaos.health.checks.0: check `k3s` (type process): `unit` is missing: the systemd unit to check (or `process`)",
+                "maculaos.health.checks.1: check `mesh` (type http): `url` is missing: the URL to GET, such as http://localhost:8080/health",
+                "maculaos.health.checks.2: check `api` (type tcp): `host` is missing: where to connect: `host` and `port`, or `address: HOST:PORT`",
+                "maculaos.health.checks.3: check `api2` (type tcp): `port` is missing: the port to connect to, with `host`",
+                "maculaos.health.checks.4: check `api3` (type tcp): `host` is missing: the host to connect to, with `port`",
+                "maculaos.health.checks.5: check `var` (type disk): `path` is missing: a path on the filesystem to watch, such as /var",
+            ]
+            .map(|m| format!("{AT}{m}"))
+        );
+    }
+
+    #[test]
+    fn health_check_names_are_unique_and_not_empty() {
+        let p = cross_key(
+            "  health:
+    checks:
+      - {name: a, type: unit, unit: x}
+      - {name: '', type: unit, unit: y}
+      - {name: a, type: unit, unit: z}
+",
+        );
+        assert_eq!(
+            p,
+            [
+                format!("{AT}maculaos.health.checks.1: give the check a `name`"),
+                format!("{AT}maculaos.health.checks.2: check `a`: another check has that name; names must be unique"),
+            ]
+        );
+    }
+
+    #[test]
+    fn health_check_keys_of_another_type_are_refused() {
+        let p = cross_key(
+            "  health:
+    checks:
+      - {name: a, type: disk, path: /var, url: 'http://x/', unit: k3s, restart_on_failure: true}
+      - {name: b, type: http, url: 'http://x/', threshold: 50%}
+      - {name: c, type: tcp, address: 'x:1', host: x, port: 1}
+      - {name: d, type: tcp, host: x, port: 0}
+",
+        );
+        assert_eq!(
+            p,
+            [
+                "maculaos.health.checks.0: check `a` (type disk): `url`, `unit`, `restart_on_failure` not used by a disk check",
+                "maculaos.health.checks.1: check `b` (type http): `threshold` not used by a http check",
+                "maculaos.health.checks.2: check `c` (type tcp): give `address` or `host` and `port`, not both",
+                "maculaos.health.checks.3: check `d` (type tcp): `port` 0 is not a port",
+            ]
+            .map(|m| format!("{AT}{m}"))
+        );
+    }
+
+    #[test]
+    fn restarting_after_an_http_or_tcp_check_needs_a_unit() {
+        // The seed's `mesh` check: nothing says which unit to restart.
+        let p = cross_key(
+            "  health:
+    checks:
+      - name: mesh
+        type: http
+        url: http://localhost:8080/health
+        interval: 30s
+        timeout: 5s
+        restart_on_failure: true
+",
+        );
+        assert_eq!(
+            p,
+            [format!("{AT}maculaos.health.checks.0: check `mesh` (type http): `restart_on_failure` needs `unit`, the systemd unit to restart")]
+        );
+        let p = cross_key(
+            "  health:\n    checks:\n      - {name: mesh, type: http, url: 'http://localhost:8080/health', unit: macula-mesh, restart_on_failure: true}\n",
+        );
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn watchdog_checks() {
+        let p = cross_key("  watchdog:\n    device: /var/watchdog\n    timeout: 1500ms\n");
+        assert_eq!(
+            p,
+            [
+                format!("{AT}maculaos.watchdog.device: `/var/watchdog` is not a device such as /dev/watchdog"),
+                format!("{AT}maculaos.watchdog.timeout: `1500ms`: give whole seconds, from 1 to 3600"),
+            ]
+        );
+        assert!(cross_key("  watchdog:\n    timeout: 2h\n")[0].contains("from 1 to 3600"));
+        assert!(cross_key("  watchdog:\n    enabled: false\n    timeout: 30s\n").is_empty());
+    }
+
+    #[test]
+    fn backup_checks() {
+        let p = cross_key("  backup:\n    dir: /var/lib/maculaos/backups\n");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(
+            p[0],
+            format!("{AT}maculaos.backup.dir: `/var/lib/maculaos/backups` is inside /var/lib/maculaos, which a factory reset wipes: keep backups elsewhere (default /var/lib/maculaos-backups)")
+        );
+        assert_eq!(
+            p[1],
+            format!("{AT}maculaos.backup.dir: `/var/lib/maculaos/backups` is inside the included `/var/lib/maculaos`: each backup would hold the ones before it (add it to `exclude`, or move it)")
+        );
+        // A path prefix that is not a parent directory is not inside it.
+        assert!(cross_key("  backup:\n    dir: /var/lib/maculaos-old\n").is_empty());
+        assert!(cross_key(
+            "  backup:\n    dir: /var/lib/data/bk\n    exclude: [/var/lib/data/bk]\n"
+        )
+        .is_empty());
+        let p = cross_key("  backup:\n    enabled: true\n    include: []\n");
+        assert_eq!(
+            p,
+            [format!("{AT}maculaos.backup.include: backups are enabled but `include` is empty: nothing to back up")]
+        );
+        assert_eq!(
+            cross_key("  backup:\n    dir: /\n    include: [/srv]\n"),
+            [format!(
+                "{AT}maculaos.backup.dir: `/` is not a backup directory"
+            )]
+        );
+    }
+
+    #[test]
+    fn the_seed_sections_load_without_problems() {
+        let p = cross_key(
+            "  watchdog:
+    enabled: true
+    device: /dev/watchdog
+    timeout: 60
+    software_fallback: true
+  health:
+    checks:
+      - name: k3s
+        type: process
+        process: k3s-server
+        restart_on_failure: true
+        max_restarts: 3
+      - name: disk
+        type: disk
+        path: /var/lib
+        threshold: 90%
+        action: alert
+  auto_heal:
+    enabled: true
+  backup:
+    enabled: true
+    schedule: \"0 2 * * *\"
+    retention: 7
+    target: local
+    include:
+      - /var/lib/maculaos/
+      - /var/lib/data/
+    exclude:
+      - /var/lib/rancher/k3s/agent/containerd/
+",
+        );
+        assert!(p.is_empty(), "{p:#?}");
+    }
+
+    #[test]
+    fn the_fuzz_seed_of_the_new_sections_is_valid() {
+        let text = include_str!("../fuzz/corpus/parse/seed-resilience.yaml");
+        let n = Node::new();
+        n.write("var/lib/maculaos/config.yaml", text);
+        let l = load(&n.paths());
+        assert!(l.problems.is_empty(), "{:#?}", l.problems);
+        assert_eq!(l.config.maculaos.health.checks.len(), 4);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! [`crate::values`]: their errors carry the file, line and column.
 
 use crate::values::{
-    Cidr, EnvName, FileMode, Hostname, IpAddr, ModuleName, Owner, SshKey, SysctlKey, SysctlValue,
+    AbsPath, BackupTarget, Cidr, Duration, EnvName, FileMode, Host, HostPort, Hostname, HttpUrl,
+    IpAddr, ModuleName, Owner, Percent, Schedule, Size, SshKey, SysctlKey, SysctlValue, UnitName,
     UpgradeUrl,
 };
 use schemars::JsonSchema;
@@ -67,6 +68,14 @@ pub struct Maculaos {
     pub install: Install,
     /// Live mode (plan §4.7).
     pub live: Live,
+    /// Service health checks (plan §4.17.2), shown by `maculaos health`.
+    pub health: Health,
+    /// The hardware watchdog (plan §4.17.1).
+    pub watchdog: Watchdog,
+    /// Built-in repairs (plan §4.17.4).
+    pub auto_heal: AutoHeal,
+    /// Scheduled backups (plan §4.13.2).
+    pub backup: Backup,
 }
 
 /// Network interfaces.
@@ -281,6 +290,251 @@ impl Default for Live {
     }
 }
 
+/// Service health checks (plan §4.17.2).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Health {
+    /// Checks run besides the built-in ones, in this order.
+    pub checks: Vec<HealthCheck>,
+}
+
+/// One configured health check. Which keys it needs depends on its `type`
+/// (checked across keys by [`crate::load::check`]).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Name shown by `maculaos health`; unique among the checks.
+    pub name: String,
+    /// `process` or `unit` (a systemd unit is active), `http`, `tcp` or `disk`.
+    #[serde(rename = "type")]
+    pub kind: CheckType,
+    /// The systemd unit (`process`, `unit`); for `http` and `tcp`, the unit
+    /// restarted on failure. `.service` is implied without a suffix. Also
+    /// accepted as `process`.
+    #[serde(default, alias = "process", skip_serializing_if = "Option::is_none")]
+    pub unit: Option<UnitName>,
+    /// `http`: the URL to GET; 2xx and 3xx pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<HttpUrl>,
+    /// `tcp`: the host to connect to (with `port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Host>,
+    /// `tcp`: the port to connect to (with `host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `tcp`: `host:port`, instead of `host` and `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<HostPort>,
+    /// `disk`: a path on the filesystem to watch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<AbsPath>,
+    /// `disk`: fail when the filesystem is this full (default 90%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<Percent>,
+    /// `disk`: `alert` (default) or `cleanup` (also run the disk cleanup of `auto_heal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<DiskAction>,
+    /// How often the check runs.
+    #[serde(default = "HealthCheck::default_interval")]
+    pub interval: Duration,
+    /// How long the check may take (http, tcp).
+    #[serde(default = "HealthCheck::default_timeout")]
+    pub timeout: Duration,
+    /// Restart `unit` when the check fails.
+    #[serde(default)]
+    pub restart_on_failure: bool,
+    /// Restarts within `cooldown` before giving up.
+    #[serde(default = "HealthCheck::default_max_restarts")]
+    pub max_restarts: u32,
+    /// After giving up, wait this long since the last restart before trying again.
+    #[serde(default = "HealthCheck::default_cooldown")]
+    pub cooldown: Duration,
+}
+
+impl HealthCheck {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_MAX_RESTARTS: u32 = 3;
+    pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(300);
+    pub const DEFAULT_THRESHOLD: u8 = 90;
+
+    fn default_interval() -> Duration {
+        Self::DEFAULT_INTERVAL
+    }
+    fn default_timeout() -> Duration {
+        Self::DEFAULT_TIMEOUT
+    }
+    fn default_max_restarts() -> u32 {
+        Self::DEFAULT_MAX_RESTARTS
+    }
+    fn default_cooldown() -> Duration {
+        Self::DEFAULT_COOLDOWN
+    }
+
+    /// The full name of the unit checked or restarted (`k3s` → `k3s.service`).
+    pub fn unit_name(&self) -> Option<String> {
+        self.unit.as_ref().map(UnitName::unit)
+    }
+
+    /// `tcp`: the host and port, from `host` + `port` or from `address`.
+    pub fn tcp_target(&self) -> Option<(String, u16)> {
+        if let Some(a) = &self.address {
+            let (h, p) = a.split();
+            return Some((h.to_string(), p));
+        }
+        Some((self.host.as_ref()?.to_string(), self.port?))
+    }
+
+    /// `disk`: the threshold in effect.
+    pub fn disk_threshold(&self) -> Percent {
+        self.threshold
+            .unwrap_or(Percent::known(Self::DEFAULT_THRESHOLD))
+    }
+
+    /// `disk`: the action in effect.
+    pub fn disk_action(&self) -> DiskAction {
+        self.action.unwrap_or_default()
+    }
+}
+
+/// What a health check looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckType {
+    /// A systemd unit is active (the seed's name; the same as `unit`).
+    Process,
+    /// A systemd unit is active.
+    Unit,
+    /// An HTTP GET answers 2xx or 3xx within `timeout`.
+    Http,
+    /// A TCP connection opens within `timeout`.
+    Tcp,
+    /// A filesystem is less full than `threshold`.
+    Disk,
+}
+
+impl std::fmt::Display for CheckType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CheckType::Process => "process",
+            CheckType::Unit => "unit",
+            CheckType::Http => "http",
+            CheckType::Tcp => "tcp",
+            CheckType::Disk => "disk",
+        })
+    }
+}
+
+/// What a failing `disk` check does besides reporting.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskAction {
+    /// Report only.
+    #[default]
+    Alert,
+    /// Also clean up (old journal, unused container images).
+    Cleanup,
+}
+
+/// The hardware watchdog (plan §4.17.1): systemd feeds it, and the machine
+/// reboots when it is not fed for `timeout`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Watchdog {
+    /// Use a watchdog.
+    pub enabled: bool,
+    /// The hardware watchdog device.
+    pub device: AbsPath,
+    /// Reboot when not fed for this long (a number of seconds or a duration).
+    pub timeout: Duration,
+    /// Use the kernel's software watchdog (softdog) when there is no hardware one.
+    pub software_fallback: bool,
+}
+
+impl Default for Watchdog {
+    fn default() -> Watchdog {
+        Watchdog {
+            enabled: true,
+            device: AbsPath::known("/dev/watchdog"),
+            timeout: Duration::from_secs(60),
+            software_fallback: true,
+        }
+    }
+}
+
+/// Built-in repairs (plan §4.17.4). The actions are not configurable: disk
+/// cleanup, restart of a unit whose health check fails (`restart_on_failure`),
+/// and a time sync when the clock is not synchronised.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutoHeal {
+    /// Repair without asking.
+    pub enabled: bool,
+    /// Clean up when `/var` is this full; the `data-space` health check fails from here.
+    pub disk_threshold: Percent,
+    /// The disk cleanup shrinks the journal to this size.
+    pub journal_max: Size,
+}
+
+impl Default for AutoHeal {
+    fn default() -> AutoHeal {
+        AutoHeal {
+            enabled: true,
+            disk_threshold: Percent::known(90),
+            journal_max: Size::known("200M"),
+        }
+    }
+}
+
+/// Scheduled backups (plan §4.13.2), kept on the node.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Backup {
+    /// Make backups on `schedule`.
+    pub enabled: bool,
+    /// A systemd OnCalendar expression (`daily`), or a cron line `0 2 * * *`.
+    pub schedule: Schedule,
+    /// How many backups to keep (at least 1).
+    #[serde(deserialize_with = "at_least_one")]
+    #[schemars(range(min = 1))]
+    pub retention: u32,
+    /// Where backups go: only `local` (`mesh` and `s3` are not supported yet).
+    pub target: BackupTarget,
+    /// The directory `local` backups are kept in (outside /var/lib/maculaos, which a factory reset wipes).
+    pub dir: AbsPath,
+    /// What to back up.
+    pub include: Vec<AbsPath>,
+    /// What to leave out of `include`.
+    pub exclude: Vec<AbsPath>,
+}
+
+impl Default for Backup {
+    fn default() -> Backup {
+        Backup {
+            enabled: false,
+            schedule: Schedule::default(),
+            retention: 7,
+            target: BackupTarget::Local,
+            dir: AbsPath::known("/var/lib/maculaos-backups"),
+            include: vec![
+                AbsPath::known("/var/lib/maculaos"),
+                AbsPath::known("/var/lib/data"),
+            ],
+            exclude: Vec::new(),
+        }
+    }
+}
+
+fn at_least_one<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n == 0 {
+        return Err(serde::de::Error::custom(
+            "`retention: 0`: keep at least 1 backup",
+        ));
+    }
+    Ok(n)
+}
+
 /// k3s (plan §4.3).
 #[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -402,5 +656,308 @@ impl Config {
                 Some("agent") => K3sRole::Agent,
                 _ => K3sRole::Server,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Problem;
+    use std::time::Duration as StdDuration;
+
+    fn parse(text: &str) -> Config {
+        serde_yaml_ng::from_str(text).unwrap()
+    }
+
+    fn problem(text: &str) -> String {
+        let e = serde_yaml_ng::from_str::<Config>(text).unwrap_err();
+        Problem::from_yaml("/x/config.yaml", &e).to_string()
+    }
+
+    /// Plan §4.17.2, as written there.
+    const SEED_HEALTH: &str = "\
+maculaos:
+  health:
+    checks:
+      - name: k3s
+        type: process
+        process: k3s-server
+        restart_on_failure: true
+        max_restarts: 3
+
+      - name: mesh
+        type: http
+        url: http://localhost:8080/health
+        interval: 30s
+        timeout: 5s
+        restart_on_failure: true
+
+      - name: disk
+        type: disk
+        path: /var/lib
+        threshold: 90% # Alert at 90% full
+        action: alert # alert or cleanup
+";
+
+    #[test]
+    fn seed_health_checks() {
+        let c = parse(SEED_HEALTH);
+        let checks = &c.maculaos.health.checks;
+        assert_eq!(checks.len(), 3);
+        let k3s = &checks[0];
+        assert_eq!((k3s.name.as_str(), k3s.kind), ("k3s", CheckType::Process));
+        assert_eq!(k3s.unit_name().as_deref(), Some("k3s-server.service"));
+        assert!(k3s.restart_on_failure);
+        assert_eq!(k3s.max_restarts, 3);
+        assert_eq!(k3s.interval.get(), StdDuration::from_secs(30));
+        assert_eq!(k3s.timeout.get(), StdDuration::from_secs(5));
+        assert_eq!(k3s.cooldown.get(), StdDuration::from_secs(300));
+        let mesh = &checks[1];
+        assert_eq!(mesh.kind, CheckType::Http);
+        assert_eq!(
+            mesh.url.as_ref().map(|u| u.as_str()),
+            Some("http://localhost:8080/health")
+        );
+        let disk = &checks[2];
+        assert_eq!(disk.kind, CheckType::Disk);
+        assert_eq!(disk.path.as_ref().map(|p| p.as_str()), Some("/var/lib"));
+        assert_eq!(disk.disk_threshold().get(), 90);
+        assert_eq!(disk.disk_action(), DiskAction::Alert);
+    }
+
+    #[test]
+    fn every_check_type_and_its_keys() {
+        let c = parse(
+            "maculaos:
+  health:
+    checks:
+      - {name: net, type: unit, unit: systemd-networkd.service, interval: 1m, cooldown: 10m}
+      - {name: api, type: tcp, host: 127.0.0.1, port: 6443, timeout: 500ms}
+      - {name: api6, type: tcp, address: '[fd00::1]:6443'}
+      - {name: reg, type: tcp, address: 'registry.local:5000', unit: registry}
+      - {name: var, type: disk, path: /var, threshold: 80, action: cleanup}
+",
+        );
+        let h = &c.maculaos.health.checks;
+        assert_eq!(
+            h[0].unit_name().as_deref(),
+            Some("systemd-networkd.service")
+        );
+        assert_eq!(h[0].interval.get(), StdDuration::from_secs(60));
+        assert_eq!(h[0].cooldown.get(), StdDuration::from_secs(600));
+        assert_eq!(h[1].tcp_target(), Some(("127.0.0.1".into(), 6443)));
+        assert_eq!(h[1].timeout.get(), StdDuration::from_millis(500));
+        assert_eq!(h[2].tcp_target(), Some(("fd00::1".into(), 6443)));
+        assert_eq!(h[3].tcp_target(), Some(("registry.local".into(), 5000)));
+        assert_eq!(h[3].unit_name().as_deref(), Some("registry.service"));
+        assert_eq!(h[4].disk_threshold().get(), 80);
+        assert_eq!(h[4].disk_action(), DiskAction::Cleanup);
+    }
+
+    /// Plan §4.17.1, as written there.
+    #[test]
+    fn seed_watchdog() {
+        let c = parse(
+            "maculaos:
+  watchdog:
+    enabled: true
+    device: /dev/watchdog # Hardware watchdog
+    timeout: 60 # Reboot if not fed for 60s
+
+    # Software watchdog (if no hardware)
+    software_fallback: true
+",
+        );
+        assert_eq!(c.maculaos.watchdog, Watchdog::default());
+        let c = parse("maculaos:\n  watchdog: {timeout: 2m, device: /dev/watchdog1}\n");
+        assert_eq!(
+            c.maculaos.watchdog.timeout.get(),
+            StdDuration::from_secs(120)
+        );
+        assert_eq!(c.maculaos.watchdog.device.as_str(), "/dev/watchdog1");
+        assert!(c.maculaos.watchdog.enabled && c.maculaos.watchdog.software_fallback);
+    }
+
+    #[test]
+    fn defaults_of_the_new_sections() {
+        let c = Config::default();
+        let w = &c.maculaos.watchdog;
+        assert!(w.enabled && w.software_fallback);
+        assert_eq!(w.device.as_str(), "/dev/watchdog");
+        assert_eq!(w.timeout.get(), StdDuration::from_secs(60));
+        let a = &c.maculaos.auto_heal;
+        assert!(a.enabled);
+        assert_eq!(a.disk_threshold.get(), 90);
+        assert_eq!(a.journal_max.bytes(), 200 << 20);
+        let b = &c.maculaos.backup;
+        assert!(!b.enabled);
+        assert_eq!(b.schedule.on_calendar(), "daily");
+        assert_eq!(b.retention, 7);
+        assert_eq!(b.target, crate::values::BackupTarget::Local);
+        assert_eq!(b.dir.as_str(), "/var/lib/maculaos-backups");
+        let inc: Vec<&str> = b.include.iter().map(|p| p.as_str()).collect();
+        assert_eq!(inc, ["/var/lib/maculaos", "/var/lib/data"]);
+        assert!(b.exclude.is_empty());
+        assert!(c.maculaos.health.checks.is_empty());
+        // An empty section is its defaults.
+        let c = parse("maculaos:\n  watchdog: {}\n  auto_heal: {}\n  backup: {}\n  health: {}\n");
+        assert_eq!(c, Config::default());
+    }
+
+    /// Plan §4.17.4 without its `actions:` block (built in, not configurable).
+    #[test]
+    fn seed_auto_heal() {
+        let c = parse(
+            "maculaos:\n  auto_heal:\n    enabled: true\n    disk_threshold: 85%\n    journal_max: 100M\n",
+        );
+        assert!(c.maculaos.auto_heal.enabled);
+        assert_eq!(c.maculaos.auto_heal.disk_threshold.get(), 85);
+        assert_eq!(c.maculaos.auto_heal.journal_max.bytes(), 100 << 20);
+        let p = problem(
+            "maculaos:
+  auto_heal:
+    enabled: true
+
+    actions:
+      disk_cleanup:
+        trigger: disk_usage > 90%
+",
+        );
+        assert!(
+            p.starts_with("/x/config.yaml:5:5: maculaos.auto_heal: `actions` cannot be configured: the auto-heal actions are built in (disk cleanup,"),
+            "{p}"
+        );
+    }
+
+    /// Plan §4.13.2 with `target: local` and without the `mesh:` and `s3:` blocks.
+    #[test]
+    fn seed_backup() {
+        let c = parse(
+            "maculaos:
+  backup:
+    enabled: true
+    schedule: \"0 2 * * *\" # Daily at 2 AM
+    retention: 7 # Keep 7 backups
+    target: local # mesh, s3, local
+
+    # What to backup
+    include:
+      - /var/lib/maculaos/ # Config, credentials
+      - /var/lib/data/ # User data
+    exclude:
+      - /var/lib/rancher/k3s/agent/containerd/ # Container layers (re-pullable)
+",
+        );
+        let b = &c.maculaos.backup;
+        assert!(b.enabled);
+        assert_eq!(b.schedule.on_calendar(), "*-*-* 02:00:00");
+        assert_eq!(b.retention, 7);
+        assert_eq!(b.include.len(), 2);
+        assert_eq!(
+            b.exclude[0].as_str(),
+            "/var/lib/rancher/k3s/agent/containerd/"
+        );
+        let c = parse("maculaos:\n  backup:\n    schedule: Mon *-*-* 03:30:00\n");
+        assert_eq!(
+            c.maculaos.backup.schedule.on_calendar(),
+            "Mon *-*-* 03:30:00"
+        );
+    }
+
+    #[test]
+    fn seed_backup_targets_not_supported_yet() {
+        let p = problem(
+            "maculaos:\n  backup:\n    enabled: true\n    target: mesh # mesh, s3, local\n",
+        );
+        assert_eq!(
+            p,
+            "/x/config.yaml:3:5: maculaos.backup: backups to `mesh` are not supported yet: only `target: local` is"
+        );
+        let p = problem("maculaos:\n  backup:\n    target: s3\n");
+        assert!(p.contains("backups to `s3` are not supported yet"), "{p}");
+        let p = problem("maculaos:\n  backup:\n    target: nfs\n");
+        assert!(
+            p.contains("`nfs` is not a backup target: only `local` is supported"),
+            "{p}"
+        );
+        let p = problem("maculaos:\n  backup:\n    mesh:\n      replication_factor: 2\n");
+        assert_eq!(
+            p,
+            "/x/config.yaml:3:5: maculaos.backup: `mesh`: backups to mesh peers are not supported yet; only `target: local` is"
+        );
+        let p = problem("maculaos:\n  backup:\n    s3:\n      bucket: b\n");
+        assert!(
+            p.contains("`s3`: backups to S3 are not supported yet"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn value_errors_name_their_line() {
+        let cases = [
+            ("maculaos:\n  backup:\n    retention: 0\n", "3:5: maculaos.backup: `retention: 0`: keep at least 1 backup"),
+            ("maculaos:\n  backup:\n    dir: backups\n", "3:5: maculaos.backup: `backups` is not an absolute path (it must start with /)"),
+            ("maculaos:\n  backup:\n    include: [/a, b/c]\n", "3:14: maculaos.backup.include: `b/c` is not an absolute path"),
+            ("maculaos:\n  backup:\n    exclude: [/a/../b]\n", "maculaos.backup.exclude: `/a/../b`: a path may not contain `..`"),
+            ("maculaos:\n  backup:\n    schedule: '*/5 * * * *'\n", "in a cron line only a number or `*` is supported for the minute"),
+            ("maculaos:\n  backup:\n    schedule: '0 2 * * 1'\n", "only `*` for the day of month, month and day of week"),
+            ("maculaos:\n  backup:\n    schedule: '0 24 * * *'\n", "the hour `24` is not from 0 to 23"),
+            ("maculaos:\n  backup:\n    schedule: '0 2 * *'\n", "looks like a cron line but has 4 fields"),
+            ("maculaos:\n  backup:\n    schedule: 'daily; rm -rf /'\n", "is not a schedule"),
+            ("maculaos:\n  watchdog:\n    timeout: soon\n", "3:5: maculaos.watchdog: `soon` is not a duration: write a number with a unit"),
+            ("maculaos:\n  watchdog:\n    timeout: 0\n", "`0`: a duration must be more than zero"),
+            ("maculaos:\n  auto_heal:\n    disk_threshold: 120%\n", "3:5: maculaos.auto_heal: `120%` is not a percentage from 1% to 100%, such as 90%"),
+            ("maculaos:\n  auto_heal:\n    disk_threshold: 0%\n", "`0%` is not a percentage"),
+            ("maculaos:\n  auto_heal:\n    journal_max: lots\n", "`lots` is not a size such as 200M"),
+            ("maculaos:\n  health:\n    checks:\n      - {name: a, type: disk, path: /, threshold: 101%}\n", "4:9: maculaos.health.checks[0]: `101%` is not a percentage"),
+            ("maculaos:\n  health:\n    checks:\n      - {name: a, type: http, url: localhost:8080}\n", "is not an http:// or https:// URL"),
+            ("maculaos:\n  health:\n    checks:\n      - {name: a, type: unit, unit: 'k3s server'}\n", "`k3s server` is not a systemd unit name"),
+            ("maculaos:\n  health:\n    checks:\n      - {name: a, type: tcp, address: localhost}\n", "`localhost` is not an address with a port"),
+            ("maculaos:\n  health:\n    checks:\n      - {name: a, type: tcp, host: 'a b', port: 1}\n", "`a b` is neither a host name nor an address"),
+            ("maculaos:\n  health:\n    checks:\n      - {name: a, type: unit, unit: x, interval: 30}\n", ""),
+            ("maculaos:\n  health:\n    checks:\n      - {name: a, type: unit, unit: x, interval: 1m30}\n", "`1m30` is not a duration"),
+            ("maculaos:\n  health:\n    checks:\n      - {name: a, type: socket, unit: x}\n", "4:25: maculaos.health.checks[0].type: unknown value `socket` in `maculaos.health.checks[0].type`; known values here: process, unit, http, tcp, disk"),
+            ("maculaos:\n  health:\n    checks:\n      - {name: a, unit: x}\n", "maculaos.health.checks[0]: missing field `type`"),
+            ("maculaos:\n  health:\n    checks:\n      - {type: unit, unit: x}\n", "4:9: maculaos.health.checks[0]: missing field `name`"),
+        ];
+        for (text, want) in cases {
+            match serde_yaml_ng::from_str::<Config>(text) {
+                Ok(_) => assert!(want.is_empty(), "{text} was accepted, wanted {want}"),
+                Err(e) => {
+                    let p = Problem::from_yaml("/x/config.yaml", &e).to_string();
+                    assert!(
+                        !want.is_empty() && p.contains(want),
+                        "{text}\n got: {p}\nwant: {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_new_sections_round_trip() {
+        let c = parse(SEED_HEALTH);
+        let text = serde_yaml_ng::to_string(&c).unwrap();
+        assert_eq!(parse(&text), c, "{text}");
+        let c = parse("maculaos:\n  backup: {schedule: '30 * * * *', retention: 3}\n  watchdog: {timeout: 90}\n");
+        let text = serde_yaml_ng::to_string(&c).unwrap();
+        assert!(text.contains("schedule: '*-*-* *:30:00'"), "{text}");
+        assert!(text.contains("timeout: 90s"), "{text}");
+        assert_eq!(parse(&text), c);
+    }
+
+    #[test]
+    fn json_schema_has_the_new_sections() {
+        let s = crate::json_schema().to_string();
+        for key in [
+            "\"health\"",
+            "\"watchdog\"",
+            "\"auto_heal\"",
+            "\"backup\"",
+            "\"restart_on_failure\"",
+            "\"journal_max\"",
+        ] {
+            assert!(s.contains(key), "{key}");
+        }
     }
 }

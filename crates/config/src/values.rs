@@ -413,6 +413,565 @@ impl JsonSchema for FileMode {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Health checks, watchdog, auto-heal and backup (plan §4.13.2, §4.17).
+
+fn check_abs_path(s: &str) -> Result<(), String> {
+    if !s.starts_with('/') {
+        return Err(format!(
+            "`{s}` is not an absolute path (it must start with /)"
+        ));
+    }
+    if s.contains(['\n', '\0']) {
+        return Err("a path is one line".into());
+    }
+    if s.split('/').any(|c| c == "..") {
+        return Err(format!("`{s}`: a path may not contain `..`"));
+    }
+    Ok(())
+}
+
+checked_string!(
+    /// An absolute path (`/var/lib/data`).
+    AbsPath,
+    check_abs_path,
+    "an absolute path"
+);
+
+impl AbsPath {
+    /// A path known to be good (the defaults).
+    pub(crate) fn known(s: &str) -> AbsPath {
+        AbsPath(s.to_string())
+    }
+    pub fn as_path(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+/// Suffixes of systemd unit types: a name without one is a service.
+const UNIT_SUFFIXES: &[&str] = &[
+    ".service",
+    ".socket",
+    ".target",
+    ".timer",
+    ".mount",
+    ".automount",
+    ".path",
+    ".swap",
+    ".slice",
+    ".scope",
+    ".device",
+];
+
+fn check_unit_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '-' | '@' | '\\'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a systemd unit name such as k3s or k3s.service \
+             (letters, digits, ':', '_', '.', '-', '@')"
+        ))
+    }
+}
+
+checked_string!(
+    /// A systemd unit (`k3s`, `k3s.service`); a name without a unit suffix is a service.
+    UnitName,
+    check_unit_name,
+    "a systemd unit name (.service implied)"
+);
+
+impl UnitName {
+    /// The full unit name: `.service` added when the name has no unit suffix.
+    pub fn unit(&self) -> String {
+        if UNIT_SUFFIXES.iter().any(|s| self.0.ends_with(s)) {
+            self.0.clone()
+        } else {
+            format!("{}.service", self.0)
+        }
+    }
+}
+
+fn check_http_url(s: &str) -> Result<(), String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') && !s.contains(char::is_whitespace) => {
+            Ok(())
+        }
+        _ => Err(format!(
+            "`{s}` is not an http:// or https:// URL such as http://localhost:8080/health"
+        )),
+    }
+}
+
+checked_string!(
+    /// An `http://` or `https://` URL.
+    HttpUrl,
+    check_http_url,
+    "an http:// or https:// URL"
+);
+
+fn check_host(s: &str) -> Result<(), String> {
+    if check_hostname(s).is_ok() || check_ip(s).is_ok() {
+        Ok(())
+    } else {
+        Err(format!("`{s}` is neither a host name nor an address"))
+    }
+}
+
+checked_string!(
+    /// A host name or an IP address.
+    Host,
+    check_host,
+    "a host name or an IP address"
+);
+
+/// `host:port` or `[v6 address]:port` → the host and the port.
+fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let bad =
+        || format!("`{s}` is not an address with a port, such as localhost:6443 or [fd00::1]:6443");
+    let (host, port) = match s.strip_prefix('[') {
+        Some(v6) => {
+            let (h, rest) = v6.split_once(']').ok_or_else(bad)?;
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad());
+            }
+            (h, rest.strip_prefix(':').ok_or_else(bad)?)
+        }
+        None => {
+            let (h, p) = s.rsplit_once(':').ok_or_else(bad)?;
+            // An IPv6 address needs its brackets: `fd00::1:80` is ambiguous.
+            if h.contains(':') {
+                return Err(bad());
+            }
+            check_host(h).map_err(|_| bad())?;
+            (h, p)
+        }
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((host, p)),
+        _ => Err(bad()),
+    }
+}
+
+fn check_host_port(s: &str) -> Result<(), String> {
+    split_host_port(s).map(|_| ())
+}
+
+checked_string!(
+    /// `host:port` (`localhost:6443`, `[fd00::1]:6443`).
+    HostPort,
+    check_host_port,
+    "host:port"
+);
+
+impl HostPort {
+    /// The host (without brackets) and the port.
+    pub fn split(&self) -> (&str, u16) {
+        split_host_port(&self.0).unwrap_or((&self.0, 0))
+    }
+}
+
+fn check_size(s: &str) -> Result<(), String> {
+    let digits = s.strip_suffix(['K', 'M', 'G', 'T']).unwrap_or(s);
+    match digits.parse::<u64>() {
+        Ok(n) if n > 0 && digits.chars().all(|c| c.is_ascii_digit()) => Ok(()),
+        _ => Err(format!(
+            "`{s}` is not a size such as 200M or 1G (a number of bytes, or K, M, G, T)"
+        )),
+    }
+}
+
+checked_string!(
+    /// A size in bytes with an optional K, M, G or T (powers of 1024), as journald writes it.
+    Size,
+    check_size,
+    "a size such as 200M or 1G"
+);
+
+impl Size {
+    pub(crate) fn known(s: &str) -> Size {
+        Size(s.to_string())
+    }
+    /// The size in bytes.
+    pub fn bytes(&self) -> u64 {
+        let (digits, shift) = match self.0.as_bytes().last() {
+            Some(b'K') => (&self.0[..self.0.len() - 1], 10),
+            Some(b'M') => (&self.0[..self.0.len() - 1], 20),
+            Some(b'G') => (&self.0[..self.0.len() - 1], 30),
+            Some(b'T') => (&self.0[..self.0.len() - 1], 40),
+            _ => (self.0.as_str(), 0),
+        };
+        digits
+            .parse::<u64>()
+            .unwrap_or(0)
+            .saturating_mul(1u64 << shift)
+    }
+}
+
+/// A length of time: a number with a unit (`500ms`, `30s`, `5m`, `2h`,
+/// `1d`), several run together (`1m30s`), or a bare number of seconds (`60`).
+/// Never zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(std::time::Duration);
+
+impl Duration {
+    pub const fn from_secs(s: u64) -> Duration {
+        Duration(std::time::Duration::from_secs(s))
+    }
+
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let bad = || {
+            format!(
+                "`{s}` is not a duration: write a number with a unit, such as 30s, 5m or 1h \
+                 (ms, s, m, h, d; a bare number is seconds)"
+            )
+        };
+        let text = s.trim();
+        let mut ms: u64 = 0;
+        if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+            let secs: u64 = text.parse().map_err(|_| bad())?;
+            ms = secs.checked_mul(1000).ok_or_else(bad)?;
+        } else {
+            let mut rest = text;
+            if rest.is_empty() {
+                return Err(bad());
+            }
+            while !rest.is_empty() {
+                let n_end = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+                let u_end = rest[n_end..]
+                    .find(|c: char| !c.is_ascii_alphabetic())
+                    .map_or(rest.len(), |e| n_end + e);
+                let n: u64 = rest[..n_end].parse().map_err(|_| bad())?;
+                let unit: u64 = match &rest[n_end..u_end] {
+                    "ms" => 1,
+                    "s" | "sec" => 1000,
+                    "m" | "min" => 60_000,
+                    "h" => 3_600_000,
+                    "d" => 86_400_000,
+                    _ => return Err(bad()),
+                };
+                let part = n.checked_mul(unit).ok_or_else(bad)?;
+                ms = ms.checked_add(part).ok_or_else(bad)?;
+                rest = &rest[u_end..];
+            }
+        }
+        if ms == 0 {
+            return Err(format!("`{s}`: a duration must be more than zero"));
+        }
+        Ok(Duration(std::time::Duration::from_millis(ms)))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if !ms.is_multiple_of(1000) {
+            return write!(f, "{ms}ms");
+        }
+        let s = ms / 1000;
+        match s {
+            _ if s.is_multiple_of(86_400) => write!(f, "{}d", s / 86_400),
+            _ if s.is_multiple_of(3_600) => write!(f, "{}h", s / 3_600),
+            _ if s.is_multiple_of(60) => write!(f, "{}m", s / 60),
+            _ => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = d.deserialize_any(ScalarString("a duration such as 30s or 5m"))?;
+        Duration::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["string", "integer"],
+            "description": "a duration such as 30s, 5m, 1h30m (ms, s, m, h, d), or a number of seconds",
+            "pattern": "^([0-9]+|([0-9]+(ms|s|sec|m|min|h|d))+)$"
+        })
+    }
+}
+
+/// A percentage from 1 to 100 (`90%`; a bare `90` is the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Percent(u8);
+
+impl Percent {
+    pub fn new(p: u8) -> Result<Percent, String> {
+        if (1..=100).contains(&p) {
+            Ok(Percent(p))
+        } else {
+            Err(format!("`{p}%` is not a percentage from 1% to 100%"))
+        }
+    }
+
+    pub(crate) const fn known(p: u8) -> Percent {
+        Percent(p)
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    pub fn parse(s: &str) -> Result<Percent, String> {
+        let digits = s.trim();
+        let digits = digits.strip_suffix('%').unwrap_or(digits).trim_end();
+        match digits.parse::<u8>() {
+            Ok(p) if digits.chars().all(|c| c.is_ascii_digit()) && (1..=100).contains(&p) => {
+                Ok(Percent(p))
+            }
+            _ => Err(format!(
+                "`{s}` is not a percentage from 1% to 100%, such as 90%"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Percent, D::Error> {
+        let s = d.deserialize_any(ScalarString("a percentage such as 90%"))?;
+        Percent::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+impl JsonSchema for Percent {
+    fn schema_name() -> Cow<'static, str> {
+        "Percent".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["string", "integer"],
+            "description": "a percentage from 1% to 100%, such as 90%",
+            "pattern": "^[0-9]{1,3}%?$"
+        })
+    }
+}
+
+/// When backups run: a systemd `OnCalendar=` expression (`daily`,
+/// `*-*-* 02:00:00`), or a five-field cron line whose minute and hour are a
+/// number or `*` and whose day, month and weekday are `*` (`0 2 * * *`),
+/// turned into the `OnCalendar=` expression it means.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Schedule(String);
+
+impl Default for Schedule {
+    fn default() -> Schedule {
+        Schedule("daily".into())
+    }
+}
+
+/// A field of a cron line that could be one: digits and `* / , -`.
+fn cron_like(field: &str) -> bool {
+    field
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '*' | '/' | ',' | '-'))
+}
+
+impl Schedule {
+    /// The `OnCalendar=` expression.
+    pub fn on_calendar(&self) -> &str {
+        &self.0
+    }
+
+    pub fn parse(s: &str) -> Result<Schedule, String> {
+        let text = s.trim();
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        if let Some(macro_name) = text.strip_prefix('@') {
+            return match macro_name {
+                "hourly" | "daily" | "weekly" | "monthly" | "yearly" => {
+                    Ok(Schedule(macro_name.into()))
+                }
+                "midnight" => Ok(Schedule("daily".into())),
+                "annually" => Ok(Schedule("yearly".into())),
+                _ => Err(format!(
+                    "`{s}` is not a schedule: use @hourly, @daily, @weekly, @monthly or @yearly"
+                )),
+            };
+        }
+        if fields.len() == 5 && fields.iter().all(|f| cron_like(f)) {
+            return Self::from_cron(s, &fields);
+        }
+        if fields.len() >= 3 && fields.iter().all(|f| cron_like(f)) {
+            return Err(format!(
+                "`{s}` looks like a cron line but has {} fields; cron has 5 \
+                 (minute hour day-of-month month day-of-week), such as `0 2 * * *`",
+                fields.len()
+            ));
+        }
+        let ok = !text.is_empty()
+            && text.len() <= 256
+            && text.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || matches!(c, ' ' | '*' | ':' | '-' | ',' | '.' | '/' | '~' | '+' | '_')
+            });
+        if !ok {
+            return Err(format!(
+                "`{s}` is not a schedule: write a systemd OnCalendar expression such as \
+                 `daily` or `*-*-* 02:00:00`, or a cron line such as `0 2 * * *`"
+            ));
+        }
+        Ok(Schedule(fields.join(" ")))
+    }
+
+    fn from_cron(s: &str, f: &[&str]) -> Result<Schedule, String> {
+        let unsupported = || {
+            format!(
+                "`{s}`: in a cron line only a number or `*` is supported for the minute and \
+                 the hour, and only `*` for the day of month, month and day of week; write a \
+                 systemd OnCalendar expression instead, such as `Mon *-*-* 02:00:00`"
+            )
+        };
+        let part = |field: &str, max: u32, what: &str| -> Result<String, String> {
+            if field == "*" {
+                return Ok("*".into());
+            }
+            if !field.chars().all(|c| c.is_ascii_digit()) {
+                return Err(unsupported());
+            }
+            match field.parse::<u32>() {
+                Ok(n) if n <= max => Ok(format!("{n:02}")),
+                _ => Err(format!(
+                    "`{s}`: the {what} `{field}` is not from 0 to {max}"
+                )),
+            }
+        };
+        let minute = part(f[0], 59, "minute")?;
+        let hour = part(f[1], 23, "hour")?;
+        if f[2..].iter().any(|x| *x != "*") {
+            return Err(unsupported());
+        }
+        Ok(Schedule(format!("*-*-* {hour}:{minute}:00")))
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Schedule {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Schedule, D::Error> {
+        let s = d.deserialize_any(ScalarString(
+            "a systemd OnCalendar expression or a cron line",
+        ))?;
+        Schedule::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+impl JsonSchema for Schedule {
+    fn schema_name() -> Cow<'static, str> {
+        "Schedule".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "a systemd OnCalendar expression (daily, *-*-* 02:00:00) or a cron line \
+                            with a number or * for minute and hour and * for the rest (0 2 * * *)"
+        })
+    }
+}
+
+/// Where backups go. Only `local` exists; the seed's `mesh` and `s3` are
+/// refused with a message saying so, not taken for `local`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackupTarget {
+    /// A directory on the node (`backup.dir`).
+    #[default]
+    Local,
+}
+
+impl BackupTarget {
+    pub fn parse(s: &str) -> Result<BackupTarget, String> {
+        match s {
+            "local" => Ok(BackupTarget::Local),
+            "mesh" | "s3" => Err(format!(
+                "backups to `{s}` are not supported yet: only `target: local` is"
+            )),
+            _ => Err(format!(
+                "`{s}` is not a backup target: only `local` is supported (`mesh` and `s3` \
+                 are not supported yet)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for BackupTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackupTarget::Local => "local",
+        })
+    }
+}
+
+impl Serialize for BackupTarget {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for BackupTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<BackupTarget, D::Error> {
+        let s = d.deserialize_any(ScalarString("a backup target (local)"))?;
+        BackupTarget::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+impl JsonSchema for BackupTarget {
+    fn schema_name() -> Cow<'static, str> {
+        "BackupTarget".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "enum": ["local"],
+            "description": "where backups go: only local (mesh and s3 are not supported yet)"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,5 +1054,168 @@ mod tests {
         assert_eq!(m, FileMode(0o644));
         let m: FileMode = serde_yaml_ng::from_str("\"0600\"").unwrap();
         assert_eq!(m, FileMode(0o600));
+    }
+
+    #[test]
+    fn durations() {
+        let d = |s: &str| Duration::parse(s).map(|d| d.get());
+        use std::time::Duration as D;
+        assert_eq!(d("30s"), Ok(D::from_secs(30)));
+        assert_eq!(d("5m"), Ok(D::from_secs(300)));
+        assert_eq!(d("5min"), Ok(D::from_secs(300)));
+        assert_eq!(d("2h"), Ok(D::from_secs(7200)));
+        assert_eq!(d("1d"), Ok(D::from_secs(86400)));
+        assert_eq!(d("1m30s"), Ok(D::from_secs(90)));
+        assert_eq!(d("500ms"), Ok(D::from_millis(500)));
+        assert_eq!(d("60"), Ok(D::from_secs(60)));
+        assert_eq!(d(" 10s "), Ok(D::from_secs(10)));
+        for bad in [
+            "",
+            "s",
+            "5x",
+            "1m30",
+            "-5s",
+            "5 s",
+            "1.5s",
+            "+5s",
+            "99999999999999999999d",
+        ] {
+            assert!(d(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            d("0s").unwrap_err(),
+            "`0s`: a duration must be more than zero"
+        );
+        let shown: Vec<String> = ["90", "5m", "1h", "2d", "1500ms", "1m30s"]
+            .iter()
+            .map(|s| Duration::parse(s).unwrap().to_string())
+            .collect();
+        assert_eq!(shown, ["90s", "5m", "1h", "2d", "1500ms", "90s"]);
+        let v: Duration = serde_yaml_ng::from_str("45").unwrap();
+        assert_eq!(v.get(), D::from_secs(45));
+    }
+
+    #[test]
+    fn percents() {
+        assert_eq!(Percent::parse("90%").map(Percent::get), Ok(90));
+        assert_eq!(Percent::parse("90").map(Percent::get), Ok(90));
+        assert_eq!(Percent::parse("100%").map(Percent::get), Ok(100));
+        assert_eq!(Percent::parse("1 %").map(Percent::get), Ok(1));
+        for bad in [
+            "0%", "101%", "-5%", "+5%", "%", "", "ninety", "9 0%", "1000%",
+        ] {
+            assert!(Percent::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Percent::parse("150%").unwrap_err(),
+            "`150%` is not a percentage from 1% to 100%, such as 90%"
+        );
+        assert!(Percent::new(0).is_err() && Percent::new(100).is_ok());
+        let p: Percent = serde_yaml_ng::from_str("85").unwrap();
+        assert_eq!(p.to_string(), "85%");
+    }
+
+    #[test]
+    fn sizes() {
+        let b = |s: &str| Size::try_from(s.to_string()).map(|s| s.bytes());
+        assert_eq!(b("200M"), Ok(200 << 20));
+        assert_eq!(b("1G"), Ok(1 << 30));
+        assert_eq!(b("512K"), Ok(512 << 10));
+        assert_eq!(b("2T"), Ok(2 << 40));
+        assert_eq!(b("4096"), Ok(4096));
+        for bad in ["", "M", "0M", "2MB", "1.5G", "+1G", "-1G", "200m"] {
+            assert!(b(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schedules() {
+        let s = |s: &str| Schedule::parse(s).map(|s| s.on_calendar().to_string());
+        assert_eq!(s("0 2 * * *").as_deref(), Ok("*-*-* 02:00:00"));
+        assert_eq!(s("30 * * * *").as_deref(), Ok("*-*-* *:30:00"));
+        assert_eq!(s("* * * * *").as_deref(), Ok("*-*-* *:*:00"));
+        assert_eq!(s("5  14 * * *").as_deref(), Ok("*-*-* 14:05:00"));
+        assert_eq!(s("daily").as_deref(), Ok("daily"));
+        assert_eq!(s("@weekly").as_deref(), Ok("weekly"));
+        assert_eq!(s("@midnight").as_deref(), Ok("daily"));
+        assert_eq!(
+            s("Mon..Fri *-*-* 02:00:00").as_deref(),
+            Ok("Mon..Fri *-*-* 02:00:00")
+        );
+        assert_eq!(
+            s("*-*-* 02:00:00 Europe/Berlin").as_deref(),
+            Ok("*-*-* 02:00:00 Europe/Berlin")
+        );
+        assert_eq!(
+            s("Sat *-*-1..7 18:00:00").as_deref(),
+            Ok("Sat *-*-1..7 18:00:00")
+        );
+        for bad in [
+            "0 2 * * 1-5",
+            "0 2 1 * *",
+            "*/15 * * * *",
+            "0 1,13 * * *",
+            "60 2 * * *",
+            "0 2 * *",
+            "0 0 2 * * *",
+            "",
+            "daily\nExecStart=/bin/sh",
+            "%H daily",
+            "@reboot",
+        ] {
+            assert!(s(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            s("60 2 * * *").unwrap_err(),
+            "`60 2 * * *`: the minute `60` is not from 0 to 59"
+        );
+    }
+
+    #[test]
+    fn units_hosts_and_paths() {
+        let u = |s: &str| UnitName::try_from(s.to_string()).map(|u| u.unit());
+        assert_eq!(u("k3s-server").as_deref(), Ok("k3s-server.service"));
+        assert_eq!(u("k3s.service").as_deref(), Ok("k3s.service"));
+        assert_eq!(
+            u("maculaos-backup.timer").as_deref(),
+            Ok("maculaos-backup.timer")
+        );
+        assert_eq!(u("getty@tty1").as_deref(), Ok("getty@tty1.service"));
+        for bad in ["", "a b", ".service", "x;reboot"] {
+            assert!(u(bad).is_err(), "{bad}");
+        }
+        let hp = |s: &str| split_host_port(s).map(|(h, p)| (h.to_string(), p));
+        assert_eq!(hp("localhost:6443"), Ok(("localhost".into(), 6443)));
+        assert_eq!(hp("10.0.0.1:22"), Ok(("10.0.0.1".into(), 22)));
+        assert_eq!(hp("[fd00::1]:6443"), Ok(("fd00::1".into(), 6443)));
+        for bad in [
+            "localhost",
+            "x:0",
+            "x:70000",
+            ":80",
+            "fd00::1:80",
+            "[x]:80",
+            "[fd00::1]",
+        ] {
+            assert!(hp(bad).is_err(), "{bad}");
+        }
+        assert!(check_http_url("http://localhost:8080/health").is_ok());
+        assert!(check_http_url("https://example.com").is_ok());
+        for bad in [
+            "localhost:8080",
+            "http://",
+            "http:///x",
+            "ftp://x/",
+            "http://a b/",
+        ] {
+            assert!(check_http_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_abs_path("/var/lib/data/").is_ok());
+        assert!(check_abs_path("var").is_err());
+        assert!(check_abs_path("/var/../etc").is_err());
+        assert!(BackupTarget::parse("local").is_ok());
+        assert!(BackupTarget::parse("mesh")
+            .unwrap_err()
+            .contains("not supported yet"));
     }
 }

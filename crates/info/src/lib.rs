@@ -350,6 +350,7 @@ mod tests {
             data_device: "/dev/sda5".into(),
             data_formatted: false,
             data_grown: false,
+            factory_reset: false,
             init_done_ms: 10,
         };
         fs::write(d.path().join("run/maculaos/boot.json"), b.to_json()).unwrap();

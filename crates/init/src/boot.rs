@@ -2,7 +2,9 @@
 //! it acts on live in the other modules, where they are tested.
 
 use crate::console::{reopen_console, say, say_block, warn};
-use crate::data::{self, classify, ext4_size, fs_needs_resize, grow_target, human_size, DataState};
+use crate::data::{
+    self, classify, ext4_label, ext4_size, fs_needs_resize, grow_target, human_size, DataState,
+};
 use crate::error::InitError;
 use crate::identity::{self, MachineIdOrigin};
 use crate::partitions::{
@@ -11,10 +13,12 @@ use crate::partitions::{
 };
 use crate::seed::seed_data;
 use crate::switch::{switch_root, ROOT_INIT};
-use maculaos_boot::media::{iso_volume_id, ISO_HEAD_LEN, LABEL_LIVE, LIVE_ROOT, MEDIUM_DIR};
+use maculaos_boot::media::{
+    iso_volume_id, ISO_HEAD_LEN, LABEL_LIVE, LABEL_PERSIST, LIVE_ROOT, MEDIUM_DIR,
+};
 use maculaos_boot::{
-    BootInfo, BootParams, Cmdline, Firmware, Mode, BOOT_INFO_PATH, LABEL_DATA, STATE_DIR,
-    TYPE_DATA_UNFORMATTED, TYPE_LINUX_FS,
+    reset, BootInfo, BootParams, Cmdline, Firmware, Mode, Persistence, BOOT_INFO_PATH, LABEL_DATA,
+    STATE_DIR, TYPE_DATA_UNFORMATTED, TYPE_LINUX_FS,
 };
 use maculaos_kmod::{KmodError, Loader, ModuleIndex};
 use maculaos_runner::Cmd;
@@ -49,6 +53,10 @@ const LIVE_MODULES: [&str; 3] = ["isofs", "loop", "sr_mod"];
 const SYSTEM_MOUNTS: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
 /// How often to rescan for new devices while waiting for the boot disk.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest live mode waits for its persistence partition after the
+/// medium is there: a stick that is not plugged in should not hold the
+/// boot for a minute.
+const PERSIST_WAIT_SECS: u64 = 15;
 /// How long a failure stays on screen before the reboot.
 const FAILURE_REBOOT_DELAY: Duration = Duration::from_secs(10);
 
@@ -169,6 +177,8 @@ struct DataOutcome {
     /// The existing filesystem is smaller than its partition: resize2fs
     /// once it is mounted.
     resize: bool,
+    /// A factory reset was carried out (set by [`mount_data`]).
+    factory_reset: bool,
 }
 
 fn run(debug: &Cell<bool>) -> Result<Infallible, InitError> {
@@ -227,6 +237,7 @@ fn run(debug: &Cell<bool>) -> Result<Infallible, InitError> {
         data_device: booted.data_device,
         data_formatted: booted.data.formatted,
         data_grown: booted.data.grown,
+        factory_reset: booted.data.factory_reset,
         init_done_ms: fs::read_to_string("/proc/uptime")
             .ok()
             .and_then(|t| parse_uptime_ms(&t))
@@ -281,10 +292,10 @@ fn boot_disk(loader: Option<&mut Loader>, params: &BootParams) -> Result<Booted,
     bind_system_mounts()?;
 
     // 7. The data partition: check, grow, format.
-    let outcome = prepare_data(&parts, &devs)?;
+    let mut outcome = prepare_data(&parts, &devs)?;
 
     // 8. Mount it on /var with /home and /root.
-    mount_data(Some(&parts.data), &outcome)?;
+    mount_data(Some((LABEL_DATA, &parts.data)), &mut outcome)?;
     Ok(Booted {
         root_device: parts.root.node(),
         data_device: parts.data.node(),
@@ -306,8 +317,8 @@ fn boot_recovery(loader: Option<&mut Loader>, params: &BootParams) -> Result<Boo
     let (parts, _) = wait_for_partitions(loader, params)?;
     mount_root(root_label, &parts.root)?;
     bind_system_mounts()?;
-    let outcome = DataOutcome::default();
-    mount_data(None, &outcome)?;
+    let mut outcome = DataOutcome::default();
+    mount_data(None, &mut outcome)?;
     let data = parts.data.node();
     if let Err(e) = copy_state_from(&data) {
         warn(format!(
@@ -389,7 +400,7 @@ fn boot_live(mut loader: Option<&mut Loader>, params: &BootParams) -> Result<Boo
             }
         }
     }
-    let medium = wait_for_medium(loader, params)?;
+    let medium = wait_for_medium(loader.as_deref_mut(), params)?;
     let device = medium.node();
     say(format!("found the live medium on {device}"));
 
@@ -431,13 +442,160 @@ fn boot_live(mut loader: Option<&mut Loader>, params: &BootParams) -> Result<Boo
         "mounted /{LIVE_ROOT} ({device}) read-only on {SYSROOT}"
     ));
     bind_system_mounts()?;
-    let outcome = DataOutcome::default();
-    mount_data(None, &outcome)?;
+    let (data_device, outcome) = live_var(loader, params, &medium)?;
     Ok(Booted {
         root_device: device,
-        data_device: "tmpfs".into(),
+        data_device,
         data: outcome,
     })
+}
+
+/// Live mode's /var: on the persistence partition when the command line
+/// asks for one and it is usable, in memory otherwise. A live system must
+/// come up, so a missing, foreign or broken persistence partition is a
+/// warning (naming it and why), never a failed boot, and it is never
+/// formatted unless blank.
+fn live_var(
+    loader: Option<&mut Loader>,
+    params: &BootParams,
+    medium: &BlockDev,
+) -> Result<(String, DataOutcome), InitError> {
+    let tmpfs = |mut outcome: DataOutcome| -> Result<(String, DataOutcome), InitError> {
+        mount_data(None, &mut outcome)?;
+        Ok(("tmpfs".into(), outcome))
+    };
+    if params.persistence == Persistence::Off {
+        return tmpfs(DataOutcome::default());
+    }
+    // Its disk may sit on a bus whose driver comes after the medium's.
+    settle_drivers(loader);
+    let part = match find_persistence(params, medium) {
+        Ok(p) => p,
+        Err(why) => {
+            warn(format!(
+                "{why}\n/var stays in memory: nothing written in this session survives a reboot"
+            ));
+            return tmpfs(DataOutcome::default());
+        }
+    };
+    let device = part.node();
+    let mut outcome = match prepare_persistence(&device) {
+        Ok(o) => o,
+        Err(e) => {
+            warn(format!(
+                "{e}\n/var stays in memory: nothing written in this session survives a reboot"
+            ));
+            return tmpfs(DataOutcome::default());
+        }
+    };
+    match mount_data(Some((LABEL_PERSIST, &part)), &mut outcome) {
+        Ok(()) => Ok((device, outcome)),
+        Err(e) => {
+            warn(format!(
+                "{e}\n/var stays in memory: nothing written in this session survives a reboot"
+            ));
+            // Undo whatever half of it was done before the fallback.
+            for m in [sysroot("/var"), PathBuf::from(DATA_MOUNT)] {
+                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+            }
+            tmpfs(DataOutcome::default())
+        }
+    }
+}
+
+/// The device named by `maculaos.live.persistence_device`, or the one
+/// partition (or disk) whose GPT name or ext4 label is [`LABEL_PERSIST`].
+/// Waits a little: a USB stick can show up after the medium.
+fn find_persistence(params: &BootParams, medium: &BlockDev) -> Result<BlockDev, InitError> {
+    let wanted = params.persistence.clone();
+    let wait = BootParams {
+        root_wait_secs: params.root_wait_secs.min(PERSIST_WAIT_SECS),
+        ..params.clone()
+    };
+    let what = match &wanted {
+        Persistence::Device(d) => format!("the persistence device {d}"),
+        _ => format!("a partition labelled {LABEL_PERSIST}"),
+    };
+    let found = wait_for_devices(
+        None,
+        &wait,
+        &what,
+        |devs| {
+            let hits: Vec<BlockDev> = devs
+                .iter()
+                .filter(|d| d.name != medium.name && Path::new(&d.node()).exists())
+                .filter(|d| match &wanted {
+                    Persistence::Device(node) => d.node() == *node,
+                    _ => {
+                        d.label.as_deref() == Some(LABEL_PERSIST)
+                            || read_head(&d.node(), 2048)
+                                .ok()
+                                .and_then(|h| ext4_label(&h))
+                                .as_deref()
+                                == Some(LABEL_PERSIST)
+                    }
+                })
+                .cloned()
+                .collect();
+            if hits.is_empty() {
+                Look::NotYet(())
+            } else {
+                Look::Found(hits)
+            }
+        },
+        |(), devs, secs| InitError::PersistenceNotFound {
+            what: what.clone(),
+            secs,
+            seen: describe_seen(devs),
+        },
+    );
+    let (mut hits, _) = found?;
+    let first = hits.remove(0);
+    if !hits.is_empty() {
+        let others: Vec<String> = hits.iter().map(BlockDev::node).collect();
+        warn(format!(
+            "{} are labelled {LABEL_PERSIST} too; using {}",
+            others.join(", "),
+            first.node()
+        ));
+    }
+    say(format!("found {LABEL_PERSIST} on {}", first.node()));
+    Ok(first)
+}
+
+/// Format the persistence partition if it is blank, accept it if it holds
+/// ext4, refuse anything else (someone's data).
+fn prepare_persistence(device: &str) -> Result<DataOutcome, InitError> {
+    let head = read_head(device, data::HEAD_LEN)?;
+    match classify(&head) {
+        DataState::Ext4 => Ok(DataOutcome::default()),
+        DataState::Foreign => Err(InitError::ForeignData {
+            label: LABEL_PERSIST,
+            device: device.to_string(),
+        }),
+        DataState::Blank => {
+            say(format!(
+                "formatting {LABEL_PERSIST} ({device}): its first use"
+            ));
+            in_root([
+                "mkfs.ext4",
+                "-F",
+                "-L",
+                LABEL_PERSIST,
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+                device,
+            ])
+            .run()
+            .map_err(InitError::tool(format!(
+                "formatting {LABEL_PERSIST} ({device})"
+            )))?;
+            Ok(DataOutcome {
+                formatted: true,
+                ..DataOutcome::default()
+            })
+        }
+    }
 }
 
 fn mount_fs(
@@ -862,6 +1020,7 @@ fn prepare_data(parts: &BootPartitions, devs: &[BlockDev]) -> Result<DataOutcome
         formatted,
         grown,
         resize,
+        ..DataOutcome::default()
     })
 }
 
@@ -948,11 +1107,16 @@ fn grow_partition(disk: &str, partnum: u32) -> Result<(), InitError> {
         .map_err(InitError::tool(what))
 }
 
-/// Put /var (with /home and /root) on the data partition, or, with none
-/// (live mode), on a tmpfs: seeded from the image either way.
-fn mount_data(data_part: Option<&BlockDev>, outcome: &DataOutcome) -> Result<(), InitError> {
+/// Put /var (with /home and /root) on the data partition (labelled
+/// `label`: `MACULA_DATA`, or `MACULA_PERSIST` in live mode), or, with none,
+/// on a tmpfs: seeded from the image either way.
+fn mount_data(
+    data_part: Option<(&'static str, &BlockDev)>,
+    outcome: &mut DataOutcome,
+) -> Result<(), InitError> {
+    let label = data_part.map_or(LABEL_DATA, |(l, _)| l);
     let device = match data_part {
-        Some(part) => {
+        Some((_, part)) => {
             let device = part.node();
             mount(
                 Some(device.as_str()),
@@ -962,7 +1126,7 @@ fn mount_data(data_part: Option<&BlockDev>, outcome: &DataOutcome) -> Result<(),
                 None::<&str>,
             )
             .map_err(InitError::sys(format!(
-                "mounting {LABEL_DATA} ({device}) as ext4 on {DATA_MOUNT}"
+                "mounting {label} ({device}) as ext4 on {DATA_MOUNT}"
             )))?;
             device
         }
@@ -980,6 +1144,9 @@ fn mount_data(data_part: Option<&BlockDev>, outcome: &DataOutcome) -> Result<(),
             "tmpfs (in memory: gone at reboot)".to_string()
         }
     };
+    if data_part.is_some() {
+        outcome.factory_reset = factory_reset_if_requested(label, &device);
+    }
     let stats = seed_data(Path::new(SYSROOT), Path::new(DATA_MOUNT))?;
     if stats.created > 0 {
         say(format!(
@@ -1015,7 +1182,7 @@ fn mount_data(data_part: Option<&BlockDev>, outcome: &DataOutcome) -> Result<(),
         )))?;
     }
     match data_part {
-        Some(_) => say(format!("mounted {LABEL_DATA} ({device}) on /var")),
+        Some(_) => say(format!("mounted {label} ({device}) on /var")),
         None => say(format!("/var is a {device}")),
     }
     if outcome.resize {
@@ -1030,6 +1197,48 @@ fn mount_data(data_part: Option<&BlockDev>, outcome: &DataOutcome) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Carry out a factory reset asked for by `maculaos factory-reset` (a
+/// request at the root of the data partition, mounted at [`DATA_MOUNT`]),
+/// before the partition is seeded and used. Failures are warnings: the
+/// request stays, the node boots, and the next boot tries again.
+fn factory_reset_if_requested(label: &str, device: &str) -> bool {
+    let data = Path::new(DATA_MOUNT);
+    let req = match reset::read_request(data) {
+        Ok(Some(r)) => r,
+        Ok(None) => return false,
+        Err(e) => {
+            warn(format!(
+                "{e}\nthe factory reset was NOT done: ask for it again with `maculaos factory-reset --confirm`"
+            ));
+            return false;
+        }
+    };
+    let keeping = match (req.keep_data, req.network_yaml.is_some()) {
+        (true, true) => "keeping /var/lib/data and the network settings",
+        (true, false) => "keeping /var/lib/data",
+        (false, true) => "keeping the network settings",
+        (false, false) => "keeping nothing",
+    };
+    say(format!(
+        "FACTORY RESET of {label} ({device}): removing the node's configuration, credentials, identity and state; {keeping}"
+    ));
+    match reset::wipe(data, &req) {
+        Ok(w) => {
+            say(format!(
+                "factory reset done: removed {}; this is a first boot again",
+                w.removed.join(", ")
+            ));
+            true
+        }
+        Err(e) => {
+            warn(format!(
+                "{e}\nthe factory reset is incomplete; it is tried again on the next boot"
+            ));
+            false
+        }
+    }
 }
 
 fn mount_etc_overlay() -> Result<(), InitError> {

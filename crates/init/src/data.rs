@@ -77,6 +77,20 @@ pub fn ext4_size(head: &[u8]) -> Option<u64> {
     blocks.checked_mul(1024u64 << log_block_size)
 }
 
+/// The volume label of the ext4 filesystem whose first bytes are `head`
+/// (`mkfs.ext4 -L`), if it has one.
+pub fn ext4_label(head: &[u8]) -> Option<String> {
+    const SB_VOLUME_NAME: usize = 0x78;
+    if classify(head) != DataState::Ext4 {
+        return None;
+    }
+    let start = SB_START + SB_VOLUME_NAME;
+    let raw = head.get(start..start + 16)?;
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    let label = std::str::from_utf8(&raw[..end]).ok()?;
+    (!label.is_empty()).then(|| label.to_string())
+}
+
 /// Whether a filesystem of `fs_bytes` should be grown to fill a partition
 /// of `part_sectors` (the partition grew, now or on an earlier boot whose
 /// resize did not happen).
@@ -225,6 +239,21 @@ mod tests {
             h[sb + 0x150..sb + 0x154].copy_from_slice(&((blocks >> 32) as u32).to_le_bytes());
         }
         h
+    }
+
+    #[test]
+    fn reads_the_filesystem_label() {
+        let mut h = superblock(1000, 2, false);
+        assert_eq!(ext4_label(&h), None);
+        h[1024 + 0x78..1024 + 0x78 + 14].copy_from_slice(b"MACULA_PERSIST");
+        assert_eq!(ext4_label(&h).as_deref(), Some("MACULA_PERSIST"));
+        // All 16 bytes used: no terminating NUL.
+        h[1024 + 0x78..1024 + 0x88].copy_from_slice(b"ABCDEFGHIJKLMNOP");
+        assert_eq!(ext4_label(&h).as_deref(), Some("ABCDEFGHIJKLMNOP"));
+        // Not ext4: no label, whatever the bytes.
+        h[1080] = 0;
+        assert_eq!(ext4_label(&h), None);
+        assert_eq!(ext4_label(&[]), None);
     }
 
     #[test]

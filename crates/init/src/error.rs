@@ -45,6 +45,12 @@ pub enum InitError {
         secs: u64,
         seen: String,
     },
+    #[error("live persistence: no {what} after {secs} s; saw: {seen}")]
+    PersistenceNotFound {
+        what: String,
+        secs: u64,
+        seen: String,
+    },
     #[error("{label} ({device}) holds no MaculaOS root ({reason})")]
     NoRoot {
         label: &'static str,

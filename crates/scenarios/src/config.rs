@@ -28,7 +28,7 @@ pub fn nocloud_seed(dir: &Path, user_data: &str, meta_data: &str) -> Result<Path
 }
 
 /// Write `text` to `path` in the guest as root.
-fn put_file(ssh: &Ssh, path: &str, text: &str) -> Result<()> {
+pub(crate) fn put_file(ssh: &Ssh, path: &str, text: &str) -> Result<()> {
     let dir = Path::new(path)
         .parent()
         .map(|p| p.display().to_string())

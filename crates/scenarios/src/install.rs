@@ -298,3 +298,132 @@ pub fn live_uefi(ctx: &mut Ctx) -> Result<()> {
     ctx.shutdown();
     untouched(&blank)
 }
+
+/// A disk with one GPT partition named `MACULA_PERSIST`; `content` (if any)
+/// is written at the partition's start.
+fn persist_disk(dir: &Path, name: &str, content: Option<&[u8]>) -> Result<PathBuf> {
+    let p = blank_disk(dir, name, 1 << 30)?;
+    Cmd::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(&p)
+        .stdin("label: gpt\nstart=1MiB, type=L, name=MACULA_PERSIST\n")
+        .quiet()
+        .run()?;
+    if let Some(bytes) = content {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&p)?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(1 << 20))?;
+        std::io::Write::write_all(&mut f, bytes)?;
+    }
+    Ok(p)
+}
+
+/// Start the live ISO (in a CD drive, SeaBIOS) and pick the boot menu's
+/// "live, persistent" entry by its hotkey, then wait until it is up.
+fn boot_persistent(ctx: &mut Ctx, label: &str) -> Result<Ssh> {
+    let vm = ctx.vm()?;
+    vm.wait_for_serial("(live, persistent)", BOOT_TIMEOUT)
+        .context("waiting for the ISO's boot menu")?;
+    vm.send_serial("p")?;
+    ctx.wait_up(label)
+}
+
+/// The live ISO with persistence: a blank `MACULA_PERSIST` partition is
+/// formatted on first use; what is written under /var, /home and /root,
+/// and the node's identity, survive a reboot; a `MACULA_PERSIST` partition
+/// holding something else is refused, left byte-identical, and /var stays
+/// in memory.
+pub fn live_persist(ctx: &mut Ctx) -> Result<()> {
+    let persist = persist_disk(&ctx.dir, "persist.img", None)?;
+    let seed = key_seed(ctx, "")?;
+    // The blank disk is the first virtio disk, the seed the second.
+    let mut spec = ctx.spec(&persist, Firmware::Bios);
+    spec.cdrom = Some(ctx.iso.clone());
+    spec.extra_drives = vec![seed.clone()];
+    ctx.start(spec.clone())?;
+    let ssh = boot_persistent(ctx, "live ISO, persistent (first use)")?;
+    let i = info(&ssh)?;
+    ensure(
+        i["mode"] == "live" && i["data"]["device"] == "/dev/vda1",
+        || format!("maculaos info: expected live mode with /var on /dev/vda1\n{i:#}"),
+    )?;
+    let var = ssh.check("findmnt -n -o SOURCE,FSTYPE /var")?;
+    ensure(var.split_whitespace().eq(["/dev/vda1", "ext4"]), || {
+        format!("/var is on {}, expected /dev/vda1 ext4", var.trim())
+    })?;
+    let label = ssh.check("sudo blkid -s LABEL -o value /dev/vda1")?;
+    ensure(label.trim() == "MACULA_PERSIST", || {
+        format!(
+            "/dev/vda1 has the label {:?}, expected MACULA_PERSIST",
+            label.trim()
+        )
+    })?;
+    let boot = ssh.check("cat /run/maculaos/boot.json")?;
+    ensure(boot.contains("\"data_formatted\": true"), || {
+        format!("init did not format the blank MACULA_PERSIST partition:\n{boot}")
+    })?;
+    let failed = ssh.check("systemctl --failed --no-legend --plain")?;
+    ensure(failed.trim().is_empty(), || {
+        format!("units failed during the persistent live boot:\n{failed}")
+    })?;
+    const MARKS: &str = "/var/lib/live-mark /root/live-mark /home/macula/live-mark";
+    ssh.check(&format!(
+        "for f in {MARKS}; do echo kept-$f | sudo tee $f >/dev/null; done; sync"
+    ))?;
+    let identity = "sudo cat /etc/machine-id /var/lib/maculaos/ssh/ssh_host_ed25519_key.pub";
+    let before = ssh.check(identity)?;
+
+    // Reboot from inside: the same machine, the same entry.
+    let _ = ssh.run("sudo systemctl reboot");
+    let vm = ctx.vm()?;
+    vm.wait_exit(BOOT_TIMEOUT)
+        .context("waiting for the live system to reboot")?;
+    vm.boot_again()?;
+    let ssh = boot_persistent(ctx, "live ISO, persistent (second boot)")?;
+    let boot = ssh.check("cat /run/maculaos/boot.json")?;
+    ensure(boot.contains("\"data_formatted\": false"), || {
+        format!("the second boot formatted MACULA_PERSIST again:\n{boot}")
+    })?;
+    let kept = ssh.check(&format!("sudo cat {MARKS}"))?;
+    for f in MARKS.split(' ') {
+        ensure(kept.contains(&format!("kept-{f}")), || {
+            format!("{f} did not survive the reboot; read back:\n{kept}")
+        })?;
+    }
+    let after = ssh.check(identity)?;
+    ensure(before == after, || {
+        format!(
+            "the node's identity changed across the reboot:\nbefore:\n{before}\nafter:\n{after}"
+        )
+    })?;
+    ctx.shutdown();
+
+    // Someone else's data under the same name: refused, not formatted.
+    let foreign = persist_disk(
+        &ctx.dir,
+        "foreign.img",
+        Some(b"someone's data, not a filesystem MaculaOS made"),
+    )?;
+    let foreign_before = sha256(&foreign)?;
+    let mut spec = ctx.spec(&foreign, Firmware::Bios);
+    spec.cdrom = Some(ctx.iso.clone());
+    spec.extra_drives = vec![seed];
+    spec.run_dir = ctx.dir.join("vm-foreign");
+    ctx.start(spec)?;
+    let ssh = boot_persistent(ctx, "live ISO, persistent (foreign partition)")?;
+    let var = ssh.check("findmnt -n -o FSTYPE /var")?;
+    ensure(var.trim() == "tmpfs", || {
+        format!(
+            "/var is on {}, expected tmpfs beside a foreign MACULA_PERSIST",
+            var.trim()
+        )
+    })?;
+    let serial = ctx.vm()?.serial_text();
+    ensure(
+        serial.contains("MACULA_PERSIST (/dev/vda1)") && serial.contains("refusing to format"),
+        || "the console does not say why the foreign MACULA_PERSIST was refused".to_string(),
+    )?;
+    ctx.shutdown();
+    ensure(sha256(&foreign)? == foreign_before, || {
+        "the foreign MACULA_PERSIST disk changed".to_string()
+    })
+}

@@ -12,6 +12,7 @@ mod install;
 mod recovery;
 mod slots;
 mod suite;
+mod support;
 
 use anyhow::{bail, Result};
 use clap::Args;

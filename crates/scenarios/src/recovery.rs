@@ -117,3 +117,93 @@ pub fn recovery(ctx: &mut Ctx) -> Result<()> {
         || format!("grub-editenv after recovery: {env:?}"),
     )
 }
+
+/// `maculaos factory-reset --confirm --keep-data --keep-network`: the next
+/// boot wipes the node's configuration, credentials and identity, keeps
+/// /var/lib/data and the network settings; a key that only the wiped
+/// configuration authorised no longer logs in.
+pub fn factory_reset(ctx: &mut Ctx) -> Result<()> {
+    const HOST: &str = "before-reset";
+    let image = ctx.disk("")?;
+    let ssh = ctx.boot(ctx.spec(&image, Firmware::Bios), "first boot")?;
+    // A second admin key, given only by the node's configuration (the test
+    // key stays on the kernel command line, which a reset keeps).
+    let (key2, pub2) = maculaos_vm::ssh::test_key(&ctx.dir.join("key2"))?;
+    ssh.check(&format!(
+        "sudo mkdir -p /var/lib/maculaos/config.d && printf 'maculaos:\\n  hostname: {HOST}\\n  dns_nameservers: [10.0.2.3]\\nssh_authorized_keys:\\n  - %s\\n' {} | sudo tee /var/lib/maculaos/config.d/50-node.yaml >/dev/null && sudo maculaos apply",
+        maculaos_runner::shell_quote(pub2.trim())
+    ))?;
+    let port = ctx.vm()?.ssh_port().context("no SSH forward")?;
+    let ssh2 = maculaos_vm::Ssh::new(port, &key2, "macula");
+    let host = ssh2.check("hostname")?;
+    ensure(host.trim() == HOST, || {
+        format!("the configured hostname is not in effect before the reset: {host}")
+    })?;
+    ssh.check(
+        "sudo mkdir -p /var/lib/data /var/lib/rancher/k3s && \
+         echo user-data | sudo tee /var/lib/data/keep-me >/dev/null && \
+         echo k3s-state | sudo tee /var/lib/rancher/k3s/state >/dev/null && sync",
+    )?;
+    let identity = "sudo cat /etc/machine-id /var/lib/maculaos/ssh/ssh_host_ed25519_key.pub";
+    let before = ssh.check(identity)?;
+
+    // Without --confirm: says what it would do and changes nothing.
+    let dry = ssh.run("sudo maculaos factory-reset --keep-data")?;
+    ensure(
+        !dry.success() && dry.stderr.contains("--confirm") && dry.stderr.contains("/var/lib/data"),
+        || format!("factory-reset without --confirm did not explain itself:\n{dry:?}"),
+    )?;
+    let pending = ssh.run("test -e /var/.maculaos-factory-reset.json")?;
+    ensure(!pending.success(), || {
+        "factory-reset without --confirm left a request behind".to_string()
+    })?;
+
+    let _ = ssh.run("sudo maculaos factory-reset --confirm --keep-data --keep-network");
+    let vm = ctx.vm()?;
+    vm.wait_exit(BOOT_TIMEOUT)
+        .context("waiting for the reboot that carries out the factory reset")?;
+    vm.boot_again()?;
+    let ssh = ctx.wait_up("after the factory reset")?;
+    let boot = ssh.check("cat /run/maculaos/boot.json")?;
+    ensure(boot.contains("\"factory_reset\": true"), || {
+        format!("init did not record a factory reset:\n{boot}")
+    })?;
+    let serial = ctx.vm()?.serial_text();
+    ensure(serial.contains("FACTORY RESET of MACULA_DATA"), || {
+        "the console does not announce the factory reset".to_string()
+    })?;
+    let data = ssh.check("sudo cat /var/lib/data/keep-me")?;
+    ensure(data.trim() == "user-data", || {
+        format!("/var/lib/data/keep-me did not survive --keep-data: {data:?}")
+    })?;
+    let k3s = ssh.run("sudo test -e /var/lib/rancher")?;
+    ensure(!k3s.success(), || {
+        "k3s state survived the reset".to_string()
+    })?;
+    let confd = ssh.check("sudo ls /var/lib/maculaos/config.d")?;
+    ensure(confd.trim() == "10-kept-network.yaml", || {
+        format!("config.d after the reset holds {confd:?}, expected only the kept network settings")
+    })?;
+    let kept = ssh.check("sudo cat /var/lib/maculaos/config.d/10-kept-network.yaml")?;
+    ensure(kept.contains("10.0.2.3") && !kept.contains(HOST), || {
+        format!("the kept network settings are wrong:\n{kept}")
+    })?;
+    let host = ssh.check("hostname")?;
+    ensure(host.trim() != HOST, || {
+        "the hostname of the wiped configuration is still in effect".to_string()
+    })?;
+    let after = ssh.check(identity)?;
+    ensure(before != after, || {
+        format!("machine id and SSH host key are the same after the reset:\n{after}")
+    })?;
+    // The wiped configuration's key no longer logs in (the host key
+    // changed too: the harness's SSH does not pin host keys).
+    let old = ssh2.run("true")?;
+    ensure(!old.success(), || {
+        "the key given only by the wiped configuration still logs in".to_string()
+    })?;
+    let failed = ssh.check("systemctl --failed --no-legend --plain")?;
+    ensure(failed.trim().is_empty(), || {
+        format!("units failed after the factory reset:\n{failed}")
+    })
+}

@@ -94,6 +94,11 @@ pub fn all() -> Vec<Scenario> {
             run: crate::install::live_uefi,
         },
         Scenario {
+            name: "live-persist",
+            about: "the ISO's persistent entry formats a blank MACULA_PERSIST partition; /var, /home, /root and identity survive a reboot; a foreign MACULA_PERSIST is refused and left byte-identical",
+            run: crate::install::live_persist,
+        },
+        Scenario {
             name: "install",
             about: "unattended install from the ISO (NoCloud install.device), then the disk boots alone (bios, uefi) with the config's hostname and key",
             run: crate::install::install_unattended,
@@ -102,6 +107,16 @@ pub fn all() -> Vec<Scenario> {
             name: "recovery",
             about: "maculaos recovery: root shells, SSH, no workloads, data unmounted; repair checks data, slots, rebuilds a garbled grubenv; then a normal boot",
             run: crate::recovery::recovery,
+        },
+        Scenario {
+            name: "factory-reset",
+            about: "factory-reset --confirm --keep-data --keep-network: the next boot wipes config, credentials and identity, keeps /var/lib/data and the network settings; the wiped config's key no longer logs in",
+            run: crate::recovery::factory_reset,
+        },
+        Scenario {
+            name: "agent-backup-diag",
+            about: "the agent restarts a unit its http check finds down; systemd restarts a SIGSTOPped agent; backup, change, restore: byte-identical with modes, owners, times; a corrupted backup refused before writing; diag --full holds its files and no secret; the i6300esb resets a panicked kernel",
+            run: crate::support::agent_backup_diag,
         },
         Scenario {
             name: "reproducible",

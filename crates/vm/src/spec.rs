@@ -81,6 +81,10 @@ pub struct VmSpec {
     pub host_services: Vec<(u16, u16)>,
     /// NICs after the first, each on its own isolated user network.
     pub extra_nics: u32,
+    /// An Intel 6300ESB watchdog (`/dev/watchdog` in the guest, driver
+    /// i6300esb); when it fires QEMU resets the machine (with `no_reboot`:
+    /// exits).
+    pub watchdog: bool,
     /// Holds the sockets, the pidfile, `qemu.log` and the serial logs.
     pub run_dir: PathBuf,
     /// Put the serial console (multiplexed with the QEMU monitor, `Ctrl-A c`)
@@ -110,6 +114,7 @@ impl Default for VmSpec {
             extra_forwards: Vec::new(),
             host_services: Vec::new(),
             extra_nics: 0,
+            watchdog: false,
             run_dir: PathBuf::new(),
             serial_stdio: false,
             headless: true,
@@ -293,6 +298,9 @@ pub(crate) fn qemu_args(spec: &VmSpec, ports: &Ports, boot: u32) -> Result<Vec<S
             "-device",
             "ide-cd,drive=cd0,bootindex=0",
         ]);
+    }
+    if spec.watchdog {
+        push(&["-device", "i6300esb"]);
     }
     // restrict=on isolates the guest from the host's networks; only the
     // explicit 127.0.0.1 forwards reach it.

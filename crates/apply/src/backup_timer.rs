@@ -1,0 +1,166 @@
+//! Scheduled backups (plan §4.13.2): `maculaos-backup.timer` (in the image,
+//! not enabled there) runs `maculaos backup create` on
+//! `maculaos.backup.schedule`.
+//!
+//! With `maculaos.backup.enabled`, the schedule goes into a drop-in of the
+//! timer, and on the running node the timer is enabled and started.
+//! `systemctl enable` links it into /etc, which is rebuilt at every boot:
+//! this step links it again at every boot. Disabled: the drop-in goes, and
+//! the timer is disabled and stopped if it was on. systemctl is run only
+//! live with systemd running the system under the root (see
+//! `crate::watchdog`).
+
+use crate::applier::{run, systemctl_ok, Applier, HEADER, ROOT_OWNER};
+use crate::watchdog::systemd_runs;
+use maculaos_config::Config;
+use maculaos_runner::Cmd;
+
+const AREA: &str = "backup";
+pub(crate) const DROPIN: &str = "/etc/systemd/system/maculaos-backup.timer.d/schedule.conf";
+pub(crate) const TIMER: &str = "maculaos-backup.timer";
+
+/// The drop-in for `on_calendar` (already an `OnCalendar=` expression:
+/// the configuration turns cron lines into one).
+pub(crate) fn dropin_text(on_calendar: &str) -> String {
+    // An empty OnCalendar= first drops the unit's own (`daily`): timers add
+    // up their OnCalendar= lines.
+    format!("{HEADER}[Timer]\nOnCalendar=\nOnCalendar={on_calendar}\n")
+}
+
+pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
+    let b = &config.maculaos.backup;
+    if b.enabled {
+        let text = dropin_text(b.schedule.on_calendar());
+        let changed = a.put_file(AREA, DROPIN, text.as_bytes(), 0o644, ROOT_OWNER)?;
+        if !systemd_runs(a) {
+            return Ok(());
+        }
+        if !systemctl_ok(&["is-enabled", "--quiet", TIMER]) {
+            // `enable` also reloads systemd, which reads the new drop-in.
+            systemctl(
+                a,
+                ("enable and start", "enabled and started"),
+                &["enable", "--now"],
+            );
+            return Ok(());
+        }
+        if changed {
+            daemon_reload(a);
+        }
+        if !systemctl_ok(&["is-active", "--quiet", TIMER]) {
+            systemctl(a, ("start", "started"), &["start"]);
+        }
+    } else {
+        let removed = a.remove_file(AREA, DROPIN)?;
+        if !systemd_runs(a) {
+            return Ok(());
+        }
+        let on = systemctl_ok(&["is-enabled", "--quiet", TIMER])
+            || systemctl_ok(&["is-active", "--quiet", TIMER]);
+        if on {
+            // Reloads systemd too.
+            systemctl(
+                a,
+                ("disable and stop", "disabled and stopped"),
+                &["disable", "--now"],
+            );
+        } else if removed {
+            daemon_reload(a);
+        }
+    }
+    Ok(())
+}
+
+/// `systemctl ARGS --no-block maculaos-backup.timer`. `--no-block`: at boot
+/// this runs before sysinit.target, which a timer's start waits for.
+fn systemctl(a: &mut Applier, verbs: (&str, &str), args: &[&str]) {
+    let what = verbs.0;
+    a.act(AREA, verbs, TIMER, || {
+        run(Cmd::new("systemctl")
+            .args(args)
+            .arg("--no-block")
+            .arg(TIMER))
+        .map_err(|e| format!("could not {what} {TIMER}: {e}"))
+    });
+}
+
+fn daemon_reload(a: &mut Applier) {
+    a.act(
+        AREA,
+        ("reload", "reloaded"),
+        "systemd's units (the schedule changed)",
+        || {
+            run(Cmd::new("systemctl").arg("daemon-reload"))
+                .map_err(|e| format!("systemctl daemon-reload failed: {e}"))
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::{apply_twice, opts, yaml};
+    use std::fs;
+
+    fn dropin(root: &std::path::Path) -> Option<String> {
+        fs::read_to_string(root.join(DROPIN.trim_start_matches('/'))).ok()
+    }
+
+    #[test]
+    fn dropin_for_the_schedule() {
+        assert_eq!(
+            dropin_text("daily"),
+            format!("{HEADER}[Timer]\nOnCalendar=\nOnCalendar=daily\n")
+        );
+    }
+
+    #[test]
+    fn enabled_writes_the_schedule_disabled_removes_it() {
+        let d = tempfile::tempdir().unwrap();
+        let o = opts(d.path());
+        // Off by default: nothing.
+        let r = apply_twice(&yaml(""), &o);
+        assert!(dropin(d.path()).is_none());
+        assert!(!r.changes.iter().any(|c| c.starts_with("backup:")), "{r:?}");
+
+        let r = apply_twice(
+            &yaml("maculaos: {backup: {enabled: true, schedule: '30 2 * * *'}}"),
+            &o,
+        );
+        assert_eq!(
+            dropin(d.path()).unwrap(),
+            format!("{HEADER}[Timer]\nOnCalendar=\nOnCalendar=*-*-* 02:30:00\n")
+        );
+        // Not live: the timer is left alone.
+        let backup: Vec<&String> = r
+            .changes
+            .iter()
+            .filter(|c| c.starts_with("backup:"))
+            .collect();
+        assert_eq!(backup, [&format!("backup: wrote {DROPIN}")]);
+
+        apply_twice(&yaml("maculaos: {backup: {enabled: true}}"), &o);
+        assert!(dropin(d.path())
+            .unwrap()
+            .ends_with("\nOnCalendar=\nOnCalendar=daily\n"));
+
+        let r = apply_twice(&yaml("maculaos: {backup: {enabled: false}}"), &o);
+        assert!(dropin(d.path()).is_none());
+        assert_eq!(r.changes, vec![format!("backup: removed {DROPIN}")]);
+    }
+
+    #[test]
+    fn dry_run_writes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = opts(d.path());
+        o.dry_run = true;
+        let r = crate::apply(
+            &yaml("maculaos: {backup: {enabled: true, schedule: weekly}}"),
+            &o,
+        );
+        assert!(r
+            .changes
+            .contains(&format!("would write {DROPIN} (backup)")));
+        assert!(dropin(d.path()).is_none());
+    }
+}
