@@ -114,6 +114,16 @@ const STEPS: &[(&str, Step)] = &[
     ("k3s", k3s::apply),
 ];
 
+/// Only the watchdog step: for the health agent, which arms the running
+/// systemd's watchdog once D-Bus is up (apply at boot runs before it).
+pub fn apply_watchdog(config: &Config, opts: &Options) -> Report {
+    let mut a = Applier::new(opts);
+    if let Err(e) = watchdog::apply(config, &mut a) {
+        a.error("watchdog", e);
+    }
+    a.report
+}
+
 /// Make the node under `opts.root` match `config`.
 pub fn apply(config: &Config, opts: &Options) -> Report {
     let mut a = Applier::new(opts);

@@ -249,6 +249,21 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
 /// Give the running systemd's `RuntimeWatchdogUSec` the value `usec` (0:
 /// off, which also disarms the device), unless it already has it.
 fn set_runtime(a: &mut Applier, usec: u64) {
+    // At boot apply runs before D-Bus: busctl would fail, or, were the bus
+    // socket there, start dbus.service, which is ordered after us and would
+    // wait for us. The health agent arms it then (it runs this step again
+    // once the system is up, `apply_watchdog`).
+    let bus = Cmd::new("systemctl")
+        .args(["is-active", "--quiet", "dbus.service"])
+        .quiet()
+        .run();
+    if bus.is_err() {
+        a.note(
+            AREA,
+            "D-Bus is not up yet: the health agent arms the running systemd's watchdog once it is",
+        );
+        return;
+    }
     let current = Cmd::new("busctl")
         .arg("get-property")
         .args(BUS)

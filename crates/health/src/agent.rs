@@ -954,6 +954,21 @@ impl Systemd {
     }
 }
 
+/// Arm the running systemd's watchdog as configured (`maculaos apply`'s
+/// watchdog step): apply at boot runs before D-Bus and leaves it to us.
+/// Only on the node itself (`/`); what changed is logged as an event.
+fn arm_watchdog(config: &maculaos_config::Config, root: &Path) {
+    if root != Path::new("/") {
+        return;
+    }
+    let opts = maculaos_apply::Options::for_root(root, false, false);
+    let report = maculaos_apply::apply_watchdog(config, &opts);
+    // The report's lines start with their area: `watchdog: …`.
+    for line in report.changes.iter().chain(&report.errors) {
+        emit(&format!("event: {line}"));
+    }
+}
+
 /// The agent: runs until killed (systemd stops it with SIGTERM). Returns
 /// only on an error that makes going on pointless (systemd restarts it).
 pub fn run(paths: &Paths) -> anyhow::Result<()> {
@@ -985,6 +1000,7 @@ pub fn run(paths: &Paths) -> anyhow::Result<()> {
             .map(|d| format!(", feeding the systemd watchdog every {}s", d.as_secs()))
             .unwrap_or_default()
     ));
+    arm_watchdog(&loaded.config, &root);
     let mut status = format!("starting: {n} checks");
     systemd.send(&notify_message(&[("READY", "1"), ("STATUS", &status)]));
 
