@@ -208,6 +208,31 @@ pub fn wait_until(
     }
 }
 
+/// Whether a scenario failed because the emulated machine wedged
+/// ([`maculaos_vm::VmError::GuestWedged`], or a wedge report in one of its
+/// serial logs when a command timed out first) rather than through MaculaOS.
+pub fn is_wedged(e: &anyhow::Error, dir: &Path) -> bool {
+    let typed = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<maculaos_vm::VmError>(),
+            Some(maculaos_vm::VmError::GuestWedged { .. })
+        )
+    });
+    let logged = || {
+        std::fs::read_dir(dir.join("vm"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|f| f.file_name().to_string_lossy().starts_with("serial-"))
+            .any(|f| {
+                let text = String::from_utf8_lossy(&std::fs::read(f.path()).unwrap_or_default())
+                    .into_owned();
+                maculaos_vm::wedged_line(&text).is_some()
+            })
+    };
+    typed || logged()
+}
+
 /// `maculaos info --json` from the guest.
 pub fn info(ssh: &Ssh) -> Result<serde_json::Value> {
     let out = ssh.check_timeout("maculaos info --json", CMD_TIMEOUT)?;

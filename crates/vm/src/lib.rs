@@ -22,6 +22,7 @@ pub mod ssh;
 mod vm;
 
 pub use maculaos_boot::Firmware;
+pub use serial::wedged_line;
 pub use spec::{
     extra_nic_mac, Accel, VmSpec, DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OVMF, DEFAULT_QEMU,
     GUEST_SERVICE_ADDR,
@@ -88,6 +89,17 @@ pub enum VmError {
     Exited {
         what: String,
         status: String,
+        log: PathBuf,
+        tail: String,
+    },
+
+    /// The guest kernel reports a CPU stuck for minutes: the emulated machine
+    /// is wedged (a TCG vCPU stopped making progress), not failing in a way
+    /// the system under test chose. Waiting longer does not help.
+    #[error("the guest is wedged while waiting for {what}: its kernel reports `{line}`{}", fmt_tail(.log, .tail))]
+    GuestWedged {
+        what: String,
+        line: String,
         log: PathBuf,
         tail: String,
     },

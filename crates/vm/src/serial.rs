@@ -11,6 +11,12 @@ use std::time::Duration;
 /// How often a wait re-reads the serial log.
 const POLL: Duration = Duration::from_millis(50);
 
+/// A guest kernel that reports one CPU stuck this long is wedged: under TCG
+/// a vCPU thread occasionally stops making progress (seen in CI: systemd-networkd
+/// "stuck for 227s", then nothing more until the deadline). Shorter reports
+/// happen on a loaded host and the guest recovers from them.
+const WEDGED_AFTER_SECS: u64 = 120;
+
 /// One boot's serial log file, as QEMU writes it.
 #[derive(Debug, Clone)]
 pub(crate) struct SerialLog {
@@ -49,6 +55,12 @@ impl SerialLog {
         patterns.iter().position(|p| text.contains(p))
     }
 
+    /// The kernel's report of a CPU stuck for [`WEDGED_AFTER_SECS`] or more
+    /// (the line), anywhere in this boot's log.
+    pub(crate) fn lockup(&self) -> Option<String> {
+        wedged_line(&clean(&self.text()))
+    }
+
     /// The last `n` lines, cleaned of terminal control sequences so an error
     /// message stays readable.
     pub(crate) fn tail(&self, n: usize) -> String {
@@ -81,6 +93,14 @@ impl SerialLog {
                     tail: self.tail(ERROR_TAIL_LINES),
                 });
             }
+            if let Some(line) = self.lockup() {
+                return Err(VmError::GuestWedged {
+                    what,
+                    line,
+                    log: self.path.clone(),
+                    tail: self.tail(ERROR_TAIL_LINES),
+                });
+            }
             if deadline.expired() {
                 return Err(VmError::Timeout {
                     what,
@@ -92,6 +112,21 @@ impl SerialLog {
             deadline.pause(POLL);
         }
     }
+}
+
+/// The first "soft lockup - CPU#N stuck for Ss!" line with S at or over
+/// [`WEDGED_AFTER_SECS`].
+pub fn wedged_line(text: &str) -> Option<String> {
+    text.lines()
+        .find(|l| {
+            l.contains("soft lockup - CPU#")
+                && l.split("stuck for ")
+                    .nth(1)
+                    .and_then(|rest| rest.split('s').next())
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|secs| secs >= WEDGED_AFTER_SECS)
+        })
+        .map(|l| l.trim().to_string())
 }
 
 fn describe_patterns(patterns: &[&str]) -> String {
@@ -260,6 +295,25 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains("line 60\n"), "{msg}");
+    }
+
+    #[test]
+    fn only_a_long_lockup_means_wedged() {
+        let short = "[ 50.1] watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [systemd:1]\n";
+        assert_eq!(wedged_line(short), None);
+        let long = format!(
+            "{short}[ 272.5] watchdog: BUG: soft lockup - CPU#1 stuck for 227s! [systemd-network:218]\n"
+        );
+        assert_eq!(
+            wedged_line(&long).as_deref(),
+            Some(
+                "[ 272.5] watchdog: BUG: soft lockup - CPU#1 stuck for 227s! [systemd-network:218]"
+            )
+        );
+        assert_eq!(
+            wedged_line("Kernel panic - not syncing: sysrq triggered crash"),
+            None
+        );
     }
 
     #[test]

@@ -242,8 +242,27 @@ impl Vm {
             .map_err(crate::io_err("checking on QEMU for", log))
     }
 
+    /// Whether QEMU still runs; an error when the guest is wedged (see
+    /// [`VmError::GuestWedged`]), so every wait gives up at once.
     pub fn is_running(&mut self) -> Result<bool> {
-        Ok(self.try_exit_status()?.is_none())
+        Ok(self.exited_or_wedged("the guest")?.is_none())
+    }
+
+    /// QEMU's exit status if it has exited; [`VmError::GuestWedged`] if its
+    /// kernel reports a CPU stuck for minutes.
+    fn exited_or_wedged(&mut self, what: &str) -> Result<Option<ExitStatus>> {
+        if let Some(status) = self.try_exit_status()? {
+            return Ok(Some(status));
+        }
+        match self.serial.lockup() {
+            Some(line) => Err(VmError::GuestWedged {
+                what: what.to_string(),
+                line,
+                log: self.serial.path().to_owned(),
+                tail: self.serial.tail(ERROR_TAIL_LINES),
+            }),
+            None => Ok(None),
+        }
     }
 
     /// Wait for QEMU to exit by itself (guest power-off, or a reboot with
@@ -251,7 +270,7 @@ impl Vm {
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let deadline = Deadline::after(timeout);
         loop {
-            if let Some(s) = self.try_exit_status()? {
+            if let Some(s) = self.exited_or_wedged("QEMU to exit")? {
                 self.serial_writer = None;
                 return Ok(s);
             }
@@ -366,7 +385,8 @@ impl Vm {
         let deadline = Deadline::after(timeout);
         let mut last = String::from("no attempt finished");
         loop {
-            if let Some(status) = self.try_exit_status()? {
+            let what = format!("SSH on 127.0.0.1:{}", ssh.port);
+            if let Some(status) = self.exited_or_wedged(&what)? {
                 return Err(VmError::Exited {
                     what: format!("SSH on 127.0.0.1:{} (last ssh error: {last})", ssh.port),
                     status: status.to_string(),
