@@ -9,7 +9,8 @@ chmod 0440 /etc/sudoers.d/*
 systemctl enable --quiet systemd-networkd.service systemd-resolved.service ssh.service \
     maculaos-apply.service maculaos-config-url.service \
     maculaos-boot-check.service maculaos-mark-good.service maculaos-upgrade-check.timer \
-    maculaos-install.service maculaos-agent.service
+    maculaos-install.service maculaos-agent.service maculaos-firstboot.service \
+    avahi-daemon.service
 # Not maculaos-backup.timer: `maculaos apply` enables it when
 # maculaos.backup.enabled is true.
 systemctl set-default --quiet multi-user.target

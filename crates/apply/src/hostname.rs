@@ -117,6 +117,16 @@ fn set_kernel_hostname(a: &mut Applier, name: &str) {
         &format!("the kernel hostname to {name}"),
         || fs::write(&path, name).map_err(|e| io_msg("writing", &path, &e)),
     );
+    // avahi-daemon took the old name when it started and keeps announcing
+    // it: hand it the new one (the wizard renames a running node).
+    if a.path("/run/avahi-daemon/pid").exists() {
+        a.act(
+            AREA,
+            ("announce", "announced"),
+            &format!("{name}.local on the LAN"),
+            || crate::applier::run(maculaos_runner::Cmd::new("avahi-set-host-name").arg(name)),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `maculaos apply`: makes the node match its configuration.
 //!
 //! [`apply`] runs one applicator per part of the configuration, in a fixed
-//! order (hostname, SSH keys, network, DNS, NTP, modules, sysctl,
+//! order (hostname, mDNS announcement, SSH keys, network, DNS, NTP, modules, sysctl,
 //! environment, write_files, watchdog, backup, boot_cmd, run_cmd, k3s).
 //! Each is independent: one that fails is reported in [`Report::errors`]
 //! and the others still run.
@@ -22,6 +22,7 @@ mod environment;
 mod hostname;
 mod k3s;
 mod kernel;
+pub mod mdns;
 mod network;
 mod ssh;
 mod users;
@@ -99,6 +100,7 @@ type Step = fn(&Config, &mut Applier) -> Result<(), String>;
 /// may take long or fail), and last what runs (commands, k3s).
 const STEPS: &[(&str, Step)] = &[
     ("hostname", hostname::apply),
+    ("mdns", mdns::apply),
     ("ssh", ssh::apply),
     ("network", network::apply),
     ("dns", dropins::dns),

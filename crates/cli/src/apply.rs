@@ -62,6 +62,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             }
         }
     }
+    if !args.dry_run {
+        failed |= mark_configured(&paths);
+    }
     let opts = maculaos_apply::Options::for_root(Path::new("/"), args.dry_run, args.boot);
     let report = maculaos_apply::apply(&loaded.config, &opts);
     for c in &report.changes {
@@ -90,6 +93,28 @@ pub fn run(args: &Args) -> Result<ExitCode> {
 
 /// Copy the NoCloud drive and, when asked, the config URL into the node's
 /// datasource copies. Returns whether anything failed.
+/// A node an operator configured (a config file, a NoCloud drive, a URL)
+/// needs no first-boot wizard: set its flag. Returns whether that failed.
+fn mark_configured(paths: &Paths) -> bool {
+    let flag = paths.configured_flag();
+    if flag.exists() || !paths.has_operator_config() {
+        return false;
+    }
+    match fs::write(&flag, b"") {
+        Ok(()) => {
+            println!(
+                "maculaos apply: the node has a configuration: first-boot wizard off ({})",
+                flag.display()
+            );
+            false
+        }
+        Err(e) => {
+            println!("maculaos apply: cannot create {}: {e}", flag.display());
+            true
+        }
+    }
+}
+
 fn refresh_datasources(paths: &Paths, fetch_url: bool) -> bool {
     let mut r = datasource::Refresh::default();
     if let Some(dev) = datasource::find_nocloud_device() {

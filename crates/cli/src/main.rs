@@ -1,10 +1,12 @@
 //! `maculaos`: the operator CLI on every MaculaOS node.
 
+mod agent;
 mod apply;
 mod backup;
 mod config;
 mod diag;
 mod fetch;
+mod firstboot;
 mod install;
 mod recovery;
 mod slots;
@@ -75,6 +77,21 @@ enum Command {
     /// Diagnose the network, storage or mesh (✓/✗ lines), or write a
     /// support bundle with --full -o FILE.
     Diag(diag::Args),
+    /// The first-boot wizard (maculaos-firstboot.service, while the node is
+    /// not configured): pairing code and QR code on the consoles, the
+    /// pairing page on port 80. `--show-code` prints this boot's code.
+    Firstboot(firstboot::Args),
+    /// List the MaculaOS nodes on the LAN (mDNS): name, addresses, version,
+    /// mesh role, realm, and whether the node is configured or waits in its
+    /// first-boot wizard.
+    Discover {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// How long to listen for answers, in seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// The system journal, or one unit's (`maculaos logs ssh -f`).
     Logs(diag::LogsArgs),
     /// The health agent (maculaos-agent.service): runs the checks on their
@@ -118,11 +135,21 @@ fn main() -> Result<ExitCode> {
         Command::Install(args) => install::run(&args),
         Command::Backup(cmd) => backup::run(cmd),
         Command::Agent => {
-            maculaos_health::agent::run(&maculaos_config::Paths::system())?;
+            agent::run()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Diag(args) => diag::run(&args),
         Command::Logs(args) => diag::logs(&args),
+        Command::Firstboot(args) => firstboot::run(&args),
+        Command::Discover { json, timeout } => {
+            let nodes = maculaos_discover::browse(std::time::Duration::from_secs(timeout))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                print!("{}", maculaos_discover::render(&nodes));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Health { json, boot: true } => slots::boot_check(json),
         Command::Health { json, boot: false } => {
             let checks = maculaos_health::run(&maculaos_config::Paths::system());

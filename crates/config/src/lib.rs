@@ -9,7 +9,7 @@ pub mod sources;
 pub mod values;
 
 pub use error::Problem;
-pub use load::{load, save_last_good, Loaded, Paths, Using};
+pub use load::{load, save_last_good, Loaded, Paths, Using, CONFIGURED_FLAG};
 pub use schema::*;
 
 /// The JSON Schema of `config.yaml`, for editors (`maculaos config schema`).

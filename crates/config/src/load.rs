@@ -61,7 +61,27 @@ impl Paths {
     pub fn cmdline(&self) -> PathBuf {
         self.at("proc/cmdline")
     }
+    /// Present once the node is configured: the first-boot wizard stays off.
+    pub fn configured_flag(&self) -> PathBuf {
+        self.at(CONFIGURED_FLAG.trim_start_matches('/'))
+    }
+    /// Whether an operator gave this node a configuration of its own: a
+    /// node config.yaml, a config.d file, a NoCloud drive or a config URL.
+    /// The image defaults and the kernel command line (a boot-time tweak,
+    /// such as a debug SSH key) do not count: the wizard still runs. The network settings a factory reset kept (`--keep-network`) do not
+    /// count either: the node is to be paired again.
+    pub fn has_operator_config(&self) -> bool {
+        let kept = self.at("var").join(maculaos_boot::reset::KEPT_NETWORK);
+        self.node_config().exists()
+            || config_d_files(&self.config_d()).iter().any(|f| *f != kept)
+            || self.nocloud_dir().join("user-data").exists()
+            || self.nocloud_dir().join("meta-data").exists()
+            || self.url_copy().exists()
+    }
 }
+
+/// The first-boot flag of plan §5.2, on the node.
+pub const CONFIGURED_FLAG: &str = "/var/lib/maculaos/.configured";
 
 /// Which key came from which source (`maculaos.hostname` → its file).
 pub type Provenance = BTreeMap<String, String>;
@@ -1102,5 +1122,30 @@ mod tests {
         assert!(out.contains("maculaos.hostname = \"x\""), "{out}");
         assert!(out.contains("# a.yaml"), "{out}");
         assert!(out.contains("maculaos.modules = [\"m\"]"), "{out}");
+    }
+
+    #[test]
+    fn operator_config_turns_the_wizard_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Paths::new(dir.path());
+        assert!(!p.has_operator_config());
+        fs::create_dir_all(p.config_d()).unwrap();
+        fs::write(
+            dir.path()
+                .join("var")
+                .join(maculaos_boot::reset::KEPT_NETWORK),
+            "x: 1\n",
+        )
+        .unwrap();
+        assert!(
+            !p.has_operator_config(),
+            "kept network settings are not a configuration"
+        );
+        fs::write(p.config_d().join("50-node.yaml"), "maculaos: {}\n").unwrap();
+        assert!(p.has_operator_config());
+        assert_eq!(
+            p.configured_flag(),
+            dir.path().join("var/lib/maculaos/.configured")
+        );
     }
 }

@@ -76,6 +76,8 @@ pub struct Maculaos {
     pub auto_heal: AutoHeal,
     /// Scheduled backups (plan §4.13.2).
     pub backup: Backup,
+    /// The local health dashboard of the agent (guide "Health Dashboard").
+    pub dashboard: Dashboard,
 }
 
 /// Network interfaces.
@@ -458,6 +460,27 @@ impl Default for Watchdog {
             device: AbsPath::known("/dev/watchdog"),
             timeout: Duration::from_secs(60),
             software_fallback: true,
+        }
+    }
+}
+
+/// The read-only health dashboard `maculaos agent` serves (page and
+/// `GET /api/v1/status`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dashboard {
+    /// Serve it.
+    pub enabled: bool,
+    /// Address and port; the default keeps it on the node itself. Open it
+    /// to the LAN with `0.0.0.0:9090`.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for Dashboard {
+    fn default() -> Dashboard {
+        Dashboard {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9090)),
         }
     }
 }

@@ -157,7 +157,7 @@ checked_string!(
 );
 
 /// Key types OpenSSH accepts in authorized_keys.
-const SSH_KEY_TYPES: &[&str] = &[
+pub const SSH_KEY_TYPES: &[&str] = &[
     "ssh-ed25519",
     "ssh-rsa",
     "ecdsa-sha2-nistp256",

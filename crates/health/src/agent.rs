@@ -309,6 +309,11 @@ impl Scheduler {
         }
     }
 
+    /// The names of the checks it runs, built-in and configured.
+    pub fn names(&self) -> Vec<String> {
+        self.slots.keys().map(|id| id.name().to_string()).collect()
+    }
+
     /// Take a newly loaded configuration. A check whose name and settings
     /// are unchanged keeps its state (schedule, failing or not, restart
     /// count); a changed one starts afresh, due now, as does a new one; a
@@ -969,9 +974,20 @@ fn arm_watchdog(config: &maculaos_config::Config, root: &Path) {
     }
 }
 
+/// Who else wants to know what the agent sees (the dashboard, in
+/// maculaos-dashboard, which depends on this crate).
+pub trait Observer {
+    /// The configuration the agent (re)loaded; `checks` are the names of
+    /// the configured checks (others are gone).
+    fn configured(&self, config: &Maculaos, checks: &[String]);
+    /// A check's latest result.
+    fn checked(&self, check: &Check);
+}
+
 /// The agent: runs until killed (systemd stops it with SIGTERM). Returns
 /// only on an error that makes going on pointless (systemd restarts it).
-pub fn run(paths: &Paths) -> anyhow::Result<()> {
+/// `observer` hears of each configuration and check result.
+pub fn run(paths: &Paths, observer: &dyn Observer) -> anyhow::Result<()> {
     let root = paths.root.clone();
     let mut systemd = Systemd {
         notifier: Notifier::from_env()?,
@@ -1001,6 +1017,7 @@ pub fn run(paths: &Paths) -> anyhow::Result<()> {
             .unwrap_or_default()
     ));
     arm_watchdog(&loaded.config, &root);
+    observer.configured(&loaded.config.maculaos, &scheduler.names());
     let mut status = format!("starting: {n} checks");
     systemd.send(&notify_message(&[("READY", "1"), ("STATUS", &status)]));
 
@@ -1015,6 +1032,7 @@ pub fn run(paths: &Paths) -> anyhow::Result<()> {
                 emit(&format!(
                     "maculaos agent: configuration reloaded: {changes}"
                 ));
+                observer.configured(&loaded.config.maculaos, &scheduler.names());
             }
             next_reload = now + RELOAD_EVERY;
         }
@@ -1044,6 +1062,7 @@ pub fn run(paths: &Paths) -> anyhow::Result<()> {
                 generation,
                 check,
             }) => {
+                observer.checked(&check);
                 let todo = scheduler.record(&id, generation, &check, Instant::now());
                 for action in todo {
                     match action {

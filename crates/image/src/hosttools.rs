@@ -55,6 +55,11 @@ pub const VM: &[Tool] = &[
     t("socat", "socat"),
 ];
 
+/// What only the scenario suite needs besides [`VM`]: the first-boot wizard
+/// scenario loads the page in a real browser (a screenshot stays with the
+/// logs) and talks to the wizard's API with curl.
+pub const TEST: &[Tool] = &[t("chromium", "chromium"), t("curl", "curl")];
+
 /// The Debian packages whose tools are missing, deduplicated, in order.
 pub fn missing(tools: &[Tool]) -> Vec<&'static str> {
     let mut pkgs: Vec<&'static str> = Vec::new();

@@ -192,6 +192,63 @@ impl Cmd {
         self.exec(true)
     }
 
+    /// Run a command that goes on until stopped (a watcher such as
+    /// `avahi-browse` without `-t`) for `how_long`, then kill it and return
+    /// what it printed on stdout. Exiting earlier is fine when it succeeds;
+    /// a failure is an error as with [`Cmd::output`].
+    pub fn output_for(&self, how_long: std::time::Duration) -> Result<String, RunError> {
+        tracing::debug!(command = %self.display(), ?how_long, "running for a while");
+        let mut c = self.command();
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().map_err(|e| self.spawn_error(e))?;
+        let reader = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let out_thread = reader(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let err_thread = reader(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let deadline = std::time::Instant::now() + how_long;
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(|e| self.io(e))? {
+                break Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let out = out_thread.join().unwrap_or_default();
+        let err = err_thread.join().unwrap_or_default();
+        match status {
+            Some(s) if !s.success() => Err(RunError::Failed {
+                command: self.display(),
+                status: describe(s),
+                tail: tail(&String::from_utf8_lossy(&err), TAIL_LINES),
+                log: None,
+            }),
+            _ => Ok(String::from_utf8_lossy(&out).into_owned()),
+        }
+    }
+
     fn exec(&self, capture_stdout: bool) -> Result<Vec<u8>, RunError> {
         tracing::debug!(command = %self.display(), "running");
         let mut c = self.command();
@@ -478,5 +535,21 @@ mod tests {
     #[test]
     fn tail_keeps_last_lines() {
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+    }
+
+    #[test]
+    fn output_for_stops_a_watcher_and_keeps_its_output() {
+        let started = std::time::Instant::now();
+        let out = Cmd::new("sh")
+            .args(["-c", "echo seen; exec sleep 30"])
+            .output_for(std::time::Duration::from_millis(500))
+            .unwrap();
+        assert_eq!(out, "seen\n");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        let err = Cmd::new("sh")
+            .args(["-c", "echo bad >&2; exit 3"])
+            .output_for(std::time::Duration::from_secs(10))
+            .unwrap_err();
+        assert!(err.to_string().contains("bad"), "{err}");
     }
 }

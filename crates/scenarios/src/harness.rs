@@ -72,9 +72,21 @@ impl Ctx {
     /// admin user the test key (the kernel command line route of `maculaos
     /// apply`) plus `extra` kernel parameters; a short menu timeout.
     pub fn disk(&self, extra: &str) -> Result<PathBuf> {
-        let path = self.dir.join("disk.img");
+        self.disk_named("disk.img", true, extra)
+    }
+
+    /// A fresh sparse copy of the image named `name` in the scenario's
+    /// directory, with `extra` kernel parameters and, unless `with_key` is
+    /// false, the test key (a node nobody can log into until it is paired).
+    pub fn disk_named(&self, name: &str, with_key: bool, extra: &str) -> Result<PathBuf> {
+        let path = self.dir.join(name);
         disk::working_copy(&self.image, &path)?;
-        let cmdline = format!("{} {extra}", key_param(&[self.pubkey.trim()]));
+        let key = if with_key {
+            key_param(&[self.pubkey.trim()])
+        } else {
+            String::new()
+        };
+        let cmdline = format!("{key} {extra}");
         disk::grubenv_set(
             &path,
             &[
@@ -83,6 +95,11 @@ impl Ctx {
             ],
         )?;
         Ok(path)
+    }
+
+    /// The test private key.
+    pub fn key(&self) -> &Path {
+        &self.key
     }
 
     /// The test public key (one line), for configs the scenario writes.
@@ -129,16 +146,7 @@ impl Ctx {
     pub fn wait_up_for(&mut self, label: &str, target: &str) -> Result<Ssh> {
         let started = Instant::now();
         let key = self.key.clone();
-        let vm = self.vm()?;
-        let ssh = vm.ssh(&key, "macula")?;
-        vm.wait_for_ssh(&ssh, BOOT_TIMEOUT)?;
-        wait_until(vm, &format!("{target} to be active"), BOOT_TIMEOUT, || {
-            Ok(ssh
-                .run(&format!("systemctl is-active {target}"))?
-                .stdout
-                .trim()
-                == "active")
-        })?;
+        let ssh = wait_vm_up(self.vm()?, &key, target)?;
         let wall = started.elapsed().as_secs_f64();
         let uptime: f64 = ssh
             .check("cut -d' ' -f1 /proc/uptime")?
@@ -176,6 +184,21 @@ impl Ctx {
     }
 }
 
+/// Wait until `vm` (one the scenario runs besides its [`Ctx`] one) answers
+/// SSH with `key` and systemd's `target` is active.
+pub fn wait_vm_up(vm: &mut Vm, key: &Path, target: &str) -> Result<Ssh> {
+    let ssh = vm.ssh(key, "macula")?;
+    vm.wait_for_ssh(&ssh, BOOT_TIMEOUT)?;
+    wait_until(vm, &format!("{target} to be active"), BOOT_TIMEOUT, || {
+        Ok(ssh
+            .run(&format!("systemctl is-active {target}"))?
+            .stdout
+            .trim()
+            == "active")
+    })?;
+    Ok(ssh)
+}
+
 /// Poll `cond` until it holds or `timeout` passes; fails early if QEMU exits.
 pub fn wait_until(
     vm: &mut Vm,
@@ -205,6 +228,15 @@ pub fn wait_until(
             );
         }
         std::thread::sleep(POLL);
+    }
+}
+
+/// Remove the working disk images (`*.img`) in a scenario's directory.
+pub fn remove_disks(dir: &Path) {
+    for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if f.path().extension().is_some_and(|e| e == "img") {
+            let _ = std::fs::remove_file(f.path());
+        }
     }
 }
 

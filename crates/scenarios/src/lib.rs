@@ -7,6 +7,7 @@
 //! timings go to `<out>/scenarios/report.json`, never into assertions.
 
 mod config;
+mod firstboot;
 mod harness;
 mod install;
 mod recovery;
@@ -69,6 +70,7 @@ pub fn run(args: &TestArgs, build: &BuildOptions) -> Result<i32> {
     }
     maculaos_image::hosttools::ensure(maculaos_image::hosttools::BUILD)?;
     maculaos_image::hosttools::ensure(maculaos_image::hosttools::VM)?;
+    maculaos_image::hosttools::ensure(maculaos_image::hosttools::TEST)?;
 
     let mut passed = 0;
     let mut failed = 0;
@@ -112,7 +114,7 @@ pub fn run(args: &TestArgs, build: &BuildOptions) -> Result<i32> {
                     println!("RETRY {}: {e:#}", s.name);
                     let wedged_dir = dir.join(format!("{}.wedged", s.name));
                     let _ = std::fs::remove_dir_all(&wedged_dir);
-                    let _ = std::fs::remove_file(ctx.dir.join("disk.img"));
+                    harness::remove_disks(&ctx.dir);
                     let _ = std::fs::rename(&ctx.dir, &wedged_dir);
                     timings.push(Timing {
                         scenario: s.name.into(),
@@ -129,8 +131,8 @@ pub fn run(args: &TestArgs, build: &BuildOptions) -> Result<i32> {
                 Ok(()) => {
                     println!("PASS {}", s.name);
                     passed += 1;
-                    // Logs stay; the multi-GiB working disk only when it failed.
-                    let _ = std::fs::remove_file(ctx.dir.join("disk.img"));
+                    // Logs stay; the multi-GiB working disks only when it failed.
+                    harness::remove_disks(&ctx.dir);
                 }
                 Err(e) => {
                     println!("FAIL {}: {e:#}", s.name);

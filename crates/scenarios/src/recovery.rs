@@ -202,6 +202,27 @@ pub fn factory_reset(ctx: &mut Ctx) -> Result<()> {
     ensure(!old.success(), || {
         "the key given only by the wiped configuration still logs in".to_string()
     })?;
+    // A first boot again: the wizard answers (the test key, on the kernel
+    // command line, is not a configuration).
+    let mut wizard = String::new();
+    wait_until(
+        ctx.vm()?,
+        "the first-boot wizard to answer after the reset",
+        CMD_TIMEOUT,
+        || {
+            let out = ssh.run("curl -sf http://127.0.0.1/api/v1/info")?;
+            let ok = out.success();
+            wizard = out.stdout;
+            Ok(ok)
+        },
+    )?;
+    ensure(wizard.contains("hostname"), || {
+        format!("the wizard's /api/v1/info after the reset: {wizard}")
+    })?;
+    ensure(
+        !ssh.run("test -e /var/lib/maculaos/.configured")?.success(),
+        || "the node is still marked configured after the reset".to_string(),
+    )?;
     let failed = ssh.check("systemctl --failed --no-legend --plain")?;
     ensure(failed.trim().is_empty(), || {
         format!("units failed after the factory reset:\n{failed}")

@@ -119,6 +119,16 @@ pub fn all() -> Vec<Scenario> {
             run: crate::support::agent_backup_diag,
         },
         Scenario {
+            name: "firstboot",
+            about: "an unconfigured node: pairing code and QR on the serial console (decoded), wizard in headless chromium, wrong codes refused then rate limited, the form pairs it (hostname, key), the wizard is gone after reboot and the dashboard answers",
+            run: crate::firstboot::firstboot_wizard,
+        },
+        Scenario {
+            name: "lan-discovery",
+            about: "two nodes on one virtual LAN (socket netdev on 127.0.0.1): maculaos discover lists each from the other; avahi-resolve and getent resolve macula-XXXX.local; the wizard is announced and loads by name",
+            run: crate::firstboot::lan_discovery,
+        },
+        Scenario {
             name: "reproducible",
             about: "rebuilding the root from the same inputs gives the same squashfs sha256",
             run: reproducible,

@@ -24,8 +24,8 @@ mod vm;
 pub use maculaos_boot::Firmware;
 pub use serial::wedged_line;
 pub use spec::{
-    extra_nic_mac, Accel, VmSpec, DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OVMF, DEFAULT_QEMU,
-    GUEST_SERVICE_ADDR,
+    extra_nic_mac, Accel, Lan, VmSpec, DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OVMF,
+    DEFAULT_QEMU, GUEST_SERVICE_ADDR,
 };
 pub use ssh::{test_key, Output, Ssh};
 pub use vm::{StopHow, Stopped, Vm};

@@ -81,6 +81,12 @@ pub struct VmSpec {
     pub host_services: Vec<(u16, u16)>,
     /// NICs after the first, each on its own isolated user network.
     pub extra_nics: u32,
+    /// The first NIC's MAC (QEMU's default, 52:54:00:12:34:56, when None).
+    /// Machines on one [`Lan`] need their own: the default hostname comes
+    /// from it.
+    pub mac: Option<String>,
+    /// A NIC on a virtual LAN shared with other VMs on this host.
+    pub lan: Option<Lan>,
     /// An Intel 6300ESB watchdog (`/dev/watchdog` in the guest, driver
     /// i6300esb); when it fires QEMU resets the machine (with `no_reboot`:
     /// exits).
@@ -114,6 +120,8 @@ impl Default for VmSpec {
             extra_forwards: Vec::new(),
             host_services: Vec::new(),
             extra_nics: 0,
+            mac: None,
+            lan: None,
             watchdog: false,
             run_dir: PathBuf::new(),
             serial_stdio: false,
@@ -254,6 +262,19 @@ fn opt_path(p: &Path) -> Result<String> {
         })
 }
 
+/// A virtual Ethernet link between two VMs: QEMU's socket netdev over a TCP
+/// connection on 127.0.0.1 (nothing leaves the host). One VM listens, the
+/// other connects; frames, multicast (mDNS) included, pass between them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lan {
+    /// The 127.0.0.1 port of the link.
+    pub port: u16,
+    /// This VM listens (start it first); else it connects.
+    pub listen: bool,
+    /// The MAC of this VM's NIC on the link.
+    pub mac: String,
+}
+
 /// The address in the guest's user network where [`VmSpec::host_services`]
 /// answer (restrict=on keeps every other address unreachable).
 pub const GUEST_SERVICE_ADDR: &str = "10.0.2.100";
@@ -319,7 +340,24 @@ pub(crate) fn qemu_args(spec: &VmSpec, ports: &Ports, boot: u32) -> Result<Vec<S
     push(&["-netdev", &netdev]);
     // No option ROM: a disk that does not boot should fail fast instead of
     // spending a minute in iPXE network boot.
-    push(&["-device", "virtio-net-pci,netdev=n0,romfile="]);
+    let mac = spec
+        .mac
+        .as_ref()
+        .map(|m| format!(",mac={m}"))
+        .unwrap_or_default();
+    push(&[
+        "-device",
+        &format!("virtio-net-pci,netdev=n0,romfile={mac}"),
+    ]);
+    if let Some(lan) = &spec.lan {
+        let how = if lan.listen { "listen" } else { "connect" };
+        push(&[
+            "-netdev",
+            &format!("socket,id=lan0,{how}=127.0.0.1:{}", lan.port),
+            "-device",
+            &format!("virtio-net-pci,netdev=lan0,mac={},romfile=", lan.mac),
+        ]);
+    }
     // More NICs, each on its own isolated user network with no forwards:
     // for static-address configuration tests.
     for i in 1..=spec.extra_nics {
@@ -441,6 +479,33 @@ mod tests {
         assert_eq!(value_of(&a, "-mon"), ["chardev=ser0,mode=readline"]);
         assert!(value_of(&a, "-display").is_empty());
         assert!(!a.iter().any(|x| x == "-no-reboot"));
+    }
+
+    #[test]
+    fn lan_link_on_loopback_with_own_macs() {
+        let mut s = spec();
+        s.mac = Some("52:54:00:00:00:0a".into());
+        s.lan = Some(Lan {
+            port: 40100,
+            listen: false,
+            mac: "52:54:00:00:02:0a".into(),
+        });
+        let a = qemu_args(&s, &Ports::default(), 1).unwrap();
+        assert_eq!(
+            value_of(&a, "-netdev"),
+            [
+                "user,id=n0,restrict=on",
+                "socket,id=lan0,connect=127.0.0.1:40100"
+            ]
+        );
+        assert_eq!(
+            value_of(&a, "-device"),
+            [
+                "virtio-rng-pci",
+                "virtio-net-pci,netdev=n0,romfile=,mac=52:54:00:00:00:0a",
+                "virtio-net-pci,netdev=lan0,mac=52:54:00:00:02:0a,romfile="
+            ]
+        );
     }
 
     #[test]
