@@ -215,7 +215,8 @@ pub fn firstboot_wizard(ctx: &mut Ctx) -> Result<()> {
     })?;
 
     // The key from the form logs in; the node is who the form said.
-    let ssh = ctx.wait_up("after pairing")?;
+    let key = ctx.key().to_path_buf();
+    let ssh = wait_vm_up(ctx.vm()?, &key, "multi-user.target")?;
     let host = ssh.check("hostname")?;
     ensure(host.trim() == PAIRED, || {
         format!("hostname after pairing: {host}")
@@ -225,7 +226,7 @@ pub fn firstboot_wizard(ctx: &mut Ctx) -> Result<()> {
         config.contains("io.macula.test") && config.contains("bootstrap: true"),
         || format!("the stored configuration lacks the form's realm and role:\n{config}"),
     )?;
-    ssh.check("test -e /var/lib/maculaos/.configured")?;
+    ssh.check("sudo test -e /var/lib/maculaos/.configured")?;
     let mdns = ssh.check("cat /etc/avahi/services/macula.service")?;
     ensure(
         mdns.contains("configured=yes") && mdns.contains("role=peer,bootstrap"),
@@ -433,6 +434,13 @@ pub fn lan_discovery(ctx: &mut Ctx) -> Result<()> {
     let page = ssh_a.check_timeout(&format!("curl -sf http://{name_b}.local/"), CMD_TIMEOUT)?;
     ensure(page.contains("<form"), || {
         format!("B's wizard page, loaded by name from A:\n{page}")
+    })?;
+    // The operator at B's console (or with SSH) asks for the code again.
+    let shown = ssh_b.check("sudo maculaos firstboot --show-code")?;
+    let (on_serial, _) =
+        banner(&vm_b.serial_text()).context("no pairing code on B's serial console")?;
+    ensure(shown.contains(&format!("{CODE_LINE}{on_serial}")), || {
+        format!("`maculaos firstboot --show-code` on B does not show the code {on_serial} of its console:\n{shown}")
     })?;
     let rss = ssh_b.check("ps -o rss=,args= -C maculaos | awk '/firstboot/ {print $1}'")?;
     if let Ok(kib) = rss.trim().parse::<f64>() {

@@ -149,8 +149,10 @@ pub fn run(args: &TestArgs, build: &BuildOptions) -> Result<i32> {
         }
         harness::write_report(&dir.join("report.json"), &report.manifest, &timings)?;
         for t in &timings {
+            // Most are seconds; a few are memory, named "(MiB)".
+            let unit = if t.what.ends_with("(MiB)") { "" } else { "s" };
             eprintln!(
-                "    timing {:<18} {:<44} {:>7.1}s",
+                "    timing {:<18} {:<44} {:>7.1}{unit}",
                 t.scenario, t.what, t.seconds
             );
         }
