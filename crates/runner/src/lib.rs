@@ -203,27 +203,8 @@ impl Cmd {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = c.spawn().map_err(|e| self.spawn_error(e))?;
-        let reader = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                if let Some(mut p) = pipe {
-                    let _ = p.read_to_end(&mut buf);
-                }
-                buf
-            })
-        };
-        let out_thread = reader(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let err_thread = reader(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
+        let out_thread = drain(child.stdout.take());
+        let err_thread = drain(child.stderr.take());
         let deadline = std::time::Instant::now() + how_long;
         let status = loop {
             if let Some(status) = child.try_wait().map_err(|e| self.io(e))? {
@@ -308,22 +289,13 @@ impl Cmd {
                 let _ = sin.write_all(data);
             }
         }
-        // Read stderr on a thread so a chatty command cannot deadlock on a full pipe.
-        let stderr_thread = child.stderr.take().map(|mut e| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let _ = e.read_to_end(&mut buf);
-                buf
-            })
-        });
+        let stderr_thread = drain(child.stderr.take());
         let mut out = Vec::new();
         if let Some(mut so) = child.stdout.take() {
             so.read_to_end(&mut out).map_err(|e| self.io(e))?;
         }
         let status = child.wait().map_err(|e| self.io(e))?;
-        let err = stderr_thread
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default();
+        let err = stderr_thread.join().unwrap_or_default();
         if status.success() {
             return Ok(out);
         }
@@ -377,6 +349,18 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// The last `n` lines of `text`.
+/// Read a child's pipe to its end on a thread of its own, so a chatty
+/// command cannot block on a full pipe while it is waited for.
+pub fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);

@@ -4,7 +4,6 @@
 use crate::{Deadline, Result, VmError};
 use maculaos_runner::{shell_quote, Cmd, RunError};
 use std::ffi::OsString;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -143,27 +142,8 @@ impl Ssh {
             .spawn()
             .map_err(|e| spawn_error(e, self.command_line(cmd)))?;
         // Read both pipes on threads so a chatty command cannot block on a full pipe.
-        let drain = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                if let Some(mut p) = pipe {
-                    let _ = p.read_to_end(&mut buf);
-                }
-                String::from_utf8_lossy(&buf).into_owned()
-            })
-        };
-        let out = drain(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let err = drain(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
+        let out = maculaos_runner::drain(child.stdout.take());
+        let err = maculaos_runner::drain(child.stderr.take());
         let wait_err = |e| VmError::Io {
             what: format!("waiting for `{}`", self.command_line(cmd)),
             path: PathBuf::from("ssh"),
@@ -192,8 +172,8 @@ impl Ssh {
         };
         Ok(Output {
             status: exit_code(status),
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
+            stdout: String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned(),
+            stderr: String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned(),
         })
     }
 }
