@@ -62,27 +62,12 @@ impl Announcement {
         for t in self.txt() {
             s.push_str(&format!(
                 "    <txt-record>{}</txt-record>\n",
-                xml_escape(&t)
+                maculaos_web::escape(&t)
             ));
         }
         s.push_str("  </service>\n</service-group>\n");
         s
     }
-}
-
-pub(crate) fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
-}
-
-fn os_release_version(text: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        let v = l.strip_prefix("VERSION_ID=")?;
-        Some(v.trim().trim_matches('"').to_string())
-    })
 }
 
 pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
@@ -93,7 +78,7 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     let machine_id = fs::read_to_string(a.path("/etc/machine-id")).unwrap_or_default();
     let version = fs::read_to_string(a.path("/etc/os-release"))
         .ok()
-        .and_then(|t| os_release_version(&t))
+        .and_then(|t| maculaos_info::os_release_value(&t, "VERSION_ID"))
         .unwrap_or_else(|| "unknown".into());
     let mesh = &config.maculaos.mesh;
     let role = mesh

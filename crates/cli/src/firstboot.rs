@@ -56,10 +56,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let hostname = running_hostname();
     let code = PairingCode::generate()?;
     let url = code.url(&format!("{hostname}.local"));
     let listener = std::net::TcpListener::bind(&args.listen).with_context(|| {
@@ -69,12 +66,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             args.listen
         )
     })?;
-    write_private(
+    write_atomic(
         Path::new(STATE),
         &serde_json::to_vec(&State {
             code: code.to_string(),
             url: url.clone(),
         })?,
+        0o600,
     )?;
     announce(true);
     let banner = banner(&hostname, &code.to_string(), &url)?;
@@ -114,8 +112,7 @@ fn show_code() -> Result<ExitCode> {
     };
     let state: State =
         serde_json::from_slice(&text).with_context(|| format!("{STATE} is garbled"))?;
-    let hostname = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    print!("{}", banner(hostname.trim(), &state.code, &state.url)?);
+    print!("{}", banner(&running_hostname(), &state.code, &state.url)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -232,15 +229,9 @@ fn pair(paths: &Paths, p: &Pairing) -> Result<String> {
         "# Written by the first-boot wizard (maculaos firstboot); edit freely.\n{}",
         serde_yaml_ng::to_string(&value)?
     );
-    write_private(&node, text.as_bytes())?;
+    write_atomic(&node, text.as_bytes(), 0o600)?;
     for (path, content, mode) in &p.files {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let tmp = path.with_extension("new");
-        fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(*mode))?;
-        fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        write_atomic(path, content.as_bytes(), *mode)?;
     }
     let flag = paths.configured_flag();
     fs::write(&flag, b"").with_context(|| format!("creating {}", flag.display()))?;
@@ -256,6 +247,14 @@ fn pair(paths: &Paths, p: &Pairing) -> Result<String> {
         hostname.trim(),
         hostname.trim()
     ))
+}
+
+/// The kernel's hostname now (apply may just have changed it).
+fn running_hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// Maps merge key by key; anything else in `add` replaces.
@@ -275,8 +274,9 @@ fn merge(base: &mut Value, add: Value) {
     }
 }
 
-/// Write `data` to `path` readable by root only, atomically.
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+/// Write `data` to `path` with `mode`, atomically (made under a temporary
+/// name with its mode from the start, then renamed).
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().context("a file path without a directory")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = path.with_extension("tmp");
@@ -284,10 +284,12 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(data)
+    // A temporary file left by a crash keeps its old mode through open().
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .and_then(|_| f.write_all(data))
         .and_then(|_| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
