@@ -19,3 +19,12 @@ systemctl set-default --quiet multi-user.target
 mkdir -p /mnt/usb
 # Not needed on a node that waits for nothing but its own network.
 systemctl mask --quiet systemd-networkd-wait-online.service
+# The package database describes the read-only root, and nothing installs
+# packages on a node: keep it in the image, where it always matches the
+# running slot (a copy in /var would describe the first slot ever booted),
+# and where a first boot need not copy its ~1000 files into /var.
+if [ ! -L /var/lib/dpkg ]; then
+    rm -rf /usr/lib/maculaos/dpkg
+    mv /var/lib/dpkg /usr/lib/maculaos/dpkg
+    ln -s ../../usr/lib/maculaos/dpkg /var/lib/dpkg
+fi

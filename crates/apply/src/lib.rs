@@ -33,6 +33,7 @@ use applier::Applier;
 use maculaos_config::Config;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub use hostname::{default_hostname, hosts_file, primary_mac};
 pub use k3s::k3s_installed;
@@ -81,6 +82,10 @@ pub struct Report {
     pub changes: Vec<String>,
     pub errors: Vec<String>,
     pub notes: Vec<String>,
+    /// How long each step took, in order: apply runs on every boot, before
+    /// the network and SSH, so a slow step delays the whole node.
+    #[serde(skip)]
+    pub timings: Vec<(&'static str, Duration)>,
 }
 
 impl Report {
@@ -130,9 +135,11 @@ pub fn apply_watchdog(config: &Config, opts: &Options) -> Report {
 pub fn apply(config: &Config, opts: &Options) -> Report {
     let mut a = Applier::new(opts);
     for (area, step) in STEPS {
+        let started = Instant::now();
         if let Err(e) = step(config, &mut a) {
             a.error(area, e);
         }
+        a.report.timings.push((area, started.elapsed()));
     }
     a.report
 }

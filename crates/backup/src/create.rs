@@ -28,16 +28,20 @@ use crate::{io_err, BackupError, Hashing, Phase, Progress, Report, Spec};
 /// [`crate::default_name`] for a name). The archive is written to a
 /// temporary file in `dest`'s directory, fsynced and renamed, so a power cut
 /// leaves either no backup or a whole one under `dest`. It is created with
-/// mode 0600: it holds the node's credentials.
+/// mode 0600: it holds the node's credentials. For an encrypted backup see
+/// [`crate::create_encrypted`].
 pub fn create(
     spec: &Spec,
     dest: &Path,
     progress: impl FnMut(Progress),
 ) -> Result<Report, BackupError> {
-    let now = SystemTime::now()
+    create_at(spec, dest, now(), progress)
+}
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    create_at(spec, dest, now, progress)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// [`create`] with the creation time given, so tests can make backups of
@@ -48,15 +52,15 @@ pub(crate) fn create_at(
     created: u64,
     mut progress: impl FnMut(Progress),
 ) -> Result<Report, BackupError> {
-    if fs::symlink_metadata(dest).is_ok() {
-        return Err(BackupError::Exists {
+    if crate::encrypted::has_age_suffix(dest) {
+        return Err(BackupError::Name {
             path: dest.to_path_buf(),
+            problem: "a name ending in .age marks an encrypted backup: give recipients to \
+                      encrypt to, or name it ….tar.gz",
         });
     }
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    refuse_existing(dest)?;
+    let dir = parent_dir(dest);
     let tmp = tempfile::Builder::new()
         .prefix(".maculaos-backup-")
         .suffix(".partial")
@@ -64,13 +68,71 @@ pub(crate) fn create_at(
         .map_err(io_err("create a temporary archive in", dir))?;
     // The destination may sit inside an included tree: never archive the
     // archive being written.
-    let md = tmp
-        .as_file()
-        .metadata()
-        .map_err(io_err("inspect", tmp.path()))?;
+    let skip = [dev_ino(tmp.path())?];
+    let report = write_archive(spec, tmp.as_file(), &skip, created, dest, &mut progress)?;
+    tmp.as_file().sync_all().map_err(io_err("write", dest))?;
+    persist(tmp, dest)?;
+    Ok(report)
+}
 
+/// A backup is never written over an existing file: that may be the only
+/// good backup there is.
+pub(crate) fn refuse_existing(dest: &Path) -> Result<(), BackupError> {
+    if fs::symlink_metadata(dest).is_ok() {
+        return Err(BackupError::Exists {
+            path: dest.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Device and inode of `path`, to recognise it while walking the include
+/// paths whatever name it is reached by.
+pub(crate) fn dev_ino(path: &Path) -> Result<(u64, u64), BackupError> {
+    let md = fs::symlink_metadata(path).map_err(io_err("inspect", path))?;
+    Ok((md.dev(), md.ino()))
+}
+
+/// Renames the finished temporary `tmp` to `dest` (never over an existing
+/// file) and syncs the directory, so the rename survives a power cut.
+pub(crate) fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<(), BackupError> {
+    tmp.persist_noclobber(dest).map_err(|e| {
+        if e.error.kind() == io::ErrorKind::AlreadyExists {
+            BackupError::Exists {
+                path: dest.to_path_buf(),
+            }
+        } else {
+            io_err("rename the finished archive to", dest)(e.error)
+        }
+    })?;
+    let dir = parent_dir(dest);
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync", dir))
+}
+
+/// Writes the archive of `spec` to `file` (not synced). `skip`: device and
+/// inode of what must not be archived, with everything below it (the
+/// archive being written, or the private directory it is written in).
+/// `dest` names the backup in errors.
+pub(crate) fn write_archive(
+    spec: &Spec,
+    file: &File,
+    skip: &[(u64, u64)],
+    created: u64,
+    dest: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Report, BackupError> {
     let mut report = Report::default();
-    let mut entries = scan(spec, (md.dev(), md.ino()), &mut report)?;
+    let mut entries = scan(spec, skip, &mut report)?;
 
     let total: u64 = entries.values().map(|e| e.size).sum();
     let mut done = 0;
@@ -100,7 +162,7 @@ pub(crate) fn create_at(
         .map_err(|e| io_err("encode the manifest for", dest)(io::Error::other(e)))?;
 
     let write_err = || io_err("write", dest);
-    let gz = GzEncoder::new(BufWriter::new(tmp.as_file()), Compression::default());
+    let gz = GzEncoder::new(BufWriter::new(file), Compression::default());
     let mut tar = tar::Builder::new(gz);
     let mut h = header(EntryType::Regular, 0o600, 0, 0, created as i64);
     h.set_size(json.len() as u64);
@@ -150,25 +212,10 @@ pub(crate) fn create_at(
             }
         }
     }
-    let file = tar
-        .into_inner()
+    tar.into_inner()
         .and_then(|gz| gz.finish())
         .and_then(|buf| buf.into_inner().map_err(|e| e.into_error()))
         .map_err(write_err())?;
-    file.sync_all().map_err(write_err())?;
-    tmp.persist_noclobber(dest).map_err(|e| {
-        if e.error.kind() == io::ErrorKind::AlreadyExists {
-            BackupError::Exists {
-                path: dest.to_path_buf(),
-            }
-        } else {
-            io_err("rename the finished archive to", dest)(e.error)
-        }
-    })?;
-    // Make the rename itself survive a power cut.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync", dir))?;
     Ok(report)
 }
 
@@ -223,7 +270,7 @@ fn node_rel(p: &Path) -> Result<PathBuf, BackupError> {
 /// BTreeMap so overlapping includes are stored once and in path order.
 fn scan(
     spec: &Spec,
-    skip: (u64, u64),
+    skip: &[(u64, u64)],
     report: &mut Report,
 ) -> Result<BTreeMap<String, Entry>, BackupError> {
     let excludes = spec
@@ -248,7 +295,9 @@ fn scan(
         let walk = WalkDir::new(&start)
             .follow_links(false)
             .into_iter()
-            .filter_entry(|d| !excludes.iter().any(|x| rel_of(d.path()).starts_with(x)));
+            .filter_entry(|d| {
+                !excludes.iter().any(|x| rel_of(d.path()).starts_with(x)) && !skipped(d, skip)
+            });
         for item in walk {
             let d = item.map_err(|e| {
                 let path = e.path().unwrap_or(&start).to_path_buf();
@@ -258,9 +307,6 @@ fn scan(
             let md = d
                 .metadata()
                 .map_err(|e| io_err("read", d.path())(e.into()))?;
-            if (md.dev(), md.ino()) == skip {
-                continue;
-            }
             let kind = if md.is_dir() {
                 Kind::Dir
             } else if md.is_file() {
@@ -304,6 +350,15 @@ fn scan(
         }
     }
     Ok(out)
+}
+
+/// Whether a walked entry is one of `skip`. The inode walkdir read from the
+/// directory is compared first, so only a likely match costs a stat.
+fn skipped(d: &walkdir::DirEntry, skip: &[(u64, u64)]) -> bool {
+    use walkdir::DirEntryExt;
+    skip.iter().any(|&(dev, ino)| {
+        d.ino() == ino && fs::symlink_metadata(d.path()).is_ok_and(|m| m.dev() == dev)
+    })
 }
 
 /// The name to record: `<root>/etc/hostname`, else the kernel's hostname

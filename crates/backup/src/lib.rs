@@ -8,11 +8,15 @@
 //! with the node path minus its leading `/`, so the archive can also be
 //! unpacked by hand with plain `tar` in an emergency.
 //!
+//! A backup can also be encrypted to age public keys (`….tar.gz.age`, see
+//! [`create_encrypted`]): the same archive, run through the `age` tool.
+//!
 //! Where the archives go (local directory, mesh peers, S3) is not this
 //! crate's business: it makes, checks, restores, lists and prunes archive
 //! files in a directory.
 
 mod create;
+mod encrypted;
 mod manifest;
 mod restore;
 mod store;
@@ -23,9 +27,10 @@ use std::io;
 use std::path::PathBuf;
 
 pub use create::create;
+pub use encrypted::{create_encrypted, is_encrypted, restore_encrypted, verify_encrypted, Age};
 pub use manifest::{Entry, Kind, Manifest, FORMAT};
 pub use restore::{restore, verify};
-pub use store::{default_name, list, prune, Listed};
+pub use store::{default_name, list, prune, utc, Listed};
 
 /// What to back up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +72,12 @@ pub enum Phase {
     Hashing,
     /// create, second pass: writing the archive.
     Archiving,
+    /// create of an encrypted backup, last: `age` encrypting the archive
+    /// (reported when it starts and when it is done).
+    Encrypting,
+    /// restore or verify of an encrypted backup, first: `age` decrypting
+    /// it (reported when it starts and when it is done).
+    Decrypting,
     /// verify (also the first step of restore).
     Verifying,
     /// restore: writing files.
@@ -77,7 +88,8 @@ pub enum Phase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
     pub phase: Phase,
-    /// Node path of the entry about to be handled.
+    /// Node path of the entry about to be handled (while encrypting or
+    /// decrypting: the backup file).
     pub path: String,
     /// File bytes handled so far in this phase, and in all of it.
     pub done: u64,
@@ -109,6 +121,25 @@ pub enum BackupError {
     },
     #[error("{} already exists: choose another name or delete it first", .path.display())]
     Exists { path: PathBuf },
+    #[error("{}: {problem}", .path.display())]
+    Name {
+        path: PathBuf,
+        problem: &'static str,
+    },
+    #[error("no age recipient to encrypt {} to: give at least one public key (age1… or ssh-ed25519 …)", .path.display())]
+    NoRecipients { path: PathBuf },
+    #[error("{} is encrypted to an age key: give the private key with --identity FILE", .archive.display())]
+    Encrypted { archive: PathBuf },
+    #[error("{} cannot be decrypted with {}: the key does not match (the backup was encrypted to other keys); give one of the private keys it was encrypted to", .archive.display(), .identity.display())]
+    WrongKey { archive: PathBuf, identity: PathBuf },
+    /// `age` is missing or failed; the source names the command and quotes
+    /// what it said (boxed: it is large, and this error is rare).
+    #[error("cannot {action} {}: {source}", .path.display())]
+    Age {
+        action: &'static str,
+        path: PathBuf,
+        source: Box<maculaos_runner::RunError>,
+    },
 }
 
 fn hint(e: &io::Error) -> &'static str {

@@ -93,7 +93,9 @@ fn member_path<R: Read>(m: &tar::Entry<'_, R>, archive: &Path) -> Result<PathBuf
 
 /// Reads the whole archive and checks every member against the manifest:
 /// presence, kind, size, sha256, symlink target, no member twice, none
-/// extra, none escaping. Returns the manifest; nothing is written.
+/// extra, none escaping. Returns the manifest; nothing is written. An
+/// encrypted backup is refused ([`BackupError::Encrypted`]): see
+/// [`crate::verify_encrypted`].
 pub fn verify(archive: &Path) -> Result<Manifest, BackupError> {
     verify_with(archive, &mut |_| {})
 }
@@ -102,6 +104,12 @@ fn verify_with(
     archive: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Manifest, BackupError> {
+    // Read as gzip it would only be "damaged": say what it needs instead.
+    if crate::is_encrypted(archive) {
+        return Err(BackupError::Encrypted {
+            archive: archive.to_path_buf(),
+        });
+    }
     let mut ar = open(archive)?;
     let manifest;
     {
@@ -200,6 +208,9 @@ fn verify_with(
 ///
 /// Owners are set with chown; where the kernel refuses (not root), the
 /// entry is counted in [`Report::owners_not_set`] instead of failing.
+///
+/// An encrypted backup is refused ([`BackupError::Encrypted`]): see
+/// [`crate::restore_encrypted`].
 pub fn restore(
     archive: &Path,
     root: &Path,

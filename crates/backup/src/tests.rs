@@ -470,3 +470,479 @@ fn default_name_is_utc() {
         "maculaos-backup-a-b-20000229T000000Z.tar.gz"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Encrypted backups. A stand-in for `age` (a shell script) tests the control
+// flow everywhere; the real tool is tried too where it is installed.
+
+/// Parses age's arguments; then the caller's lines act. Every run appends
+/// its input path to `<script>.log`, so a test can check that the plain
+/// archive it was given is gone. It also fails unless what it reads or
+/// writes next to the backup is in a private (0700) directory.
+const FAKE_AGE_ARGS: &str = r#"#!/bin/sh
+mode=; recipients=; identity=; out=; in=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -e) mode=e ;;
+    -d) mode=d ;;
+    -r) recipients="$recipients [$2]"; shift ;;
+    -i) identity=$2; shift ;;
+    -o) out=$2; shift ;;
+    *) in=$1 ;;
+  esac
+  shift
+done
+echo "$in" >> "$0.log"
+[ "$(stat -c %a "$(dirname "$out")")" = 700 ] || { echo "age: error: $out is not private" >&2; exit 3; }
+"#;
+
+/// "Encrypts" by base64 after an age header and a line naming the
+/// recipients; "decrypts" only with an identity file holding one of them.
+const FAKE_AGE: &str = r#"
+if [ "$mode" = e ]; then
+  [ "$(stat -c %a "$(dirname "$in")")" = 700 ] || { echo "age: error: $in is not private" >&2; exit 3; }
+  { echo age-encryption.org/v1; echo "-> fake$recipients"; base64 "$in"; } > "$out"
+else
+  key=$(cat "$identity") || exit 1
+  sed -n 2p "$in" | grep -qF "[$key]" || { echo "age: error: no identity matched any of the recipients" >&2; exit 1; }
+  tail -n +3 "$in" | base64 -d > "$out"
+fi
+"#;
+
+/// Fails half-way, leaving a partial output as a crashing tool would.
+const FAILING_AGE: &str = r#"
+echo partial > "$out"
+echo "age: error: write failed: no space left on device" >&2
+exit 1
+"#;
+
+fn fake_age(dir: &Path, name: &str, body: &str) -> (Age, PathBuf) {
+    let path = dir.join(name);
+    fs::write(&path, format!("{FAKE_AGE_ARGS}{body}")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    (Age::at(&path), dir.join(format!("{name}.log")))
+}
+
+/// The inputs the stand-in was given (all plain archives when encrypting).
+fn inputs(log: &Path) -> Vec<PathBuf> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+const RECIPIENTS: [&str; 2] = [
+    "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB admin@laptop",
+];
+
+fn recipients() -> Vec<String> {
+    RECIPIENTS.iter().map(|r| r.to_string()).collect()
+}
+
+fn encrypted_name(t: u64) -> String {
+    format!("{}.age", default_name("node-1", t))
+}
+
+/// A tree, an encrypted backup of it (made with the stand-in) and the
+/// stand-in's directory.
+fn encrypted_backup() -> (TempDir, TempDir, PathBuf, TempDir, Age) {
+    let src = tempfile::tempdir().unwrap();
+    make_tree(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join(encrypted_name(1_705_312_800));
+    let tools = tempfile::tempdir().unwrap();
+    let (age, _) = fake_age(tools.path(), "age", FAKE_AGE);
+    create_encrypted(&age, &spec(src.path()), &dest, &recipients(), |_| {}).unwrap();
+    (src, out, dest, tools, age)
+}
+
+fn key_file(dir: &Path, key: &str) -> PathBuf {
+    let path = dir.join(format!("key-{}", key.len()));
+    fs::write(&path, format!("{key}\n")).unwrap();
+    path
+}
+
+#[test]
+fn encrypted_backup_leaves_no_plain_copy_and_restores_with_a_key() {
+    let src = tempfile::tempdir().unwrap();
+    make_tree(src.path());
+    let before = snapshot(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let name = encrypted_name(1_705_312_800);
+    let dest = out.path().join(&name);
+    let tools = tempfile::tempdir().unwrap();
+    let (age, log) = fake_age(tools.path(), "age", FAKE_AGE);
+    let mut phases = Vec::new();
+    let report = create_encrypted(&age, &spec(src.path()), &dest, &recipients(), |p| {
+        phases.push(p.phase)
+    })
+    .unwrap();
+    assert_eq!((report.files, report.dirs, report.symlinks), (7, 4, 1));
+    for phase in [Phase::Hashing, Phase::Archiving, Phase::Encrypting] {
+        assert!(phases.contains(&phase), "{phase:?} not reported");
+    }
+    // Only the encrypted backup is left, private; the plain archive is gone.
+    assert_eq!(names_in(out.path()), std::slice::from_ref(&name));
+    assert_eq!(fs::metadata(&dest).unwrap().mode() & 0o777, 0o600);
+    let text = fs::read_to_string(&dest).unwrap();
+    assert!(
+        text.starts_with("age-encryption.org/v1\n-> fake [age1ql3z"),
+        "{text:.80}"
+    );
+    assert!(text.contains("[ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB admin@laptop]"));
+    let plain = inputs(&log);
+    assert_eq!(plain.len(), 1);
+    assert!(!plain[0].exists() && !plain[0].parent().unwrap().exists());
+
+    // Break the tree, then restore with the SSH key's "private half".
+    let data = src.path().join("var/lib/data");
+    fs::write(data.join("a.txt"), "changed").unwrap();
+    fs::remove_dir_all(data.join("nested")).unwrap();
+    let identity = key_file(tools.path(), RECIPIENTS[1]);
+    let mut phases = Vec::new();
+    let report =
+        restore_encrypted(&age, &dest, &identity, src.path(), |p| phases.push(p.phase)).unwrap();
+    assert_eq!((report.files, report.dirs, report.symlinks), (7, 4, 1));
+    assert_eq!(snapshot(src.path()), before);
+    for phase in [Phase::Decrypting, Phase::Verifying, Phase::Restoring] {
+        assert!(phases.contains(&phase), "{phase:?} not reported");
+    }
+    // The decrypted copy is gone too.
+    assert_eq!(names_in(out.path()), [name]);
+    let decrypted = inputs(&log);
+    assert_eq!(decrypted[1], dest);
+    let manifest = verify_encrypted(&age, &dest, &identity).unwrap();
+    assert_eq!(manifest.hostname, "node-1");
+    assert_eq!(names_in(out.path()).len(), 1);
+}
+
+#[test]
+fn failed_encryption_leaves_nothing_behind() {
+    let src = tempfile::tempdir().unwrap();
+    make_tree(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join(encrypted_name(1_705_312_800));
+    let tools = tempfile::tempdir().unwrap();
+    let (age, log) = fake_age(tools.path(), "age", FAILING_AGE);
+    let err = create_encrypted(&age, &spec(src.path()), &dest, &recipients(), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("cannot encrypt {}: `", dest.display())),
+        "{err}"
+    );
+    assert!(err.contains("no space left on device"), "{err}");
+    assert!(
+        names_in(out.path()).is_empty(),
+        "{:?}",
+        names_in(out.path())
+    );
+    let plain = inputs(&log);
+    assert_eq!(plain.len(), 1);
+    assert!(!plain[0].exists());
+}
+
+#[test]
+fn missing_age_says_to_install_it() {
+    let src = tempfile::tempdir().unwrap();
+    make_tree(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join(encrypted_name(1_705_312_800));
+    let age = Age::at(out.path().join("no-such-age"));
+    let err = create_encrypted(&age, &spec(src.path()), &dest, &recipients(), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("install the `age` package"), "{err}");
+    assert!(names_in(out.path()).is_empty());
+}
+
+#[test]
+fn encrypted_backup_without_a_key_is_refused() {
+    let (src, _out, dest, _tools, _age) = encrypted_backup();
+    fs::write(src.path().join("var/lib/data/a.txt"), "changed").unwrap();
+    let want = format!(
+        "{} is encrypted to an age key: give the private key with --identity FILE",
+        dest.display()
+    );
+    assert_eq!(verify(&dest).unwrap_err().to_string(), want);
+    assert_refused(&dest, src.path(), &want);
+    // Renamed by hand, it is still known by its header.
+    let renamed = dest.with_file_name("renamed.tar.gz");
+    fs::rename(&dest, &renamed).unwrap();
+    assert!(is_encrypted(&renamed));
+    assert_refused(&renamed, src.path(), "is encrypted to an age key");
+}
+
+#[test]
+fn wrong_key_is_refused_before_anything_is_written() {
+    let (src, out, dest, tools, age) = encrypted_backup();
+    fs::write(src.path().join("var/lib/data/a.txt"), "changed").unwrap();
+    let before = snapshot(src.path());
+    let other = key_file(tools.path(), "AGE-SECRET-KEY-1SOMEONEELSE");
+    let err = restore_encrypted(&age, &dest, &other, src.path(), |_| {}).unwrap_err();
+    assert!(matches!(err, BackupError::WrongKey { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.starts_with(&dest.display().to_string()), "{msg}");
+    assert!(msg.contains("the key does not match"), "{msg}");
+    assert_eq!(
+        snapshot(src.path()),
+        before,
+        "a refused restore wrote something"
+    );
+    assert_eq!(names_in(out.path()).len(), 1, "{:?}", names_in(out.path()));
+    // A key file that is not there is named as such, not left to age.
+    let err = restore_encrypted(&age, &dest, &tools.path().join("nope"), src.path(), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("cannot read the private key file"), "{err}");
+}
+
+#[test]
+fn damaged_encrypted_backup_is_refused_under_its_own_name() {
+    let (src, out, dest, tools, age) = encrypted_backup();
+    fs::write(src.path().join("var/lib/data/a.txt"), "changed").unwrap();
+    // Decrypts fine (the stand-in has no MAC) but the archive is cut short.
+    let text = fs::read_to_string(&dest).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.truncate(lines.len() / 2);
+    fs::write(&dest, lines.join("\n") + "\n").unwrap();
+    let identity = key_file(tools.path(), RECIPIENTS[0]);
+    let before = snapshot(src.path());
+    let err = restore_encrypted(&age, &dest, &identity, src.path(), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("{}: archive is truncated", dest.display())),
+        "{err}"
+    );
+    assert_eq!(snapshot(src.path()), before);
+    assert_eq!(names_in(out.path()).len(), 1);
+}
+
+#[test]
+fn encrypted_names_and_recipients_are_checked() {
+    let src = tempfile::tempdir().unwrap();
+    make_tree(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    let (age, log) = fake_age(tools.path(), "age", FAKE_AGE);
+    let plain_name = out.path().join(default_name("node-1", 1));
+    let err =
+        create_encrypted(&age, &spec(src.path()), &plain_name, &recipients(), |_| {}).unwrap_err();
+    assert!(err.to_string().contains("must end in .age"), "{err}");
+    let age_name = out.path().join(encrypted_name(1));
+    let err = create_encrypted(&age, &spec(src.path()), &age_name, &[], |_| {}).unwrap_err();
+    assert!(matches!(err, BackupError::NoRecipients { .. }), "{err}");
+    let err = create(&spec(src.path()), &age_name, |_| {}).unwrap_err();
+    assert!(
+        err.to_string().contains("marks an encrypted backup"),
+        "{err}"
+    );
+    fs::write(&age_name, "").unwrap();
+    let err =
+        create_encrypted(&age, &spec(src.path()), &age_name, &recipients(), |_| {}).unwrap_err();
+    assert!(matches!(err, BackupError::Exists { .. }), "{err}");
+    assert!(inputs(&log).is_empty());
+    assert_eq!(names_in(out.path()).len(), 1);
+}
+
+#[test]
+fn encrypted_backup_inside_an_included_tree_leaves_its_work_out() {
+    let src = tempfile::tempdir().unwrap();
+    make_tree(src.path());
+    let backups = src.path().join("var/lib/data/backups");
+    fs::create_dir(&backups).unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    let (age, _) = fake_age(tools.path(), "age", FAKE_AGE);
+    let dest = backups.join(encrypted_name(1));
+    create_encrypted(&age, &spec(src.path()), &dest, &recipients(), |_| {}).unwrap();
+    let identity = key_file(tools.path(), RECIPIENTS[0]);
+    let manifest = verify_encrypted(&age, &dest, &identity).unwrap();
+    assert!(manifest
+        .entries
+        .iter()
+        .any(|e| e.path == "/var/lib/data/backups"));
+    assert!(!manifest
+        .entries
+        .iter()
+        .any(|e| e.path.starts_with("/var/lib/data/backups/")));
+}
+
+#[test]
+fn leftovers_of_a_killed_run_are_swept() {
+    let src = tempfile::tempdir().unwrap();
+    make_tree(src.path());
+    let out = tempfile::tempdir().unwrap();
+    // No process has this pid (above the kernel's largest pid_max).
+    let dead = out
+        .path()
+        .join(".maculaos-backup-999999999-AbCdEf.encrypting");
+    fs::create_dir(&dead).unwrap();
+    fs::write(dead.join("backup.tar.gz"), "plain secrets").unwrap();
+    let alive = out.path().join(format!(
+        ".maculaos-backup-{}-AbCdEf.decrypting",
+        std::process::id()
+    ));
+    fs::create_dir(&alive).unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    let (age, _) = fake_age(tools.path(), "age", FAKE_AGE);
+    let dest = out.path().join(encrypted_name(1));
+    create_encrypted(&age, &spec(src.path()), &dest, &recipients(), |_| {}).unwrap();
+    assert!(!dead.exists());
+    assert!(alive.exists(), "a running process's directory was deleted");
+}
+
+#[test]
+fn list_shows_encrypted_backups_and_prune_counts_them() {
+    let src = tempfile::tempdir().unwrap();
+    make_tree(src.path());
+    let out = tempfile::tempdir().unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    let (age, _) = fake_age(tools.path(), "age", FAKE_AGE);
+    let plain = |t| out.path().join(default_name("node-1", t));
+    let enc = |t| out.path().join(encrypted_name(t));
+    for t in [1_000, 3_000] {
+        create_at(&spec(src.path()), &plain(t), t, |_| {}).unwrap();
+    }
+    for t in [2_000, 4_000] {
+        create_encrypted(&age, &spec(src.path()), &enc(t), &recipients(), |_| {}).unwrap();
+        // Their time is the file's: make it the backup's.
+        set_mtime(&enc(t), t as i64);
+    }
+    let damaged = out.path().join(encrypted_name(5_000));
+    fs::write(&damaged, "not encrypted at all").unwrap();
+    fs::write(out.path().join("notes.txt.age"), "").unwrap();
+
+    let listed = list(out.path()).unwrap();
+    let rows: Vec<_> = listed
+        .iter()
+        .map(|l| (l.path.clone(), l.created, l.encrypted))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (enc(4_000), Some(4_000), true),
+            (plain(3_000), Some(3_000), false),
+            (enc(2_000), Some(2_000), true),
+            (plain(1_000), Some(1_000), false),
+            (damaged.clone(), None, true),
+        ]
+    );
+    assert_eq!(listed[0].hostname, None);
+    assert!(listed[0].damaged.is_none() && listed[0].size > 0);
+    assert_eq!(listed[1].hostname.as_deref(), Some("node-1"));
+    assert!(listed[4]
+        .damaged
+        .as_deref()
+        .unwrap_or_default()
+        .contains("not an age-encrypted file"));
+
+    assert_eq!(prune(out.path(), 2).unwrap(), [enc(2_000), plain(1_000)]);
+    assert_eq!(
+        names_in(out.path()),
+        [
+            encrypted_name(4_000),
+            default_name("node-1", 3_000),
+            encrypted_name(5_000),
+            "notes.txt.age".to_string(),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+}
+
+/// With the real `age` and `age-keygen` where they are installed.
+#[test]
+fn real_age_round_trip() {
+    if !(maculaos_runner::have("age") && maculaos_runner::have("age-keygen")) {
+        eprintln!("skipped: `age` and `age-keygen` are not installed (apt-get install age)");
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let keygen = |name: &str| {
+        let path = keys.path().join(name);
+        maculaos_runner::Cmd::new("age-keygen")
+            .arg("-o")
+            .arg(&path)
+            .quiet()
+            .run()
+            .unwrap();
+        let public = maculaos_runner::Cmd::new("age-keygen")
+            .arg("-y")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (path, public.trim().to_string())
+    };
+    let (mine, my_public) = keygen("mine.txt");
+    let (theirs, _) = keygen("theirs.txt");
+    let (src, _out, dest) = {
+        let src = tempfile::tempdir().unwrap();
+        make_tree(src.path());
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join(encrypted_name(1_705_312_800));
+        create_encrypted(
+            &Age::default(),
+            &spec(src.path()),
+            &dest,
+            &[my_public],
+            |_| {},
+        )
+        .unwrap();
+        (src, out, dest)
+    };
+    assert!(fs::read(&dest)
+        .unwrap()
+        .starts_with(b"age-encryption.org/v1\n"));
+    assert_eq!(list(dest.parent().unwrap()).unwrap()[0].damaged, None);
+
+    let empty = tempfile::tempdir().unwrap();
+    let err = restore_encrypted(&Age::default(), &dest, &theirs, empty.path(), |_| {}).unwrap_err();
+    assert!(matches!(err, BackupError::WrongKey { .. }), "{err}");
+    assert!(snapshot(empty.path()).is_empty());
+
+    restore_encrypted(&Age::default(), &dest, &mine, empty.path(), |_| {}).unwrap();
+    let backed = snapshot(src.path());
+    assert_eq!(
+        snapshot(empty.path()).get(Path::new("var/lib/data/bin")),
+        backed.get(Path::new("var/lib/data/bin"))
+    );
+    assert_eq!(names_in(dest.parent().unwrap()).len(), 1);
+
+    // An SSH key as recipient: one argument with spaces in it.
+    if !maculaos_runner::have("ssh-keygen") {
+        eprintln!("SSH recipients not tried: ssh-keygen is not installed");
+        return;
+    }
+    let ssh = keys.path().join("id_ed25519");
+    maculaos_runner::Cmd::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "admin@laptop", "-f"])
+        .arg(&ssh)
+        .quiet()
+        .run()
+        .unwrap();
+    let public = fs::read_to_string(ssh.with_extension("pub")).unwrap();
+    let dest = dest.with_file_name(encrypted_name(1_705_312_801));
+    create_encrypted(
+        &Age::default(),
+        &spec(src.path()),
+        &dest,
+        &[public.trim().to_string()],
+        |_| {},
+    )
+    .unwrap();
+    verify_encrypted(&Age::default(), &dest, &ssh).unwrap();
+}

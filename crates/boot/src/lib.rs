@@ -235,6 +235,10 @@ pub struct BootParams {
     /// before any configuration file can be read): where live mode keeps
     /// `/var`.
     pub persistence: Persistence,
+    /// `maculaos.factory_reset=keep-data|all`: the boot menu's factory reset
+    /// entry, for a node nobody can log into. Carried out like a request
+    /// left by `maculaos factory-reset` (disk mode only).
+    pub factory_reset: Option<reset::ResetRequest>,
 }
 
 /// Where live mode keeps `/var`.
@@ -304,8 +308,29 @@ impl BootParams {
             debug: c.has("maculaos.debug") && c.get("maculaos.debug") != Some("0"),
             root_wait_secs,
             persistence: Persistence::from_cmdline(c)?,
+            factory_reset: factory_reset_param(c)?,
         })
     }
+}
+
+fn factory_reset_param(c: &Cmdline) -> Result<Option<reset::ResetRequest>, BootError> {
+    const KEY: &str = "maculaos.factory_reset";
+    let keep_data = match c.get(KEY) {
+        None if !c.has(KEY) => return Ok(None),
+        Some("keep-data") => true,
+        Some("all") => false,
+        other => {
+            return Err(BootError::BadValue {
+                key: KEY,
+                value: other.unwrap_or_default().to_string(),
+                expected: "keep-data or all",
+            })
+        }
+    };
+    Ok(Some(reset::ResetRequest {
+        keep_data,
+        ..reset::ResetRequest::default()
+    }))
 }
 
 /// What init did, left in [`BOOT_INFO_PATH`] for `maculaos info` and friends.
@@ -368,6 +393,22 @@ mod tests {
         assert_eq!(p.slot, Slot::A);
         assert!(!p.debug);
         assert_eq!(p.root_wait_secs, DEFAULT_ROOT_WAIT_SECS);
+    }
+
+    #[test]
+    fn factory_reset_param() {
+        let p = |s: &str| BootParams::from_cmdline(&Cmdline::parse(s)).map(|p| p.factory_reset);
+        assert_eq!(p("maculaos.mode=disk").unwrap(), None);
+        assert!(
+            p("maculaos.factory_reset=keep-data")
+                .unwrap()
+                .unwrap()
+                .keep_data
+        );
+        assert!(!p("maculaos.factory_reset=all").unwrap().unwrap().keep_data);
+        let e = p("maculaos.factory_reset").unwrap_err().to_string();
+        assert!(e.contains("keep-data or all"), "{e}");
+        assert!(p("maculaos.factory_reset=yes").is_err());
     }
 
     #[test]

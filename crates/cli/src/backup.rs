@@ -1,10 +1,11 @@
 //! `maculaos backup create|list|restore`: archives of the paths named by
 //! `maculaos.backup` (maculaos-backup), checked whole before a restore
-//! writes anything.
+//! writes anything, and encrypted to age keys when asked.
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use maculaos_backup::{BackupError, Phase, Progress, Spec};
+use maculaos_backup::{Age, BackupError, Phase, Progress, Spec};
+use maculaos_config::values::AgeRecipient;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -13,9 +14,14 @@ pub enum Command {
     /// Archive the configured paths (maculaos.backup.include minus exclude).
     Create {
         /// A directory to write it in (default maculaos.backup.dir), or a
-        /// file name ending in .tar.gz.
+        /// file name ending in .tar.gz (.tar.gz.age when encrypted).
         #[arg(long)]
         to: Option<PathBuf>,
+        /// Encrypt the backup to this age public key (age1…, or an
+        /// ssh-ed25519/ssh-rsa public key); repeat for more keys. Replaces
+        /// maculaos.backup.encrypt_to for this backup.
+        #[arg(long = "encrypt-to", value_name = "RECIPIENT")]
+        encrypt_to: Vec<AgeRecipient>,
     },
     /// The backups in a directory, newest first.
     List {
@@ -36,6 +42,10 @@ pub enum Command {
         latest: bool,
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// The private key (an age-keygen key file, or an SSH private key)
+        /// to decrypt an encrypted backup (….tar.gz.age) with.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
 }
 
@@ -45,6 +55,7 @@ struct Settings {
     include: Vec<PathBuf>,
     exclude: Vec<PathBuf>,
     retention: usize,
+    encrypt_to: Vec<String>,
 }
 
 fn settings() -> Settings {
@@ -63,6 +74,7 @@ fn settings() -> Settings {
             .map(|p| p.as_path().to_path_buf())
             .collect(),
         retention: b.retention as usize,
+        encrypt_to: b.encrypt_to.iter().map(|r| r.to_string()).collect(),
     }
 }
 
@@ -74,12 +86,14 @@ fn progress_printer() -> impl FnMut(Progress) {
         let (pass, what) = match p.phase {
             Phase::Hashing => (0, "hashing"),
             Phase::Archiving => (1, "archiving"),
-            Phase::Verifying => (2, "verifying"),
-            Phase::Restoring => (3, "restoring"),
+            Phase::Encrypting => (2, "encrypting"),
+            Phase::Decrypting => (3, "decrypting"),
+            Phase::Verifying => (4, "verifying"),
+            Phase::Restoring => (5, "restoring"),
         };
         let pct = maculaos_progress::percent(p.done, p.total);
         if steps.due(pass, pct) {
-            eprintln!("  {what:<9} {pct:>3.0}%  {} / {} entries", p.done, p.total);
+            eprintln!("  {what:<10} {pct:>3.0}%  {} / {} bytes", p.done, p.total);
         }
     }
 }
@@ -87,9 +101,23 @@ fn progress_printer() -> impl FnMut(Progress) {
 pub fn run(cmd: Command) -> Result<ExitCode> {
     let s = settings();
     match cmd {
-        Command::Create { to } => create(&s, to),
+        Command::Create { to, encrypt_to } => {
+            // Given on the command line, the keys replace the configured
+            // ones: a one-off backup for someone else's key.
+            let recipients = if encrypt_to.is_empty() {
+                s.encrypt_to.clone()
+            } else {
+                encrypt_to.iter().map(|r| r.to_string()).collect()
+            };
+            create(&s, to, &recipients)
+        }
         Command::List { dir, json } => list(&dir.unwrap_or(s.dir), json),
-        Command::Restore { file, latest, dir } => {
+        Command::Restore {
+            file,
+            latest,
+            dir,
+            identity,
+        } => {
             let file = match (file, latest) {
                 (Some(f), _) => f,
                 (None, _) => {
@@ -106,12 +134,32 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                         })?
                 }
             };
-            restore(&file)
+            restore(&file, identity.as_deref())
         }
     }
 }
 
-fn create(s: &Settings, to: Option<PathBuf>) -> Result<ExitCode> {
+/// A `--to` that names the backup file rather than its directory; refused
+/// when its ending says the other kind (plain or encrypted) than is made.
+fn to_file(p: &Path, encrypted: bool) -> Result<bool> {
+    let name = p.to_string_lossy();
+    let (plain_name, age_name) = (name.ends_with(".tar.gz"), name.ends_with(".tar.gz.age"));
+    if encrypted && plain_name {
+        bail!(
+            "{name}: the backup is encrypted (--encrypt-to or maculaos.backup.encrypt_to), so \
+             its name must end in .tar.gz.age"
+        );
+    }
+    if !encrypted && age_name {
+        bail!(
+            "{name}: a name ending in .age is for an encrypted backup: give the key to \
+             encrypt to with --encrypt-to RECIPIENT, or name it ….tar.gz"
+        );
+    }
+    Ok(plain_name || age_name)
+}
+
+fn create(s: &Settings, to: Option<PathBuf>, recipients: &[String]) -> Result<ExitCode> {
     if s.include.is_empty() {
         bail!("maculaos.backup.include is empty: there is nothing to back up");
     }
@@ -120,9 +168,17 @@ fn create(s: &Settings, to: Option<PathBuf>) -> Result<ExitCode> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let name = maculaos_backup::default_name(host.trim(), now);
+    let encrypted = !recipients.is_empty();
+    let mut name = maculaos_backup::default_name(host.trim(), now);
+    if encrypted {
+        name.push_str(".age");
+    }
+    let is_file = match &to {
+        Some(p) => to_file(p, encrypted)?,
+        None => false,
+    };
     let (dir, dest, prune) = match to {
-        Some(p) if p.to_string_lossy().ends_with(".tar.gz") => {
+        Some(p) if is_file => {
             let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
             (dir, p, false)
         }
@@ -146,7 +202,18 @@ fn create(s: &Settings, to: Option<PathBuf>) -> Result<ExitCode> {
             .join(", "),
         dest.display()
     );
-    let report = maculaos_backup::create(&spec, &dest, progress_printer())?;
+    let report = if encrypted {
+        eprintln!("encrypting it to {} age key(s)", recipients.len());
+        maculaos_backup::create_encrypted(
+            &Age::default(),
+            &spec,
+            &dest,
+            recipients,
+            progress_printer(),
+        )?
+    } else {
+        maculaos_backup::create(&spec, &dest, progress_printer())?
+    };
     for m in &report.missing {
         eprintln!("note: {} does not exist; skipped", m.display());
     }
@@ -158,13 +225,14 @@ fn create(s: &Settings, to: Option<PathBuf>) -> Result<ExitCode> {
     }
     let size = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
     println!(
-        "{}: {} files, {} directories, {} symlinks, {} bytes of data, archive {} bytes",
+        "{}: {} files, {} directories, {} symlinks, {} bytes of data, archive {} bytes{}",
         dest.display(),
         report.files,
         report.dirs,
         report.symlinks,
         report.bytes,
-        size
+        size,
+        if encrypted { ", encrypted" } else { "" }
     );
     if prune {
         for gone in maculaos_backup::prune(&dir, s.retention)? {
@@ -190,6 +258,7 @@ fn list(dir: &Path, json: bool) -> Result<ExitCode> {
                     "created": l.created,
                     "hostname": l.hostname,
                     "damaged": l.damaged,
+                    "encrypted": l.encrypted,
                 })
             })
             .collect();
@@ -198,20 +267,56 @@ fn list(dir: &Path, json: bool) -> Result<ExitCode> {
         println!("no backups in {}", dir.display());
     } else {
         for l in &all {
-            match &l.damaged {
-                None => println!("{}  {} bytes", l.path.display(), l.size),
-                Some(why) => println!("{}  DAMAGED: {why}", l.path.display()),
-            }
+            println!("{}", list_line(l));
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn restore(file: &Path) -> Result<ExitCode> {
+/// `PATH  SIZE bytes  TIME  HOST`; an encrypted backup's host is out of
+/// reach without its key, and its time is the file's.
+fn list_line(l: &maculaos_backup::Listed) -> String {
+    let path = l.path.display();
+    if let Some(why) = &l.damaged {
+        return format!("{path}  DAMAGED: {why}");
+    }
+    let time = l.created.map(maculaos_backup::utc).unwrap_or_default();
+    if l.encrypted {
+        format!("{path}  {} bytes  {time} (file time)  encrypted", l.size)
+    } else {
+        let host = l.hostname.as_deref().unwrap_or_default();
+        format!("{path}  {} bytes  {time}  {host}", l.size)
+    }
+}
+
+fn restore(file: &Path, identity: Option<&Path>) -> Result<ExitCode> {
     eprintln!("checking {} before restoring anything", file.display());
-    let report = match maculaos_backup::restore(file, Path::new("/"), progress_printer()) {
+    let root = Path::new("/");
+    let result = match identity {
+        Some(key) if maculaos_backup::is_encrypted(file) => {
+            eprintln!("decrypting it with {}", key.display());
+            maculaos_backup::restore_encrypted(&Age::default(), file, key, root, progress_printer())
+        }
+        // Without a key an encrypted backup is refused, saying to give one.
+        _ => {
+            if identity.is_some() {
+                eprintln!(
+                    "note: {} is not encrypted: --identity is not needed",
+                    file.display()
+                );
+            }
+            maculaos_backup::restore(file, root, progress_printer())
+        }
+    };
+    let report = match result {
         Ok(r) => r,
-        Err(e @ (BackupError::Invalid { .. } | BackupError::Conflict { .. })) => {
+        Err(
+            e @ (BackupError::Invalid { .. }
+            | BackupError::Conflict { .. }
+            | BackupError::Encrypted { .. }
+            | BackupError::WrongKey { .. }
+            | BackupError::Age { .. }),
+        ) => {
             bail!("{e}\nrefused before anything was written")
         }
         Err(e) => bail!(
@@ -232,4 +337,47 @@ fn restore(file: &Path) -> Result<ExitCode> {
         report.symlinks
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn to_names_a_file_of_the_right_kind() {
+        assert!(!to_file(Path::new("/mnt/usb"), false).unwrap());
+        assert!(!to_file(Path::new("/mnt/usb"), true).unwrap());
+        assert!(to_file(Path::new("/mnt/b.tar.gz"), false).unwrap());
+        assert!(to_file(Path::new("/mnt/b.tar.gz.age"), true).unwrap());
+        let err = to_file(Path::new("/mnt/b.tar.gz"), true).unwrap_err();
+        assert!(err.to_string().contains("must end in .tar.gz.age"), "{err}");
+        let err = to_file(Path::new("/mnt/b.tar.gz.age"), false).unwrap_err();
+        assert!(err.to_string().contains("--encrypt-to RECIPIENT"), "{err}");
+    }
+
+    #[test]
+    fn list_lines() {
+        let plain = maculaos_backup::Listed {
+            path: "/b/p.tar.gz".into(),
+            size: 10,
+            created: Some(0),
+            hostname: Some("node-1".into()),
+            damaged: None,
+            encrypted: false,
+        };
+        assert_eq!(
+            list_line(&plain),
+            "/b/p.tar.gz  10 bytes  1970-01-01T00:00:00Z  node-1"
+        );
+        let encrypted = maculaos_backup::Listed {
+            path: "/b/p.tar.gz.age".into(),
+            hostname: None,
+            encrypted: true,
+            ..plain
+        };
+        assert_eq!(
+            list_line(&encrypted),
+            "/b/p.tar.gz.age  10 bytes  1970-01-01T00:00:00Z (file time)  encrypted"
+        );
+    }
 }

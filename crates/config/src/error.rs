@@ -127,8 +127,8 @@ const NOT_SUPPORTED: &[(&str, &str, &str)] = &[
         "maculaos.auto_heal",
         "actions",
         "`actions` cannot be configured: the auto-heal actions are built in (disk cleanup, \
-         restart of a unit whose check has `restart_on_failure`, time sync); \
-         `auto_heal` takes `enabled`, `disk_threshold` and `journal_max`",
+         restart of a unit whose check has `restart_on_failure`, time sync, network restart); \
+         `auto_heal` takes `enabled`, `disk_threshold`, `journal_max` and `network_grace`",
     ),
 ];
 

@@ -7,9 +7,9 @@
 //! [`crate::values`]: their errors carry the file, line and column.
 
 use crate::values::{
-    AbsPath, BackupTarget, Cidr, Duration, EnvName, FileMode, Host, HostPort, Hostname, HttpUrl,
-    IpAddr, ModuleName, Owner, Percent, Schedule, Size, SshKey, SysctlKey, SysctlValue, UnitName,
-    UpgradeUrl,
+    AbsPath, AgeRecipient, BackupTarget, Cidr, Duration, EnvName, FileMode, Host, HostPort,
+    Hostname, HttpUrl, IpAddr, ModuleName, Owner, Percent, Schedule, Size, SshKey, SysctlKey,
+    SysctlValue, UnitName, UpgradeUrl,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -497,6 +497,15 @@ pub struct AutoHeal {
     pub disk_threshold: Percent,
     /// The disk cleanup shrinks the journal to this size.
     pub journal_max: Size,
+    /// Restart systemd-networkd when the `network` check has failed this
+    /// long, and wait this long again before the next restart.
+    pub network_grace: Duration,
+}
+
+impl AutoHeal {
+    /// Long enough for DHCP to answer after a link comes up, or for a
+    /// cable to be plugged back, before the network stack is restarted.
+    pub const DEFAULT_NETWORK_GRACE: Duration = Duration::from_secs(120);
 }
 
 impl Default for AutoHeal {
@@ -505,6 +514,7 @@ impl Default for AutoHeal {
             enabled: true,
             disk_threshold: Percent::known(90),
             journal_max: Size::known("200M"),
+            network_grace: AutoHeal::DEFAULT_NETWORK_GRACE,
         }
     }
 }
@@ -529,6 +539,10 @@ pub struct Backup {
     pub include: Vec<AbsPath>,
     /// What to leave out of `include`.
     pub exclude: Vec<AbsPath>,
+    /// Encrypt each backup to these age public keys (`age1…`, or SSH public
+    /// keys `ssh-ed25519 …`/`ssh-rsa …`): it is written as `….tar.gz.age`,
+    /// and restoring it needs one of the private keys. Empty: not encrypted.
+    pub encrypt_to: Vec<AgeRecipient>,
 }
 
 impl Default for Backup {
@@ -544,6 +558,7 @@ impl Default for Backup {
                 AbsPath::known("/var/lib/data"),
             ],
             exclude: Vec::new(),
+            encrypt_to: Vec::new(),
         }
     }
 }
@@ -812,6 +827,7 @@ maculaos:
         assert!(a.enabled);
         assert_eq!(a.disk_threshold.get(), 90);
         assert_eq!(a.journal_max.bytes(), 200 << 20);
+        assert_eq!(a.network_grace.get(), StdDuration::from_secs(120));
         let b = &c.maculaos.backup;
         assert!(!b.enabled);
         assert_eq!(b.schedule.on_calendar(), "daily");
@@ -821,6 +837,7 @@ maculaos:
         let inc: Vec<&str> = b.include.iter().map(|p| p.as_str()).collect();
         assert_eq!(inc, ["/var/lib/maculaos", "/var/lib/data"]);
         assert!(b.exclude.is_empty());
+        assert!(b.encrypt_to.is_empty());
         assert!(c.maculaos.health.checks.is_empty());
         // An empty section is its defaults.
         let c = parse("maculaos:\n  watchdog: {}\n  auto_heal: {}\n  backup: {}\n  health: {}\n");
@@ -836,6 +853,11 @@ maculaos:
         assert!(c.maculaos.auto_heal.enabled);
         assert_eq!(c.maculaos.auto_heal.disk_threshold.get(), 85);
         assert_eq!(c.maculaos.auto_heal.journal_max.bytes(), 100 << 20);
+        let c = parse("maculaos:\n  auto_heal:\n    network_grace: 5m\n");
+        assert_eq!(
+            c.maculaos.auto_heal.network_grace.get(),
+            StdDuration::from_secs(300)
+        );
         let p = problem(
             "maculaos:
   auto_heal:
@@ -888,6 +910,43 @@ maculaos:
     }
 
     #[test]
+    fn backup_encrypt_to() {
+        let c = parse(
+            "maculaos:
+  backup:
+    encrypt_to:
+      - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+      - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB admin@laptop
+",
+        );
+        let to: Vec<&str> = c
+            .maculaos
+            .backup
+            .encrypt_to
+            .iter()
+            .map(|r| r.as_str())
+            .collect();
+        assert_eq!(
+            to,
+            [
+                "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB admin@laptop"
+            ]
+        );
+        let text = serde_yaml_ng::to_string(&c).unwrap();
+        assert_eq!(parse(&text), c, "{text}");
+        let p = problem(
+            "maculaos:\n  backup:\n    encrypt_to:\n      - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\n      - AGE-SECRET-KEY-1XYZ\n",
+        );
+        assert!(
+            p.contains("maculaos.backup.encrypt_to: `AGE-SECRET-KEY-1XYZ` is not an age recipient: give a public key"),
+            "{p}"
+        );
+        let p = problem("maculaos:\n  backup:\n    encrypt_to: age1abc\n");
+        assert!(p.contains("maculaos.backup.encrypt_to"), "{p}");
+    }
+
+    #[test]
     fn seed_backup_targets_not_supported_yet() {
         let p = problem(
             "maculaos:\n  backup:\n    enabled: true\n    target: mesh # mesh, s3, local\n",
@@ -932,6 +991,8 @@ maculaos:
             ("maculaos:\n  auto_heal:\n    disk_threshold: 120%\n", "3:5: maculaos.auto_heal: `120%` is not a percentage from 1% to 100%, such as 90%"),
             ("maculaos:\n  auto_heal:\n    disk_threshold: 0%\n", "`0%` is not a percentage"),
             ("maculaos:\n  auto_heal:\n    journal_max: lots\n", "`lots` is not a size such as 200M"),
+            ("maculaos:\n  auto_heal:\n    network_grace: 0\n", "3:5: maculaos.auto_heal: `0`: a duration must be more than zero"),
+            ("maculaos:\n  auto_heal:\n    network_grace: soon\n", "`soon` is not a duration"),
             ("maculaos:\n  health:\n    checks:\n      - {name: a, type: disk, path: /, threshold: 101%}\n", "4:9: maculaos.health.checks[0]: `101%` is not a percentage"),
             ("maculaos:\n  health:\n    checks:\n      - {name: a, type: http, url: localhost:8080}\n", "is not an http:// or https:// URL"),
             ("maculaos:\n  health:\n    checks:\n      - {name: a, type: unit, unit: 'k3s server'}\n", "`k3s server` is not a systemd unit name"),
@@ -979,6 +1040,7 @@ maculaos:
             "\"backup\"",
             "\"restart_on_failure\"",
             "\"journal_max\"",
+            "\"network_grace\"",
         ] {
             assert!(s.contains(key), "{key}");
         }

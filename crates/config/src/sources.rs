@@ -157,6 +157,8 @@ pub const BOOT_PARAMS: &[&str] = &[
     "maculaos.rootwait",
     "maculaos.config_url",
     "maculaos.trial",
+    // The boot menu's factory reset entry (init carries it out).
+    "maculaos.factory_reset",
 ];
 
 /// The deepest a kernel parameter may reach into the configuration.
@@ -328,7 +330,7 @@ mod tests {
     #[test]
     fn cmdline_sets_paths() {
         let c = Cmdline::parse(
-            "quiet maculaos.slot=A maculaos.hostname=edge-9 maculaos.install.force \
+            "quiet maculaos.slot=A maculaos.factory_reset=keep-data maculaos.hostname=edge-9 maculaos.install.force \
              maculaos.dns_nameservers=[1.1.1.1,9.9.9.9] \
              maculaos.ssh_authorized_keys=ssh-ed25519%20AAAAC3NzaC1lZDI1NTE5AAAAIB%20a;",
         );
@@ -339,6 +341,7 @@ mod tests {
             &Value::Bool(true)
         );
         assert!(get(&s.value, "maculaos.slot").is_none());
+        assert!(get(&s.value, "maculaos.factory_reset").is_none());
         let c = Config::deserialize(s.value).unwrap();
         assert_eq!(c.maculaos.dns_nameservers.len(), 2);
         assert_eq!(c.ssh_authorized_keys.len(), 1);

@@ -972,6 +972,88 @@ impl JsonSchema for BackupTarget {
     }
 }
 
+/// What an age recipient may start with besides `age1`: the SSH key types
+/// `age` itself encrypts to (it refuses ECDSA and security keys).
+const AGE_SSH_TYPES: &[&str] = &["ssh-ed25519", "ssh-rsa"];
+
+/// The characters of bech32 data, in the order of their values.
+const BECH32: &[u8] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+
+/// An age public key (`age1` and 58 bech32 characters) or an SSH public key
+/// `age` accepts. The bech32 checksum is checked too: a key cut short or
+/// mistyped while copying is refused here, not at 2 a.m. by the backup.
+fn check_age_recipient(s: &str) -> Result<(), String> {
+    let first = s.split_whitespace().next().unwrap_or_default();
+    if AGE_SSH_TYPES.contains(&first) {
+        return check_ssh_key(s);
+    }
+    if SSH_KEY_TYPES.contains(&first) {
+        return Err(format!(
+            "`{first}` keys cannot be used by age: give an age1… key, or an ssh-ed25519 \
+             or ssh-rsa public key"
+        ));
+    }
+    let short: String = s.chars().take(70).collect();
+    let what = "give a public key (age1…: `age-keygen -y KEYFILE` prints it) or an \
+                ssh-ed25519 or ssh-rsa public key";
+    if !s.starts_with("age1") {
+        return Err(format!("`{short}` is not an age recipient: {what}"));
+    }
+    if s.len() != 62 || !s.bytes().skip(4).all(|b| BECH32.contains(&b)) {
+        return Err(format!(
+            "`{short}` is not a whole age public key (age1 and 58 lowercase letters and \
+             digits, 62 in all): copy it again"
+        ));
+    }
+    if !bech32_checksum_ok("age", &s[4..]) {
+        return Err(format!(
+            "`{short}`: the checksum of this age public key is wrong (a character was \
+             mistyped): copy it again"
+        ));
+    }
+    Ok(())
+}
+
+/// BIP-173's checksum over the human-readable part and the data characters
+/// (which the caller has checked are all in [`BECH32`]).
+fn bech32_checksum_ok(hrp: &str, data: &str) -> bool {
+    const GEN: [u32; 5] = [
+        0x3b6a_57b2,
+        0x2650_8e6d,
+        0x1ea1_19fa,
+        0x3d42_33dd,
+        0x2a14_62b3,
+    ];
+    let values = hrp
+        .bytes()
+        .map(|c| c >> 5)
+        .chain([0])
+        .chain(hrp.bytes().map(|c| c & 31))
+        .chain(
+            data.bytes()
+                .filter_map(|c| BECH32.iter().position(|&b| b == c).map(|v| v as u8)),
+        );
+    let mut chk: u32 = 1;
+    for v in values {
+        let top = chk >> 25;
+        chk = ((chk & 0x01ff_ffff) << 5) ^ u32::from(v);
+        for (i, g) in GEN.iter().enumerate() {
+            if (top >> i) & 1 == 1 {
+                chk ^= g;
+            }
+        }
+    }
+    chk == 1
+}
+
+checked_string!(
+    /// A public key a backup is encrypted to: `age1…`, or an SSH public key
+    /// (`ssh-ed25519 …`, `ssh-rsa …`).
+    AgeRecipient,
+    check_age_recipient,
+    "an age recipient (age1…, or an ssh-ed25519 or ssh-rsa public key)"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1169,6 +1251,28 @@ mod tests {
             s("60 2 * * *").unwrap_err(),
             "`60 2 * * *`: the minute `60` is not from 0 to 59"
         );
+    }
+
+    #[test]
+    fn age_recipients() {
+        // The public key of the example in age's README.
+        let key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        assert_eq!(check_age_recipient(key), Ok(()));
+        assert!(check_age_recipient("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB me@host").is_ok());
+        assert!(check_age_recipient("ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB me@host").is_ok());
+        let bad = |s: &str| check_age_recipient(s).unwrap_err();
+        assert!(bad("AGE-SECRET-KEY-1QQQ").contains("is not an age recipient"));
+        assert!(bad("").contains("is not an age recipient"));
+        assert!(bad(&key[..61]).contains("is not a whole age public key"));
+        assert!(bad(&key.to_uppercase()).contains("is not an age recipient"));
+        assert!(bad(&format!("age1{}", key[4..].to_uppercase())).contains("not a whole"));
+        // One character changed: the checksum catches it.
+        let typo = key.replacen("ql3z", "ql4z", 1);
+        assert!(bad(&typo).contains("checksum"), "{}", bad(&typo));
+        assert!(bad("ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY x")
+            .contains("cannot be used by age"));
+        assert!(bad("ssh-ed25519 x").contains("base64"));
+        assert!(bad(&format!("{key}\n{key}")).contains("not a whole"));
     }
 
     #[test]

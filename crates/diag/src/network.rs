@@ -1,7 +1,9 @@
-//! `maculaos diag network`: interfaces, default gateway, DNS, time sync.
+//! `maculaos diag network`: interfaces, default gateway, DNS, the way out
+//! to the Internet, time sync.
 //!
-//! The parsers are pure functions of what the tools print; the functions
-//! that run the tools only glue them together.
+//! The parsers and the judging are pure functions of what the tools print
+//! (or of how a connection went); the functions that run the tools only
+//! glue them together.
 
 use crate::config::{self, lookup, strings};
 use crate::tools::Tools;
@@ -9,12 +11,27 @@ use crate::Line;
 use maculaos_runner::RunError;
 use serde::Deserialize;
 use std::fs;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// Where updates come from when `maculaos.upgrade.url` is not set (the
 /// `github://` source asks the GitHub API).
 const DEFAULT_UPDATE_HOST: &str = "api.github.com";
+/// The port of the GitHub API and of an `https://` update server.
+const HTTPS_PORT: u16 = 443;
+const HTTP_PORT: u16 = 80;
+
+/// How long the Internet check waits for the name to resolve, for each
+/// connection, and in all: a node without a way out must get its report in
+/// seconds, not after the resolver's and TCP's own minutes-long timeouts.
+const INTERNET_DNS_TIMEOUT: Duration = Duration::from_secs(3);
+const INTERNET_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const INTERNET_BUDGET: Duration = Duration::from_secs(7);
+/// Addresses tried: one of each family when the name has both (IPv6 may be
+/// announced without working), else the first two.
+const INTERNET_MAX_ADDRESSES: usize = 2;
 
 /// systemd-resolved's stub listeners: /etc/resolv.conf points at them, and
 /// the servers they ask are in [`RESOLVED_UPSTREAM`].
@@ -30,6 +47,21 @@ pub struct IfAddrs {
     /// Addresses with their prefix (`10.0.2.15/24`), link-local ones left
     /// out: an interface with only those has no working address.
     pub addresses: Vec<String>,
+}
+
+impl IfAddrs {
+    /// Whether the link is up: `UP`, or `UNKNOWN` as virtual links without
+    /// a carrier (tun, WireGuard, PPP) show it. A link set down
+    /// (`ip link set eth0 down`) or without carrier is `DOWN`.
+    pub fn is_up(&self) -> bool {
+        self.operstate.eq_ignore_ascii_case("UP") || self.operstate.eq_ignore_ascii_case("UNKNOWN")
+    }
+
+    /// Whether the node can talk through it: up, with an address that is
+    /// not link-local.
+    pub fn is_usable(&self) -> bool {
+        self.is_up() && !self.addresses.is_empty()
+    }
 }
 
 #[derive(Deserialize)]
@@ -126,21 +158,53 @@ pub fn parse_ntp_synchronized(out: &str) -> Option<bool> {
     }
 }
 
-/// The host of a URL or peer address (`quic://boot.example.com:4433` →
-/// `boot.example.com`), if it is a name rather than an address.
-fn host_name(s: &str) -> Option<String> {
+/// The host (lowercase; an IPv6 address without its brackets) and the
+/// port, when one is given, of a URL or peer address
+/// (`quic://boot.example.com:4433` → `boot.example.com`, 4433).
+fn host_port(s: &str) -> Option<(String, Option<u16>)> {
     let rest = s.split_once("://").map_or(s, |(_, r)| r);
     let authority = rest.split('/').next()?;
     let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if hostport.starts_with('[') {
-        return None; // [IPv6]:port
-    }
-    let host = match hostport.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => hostport,
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']')?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match hostport.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => (h, Some(port)),
+            _ => (hostport, None),
+        },
     };
-    (!host.is_empty() && host.parse::<IpAddr>().is_err() && host.contains('.'))
-        .then(|| host.to_ascii_lowercase())
+    (!host.is_empty()).then(|| (host.to_ascii_lowercase(), port.and_then(|p| p.parse().ok())))
+}
+
+/// Whether a host is a name worth resolving (not an address, not a single
+/// label such as `localhost`).
+fn is_dns_name(host: &str) -> bool {
+    host.parse::<IpAddr>().is_err() && host.contains('.')
+}
+
+/// The host of a URL or peer address, if it is a name rather than an address.
+fn host_name(s: &str) -> Option<String> {
+    host_port(s).map(|(h, _)| h).filter(|h| is_dns_name(h))
+}
+
+/// The host and port updates come from: those of an `http://` or
+/// `https://` `maculaos.upgrade.url` (80 or 443 unless it gives a port),
+/// the GitHub API for `github://` and when no URL is set; None for
+/// `file://` (no server at all).
+fn update_server(upgrade_url: Option<&str>) -> Option<(String, u16)> {
+    let default_port = match upgrade_url {
+        None => return Some((DEFAULT_UPDATE_HOST.into(), HTTPS_PORT)),
+        Some(u) if u.starts_with("github://") => {
+            return Some((DEFAULT_UPDATE_HOST.into(), HTTPS_PORT))
+        }
+        Some(u) if u.starts_with("https://") => HTTPS_PORT,
+        Some(u) if u.starts_with("http://") => HTTP_PORT,
+        Some(_) => return None,
+    };
+    let (host, port) = host_port(upgrade_url?)?;
+    Some((host, port.unwrap_or(default_port)))
 }
 
 /// The name to resolve when none is given: the first bootstrap peer given
@@ -153,16 +217,168 @@ pub fn default_resolve_name(
     if let Some(h) = bootstrap_peers.iter().find_map(|p| host_name(p)) {
         return Some((h, "first bootstrap peer".into()));
     }
-    match upgrade_url {
-        None => Some((DEFAULT_UPDATE_HOST.into(), "where updates come from".into())),
-        Some(u) if u.starts_with("github://") => {
-            Some((DEFAULT_UPDATE_HOST.into(), "where updates come from".into()))
-        }
-        Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
-            host_name(u).map(|h| (h, "where updates come from".into()))
-        }
-        Some(_) => None,
+    update_server(upgrade_url)
+        .map(|(h, _)| h)
+        .filter(|h| is_dns_name(h))
+        .map(|h| (h, "where updates come from".into()))
+}
+
+/// Where the Internet check connects to: the update server (an airgapped
+/// node updating from `file://` still gets the default, and a ✗ that says
+/// it has no way out).
+fn internet_target(upgrade_url: Option<&str>) -> (String, u16) {
+    update_server(upgrade_url).unwrap_or_else(|| (DEFAULT_UPDATE_HOST.into(), HTTPS_PORT))
+}
+
+/// How trying to reach a server on the Internet went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// A TCP connection opened to this address.
+    Reachable(SocketAddr),
+    /// The name gave no address: the resolver's reason.
+    NoAddress(String),
+    /// No connection opened: each address tried, and why it failed.
+    Unreachable(Vec<(SocketAddr, String)>),
+}
+
+/// `host:port` as typed (`[fd00::1]:8443`), or the host alone on 443.
+fn shown_target(host: &str, port: u16) -> String {
+    match (port, host.contains(':')) {
+        (HTTPS_PORT, _) => host.to_string(),
+        (_, true) => format!("[{host}]:{port}"),
+        (_, false) => format!("{host}:{port}"),
     }
+}
+
+/// The Internet line for how reaching `host:port` went.
+pub(crate) fn internet_line(host: &str, port: u16, reach: &Reach) -> Line {
+    const WHAT: &str = "Internet";
+    let target = shown_target(host, port);
+    match reach {
+        Reach::Reachable(_) => Line::pass(WHAT, format!("{target} (reachable)")),
+        Reach::NoAddress(why) => Line::fail(
+            WHAT,
+            format!(
+                "{target}: DNS failed ({why}); check the DNS servers above and that \
+                 this network lets DNS queries out"
+            ),
+        ),
+        Reach::Unreachable(tried) if tried.is_empty() => {
+            Line::fail(WHAT, format!("{target}: no address to connect to"))
+        }
+        Reach::Unreachable(tried) => {
+            let each: Vec<String> = tried.iter().map(|(a, e)| format!("{a} ({e})")).collect();
+            Line::fail(
+                WHAT,
+                format!(
+                    "{target}: cannot connect to {}; check the default gateway, any \
+                     firewall on the way, and whether this network needs a proxy",
+                    each.join(", ")
+                ),
+            )
+        }
+    }
+}
+
+/// The addresses to try, at most [`INTERNET_MAX_ADDRESSES`]: the first,
+/// then the first of the other family if there is one, else the second.
+pub(crate) fn pick_addresses(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return Vec::new();
+    };
+    let other = addrs
+        .iter()
+        .find(|a| a.is_ipv4() != first.is_ipv4())
+        .or_else(|| addrs.get(1));
+    std::iter::once(*first)
+        .chain(other.copied())
+        .take(INTERNET_MAX_ADDRESSES)
+        .collect()
+}
+
+/// `3s`, `1.5s`.
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// A failed connection in a few words: `timed out after 3s`,
+/// `connection refused`, `network is unreachable`.
+pub(crate) fn connect_error(e: &std::io::Error, timeout: Duration) -> String {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut => format!("timed out after {}", seconds(timeout)),
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        _ => plain_io_error(e),
+    }
+}
+
+/// An I/O error without std's ` (os error 101)` and capital letter.
+fn plain_io_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let mut c = text.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// Resolve `host` (through the system's resolver, as every program on the
+/// node does) within `within`. The lookup cannot be cancelled: when it does
+/// not answer in time its thread is left to finish on its own.
+fn resolve_within(host: &str, port: u16, within: Duration) -> Result<Vec<SocketAddr>, String> {
+    let (tx, rx) = mpsc::channel();
+    let target = (host.to_string(), port);
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = tx.send(target.to_socket_addrs().map(Iterator::collect::<Vec<_>>));
+        })
+        .map_err(|e| format!("could not start resolving: {e}"))?;
+    match rx.recv_timeout(within) {
+        Ok(Ok(addrs)) => Ok(addrs),
+        Ok(Err(e)) => {
+            // std's words around getaddrinfo's: keep getaddrinfo's.
+            let text = e.to_string();
+            let why = text.strip_prefix("failed to lookup address information: ");
+            Err(why.unwrap_or(&text).to_string())
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            Err(format!("no answer within {}", seconds(within)))
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err("the resolver failed".into()),
+    }
+}
+
+/// Resolve `host` and open a TCP connection to `port`, all within
+/// [`INTERNET_BUDGET`].
+pub(crate) fn reach(host: &str, port: u16) -> Reach {
+    let deadline = Instant::now() + INTERNET_BUDGET;
+    let addrs = match resolve_within(host, port, INTERNET_DNS_TIMEOUT) {
+        Ok(a) if a.is_empty() => return Reach::NoAddress("no address".into()),
+        Ok(a) => a,
+        Err(why) => return Reach::NoAddress(why),
+    };
+    let mut tried = Vec::new();
+    for addr in pick_addresses(&addrs) {
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .min(INTERNET_CONNECT_TIMEOUT);
+        if timeout < Duration::from_millis(100) {
+            break;
+        }
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(_) => return Reach::Reachable(addr),
+            Err(e) => tried.push((addr, connect_error(&e, timeout))),
+        }
+    }
+    Reach::Unreachable(tried)
 }
 
 /// A short reason for a line: `ip is not installed`, `exit code 2: …`.
@@ -233,8 +449,7 @@ pub(crate) fn interface_lines(
             (Ok(_), None) => Line::info(what, format!("{state}, not shown by `ip addr`")),
             (Ok(_), Some(i)) => {
                 let addrs = i.addresses.join(", ");
-                let up = state == "UP" || state == "UNKNOWN";
-                match (up, addrs.is_empty()) {
+                match (i.is_up(), addrs.is_empty()) {
                     (true, false) => Line::pass(what, format!("{state}, {addrs}")),
                     (true, true) if state == "UP" => Line::fail(what, "UP, no address"),
                     (_, true) => Line::info(what, state),
@@ -434,15 +649,15 @@ pub(crate) fn network_with(root: &Path, tools: &Tools, name: Option<&str>) -> Ve
         read(RESOLVED_UPSTREAM).as_deref(),
     ));
 
+    let sources = config::sources(root);
+    let url = lookup(&sources, "maculaos.upgrade.url").and_then(|(v, _)| config::scalar(v));
     let chosen = match name {
         Some(n) => Some((n.to_string(), String::new())),
         None => {
-            let sources = config::sources(root);
             let peers = lookup(&sources, "maculaos.mesh.bootstrap_peers")
                 .or_else(|| lookup(&sources, "maculaos.mesh.bootstrap_nodes"))
                 .map(|(v, _)| strings(v))
                 .unwrap_or_default();
-            let url = lookup(&sources, "maculaos.upgrade.url").and_then(|(v, _)| config::scalar(v));
             default_resolve_name(&peers, url.as_deref())
         }
     };
@@ -458,6 +673,9 @@ pub(crate) fn network_with(root: &Path, tools: &Tools, name: Option<&str>) -> Ve
             "not checked: no name to resolve (no bootstrap peer or update server given by name)",
         )),
     }
+
+    let (host, port) = internet_target(url.as_deref());
+    lines.push(internet_line(&host, port, &tools.reach(&host, port)));
 
     lines.push(time_line(tools.output(
         "timedatectl",
@@ -693,6 +911,138 @@ mod tests {
     }
 
     #[test]
+    fn internet_target_is_the_update_server() {
+        let t = |u: Option<&str>| internet_target(u);
+        assert_eq!(t(None), ("api.github.com".into(), 443));
+        assert_eq!(t(Some("github://macula-io/macula-os")).0, "api.github.com");
+        assert_eq!(
+            t(Some("https://u:pw@Updates.Example.com:8443/x/")),
+            ("updates.example.com".into(), 8443)
+        );
+        assert_eq!(
+            t(Some("https://updates.example.com/x/")),
+            ("updates.example.com".into(), 443)
+        );
+        assert_eq!(t(Some("http://10.0.0.1/updates/")), ("10.0.0.1".into(), 80));
+        assert_eq!(t(Some("http://[fd00::1]:8080/")), ("fd00::1".into(), 8080));
+        // No server to reach: the default says whether there is a way out.
+        assert_eq!(
+            t(Some("file:///var/updates")),
+            ("api.github.com".into(), 443)
+        );
+    }
+
+    #[test]
+    fn internet_is_judged() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            internet_line(
+                "api.github.com",
+                443,
+                &Reach::Reachable(a("140.82.121.6:443"))
+            ),
+            Line::pass("Internet", "api.github.com (reachable)")
+        );
+        assert_eq!(
+            internet_line(
+                "api.github.com",
+                443,
+                &Reach::NoAddress("Temporary failure in name resolution".into())
+            ),
+            Line::fail(
+                "Internet",
+                "api.github.com: DNS failed (Temporary failure in name resolution); \
+                 check the DNS servers above and that this network lets DNS queries out"
+            )
+        );
+        let tried = Reach::Unreachable(vec![
+            (a("140.82.121.6:443"), "timed out after 3s".into()),
+            (a("[2606:50c0::1]:443"), "network is unreachable".into()),
+        ]);
+        assert_eq!(
+            internet_line("api.github.com", 443, &tried),
+            Line::fail(
+                "Internet",
+                "api.github.com: cannot connect to 140.82.121.6:443 (timed out after 3s), \
+                 [2606:50c0::1]:443 (network is unreachable); check the default gateway, \
+                 any firewall on the way, and whether this network needs a proxy"
+            )
+        );
+        let refused = Reach::Unreachable(vec![(a("10.0.0.1:8080"), "connection refused".into())]);
+        let line = internet_line("updates.lan", 8080, &refused);
+        assert!(
+            line.detail.starts_with(
+                "updates.lan:8080: cannot connect to 10.0.0.1:8080 (connection refused); check"
+            ),
+            "{line}"
+        );
+        assert_eq!(
+            internet_line("fd00::1", 8080, &Reach::Unreachable(vec![])).detail,
+            "[fd00::1]:8080: no address to connect to"
+        );
+    }
+
+    #[test]
+    fn one_address_of_each_family_is_tried() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let v4 = a("192.0.2.1:443");
+        let v4b = a("192.0.2.2:443");
+        let v6 = a("[2001:db8::1]:443");
+        let v6b = a("[2001:db8::2]:443");
+        assert_eq!(pick_addresses(&[]), []);
+        assert_eq!(pick_addresses(&[v4]), [v4]);
+        assert_eq!(pick_addresses(&[v6, v6b, v4, v4b]), [v6, v4]);
+        assert_eq!(pick_addresses(&[v4, v4b, v6]), [v4, v6]);
+        assert_eq!(pick_addresses(&[v4, v4b, a("192.0.2.3:443")]), [v4, v4b]);
+    }
+
+    #[test]
+    fn connection_errors_in_a_few_words() {
+        use std::io::{Error, ErrorKind};
+        let t = Duration::from_secs(3);
+        assert_eq!(
+            connect_error(&Error::from(ErrorKind::TimedOut), t),
+            "timed out after 3s"
+        );
+        assert_eq!(
+            connect_error(
+                &Error::from(ErrorKind::TimedOut),
+                Duration::from_millis(1500)
+            ),
+            "timed out after 1.5s"
+        );
+        assert_eq!(
+            connect_error(&Error::from(ErrorKind::ConnectionRefused), t),
+            "connection refused"
+        );
+        // ENETUNREACH
+        assert_eq!(
+            connect_error(&Error::from_raw_os_error(101), t),
+            "network is unreachable"
+        );
+    }
+
+    #[test]
+    fn reach_connects_or_says_why_not() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(
+            reach("127.0.0.1", port),
+            Reach::Reachable(SocketAddr::from(([127, 0, 0, 1], port)))
+        );
+        drop(l);
+        let started = Instant::now();
+        match reach("127.0.0.1", port) {
+            Reach::Unreachable(tried) => {
+                assert_eq!(tried.len(), 1);
+                assert_eq!(tried[0].1, "connection refused");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < INTERNET_BUDGET);
+    }
+
+    #[test]
     fn time_sync() {
         assert_eq!(parse_ntp_synchronized("yes\n"), Some(true));
         assert_eq!(parse_ntp_synchronized("no\n"), Some(false));
@@ -737,6 +1087,36 @@ mod tests {
         assert!(
             text.contains("- Time sync: not checked: timedatectl is not installed"),
             "{text}"
+        );
+        assert!(
+            text.contains("✗ Internet: api.github.com: DNS failed (not tried in tests)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_internet_line_follows_the_update_url() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join(config::NODE_CONFIG);
+        fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+        fs::write(
+            &cfg,
+            "maculaos:\n  upgrade:\n    url: https://updates.example.com/stable/\n",
+        )
+        .unwrap();
+        let tools = Tools::with_path(d.path().join("no-bin"))
+            .with_internet(Reach::Reachable("192.0.2.7:443".parse().unwrap()));
+        let lines = network_with(d.path(), &tools, None);
+        let internet: Vec<&Line> = lines.iter().filter(|l| l.what == "Internet").collect();
+        assert_eq!(
+            internet,
+            [&Line::pass("Internet", "updates.example.com (reachable)")]
+        );
+        // After the DNS lines, before time sync.
+        let whats: Vec<&str> = lines.iter().map(|l| l.what.as_str()).collect();
+        assert_eq!(
+            whats[whats.len() - 3..],
+            ["DNS resolution", "Internet", "Time sync"]
         );
     }
 }

@@ -1,7 +1,10 @@
 //! The external commands the diagnostics run, all through
-//! [`maculaos_runner::Cmd`]. Tests point `PATH` at a directory of fake tools
-//! (or at nothing) to get missing and failing commands on purpose.
+//! [`maculaos_runner::Cmd`], and the one connection they open (the
+//! Internet check). Tests point `PATH` at a directory of fake tools (or at
+//! nothing) to get missing and failing commands on purpose, and give the
+//! Internet check its outcome instead of going out.
 
+use crate::network::{self, Reach};
 use maculaos_runner::{shell_quote, Cmd, RunError};
 use std::ffi::OsString;
 use std::path::Path;
@@ -10,6 +13,8 @@ use std::path::Path;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Tools {
     path: Option<OsString>,
+    /// What the Internet check finds, instead of trying (tests).
+    internet: Option<Reach>,
 }
 
 /// How a command whose output went to a file ended.
@@ -58,11 +63,28 @@ impl Tools {
         Tools::default()
     }
 
-    /// Look commands up in `path` only (tests).
+    /// Look commands up in `path` only, and never go out: the Internet
+    /// check finds no address (tests).
     #[cfg(test)]
     pub(crate) fn with_path(path: impl Into<OsString>) -> Tools {
         Tools {
             path: Some(path.into()),
+            internet: Some(Reach::NoAddress("not tried in tests".into())),
+        }
+    }
+
+    /// The Internet check finds `reach` (tests).
+    #[cfg(test)]
+    pub(crate) fn with_internet(mut self, reach: Reach) -> Tools {
+        self.internet = Some(reach);
+        self
+    }
+
+    /// Resolve `host` and connect to `port` (see [`network::reach`]).
+    pub(crate) fn reach(&self, host: &str, port: u16) -> Reach {
+        match &self.internet {
+            Some(r) => r.clone(),
+            None => network::reach(host, port),
         }
     }
 

@@ -2,11 +2,13 @@
 //! §4.17.4), started by `maculaos-agent.service`.
 //!
 //! It runs the checks of `maculaos.health.checks`, each on its `interval`,
-//! and the built-in `data-space` and `time-sync` checks every minute;
-//! restarts the unit of a failing check that has `restart_on_failure`
-//! ([`RestartPolicy`]); and, with `maculaos.auto_heal.enabled`, cleans up
-//! the data partition when it is too full and restarts systemd-timesyncd
-//! when the clock stays unsynchronised. It talks to systemd with the notify
+//! and the built-in `data-space`, `time-sync` and `network` checks every
+//! minute; restarts the unit of a failing check that has
+//! `restart_on_failure` ([`RestartPolicy`]); and, with
+//! `maculaos.auto_heal.enabled`, cleans up the data partition when it is
+//! too full, restarts systemd-timesyncd when the clock stays
+//! unsynchronised, and restarts systemd-networkd when the network stays
+//! down for `auto_heal.network_grace`. It talks to systemd with the notify
 //! protocol ([`Notifier`]): `READY=1` once started, `WATCHDOG=1` at least
 //! every `WATCHDOG_USEC / 2`, and `STATUS=` with a one-line summary.
 //!
@@ -41,7 +43,9 @@
 //! A check fails when its state is `Fail`; `Warn` (the clock not
 //! synchronised yet) and `Skip` do not count as failing.
 
-use crate::{data_space_check, probes, time_sync_check, Check, Decision, RestartPolicy, State};
+use crate::{
+    data_space_check, network_check, probes, time_sync_check, Check, Decision, RestartPolicy, State,
+};
 use anyhow::{bail, Context};
 use maculaos_config::values::Percent;
 use maculaos_config::{AutoHeal, CheckType, DiskAction, HealthCheck, Maculaos, Paths};
@@ -59,7 +63,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How often the configuration is read again.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(60);
-/// How often the built-in checks (`data-space`, `time-sync`) run.
+/// How often the built-in checks (`data-space`, `time-sync`, `network`) run.
 pub const BUILT_IN_EVERY: Duration = Duration::from_secs(60);
 /// The disk cleanup runs at most this often.
 pub const CLEANUP_EVERY: Duration = Duration::from_secs(10 * 60);
@@ -70,11 +74,21 @@ pub const TIME_SYNC_GRACE: Duration = Duration::from_secs(5 * 60);
 pub const TIME_SYNC_EVERY: Duration = Duration::from_secs(15 * 60);
 /// The unit restarted when the clock is not synchronised.
 pub const TIMESYNCD: &str = "systemd-timesyncd.service";
+/// The unit restarted when the network stays down: on start it brings up
+/// the links it manages (`ActivationPolicy=up`, the default, raises a link
+/// each time it is configured) and asks DHCP again.
+pub const NETWORKD: &str = "systemd-networkd.service";
+/// systemd-networkd is restarted at most this many times within
+/// [`NETWORK_RESTART_WINDOW`]: a node whose network is not configured at
+/// all fails the `network` check for good, and a restart every
+/// `network_grace` would only fill the journal.
+pub const NETWORK_RESTARTS: u32 = 3;
+pub const NETWORK_RESTART_WINDOW: Duration = Duration::from_secs(60 * 60);
 /// Where `maculaos upgrade` downloads update bundles (on /var).
 pub const UPDATES_DIR: &str = "/var/lib/maculaos/updates";
 /// The built-in checks the agent runs (`maculaos health` has more, which
 /// change only at boot).
-const BUILT_INS: &[CheckId] = &[CheckId::DataSpace, CheckId::TimeSync];
+const BUILT_INS: &[CheckId] = &[CheckId::DataSpace, CheckId::TimeSync, CheckId::Network];
 /// The partition the disk cleanup frees space on.
 const DATA_DIR: &str = "/var";
 
@@ -97,6 +111,8 @@ pub enum EventKind {
     DiskCleanup,
     /// systemd-timesyncd was restarted (or its restart failed).
     TimeSync,
+    /// systemd-networkd was restarted (or its restart failed).
+    Network,
 }
 
 impl EventKind {
@@ -108,6 +124,7 @@ impl EventKind {
             EventKind::GaveUp => "gave-up",
             EventKind::DiskCleanup => "disk-cleanup",
             EventKind::TimeSync => "time-sync",
+            EventKind::Network => "network",
         }
     }
 }
@@ -151,6 +168,8 @@ pub enum Action {
     DiskCleanup { reason: String, journal_max: u64 },
     /// `systemctl restart systemd-timesyncd`.
     RestartTimeSync,
+    /// `systemctl restart systemd-networkd`.
+    RestartNetwork,
 }
 
 /// Which check: a built-in one, or one of `maculaos.health.checks` (whose
@@ -159,6 +178,7 @@ pub enum Action {
 pub enum CheckId {
     DataSpace,
     TimeSync,
+    Network,
     Configured(String),
 }
 
@@ -167,6 +187,7 @@ impl CheckId {
         match self {
             CheckId::DataSpace => "data-space",
             CheckId::TimeSync => "time-sync",
+            CheckId::Network => crate::NETWORK_CHECK,
             CheckId::Configured(n) => n,
         }
     }
@@ -178,6 +199,7 @@ pub enum Probe {
     Configured(Box<HealthCheck>),
     DataSpace(Percent),
     TimeSync,
+    Network,
 }
 
 impl Probe {
@@ -188,6 +210,7 @@ impl Probe {
             Probe::Configured(c) => probes::configured_check(root, c),
             Probe::DataSpace(threshold) => data_space_check(root, *threshold),
             Probe::TimeSync => time_sync_check(root),
+            Probe::Network => network_check(root),
         }
     }
 }
@@ -264,6 +287,12 @@ pub struct Scheduler {
     auto_heal: AutoHeal,
     last_cleanup: Option<Instant>,
     last_time_sync: Option<Instant>,
+    /// Since when the `network` check has failed, without a pass between.
+    network_down_since: Option<Instant>,
+    /// The restarts of systemd-networkd: [`NETWORK_RESTARTS`] within
+    /// [`NETWORK_RESTART_WINDOW`]. Never told of a pass, so that a network
+    /// that keeps going down is not restarted more often than that.
+    network_restarts: RestartPolicy,
     started: Instant,
     uptime_at_start: Duration,
 }
@@ -280,6 +309,8 @@ impl Scheduler {
             auto_heal: config.auto_heal.clone(),
             last_cleanup: None,
             last_time_sync: None,
+            network_down_since: None,
+            network_restarts: RestartPolicy::new(NETWORK_RESTARTS, NETWORK_RESTART_WINDOW),
             started: now,
             uptime_at_start: uptime,
         };
@@ -367,6 +398,7 @@ impl Scheduler {
             let probe = match (id, &slot.spec) {
                 (CheckId::DataSpace, _) => Probe::DataSpace(threshold),
                 (CheckId::TimeSync, _) => Probe::TimeSync,
+                (CheckId::Network, _) => Probe::Network,
                 (CheckId::Configured(_), Some(spec)) => Probe::Configured(Box::new(spec.clone())),
                 (CheckId::Configured(_), None) => continue,
             };
@@ -457,16 +489,19 @@ impl Scheduler {
             }
         }
 
-        if !self.auto_heal.enabled {
-            return actions;
-        }
         let cleanup_check = match id {
             CheckId::DataSpace => true,
             CheckId::Configured(_) => slot.spec.as_ref().is_some_and(|s| {
                 s.kind == CheckType::Disk && s.disk_action() == DiskAction::Cleanup
             }),
-            CheckId::TimeSync => false,
+            CheckId::TimeSync | CheckId::Network => false,
         };
+        if *id == CheckId::Network {
+            actions.extend(self.heal_network(check, now));
+        }
+        if !self.auto_heal.enabled {
+            return actions;
+        }
         if cleanup_check
             && failed
             && self
@@ -499,6 +534,60 @@ impl Scheduler {
             actions.push(Action::RestartTimeSync);
         }
         actions
+    }
+
+    /// The `network` check's result. Once it has failed for
+    /// `auto_heal.network_grace`, restart systemd-networkd; then not again
+    /// before `network_grace` has passed (networkd and DHCP get that long),
+    /// and at most [`NETWORK_RESTARTS`] times within
+    /// [`NETWORK_RESTART_WINDOW`]. The outage is followed even with
+    /// auto_heal off, so that turning it on counts from its start.
+    fn heal_network(&mut self, check: &Check, now: Instant) -> Vec<Action> {
+        if check.state != State::Fail {
+            // Up, or `ip` cannot tell (Warn), or nothing to check (Skip):
+            // not an outage a restart would end.
+            self.network_down_since = None;
+            return Vec::new();
+        }
+        let since = *self.network_down_since.get_or_insert(now);
+        if !self.auto_heal.enabled {
+            return Vec::new();
+        }
+        let grace = self.auto_heal.network_grace.get();
+        let down_for = now.saturating_duration_since(since);
+        let rested = self
+            .network_restarts
+            .last_restart()
+            .is_none_or(|t| now.saturating_duration_since(t) >= grace);
+        if down_for < grace || !rested {
+            return Vec::new();
+        }
+        let message = one_line(&check.message);
+        let p = &mut self.network_restarts;
+        match p.decide(now, true) {
+            Decision::Restart => vec![
+                Action::Log(Event::new(
+                    EventKind::Network,
+                    format!(
+                        "the network has been down for {} ({message}); restarting {NETWORKD} \
+                         ({}/{} within an hour)",
+                        human_span(down_for),
+                        p.restarts(),
+                        p.max_restarts
+                    ),
+                )),
+                Action::RestartNetwork,
+            ],
+            Decision::GiveUp => vec![Action::Log(Event::new(
+                EventKind::GaveUp,
+                format!(
+                    "the network is still down after {} restarts of {NETWORKD} within an \
+                     hour; no more restarts until an hour after the last one ({message})",
+                    p.max_restarts
+                ),
+            ))],
+            Decision::Wait | Decision::Nothing => Vec::new(),
+        }
     }
 
     /// The restart asked for by [`Action::RestartUnit`] is over (done or
@@ -736,6 +825,17 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `45s`, `2 min`, `1 h 5 min` (for how long something lasted).
+pub fn human_span(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60) {
+        (0, 0) => format!("{s}s"),
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
+    }
+}
+
 /// Text on one line (a check's message may have several).
 fn one_line(text: &str) -> String {
     text.lines()
@@ -870,21 +970,9 @@ fn execute(root: &Path, action: Action) {
             }
         }
         Action::RestartTimeSync => {
-            let result = if live {
-                systemctl_restart(TIMESYNCD)
-            } else {
-                Err(not_live())
-            };
-            if let Err(e) = result {
-                emit(
-                    &Event::new(
-                        EventKind::TimeSync,
-                        format!("restarting {TIMESYNCD} failed: {e}"),
-                    )
-                    .to_string(),
-                );
-            }
+            restart_built_in(live, &not_live, TIMESYNCD, EventKind::TimeSync)
         }
+        Action::RestartNetwork => restart_built_in(live, &not_live, NETWORKD, EventKind::Network),
         Action::DiskCleanup {
             reason,
             journal_max,
@@ -927,6 +1015,19 @@ fn execute(root: &Path, action: Action) {
                 .to_string(),
             );
         }
+    }
+}
+
+/// Restart a unit the agent restarts on its own (not a check's); a failure
+/// is an event of `kind`.
+fn restart_built_in(live: bool, not_live: &dyn Fn() -> String, unit: &str, kind: EventKind) {
+    let result = if live {
+        systemctl_restart(unit)
+    } else {
+        Err(not_live())
+    };
+    if let Err(e) = result {
+        emit(&Event::new(kind, format!("restarting {unit} failed: {e}")).to_string());
     }
 }
 
@@ -1169,7 +1270,10 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Scheduler::new(&config(TWO), t0, Duration::ZERO);
         let due = s.due(t0);
-        assert_eq!(names(&due), ["data-space", "time-sync", "k3s", "web"]);
+        assert_eq!(
+            names(&due),
+            ["data-space", "time-sync", "network", "k3s", "web"]
+        );
         assert!(matches!(due[0].probe, Probe::DataSpace(p) if p.get() == 90));
         // Running: not due again, whatever the time.
         assert!(s.due(t0 + 600 * S).is_empty());
@@ -1185,7 +1289,10 @@ mod tests {
         assert_eq!(names(&due), ["k3s"], "web is still running");
         assert_eq!(s.next_due(), Some(t0 + 60 * S));
         // k3s and web are still running: only the built-ins.
-        assert_eq!(names(&s.due(t0 + 60 * S)), ["data-space", "time-sync"]);
+        assert_eq!(
+            names(&s.due(t0 + 60 * S)),
+            ["data-space", "time-sync", "network"]
+        );
     }
 
     #[test]
@@ -1218,7 +1325,7 @@ mod tests {
                 vec!["event: check-failed: check web failed (line one; line two)".to_string()],
             ]
         );
-        assert_eq!(s.status(), "4 checks, 1 failing: web");
+        assert_eq!(s.status(), "5 checks, 1 failing: web");
     }
 
     #[test]
@@ -1264,7 +1371,7 @@ mod tests {
                 )),
                 Action::RestartUnit {
                     check: "web".into(),
-                    generation: 3,
+                    generation: 4,
                     unit: "demo-web.service".into()
                 },
             ]
@@ -1431,6 +1538,159 @@ mod tests {
         );
     }
 
+    const DOWN: &str = "no interface is up with an address (eth0 DOWN)";
+
+    fn network_down() -> Check {
+        fail("network", DOWN)
+    }
+
+    /// Whether `actions` restart systemd-networkd.
+    fn restarts_network(actions: &[Action]) -> bool {
+        actions.contains(&Action::RestartNetwork)
+    }
+
+    #[test]
+    fn network_restart_after_the_grace_then_not_before_the_grace_again() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(&Maculaos::default(), t0, Duration::ZERO);
+        let net = CheckId::Network;
+        let a = run_one(&mut s, &net, &network_down(), t0);
+        assert_eq!(
+            events(&a),
+            [format!(
+                "event: check-failed: check network failed ({DOWN})"
+            )]
+        );
+        // Not before the default grace of 2 min (the check runs every minute)…
+        assert_eq!(run_one(&mut s, &net, &network_down(), t0 + MIN), NONE);
+        // …then a restart.
+        let a = run_one(&mut s, &net, &network_down(), t0 + 2 * MIN);
+        assert_eq!(
+            a,
+            vec![
+                Action::Log(Event::new(
+                    EventKind::Network,
+                    format!(
+                        "the network has been down for 2 min ({DOWN}); restarting \
+                         systemd-networkd.service (1/3 within an hour)"
+                    )
+                )),
+                Action::RestartNetwork
+            ]
+        );
+        // Still down: the next one no sooner than the grace after it.
+        assert_eq!(run_one(&mut s, &net, &network_down(), t0 + 3 * MIN), NONE);
+        let a = run_one(&mut s, &net, &network_down(), t0 + 4 * MIN);
+        assert!(
+            events(&a)[0].contains("down for 4 min")
+                && events(&a)[0].ends_with("(2/3 within an hour)"),
+            "{a:?}"
+        );
+        let a = run_one(&mut s, &net, &network_down(), t0 + 6 * MIN);
+        assert!(restarts_network(&a), "{a:?}");
+        // Three within the hour: no more, said once…
+        let a = run_one(&mut s, &net, &network_down(), t0 + 8 * MIN);
+        assert_eq!(
+            events(&a),
+            [format!(
+                "event: gave-up: the network is still down after 3 restarts of \
+                 systemd-networkd.service within an hour; no more restarts until an hour \
+                 after the last one ({DOWN})"
+            )]
+        );
+        for m in [10, 30, 65] {
+            let a = run_one(&mut s, &net, &network_down(), t0 + m * MIN);
+            assert_eq!(a, NONE, "at {m} min");
+        }
+        // …until an hour after the last restart (at 6 min).
+        let a = run_one(&mut s, &net, &network_down(), t0 + 66 * MIN);
+        assert!(events(&a)[0].ends_with("(1/3 within an hour)"), "{a:?}");
+        assert!(restarts_network(&a));
+    }
+
+    #[test]
+    fn network_recovery_starts_the_grace_again() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(&Maculaos::default(), t0, Duration::ZERO);
+        let net = CheckId::Network;
+        run_one(&mut s, &net, &network_down(), t0);
+        run_one(&mut s, &net, &network_down(), t0 + MIN);
+        let a = run_one(&mut s, &net, &pass("network"), t0 + 2 * MIN);
+        assert_eq!(
+            events(&a),
+            ["event: check-recovered: check network passes again (ok)"]
+        );
+        // Down again: counted from here, not from the first outage.
+        run_one(&mut s, &net, &network_down(), t0 + 3 * MIN);
+        assert_eq!(run_one(&mut s, &net, &network_down(), t0 + 4 * MIN), NONE);
+        // `ip` could not tell: not down, and no restart would tell better.
+        let unsure = Check::new("network", State::Warn, "cannot tell: ip failed");
+        let a = run_one(&mut s, &net, &unsure, t0 + 5 * MIN);
+        assert!(!restarts_network(&a), "{a:?}");
+        run_one(&mut s, &net, &network_down(), t0 + 6 * MIN);
+        assert_eq!(run_one(&mut s, &net, &network_down(), t0 + 7 * MIN), NONE);
+        let a = run_one(&mut s, &net, &network_down(), t0 + 8 * MIN);
+        assert!(
+            events(&a).iter().any(|e| e.contains("down for 2 min")),
+            "{a:?}"
+        );
+        assert!(restarts_network(&a));
+        // A recovery does not give back restarts: the hour's budget holds
+        // for a network that keeps going down.
+        for (i, m) in [10, 20, 30].into_iter().enumerate() {
+            run_one(&mut s, &net, &pass("network"), t0 + m * MIN);
+            run_one(&mut s, &net, &network_down(), t0 + (m + 1) * MIN);
+            let a = run_one(&mut s, &net, &network_down(), t0 + (m + 3) * MIN);
+            if i < 2 {
+                assert!(restarts_network(&a), "at {m} min: {a:?}");
+            } else {
+                assert!(!restarts_network(&a), "at {m} min: {a:?}");
+                assert!(
+                    events(&a)[0].starts_with("event: gave-up: the network"),
+                    "{a:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn network_grace_is_configurable_and_auto_heal_off_never_restarts() {
+        let t0 = Instant::now();
+        let net = CheckId::Network;
+        let mut s = Scheduler::new(
+            &config("maculaos:\n  auto_heal: {network_grace: 5m}\n"),
+            t0,
+            Duration::ZERO,
+        );
+        for m in 0..5 {
+            let a = run_one(&mut s, &net, &network_down(), t0 + m * MIN);
+            assert!(!restarts_network(&a), "at {m} min");
+        }
+        let a = run_one(&mut s, &net, &network_down(), t0 + 5 * MIN);
+        assert!(events(&a)[0].contains("down for 5 min"), "{a:?}");
+        assert!(restarts_network(&a));
+
+        let mut s = Scheduler::new(
+            &config("maculaos:\n  auto_heal: {enabled: false}\n"),
+            t0,
+            Duration::ZERO,
+        );
+        for m in 0..30 {
+            let a = run_one(&mut s, &net, &network_down(), t0 + m * MIN);
+            assert!(!restarts_network(&a), "at {m} min: {a:?}");
+            assert!(
+                a.iter()
+                    .all(|a| matches!(a, Action::Log(e) if e.kind == EventKind::CheckFailed)),
+                "only reported: {a:?}"
+            );
+        }
+        // Turned on while the network is down: the outage counts from its start.
+        s.reload(&Maculaos::default(), t0 + 30 * MIN);
+        let a = run_one(&mut s, &net, &network_down(), t0 + 31 * MIN);
+        assert!(events(&a)[0].contains("down for 31 min"), "{a:?}");
+        assert!(restarts_network(&a));
+    }
+
     #[test]
     fn reload_keeps_unchanged_checks_and_drops_removed_ones() {
         let t0 = Instant::now();
@@ -1485,7 +1745,7 @@ mod tests {
         // The new and the changed check are due now; `web` keeps its
         // schedule (due 30 s after its restart)…
         assert_eq!(names(&s.due(t0 + 7 * S)), ["api", "new"]);
-        assert_eq!(s.status(), "5 checks, 1 failing: web");
+        assert_eq!(s.status(), "6 checks, 1 failing: web");
         // …and its state: still failing (no new check-failed), second restart.
         assert_eq!(s.next_due(), Some(t0 + 31 * S));
         let a = run_one(&mut s, &web(), &fail("web", "refused"), t0 + 31 * S);
@@ -1505,14 +1765,14 @@ mod tests {
                 .any(|d| matches!(d.probe, Probe::DataSpace(p) if p.get() == 70)),
             "{due:?}"
         );
-        assert_eq!(s.failing().0, 2);
+        assert_eq!(s.failing().0, 3);
     }
 
     #[test]
     fn status_lists_the_failing_checks_in_order() {
         let t0 = Instant::now();
         let mut s = Scheduler::new(&config(TWO), t0, Duration::ZERO);
-        assert_eq!(s.status(), "4 checks, 0 failing");
+        assert_eq!(s.status(), "5 checks, 0 failing");
         let due = s.due(t0);
         for d in &due {
             let c = if d.id.name() == "data-space" || d.id.name() == "web" {
@@ -1522,7 +1782,7 @@ mod tests {
             };
             s.record(&d.id, d.generation, &c, t0);
         }
-        assert_eq!(s.status(), "4 checks, 2 failing: data-space, web");
+        assert_eq!(s.status(), "5 checks, 2 failing: data-space, web");
     }
 
     #[test]
@@ -1721,6 +1981,7 @@ mod tests {
     fn probes_run_under_a_root() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(Probe::TimeSync.run(d.path()).state, State::Skip);
+        assert_eq!(Probe::Network.run(d.path()).state, State::Skip);
         assert_eq!(
             Probe::DataSpace(Percent::new(90).unwrap())
                 .run(d.path())
@@ -1742,6 +2003,7 @@ mod tests {
             EventKind::GaveUp,
             EventKind::DiskCleanup,
             EventKind::TimeSync,
+            EventKind::Network,
         ]
         .iter()
         .map(|k| k.key())
@@ -1754,9 +2016,14 @@ mod tests {
                 "restart",
                 "gave-up",
                 "disk-cleanup",
-                "time-sync"
+                "time-sync",
+                "network"
             ]
         );
+        assert_eq!(human_span(45 * S), "45s");
+        assert_eq!(human_span(2 * MIN + 5 * S), "2 min");
+        assert_eq!(human_span(60 * MIN), "1 h");
+        assert_eq!(human_span(65 * MIN), "1 h 5 min");
         assert_eq!(
             Event::new(EventKind::GaveUp, "a\nb").to_string(),
             "event: gave-up: a; b"

@@ -1,14 +1,15 @@
 //! `maculaos health`: every check with its state and a message.
 //!
 //! Built in: the configuration is valid (`config`), k3s (`k3s`), how the
-//! node booted (`slots`), room on the data partition (`data-space`) and the
-//! clock (`time-sync`). Then the checks of `maculaos.health.checks`, in
-//! their order ([`probes`]). [`RestartPolicy`] decides, for the agent that
-//! runs them on their intervals, when a failing check's unit is restarted.
+//! node booted (`slots`), room on the data partition (`data-space`), the
+//! clock (`time-sync`) and a way out (`network`). Then the checks of
+//! `maculaos.health.checks`, in their order ([`probes`]). [`RestartPolicy`]
+//! decides, for the agent that runs them on their intervals, when a failing
+//! check's unit is restarted.
 //!
 //! Every check takes the root of the system it looks at (`/` on a node, a
 //! directory in tests). Checks that ask the running system (systemctl,
-//! timedatectl) are skipped under any other root.
+//! timedatectl, ip) are skipped under any other root.
 
 pub mod agent;
 pub mod policy;
@@ -23,6 +24,7 @@ pub use probes::{
 use maculaos_boot::{BootInfo, Cmdline, Mode, BOOT_INFO_PATH};
 use maculaos_config::load::{Loaded, Paths, Using};
 use maculaos_config::values::Percent;
+use maculaos_diag::{parse_default_routes, parse_ip_addr, IfAddrs, Route};
 use maculaos_runner::RunError;
 use probes::{is_running_system, not_running_system, under};
 use serde::Serialize;
@@ -189,6 +191,139 @@ pub(crate) fn time_sync_answer(answer: Result<String, RunError>) -> Check {
     }
 }
 
+/// The name of the network check.
+pub const NETWORK_CHECK: &str = "network";
+
+/// The node has a way out: an interface other than lo is up with an
+/// address that is not link-local, and a default route (IPv4 or IPv6) goes
+/// through one of them. A link set down (`ip link set eth0 down`) fails it;
+/// the agent restarts systemd-networkd when that lasts
+/// `auto_heal.network_grace`.
+pub fn network_check(root: &Path) -> Check {
+    if !is_running_system(root) {
+        return not_running_system(NETWORK_CHECK, root);
+    }
+    let ip = |args: &[&str]| maculaos_runner::Cmd::new("ip").args(args).quiet().output();
+    network_answer(
+        ip(&["-j", "addr"]),
+        ip(&["-j", "route", "show", "default"]),
+        ip(&["-6", "-j", "route", "show", "default"]),
+    )
+}
+
+/// The check for what `ip -j addr`, `ip -j route show default` and
+/// `ip -6 -j route show default` said. When `ip` cannot tell, the check
+/// warns rather than fails: restarting the network would not mend that.
+pub(crate) fn network_answer(
+    addr: Result<String, RunError>,
+    route4: Result<String, RunError>,
+    route6: Result<String, RunError>,
+) -> Check {
+    let cannot_tell =
+        |why: String| Check::new(NETWORK_CHECK, State::Warn, format!("cannot tell: {why}"));
+    let links = match addr.map(|out| parse_ip_addr(&out)) {
+        Err(RunError::NotFound { .. }) => {
+            return Check::new(NETWORK_CHECK, State::Skip, "ip not installed")
+        }
+        Err(e) => return cannot_tell(e.to_string()),
+        Ok(Err(e)) => {
+            return cannot_tell(format!("`ip -j addr` printed something unexpected: {e}"))
+        }
+        Ok(Ok(links)) => links,
+    };
+    let mut routes = match route4.map(|out| parse_default_routes(&out)) {
+        Err(e) => return cannot_tell(e.to_string()),
+        Ok(Err(e)) => {
+            return cannot_tell(format!("`ip -j route` printed something unexpected: {e}"))
+        }
+        Ok(Ok(routes)) => routes,
+    };
+    // Without IPv6 (disabled on the kernel command line) `ip -6` fails:
+    // there is simply no IPv6 default route.
+    if let Ok(Ok(v6)) = route6.map(|out| parse_default_routes(&out)) {
+        routes.extend(v6);
+    }
+    network_state(&links, &routes)
+}
+
+/// `eth0 DOWN`, `eth1 UP, no address`.
+fn link_state(link: &IfAddrs) -> String {
+    if link.is_up() && link.addresses.is_empty() {
+        format!("{} {}, no address", link.name, link.operstate)
+    } else {
+        format!("{} {}", link.name, link.operstate)
+    }
+}
+
+/// `via 10.0.2.2 (eth0)`, `on wg0`.
+fn route_text(route: &Route) -> String {
+    match (&route.gateway, &route.dev) {
+        (Some(gw), Some(dev)) => format!("via {gw} ({dev})"),
+        (Some(gw), None) => format!("via {gw}"),
+        (None, Some(dev)) => format!("on {dev}"),
+        (None, None) => "(no gateway, no device)".into(),
+    }
+}
+
+/// The network check for these links and default routes.
+pub(crate) fn network_state(links: &[IfAddrs], routes: &[Route]) -> Check {
+    let check = |state, message: String| Check::new(NETWORK_CHECK, state, message);
+    let links: Vec<&IfAddrs> = links.iter().filter(|l| l.name != "lo").collect();
+    if links.is_empty() {
+        // Nothing a restart of the network stack could bring up.
+        return check(State::Skip, "no network interface besides lo".into());
+    }
+    let usable: Vec<&IfAddrs> = links.iter().copied().filter(|l| l.is_usable()).collect();
+    if usable.is_empty() {
+        // Pods' veth interfaces would only bury the node's own.
+        let states: Vec<String> = links
+            .iter()
+            .filter(|l| !l.name.starts_with("veth"))
+            .map(|l| link_state(l))
+            .collect();
+        return check(
+            State::Fail,
+            format!(
+                "no interface is up with an address ({}); see `maculaos diag network`",
+                states.join("; ")
+            ),
+        );
+    }
+    let through = |r: &Route| match &r.dev {
+        Some(dev) => usable.iter().copied().find(|l| &l.name == dev),
+        None => usable.first().copied(),
+    };
+    if let Some((route, link)) = routes.iter().find_map(|r| through(r).map(|l| (r, l))) {
+        return check(
+            State::Pass,
+            format!(
+                "{} up with {}, default route {}",
+                link.name,
+                link.addresses.join(", "),
+                route_text(route)
+            ),
+        );
+    }
+    let up: Vec<String> = usable
+        .iter()
+        .map(|l| format!("{} ({})", l.name, l.addresses.join(", ")))
+        .collect();
+    let message = match routes.first() {
+        None => format!(
+            "{} up, but there is no default route (no DHCP lease yet, or no `gateway` \
+             in maculaos.network)",
+            up.join(", ")
+        ),
+        Some(r) => format!(
+            "the default route {} goes through an interface that is not up with an \
+             address; up: {}",
+            route_text(r),
+            up.join(", ")
+        ),
+    };
+    check(State::Fail, message)
+}
+
 /// The checks that decide whether a boot is good (`maculaos health --boot`).
 pub fn boot_checks() -> Vec<Check> {
     BOOT_UNITS.iter().map(|u| unit_check(u)).collect()
@@ -205,6 +340,7 @@ pub fn run(paths: &Paths) -> Vec<Check> {
         slots_check(root),
         data_space_check(root, config.auto_heal.disk_threshold),
         time_sync_check(root),
+        network_check(root),
     ];
     checks.extend(configured_checks(root, &config.health.checks));
     checks
@@ -311,6 +447,7 @@ mod tests {
                 "slots",
                 "data-space",
                 "time-sync",
+                "network",
                 "k3s-unit",
                 "api",
                 "var"
@@ -320,7 +457,7 @@ mod tests {
         use State::*;
         assert_eq!(
             states,
-            [Pass, Skip, Skip, Pass, Skip, Skip, Pass, Pass],
+            [Pass, Skip, Skip, Pass, Skip, Skip, Skip, Pass, Pass],
             "{checks:#?}"
         );
         assert!(
@@ -329,15 +466,18 @@ mod tests {
             checks[3].message
         );
         assert!(checks[3].message.ends_with("% full (fails at 100%)"));
-        assert_eq!(
-            checks[5].message,
-            format!(
-                "not checked: {} is not the running system",
-                d.path().display()
-            )
-        );
+        for i in [5, 6] {
+            assert_eq!(
+                checks[i].message,
+                format!(
+                    "not checked: {} is not the running system",
+                    d.path().display()
+                )
+            );
+        }
         let text = render(&checks);
         assert!(text.contains("- time-sync  not checked"), "{text}");
+        assert!(text.contains("- network    not checked"), "{text}");
         assert!(text.contains("✓ data-space /var is"), "{text}");
     }
 
@@ -445,6 +585,156 @@ mod tests {
         );
         let d = tempfile::tempdir().unwrap();
         assert_eq!(time_sync_check(d.path()).state, State::Skip);
+    }
+
+    /// `ip -j addr` of a VM: lo, eth0 (`state` and its IPv4 address given),
+    /// a pod's veth.
+    fn ip_addr(eth0_state: &str, eth0_flags: &str) -> String {
+        format!(
+            r#"[{{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"operstate":"UNKNOWN","addr_info":[{{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host"}}]}},
+            {{"ifindex":2,"ifname":"eth0","flags":[{eth0_flags}],"operstate":"{eth0_state}","addr_info":[{{"family":"inet","local":"10.0.2.15","prefixlen":24,"scope":"global"}},{{"family":"inet6","local":"fe80::5054:ff:fe12:3456","prefixlen":64,"scope":"link"}}]}},
+            {{"ifindex":9,"ifname":"veth1a2b","operstate":"UP","addr_info":[{{"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"}}]}}]"#
+        )
+    }
+
+    const UP: &str = r#""BROADCAST","MULTICAST","UP","LOWER_UP""#;
+    const ROUTE: &str = r#"[{"dst":"default","gateway":"10.0.2.2","dev":"eth0","protocol":"dhcp","prefsrc":"10.0.2.15","metric":1024,"flags":[]}]"#;
+
+    fn answer(addr: &str, route4: &str, route6: &str) -> Check {
+        network_answer(Ok(addr.into()), Ok(route4.into()), Ok(route6.into()))
+    }
+
+    #[test]
+    fn network_up_with_a_default_route_passes() {
+        let c = answer(&ip_addr("UP", UP), ROUTE, "");
+        assert_eq!(
+            (c.name.as_str(), c.state, c.message.as_str()),
+            (
+                "network",
+                State::Pass,
+                "eth0 up with 10.0.2.15/24, default route via 10.0.2.2 (eth0)"
+            )
+        );
+        // An IPv6 default route is as good.
+        let v6 = r#"[{"dst":"default","gateway":"fe80::2","dev":"eth0","protocol":"ra","metric":1024,"flags":[],"pref":"medium"}]"#;
+        let c = answer(&ip_addr("UP", UP), "[]", v6);
+        assert_eq!(c.state, State::Pass, "{c:?}");
+        assert!(c.message.ends_with("via fe80::2 (eth0)"), "{}", c.message);
+    }
+
+    #[test]
+    fn a_link_set_down_fails_the_network_check() {
+        // `ip link set eth0 down`: the kernel drops its routes, keeps its
+        // IPv4 address, and `ip` shows it DOWN without the UP flag.
+        let c = answer(&ip_addr("DOWN", r#""BROADCAST","MULTICAST""#), "", "");
+        assert_eq!(
+            (c.state, c.message.as_str()),
+            (
+                State::Fail,
+                "no interface is up with an address (eth0 DOWN); see `maculaos diag network`"
+            )
+        );
+        // Even were its route left behind.
+        let c = answer(&ip_addr("DOWN", r#""BROADCAST","MULTICAST""#), ROUTE, "");
+        assert_eq!(c.state, State::Fail);
+    }
+
+    #[test]
+    fn network_without_a_usable_default_route_fails() {
+        let c = answer(&ip_addr("UP", UP), "", "[]\n");
+        assert_eq!(
+            (c.state, c.message.as_str()),
+            (
+                State::Fail,
+                "eth0 (10.0.2.15/24) up, but there is no default route (no DHCP lease yet, \
+                 or no `gateway` in maculaos.network)"
+            )
+        );
+        // The default route goes out through a link that is down, while a
+        // bridge of k3s has an address.
+        let links = vec![
+            IfAddrs {
+                name: "eth0".into(),
+                operstate: "DOWN".into(),
+                addresses: vec!["10.0.2.15/24".into()],
+            },
+            IfAddrs {
+                name: "cni0".into(),
+                operstate: "UP".into(),
+                addresses: vec!["10.42.0.1/24".into()],
+            },
+        ];
+        let routes = parse_default_routes(ROUTE).unwrap();
+        let c = network_state(&links, &routes);
+        assert_eq!(
+            (c.state, c.message.as_str()),
+            (
+                State::Fail,
+                "the default route via 10.0.2.2 (eth0) goes through an interface that is not \
+                 up with an address; up: cni0 (10.42.0.1/24)"
+            )
+        );
+        // A route straight onto an up link (WireGuard: UNKNOWN) passes.
+        let wg = vec![IfAddrs {
+            name: "wg0".into(),
+            operstate: "UNKNOWN".into(),
+            addresses: vec!["10.9.0.2/32".into()],
+        }];
+        let on_link =
+            parse_default_routes(r#"[{"dst":"default","dev":"wg0","scope":"link","flags":[]}]"#)
+                .unwrap();
+        let c = network_state(&wg, &on_link);
+        assert_eq!(
+            (c.state, c.message.as_str()),
+            (State::Pass, "wg0 up with 10.9.0.2/32, default route on wg0")
+        );
+        // Up without an address.
+        let bare = vec![IfAddrs {
+            name: "eth1".into(),
+            operstate: "UP".into(),
+            addresses: vec![],
+        }];
+        assert_eq!(
+            network_state(&bare, &[]).message,
+            "no interface is up with an address (eth1 UP, no address); see `maculaos diag network`"
+        );
+    }
+
+    #[test]
+    fn network_cannot_tell_without_ip() {
+        let lo_only = r#"[{"ifindex":1,"ifname":"lo","operstate":"UNKNOWN","addr_info":[]}]"#;
+        assert_eq!(answer(lo_only, "", "").state, State::Skip);
+        let c = network_answer(
+            Err(RunError::NotFound {
+                program: "ip".into(),
+                hint: String::new(),
+            }),
+            Ok(String::new()),
+            Ok(String::new()),
+        );
+        assert_eq!(
+            (c.state, c.message.as_str()),
+            (State::Skip, "ip not installed")
+        );
+        let failed = || RunError::Failed {
+            command: "ip -j route show default".into(),
+            status: "exit code 255".into(),
+            tail: "Cannot talk to rtnetlink".into(),
+            log: None,
+        };
+        let c = network_answer(Ok(ip_addr("UP", UP)), Err(failed()), Ok(String::new()));
+        assert_eq!(c.state, State::Warn, "{c:?}");
+        assert!(
+            c.message
+                .starts_with("cannot tell: `ip -j route show default` failed"),
+            "{}",
+            c.message
+        );
+        let c = answer("not json", ROUTE, "");
+        assert_eq!(c.state, State::Warn);
+        // No IPv6 on this kernel: `ip -6` fails, the IPv4 route is enough.
+        let c = network_answer(Ok(ip_addr("UP", UP)), Ok(ROUTE.into()), Err(failed()));
+        assert_eq!(c.state, State::Pass);
     }
 
     #[test]

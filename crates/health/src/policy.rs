@@ -54,6 +54,11 @@ impl RestartPolicy {
         self.restarts
     }
 
+    /// When the last restart of the current window was made.
+    pub fn last_restart(&self) -> Option<Instant> {
+        self.last_restart
+    }
+
     /// After giving up: when restarting is allowed again.
     pub fn retry_at(&self) -> Option<Instant> {
         if self.restarts < self.max_restarts {
@@ -134,6 +139,7 @@ mod tests {
         );
         assert_eq!(d, [Restart, Restart, Restart, GiveUp, Wait, Wait]);
         assert_eq!(p.restarts(), 3);
+        assert_eq!(p.last_restart(), Some(t0 + Duration::from_secs(60)));
         // The last restart was at 60 s: retry at 60 s + 5 min.
         assert_eq!(p.retry_at(), Some(t0 + Duration::from_secs(360)));
     }

@@ -179,6 +179,9 @@ struct DataOutcome {
     resize: bool,
     /// A factory reset was carried out (set by [`mount_data`]).
     factory_reset: bool,
+    /// A factory reset asked for on the kernel command line (the boot
+    /// menu's entry), for [`mount_data`] to carry out.
+    reset_asked: Option<reset::ResetRequest>,
 }
 
 fn run(debug: &Cell<bool>) -> Result<Infallible, InitError> {
@@ -293,6 +296,7 @@ fn boot_disk(loader: Option<&mut Loader>, params: &BootParams) -> Result<Booted,
 
     // 7. The data partition: check, grow, format.
     let mut outcome = prepare_data(&parts, &devs)?;
+    outcome.reset_asked = params.factory_reset.clone();
 
     // 8. Mount it on /var with /home and /root.
     mount_data(Some((LABEL_DATA, &parts.data)), &mut outcome)?;
@@ -1145,7 +1149,8 @@ fn mount_data(
         }
     };
     if data_part.is_some() {
-        outcome.factory_reset = factory_reset_if_requested(label, &device);
+        outcome.factory_reset =
+            factory_reset_if_requested(label, &device, outcome.reset_asked.take());
     }
     let stats = seed_data(Path::new(SYSROOT), Path::new(DATA_MOUNT))?;
     if stats.created > 0 {
@@ -1203,12 +1208,28 @@ fn mount_data(
 /// request at the root of the data partition, mounted at [`DATA_MOUNT`]),
 /// before the partition is seeded and used. Failures are warnings: the
 /// request stays, the node boots, and the next boot tries again.
-fn factory_reset_if_requested(label: &str, device: &str) -> bool {
+/// `asked` comes from the kernel command line: it is written down as a
+/// request first, so a power cut during the wipe is finished next boot.
+fn factory_reset_if_requested(
+    label: &str,
+    device: &str,
+    asked: Option<reset::ResetRequest>,
+) -> bool {
     let data = Path::new(DATA_MOUNT);
-    let req = match reset::read_request(data) {
-        Ok(Some(r)) => r,
-        Ok(None) => return false,
-        Err(e) => {
+    let req = match (reset::read_request(data), asked) {
+        (Ok(Some(r)), _) => r,
+        (Ok(None), Some(asked)) => {
+            say("factory reset asked for on the kernel command line (the boot menu's entry)");
+            if let Err(e) = reset::write_request(data, &asked) {
+                warn(format!(
+                    "{e}
+resetting anyway; if this boot is cut short, choose the entry again"
+                ));
+            }
+            asked
+        }
+        (Ok(None), None) => return false,
+        (Err(e), _) => {
             warn(format!(
                 "{e}\nthe factory reset was NOT done: ask for it again with `maculaos factory-reset --confirm`"
             ));

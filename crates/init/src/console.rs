@@ -9,13 +9,25 @@ use std::os::fd::IntoRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Print one progress line, `maculaos-init: <msg>`. Write errors are
-/// ignored: PID 1 must not die (println! would panic) because the console
-/// is missing or broken.
+/// Print one progress line, `[  12.345] maculaos-init: <msg>`, stamped
+/// with the time since the kernel started as the kernel stamps its own
+/// lines, so a slow step shows on the console (no stamp before /proc is
+/// mounted). Write errors are ignored: PID 1 must not die (println! would
+/// panic) because the console is missing or broken.
 pub fn say(msg: impl Display) {
+    let stamp = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| crate::boot::parse_uptime_ms(&t))
+        .map(stamp)
+        .unwrap_or_default();
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "maculaos-init: {msg}");
+    let _ = writeln!(out, "{stamp}maculaos-init: {msg}");
     let _ = out.flush();
+}
+
+/// `[   7.820] ` for 7820 ms, the width of the kernel's stamps.
+fn stamp(ms: u64) -> String {
+    format!("[{:>5}.{:03}] ", ms / 1000, ms % 1000)
 }
 
 /// Print a message that may span lines (a failed tool's output tail):
@@ -60,4 +72,13 @@ pub fn reopen_console(console: &Path) -> Result<(), InitError> {
         let _ = close(fd);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stamp_like_the_kernel() {
+        assert_eq!(super::stamp(7_820), "[    7.820] ");
+        assert_eq!(super::stamp(123_456_789), "[123456.789] ");
+    }
 }

@@ -168,13 +168,26 @@ impl Ctx {
     /// Reboot from inside the guest; QEMU (-no-reboot) exits, and the same
     /// machine boots again with a new serial log.
     pub fn reboot(&mut self, ssh: &Ssh, label: &str) -> Result<Ssh> {
+        self.reboot_by(ssh, "sudo systemctl reboot", label, "multi-user.target")
+    }
+
+    /// Run `command` (one that reboots or powers off the guest: `maculaos
+    /// recovery --reboot`, `factory-reset --confirm`), wait for QEMU to
+    /// exit, boot the same machine again and wait for systemd's `target`.
+    pub fn reboot_by(
+        &mut self,
+        ssh: &Ssh,
+        command: &str,
+        label: &str,
+        target: &str,
+    ) -> Result<Ssh> {
         // The connection may drop before ssh reports the command's status.
-        let _ = ssh.run("sudo systemctl reboot");
+        let _ = ssh.run(command);
         let vm = self.vm()?;
         vm.wait_exit(BOOT_TIMEOUT)
-            .context("waiting for the guest to reboot")?;
+            .with_context(|| format!("waiting for QEMU to exit after `{command}` ({label})"))?;
         vm.boot_again()?;
-        self.wait_up(label)
+        self.wait_up_for(label, target)
     }
 
     pub fn shutdown(&mut self) {

@@ -5,7 +5,8 @@
 
 use crate::harness::{ensure, info, wait_until, Ctx, BOOT_TIMEOUT, CMD_TIMEOUT};
 use anyhow::{Context, Result};
-use maculaos_vm::{disk, Firmware};
+use maculaos_vm::{disk, Firmware, Ssh};
+use std::path::Path;
 
 const TARGET: &str = "maculaos-recovery.target";
 
@@ -27,12 +28,12 @@ pub fn recovery(ctx: &mut Ctx) -> Result<()> {
     })?;
 
     // `maculaos recovery --reboot`: the next boot, once, is recovery.
-    let _ = ssh.run("sudo maculaos recovery --reboot");
-    let vm = ctx.vm()?;
-    vm.wait_exit(BOOT_TIMEOUT)
-        .context("waiting for the reboot into recovery mode")?;
-    vm.boot_again()?;
-    let ssh = ctx.wait_up_for("recovery mode", TARGET)?;
+    let ssh = ctx.reboot_by(
+        &ssh,
+        "sudo maculaos recovery --reboot",
+        "recovery mode",
+        TARGET,
+    )?;
     let i = info(&ssh)?;
     ensure(i["mode"] == "recovery" && i["slot"] == "A", || {
         format!("maculaos info: expected recovery mode on slot A:\n{i:#}")
@@ -95,12 +96,7 @@ pub fn recovery(ctx: &mut Ctx) -> Result<()> {
     })?;
 
     // The next boot is a normal one, with the data as it was.
-    let _ = ssh.run("sudo systemctl reboot");
-    let vm = ctx.vm()?;
-    vm.wait_exit(BOOT_TIMEOUT)
-        .context("waiting for the reboot out of recovery mode")?;
-    vm.boot_again()?;
-    let ssh = ctx.wait_up("normal boot after recovery")?;
+    let ssh = ctx.reboot(&ssh, "normal boot after recovery")?;
     let i = info(&ssh)?;
     ensure(i["mode"] == "disk" && i["slot"] == "A", || {
         format!("after recovery: expected a normal boot of slot A:\n{i:#}")
@@ -158,12 +154,20 @@ pub fn factory_reset(ctx: &mut Ctx) -> Result<()> {
         "factory-reset without --confirm left a request behind".to_string()
     })?;
 
-    let _ = ssh.run("sudo maculaos factory-reset --confirm --keep-data --keep-network");
-    let vm = ctx.vm()?;
-    vm.wait_exit(BOOT_TIMEOUT)
-        .context("waiting for the reboot that carries out the factory reset")?;
-    vm.boot_again()?;
-    let ssh = ctx.wait_up("after the factory reset")?;
+    // Asked for from recovery mode (seed 4.10.2), where the data partition
+    // is not mounted: the CLI mounts it to leave the request.
+    let rec = ctx.reboot_by(
+        &ssh,
+        "sudo maculaos recovery --reboot",
+        "recovery mode",
+        TARGET,
+    )?;
+    let ssh = ctx.reboot_by(
+        &rec,
+        "sudo maculaos factory-reset --confirm --keep-data --keep-network",
+        "after the factory reset",
+        "multi-user.target",
+    )?;
     let boot = ssh.check("cat /run/maculaos/boot.json")?;
     ensure(boot.contains("\"factory_reset\": true"), || {
         format!("init did not record a factory reset:\n{boot}")
@@ -226,5 +230,48 @@ pub fn factory_reset(ctx: &mut Ctx) -> Result<()> {
     let failed = ssh.check("systemctl --failed --no-legend --plain")?;
     ensure(failed.trim().is_empty(), || {
         format!("units failed after the factory reset:\n{failed}")
-    })
+    })?;
+    reset_from_boot_menu(ctx, &ssh, &image)
+}
+
+/// The boot menu's factory reset entry (a node nobody can log into),
+/// chosen through grubenv's `maculaos_next` as an operator would with the
+/// arrow keys: the node's state goes, /var/lib/data stays, once.
+fn reset_from_boot_menu(ctx: &mut Ctx, ssh: &Ssh, image: &Path) -> Result<()> {
+    ssh.check(
+        "echo state | sudo tee /var/lib/maculaos/state-after-reset >/dev/null && sync && \
+         sudo mkdir -p /var/lib/maculaos/config.d && \
+         printf 'maculaos:\\n  hostname: second-life\\n' | sudo tee /var/lib/maculaos/config.d/50-node.yaml >/dev/null",
+    )?;
+    let _ = ssh.run("sudo systemctl poweroff");
+    let vm = ctx.vm()?;
+    vm.wait_exit(BOOT_TIMEOUT)
+        .context("waiting for the power-off before the boot menu's reset")?;
+    disk::grubenv_set(image, &[("maculaos_next", "factory-reset")])?;
+    vm.boot_again()?;
+    let ssh = ctx.wait_up("after the boot menu's factory reset")?;
+    let serial = ctx.vm()?.serial_text();
+    ensure(
+        serial.contains("factory reset asked for on the kernel command line")
+            && serial.contains("FACTORY RESET of MACULA_DATA"),
+        || "the console does not show the boot menu's factory reset".to_string(),
+    )?;
+    let gone = ssh.run("sudo test -e /var/lib/maculaos/state-after-reset || sudo test -e /var/lib/maculaos/config.d/50-node.yaml")?;
+    ensure(!gone.success(), || {
+        "the boot menu's reset left the node's state behind".to_string()
+    })?;
+    let data = ssh.check("sudo cat /var/lib/data/keep-me")?;
+    ensure(data.trim() == "user-data", || {
+        format!("the boot menu's reset did not keep /var/lib/data: {data:?}")
+    })?;
+    ensure(ssh.check("hostname")?.trim() != "second-life", || {
+        "the wiped configuration's hostname is in effect after the boot menu's reset".to_string()
+    })?;
+    // Once only: GRUB cleared the choice before the kernel started.
+    ctx.shutdown();
+    let env = disk::grubenv_list(image)?;
+    ensure(
+        env.get("maculaos_next").is_none_or(|v| v.is_empty()),
+        || format!("grubenv still asks for the boot menu's entry: {env:?}"),
+    )
 }

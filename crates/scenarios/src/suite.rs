@@ -110,12 +110,12 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "factory-reset",
-            about: "factory-reset --confirm --keep-data --keep-network: the next boot wipes config, credentials and identity, keeps /var/lib/data and the network settings; the wiped config's key no longer logs in",
+            about: "factory-reset --confirm --keep-data --keep-network from recovery mode: the next boot wipes config, credentials and identity, keeps /var/lib/data and the network settings; the wiped config's key no longer logs in; then the boot menu's reset entry",
             run: crate::recovery::factory_reset,
         },
         Scenario {
             name: "agent-backup-diag",
-            about: "the agent restarts a unit its http check finds down; systemd restarts a SIGSTOPped agent; backup, change, restore: byte-identical with modes, owners, times; a corrupted backup refused before writing; diag --full holds its files and no secret; the i6300esb resets a panicked kernel",
+            about: "the agent restarts a unit its http check finds down; systemd restarts a SIGSTOPped agent; backup, change, restore: byte-identical with modes, owners, times; a corrupted backup refused before writing; an age-encrypted backup restored only with its key; diag --full holds its files and no secret; a downed link brought back by the agent; the i6300esb resets a panicked kernel",
             run: crate::support::agent_backup_diag,
         },
         Scenario {

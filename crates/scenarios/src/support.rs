@@ -32,10 +32,14 @@ fn support_config() -> String {
     format!(
         "maculaos:
   backup:
+    enabled: true
+    schedule: \"30 3 * * *\"
     include: [/var/lib/data, /var/lib/maculaos/config.d]
     retention: 2
   watchdog:
     timeout: 15
+  auto_heal:
+    network_grace: 20s
   health:
     checks:
       - name: web
@@ -222,6 +226,9 @@ pub fn agent_backup_diag(ctx: &mut Ctx) -> Result<()> {
         )
     })?;
 
+    encrypted_backup(&ssh)?;
+    scheduled_backup(&ssh)?;
+
     // The support bundle.
     let out = ssh.run_timeout(
         "sudo maculaos diag --full -o /tmp/support.tar.gz",
@@ -264,5 +271,170 @@ pub fn agent_backup_diag(ctx: &mut Ctx) -> Result<()> {
         storage.contains("✓") && storage.contains("Data partition"),
         || format!("`maculaos diag storage` printed no data partition line:\n{storage}"),
     )?;
+    network_lines(&ssh)?;
+    network_heal(ctx, &ssh)?;
     hardware_watchdog(ctx, &ssh)
+}
+
+/// A backup encrypted to an age key (made with age-keygen on the node):
+/// only the age file is left, it is listed as encrypted, a restore without
+/// the key is refused, and with it the files come back.
+fn encrypted_backup(ssh: &Ssh) -> Result<()> {
+    let keygen = ssh.check("sudo age-keygen -o /root/backup.key 2>&1")?;
+    let recipient = keygen
+        .split_whitespace()
+        .find(|w| w.starts_with("age1"))
+        .with_context(|| format!("age-keygen printed no public key:\n{keygen}"))?
+        .to_string();
+    let before = ssh.check("sudo ls -A /var/lib/maculaos-backups")?;
+    let out = ssh.check_timeout(
+        &format!("sudo maculaos backup create --encrypt-to {recipient}"),
+        CMD_TIMEOUT,
+    )?;
+    let archive = out
+        .lines()
+        .find_map(|l| l.split(':').next().filter(|p| p.ends_with(".tar.gz.age")))
+        .unwrap_or_default()
+        .to_string();
+    ensure(!archive.is_empty(), || {
+        format!("`backup create --encrypt-to` did not say where the .tar.gz.age is:\n{out}")
+    })?;
+    let head = ssh.check(&format!("sudo head -c 21 {archive}"))?;
+    ensure(head == "age-encryption.org/v1", || {
+        format!("{archive} is not an age file: it starts {head:?}")
+    })?;
+    let after = ssh.check("sudo ls -A /var/lib/maculaos-backups")?;
+    let new = added_lines(&before, &after);
+    ensure(new.len() == 1 && new[0].ends_with(".tar.gz.age"), || {
+        format!("the encrypted backup left more than its .age file behind: {new:?}")
+    })?;
+    let list = ssh.check("sudo maculaos backup list")?;
+    ensure(
+        list.lines()
+            .any(|l| l.contains(&archive) && l.contains("encrypted")),
+        || format!("`backup list` does not show {archive} as encrypted:\n{list}"),
+    )?;
+    ssh.check("echo changed-again | sudo tee /var/lib/data/a.txt >/dev/null")?;
+    let refused = ssh.run_timeout(
+        &format!("sudo maculaos backup restore {archive}"),
+        CMD_TIMEOUT,
+    )?;
+    ensure(
+        !refused.success() && refused.stderr.contains("--identity"),
+        || format!("an encrypted restore without a key was not refused clearly:\n{refused:?}"),
+    )?;
+    let a = ssh.check("cat /var/lib/data/a.txt")?;
+    ensure(a.trim() == "changed-again", || {
+        "the refused encrypted restore changed /var/lib/data".to_string()
+    })?;
+    let good = ssh.run_timeout(
+        &format!("sudo maculaos backup restore {archive} --identity /root/backup.key"),
+        CMD_TIMEOUT,
+    )?;
+    ensure(good.success(), || {
+        format!("the encrypted restore failed:\n{good:?}")
+    })?;
+    let a = ssh.check("sudo cat /var/lib/data/a.txt")?;
+    ensure(a.trim() == "first file", || {
+        format!("after the encrypted restore a.txt holds {a:?}")
+    })?;
+    let left =
+        ssh.check("sudo find /var/lib/maculaos-backups -name '*.tar.gz' -newer /root/backup.key")?;
+    ensure(left.trim().is_empty(), || {
+        format!("a decrypted copy was left behind: {left}")
+    })
+}
+
+/// The lines of `after` that are not in `before` (new files in a listing).
+fn added_lines<'a>(before: &str, after: &'a str) -> Vec<&'a str> {
+    after
+        .lines()
+        .filter(|l| !before.lines().any(|b| b == *l))
+        .collect()
+}
+
+/// `backup.enabled` and `schedule` (a cron line): apply enables the timer
+/// with the schedule, and the service it starts makes a backup and keeps
+/// `retention` (2) of them.
+fn scheduled_backup(ssh: &Ssh) -> Result<()> {
+    let timer = ssh.check(
+        "systemctl is-enabled maculaos-backup.timer; systemctl is-active maculaos-backup.timer; \
+         systemctl show -p TimersCalendar --value maculaos-backup.timer",
+    )?;
+    ensure(
+        timer.starts_with("enabled\nactive\n") && timer.contains("*-*-* 03:30:00"),
+        || format!("the backup timer is not enabled with the schedule 03:30:\n{timer}"),
+    )?;
+    let before = ssh.check("sudo ls -A /var/lib/maculaos-backups")?;
+    ssh.check_timeout("sudo systemctl start maculaos-backup.service", CMD_TIMEOUT)?;
+    let after = ssh.check("sudo ls -A /var/lib/maculaos-backups")?;
+    let new = added_lines(&before, &after);
+    ensure(
+        new.len() == 1 && new[0].ends_with(".tar.gz") && after.lines().count() == 2,
+        || {
+            format!("the timer's service did not leave 2 backups with a new one:\nbefore:\n{before}\nafter:\n{after}")
+        },
+    )
+}
+
+/// `diag network` says whether the Internet is reachable (these VMs have
+/// no way out, so: not, and why), and the network check is in `health`.
+fn network_lines(ssh: &Ssh) -> Result<()> {
+    let out = ssh.run_timeout("sudo maculaos diag network", CMD_TIMEOUT)?;
+    ensure(
+        out.stdout
+            .lines()
+            .any(|l| l.contains("✗") && l.contains("Internet:")),
+        || {
+            format!(
+                "`diag network` has no failing Internet line on a VM without Internet:\n{out:?}"
+            )
+        },
+    )?;
+    let health = ssh.check("sudo maculaos health --json")?;
+    ensure(health.contains("\"network\""), || {
+        format!("`maculaos health` has no network check:\n{health}")
+    })
+}
+
+/// Whether SSH gets a command through within `timeout` (a connection that
+/// hangs, as one over a downed link does, counts as no).
+fn answers(ssh: &Ssh, timeout: Duration) -> bool {
+    matches!(ssh.run_timeout("true", timeout), Ok(o) if o.success())
+}
+
+/// The node's only link, taken down, comes back: the agent sees no network
+/// for `network_grace` and restarts systemd-networkd, which raises it.
+fn network_heal(ctx: &mut Ctx, ssh: &Ssh) -> Result<()> {
+    // The NIC SSH comes in on (with restrict=on there is no IPv4 gateway;
+    // the default route is IPv6's).
+    let nic = ssh.check("ip -j route get 10.0.2.2 | jq -r '.[0].dev'")?;
+    let nic = nic.trim().to_string();
+    ensure(!nic.is_empty() && nic != "null", || {
+        "no route to the host's side of the VM's network".to_string()
+    })?;
+    // Later, from inside: this SSH connection runs over that link.
+    ssh.check(&format!(
+        "sudo systemd-run --quiet --on-active=2s /usr/sbin/ip link set dev {nic} down"
+    ))?;
+    let vm = ctx.vm()?;
+    wait_until(vm, &format!("{nic} to go down"), CMD_TIMEOUT, || {
+        Ok(!answers(ssh, Duration::from_secs(10)))
+    })?;
+    let down_at = std::time::Instant::now();
+    wait_until(
+        vm,
+        "the agent to bring the network back",
+        Duration::from_secs(300),
+        || Ok(answers(ssh, Duration::from_secs(15))),
+    )?;
+    ctx.record(
+        "network down to SSH back (agent: 20 s grace, 60 s checks)",
+        down_at.elapsed().as_secs_f64(),
+    );
+    let events = ssh.check("sudo journalctl -u maculaos-agent -o cat | grep 'event: network'")?;
+    ensure(
+        events.contains("restarting systemd-networkd.service"),
+        || format!("the agent's network restart is not in the journal:\n{events}"),
+    )
 }
