@@ -1,6 +1,6 @@
 //! The scenarios. Each one starts from a fresh copy of the built image.
 
-use crate::harness::{ensure, info, Ctx, BOOT_TIMEOUT};
+use crate::harness::{ensure, info, wait_until, Ctx, BOOT_TIMEOUT, CMD_TIMEOUT};
 use crate::Scenario;
 use anyhow::{Context, Result};
 use maculaos_vm::{disk, Firmware, Ssh};
@@ -10,7 +10,7 @@ pub fn all() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "boot-bios",
-            about: "boots to multi-user under SeaBIOS; info says slot A, read-only root",
+            about: "boots to multi-user under SeaBIOS; info says slot A, read-only root; softdog armed as systemd's watchdog",
             run: boot_bios,
         },
         Scenario {
@@ -188,21 +188,38 @@ fn check_booted(ssh: &Ssh, firmware: &str) -> Result<()> {
     Ok(())
 }
 
-fn boot_with(ctx: &mut Ctx, firmware: Firmware) -> Result<()> {
+fn boot_with(ctx: &mut Ctx, firmware: Firmware) -> Result<Ssh> {
     let disk = ctx.disk("")?;
     let ssh = ctx.boot(
         ctx.spec(&disk, firmware),
         &format!("first boot ({firmware})"),
     )?;
-    check_booted(&ssh, &firmware.to_string())
+    check_booted(&ssh, &firmware.to_string())?;
+    Ok(ssh)
 }
 
 fn boot_bios(ctx: &mut Ctx) -> Result<()> {
-    boot_with(ctx, Firmware::Bios)
+    let ssh = boot_with(ctx, Firmware::Bios)?;
+    // This machine has no hardware watchdog: softdog stands in, and the
+    // health agent arms systemd's runtime watchdog on it once D-Bus is up.
+    let mut armed = String::new();
+    wait_until(
+        ctx.vm()?,
+        "systemd's runtime watchdog armed on softdog",
+        CMD_TIMEOUT,
+        || {
+            armed = ssh
+                .run("cat /sys/class/watchdog/watchdog0/identity; systemctl show -p RuntimeWatchdogUSec --value")?
+                .stdout;
+            let usec = armed.lines().last().unwrap_or_default().trim();
+            Ok(armed.starts_with("Software Watchdog\n") && !matches!(usec, "" | "0" | "infinity"))
+        },
+    )
+    .with_context(|| format!("watchdog identity and RuntimeWatchdogUSec:\n{armed}"))
 }
 
 fn boot_uefi(ctx: &mut Ctx) -> Result<()> {
-    boot_with(ctx, Firmware::Uefi)
+    boot_with(ctx, Firmware::Uefi).map(|_| ())
 }
 
 fn immutable_root(ctx: &mut Ctx) -> Result<()> {
