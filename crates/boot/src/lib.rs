@@ -286,6 +286,21 @@ impl Persistence {
     }
 }
 
+/// Kernel parameters that belong to the boot, not to the configuration
+/// (the config loader skips them): what [`BootParams::from_cmdline`] reads
+/// but `maculaos.live.*`, which are also config keys, plus those read by
+/// other parts of the boot (`config_url`: maculaos-config-url.service;
+/// `trial`: `maculaos mark-good`). A new parameter goes here too.
+pub const BOOT_PARAMS: &[&str] = &[
+    "maculaos.mode",
+    "maculaos.slot",
+    "maculaos.debug",
+    "maculaos.rootwait",
+    "maculaos.factory_reset",
+    "maculaos.config_url",
+    "maculaos.trial",
+];
+
 /// Default time to wait for the boot disk's partitions to appear. Generous
 /// because slow USB sticks and emulated machines take many seconds.
 pub const DEFAULT_ROOT_WAIT_SECS: u64 = 60;

@@ -149,17 +149,9 @@ pub fn set_path(map: &mut Mapping, path: &[&str], v: Value, overwrite: bool) {
     }
 }
 
-/// Kernel parameters that belong to the boot, not to the configuration.
-pub const BOOT_PARAMS: &[&str] = &[
-    "maculaos.mode",
-    "maculaos.slot",
-    "maculaos.debug",
-    "maculaos.rootwait",
-    "maculaos.config_url",
-    "maculaos.trial",
-    // The boot menu's factory reset entry (init carries it out).
-    "maculaos.factory_reset",
-];
+/// Kernel parameters that belong to the boot, not to the configuration:
+/// listed by the boot contract, beside the parser that reads them.
+pub use maculaos_boot::BOOT_PARAMS;
 
 /// The deepest a kernel parameter may reach into the configuration.
 const MAX_KEY_PARTS: usize = 8;
