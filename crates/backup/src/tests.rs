@@ -516,10 +516,18 @@ echo "age: error: write failed: no space left on device" >&2
 exit 1
 "#;
 
+/// Written by a child process: a file descriptor of ours open for writing
+/// could leak into a process another test forks at that moment, and running
+/// the script would then fail with "text file busy" (ETXTBSY).
 fn fake_age(dir: &Path, name: &str, body: &str) -> (Age, PathBuf) {
     let path = dir.join(name);
-    fs::write(&path, format!("{FAKE_AGE_ARGS}{body}")).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    maculaos_runner::Cmd::new("/bin/sh")
+        .args(["-c", "cat >\"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(&path)
+        .stdin(format!("{FAKE_AGE_ARGS}{body}"))
+        .quiet()
+        .run()
+        .unwrap();
     (Age::at(&path), dir.join(format!("{name}.log")))
 }
 

@@ -142,11 +142,12 @@ fn main() -> Result<ExitCode> {
         Command::Logs(args) => diag::logs(&args),
         Command::Firstboot(args) => firstboot::run(&args),
         Command::Discover { json, timeout } => {
-            let nodes = maculaos_discover::browse(std::time::Duration::from_secs(timeout))?;
+            let me = maculaos_discover::ThisNode::running();
+            let nodes = maculaos_discover::browse(std::time::Duration::from_secs(timeout), &me)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
             } else {
-                print!("{}", maculaos_discover::render(&nodes));
+                print!("{}", maculaos_discover::render(&nodes, &me));
             }
             Ok(ExitCode::SUCCESS)
         }

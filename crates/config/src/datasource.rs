@@ -212,13 +212,13 @@ mod tests {
         let f = served.path().join("c.yaml");
         fs::write(&f, "maculaos:\n  hostname: one\n").unwrap();
         let url = format!("file://{}", f.display());
-        let r = refresh_url(&paths, &url, Duration::from_secs(5));
+        let r = refresh_url(&paths, &url, Duration::from_secs(60));
         assert!(r.errors.is_empty(), "{r:?}");
         assert!(fs::read_to_string(paths.url_copy())
             .unwrap()
             .contains("one"));
         fs::write(&f, "maculaos:\n  hostnme: two\n").unwrap();
-        let r = refresh_url(&paths, &url, Duration::from_secs(5));
+        let r = refresh_url(&paths, &url, Duration::from_secs(60));
         assert!(r.errors[0].contains("did you mean `hostname`"), "{r:?}");
         assert!(fs::read_to_string(paths.url_copy())
             .unwrap()

@@ -2,6 +2,13 @@
 //! `_macula._tcp` with TXT records (id, version, role, realm, configured;
 //! written by `maculaos apply`, step mdns). [`browse`] asks the local
 //! avahi-daemon, through `avahi-browse`, which nodes answer.
+//!
+//! [`announced_host_name`] asks it which name it announces for this node:
+//! after a name conflict on the LAN that is not the hostname ([`name`]).
+
+pub mod name;
+
+pub use name::{announced_host_name, compare, host_label, Announced, NameError};
 
 use maculaos_runner::{Cmd, RunError};
 use serde::Serialize;
@@ -41,8 +48,51 @@ pub enum DiscoverError {
     Run(#[from] RunError),
 }
 
-/// Browse for `timeout`, then list the nodes seen, by name.
-pub fn browse(timeout: Duration) -> Result<Vec<Node>, DiscoverError> {
+/// This node's names: its hostname, and the name avahi-daemon announces
+/// for it (`None` when that is unknown: avahi-daemon not running).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThisNode {
+    pub hostname: String,
+    pub announced: Option<String>,
+}
+
+impl ThisNode {
+    /// The running system's (`/proc/sys/kernel/hostname`, and avahi-daemon).
+    pub fn running() -> ThisNode {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        ThisNode {
+            hostname: hostname.trim().to_string(),
+            announced: announced_host_name().ok(),
+        }
+    }
+
+    /// The name this node's announcements carry: the announced one when
+    /// known, else the hostname.
+    pub fn name(&self) -> &str {
+        self.announced.as_deref().unwrap_or(&self.hostname)
+    }
+
+    /// When avahi-daemon announces another name than the hostname, a line
+    /// that says so.
+    pub fn note(&self) -> Option<String> {
+        let announced = self.announced.as_deref()?;
+        let host = host_label(&self.hostname);
+        match compare(&self.hostname, announced) {
+            Announced::AsHostname => None,
+            Announced::Renamed => Some(format!(
+                "note: this node is announced as {announced}.local; its hostname {host} is \
+                 taken by another host on the LAN"
+            )),
+            Announced::Other => Some(format!(
+                "note: this node is announced as {announced}.local, not as its hostname {host}"
+            )),
+        }
+    }
+}
+
+/// Browse for `timeout`, then list the nodes seen, by name; `me` marks
+/// this node's own announcement ([`ThisNode::running`]).
+pub fn browse(timeout: Duration, me: &ThisNode) -> Result<Vec<Node>, DiscoverError> {
     // -r resolves (addresses, TXT), -p parsable lines, -k no type lookups;
     // no -t: avahi's "all for now" comes after about a second, too early
     // for a node that has just come up, so we watch for `timeout` instead.
@@ -56,13 +106,14 @@ pub fn browse(timeout: Duration) -> Result<Vec<Node>, DiscoverError> {
             }
             _ => DiscoverError::Run(e),
         })?;
-    let me = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    Ok(parse(&out, me.trim()))
+    Ok(parse(&out, me.name()))
 }
 
 /// Nodes from `avahi-browse -r -p` output: resolved (`=`) lines, merged by
-/// name across interfaces and protocols. `me` is this node's hostname:
-/// avahi lists its own announcements like any other.
+/// name across interfaces and protocols. `me` is the name this node
+/// announces ([`ThisNode::name`]): avahi lists its own announcements like
+/// any other. After a name conflict that name is not the hostname, and the
+/// other host, which holds the hostname, is not this node.
 pub fn parse(text: &str, me: &str) -> Vec<Node> {
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     for line in text.lines() {
@@ -98,7 +149,7 @@ pub fn parse(text: &str, me: &str) -> Vec<Node> {
         // A link-local IPv6 address needs its interface to be usable.
         n.addresses.sort_by_key(|a| a.contains(':'));
         n.interfaces.sort();
-        n.local = n.name == me;
+        n.local = n.name == me || n.host == format!("{me}.local");
     }
     nodes.into_values().collect()
 }
@@ -146,8 +197,18 @@ fn txt_records(field: &str) -> Vec<(String, String)> {
     out
 }
 
-/// A table for people: one line per node.
-pub fn render(nodes: &[Node]) -> String {
+/// A table for people: one line per node; under it, a note when this node
+/// is not announced under its hostname ([`ThisNode::note`]).
+pub fn render(nodes: &[Node], me: &ThisNode) -> String {
+    let mut out = table(nodes);
+    if let Some(note) = me.note() {
+        out.push_str(&note);
+        out.push('\n');
+    }
+    out
+}
+
+fn table(nodes: &[Node]) -> String {
     if nodes.is_empty() {
         return "no MaculaOS node answered on the LAN\n".to_string();
     }
@@ -237,7 +298,7 @@ mod tests {
         assert_eq!(other.id, "aa11bb22cc33");
         assert_eq!(other.version, "0.1.0");
         assert!(!other.local && !other.configured);
-        let table = render(&nodes);
+        let table = render(&nodes, &ThisNode::default());
         assert!(table.starts_with("NAME"), "{table}");
         assert!(table.contains("macula-0a01 (this node)"), "{table}");
         assert!(table.contains("no (wizard)"), "{table}");
@@ -253,6 +314,73 @@ mod tests {
     #[test]
     fn nothing_seen() {
         assert!(parse("", "x").is_empty());
-        assert_eq!(render(&[]), "no MaculaOS node answered on the LAN\n");
+        assert_eq!(
+            render(&[], &ThisNode::default()),
+            "no MaculaOS node answered on the LAN\n"
+        );
+    }
+
+    /// Two hosts named macula-0b02: this one lost the name and avahi-daemon
+    /// announces it (and its service) as macula-0b02-2.
+    const CONFLICT: &str = "\
+=;enp0s4;IPv4;macula-0b02;_macula._tcp;local;macula-0b02.local;169.254.12.7;22;\"configured=no\" \"id=aa11bb22cc33\"
+=;enp0s4;IPv4;macula-0b02-2;_macula._tcp;local;macula-0b02-2.local;169.254.9.9;22;\"configured=no\" \"id=99ee88dd77cc\"
+";
+
+    #[test]
+    fn a_renamed_node_is_marked_by_its_announced_name_with_a_note() {
+        let me = ThisNode {
+            hostname: "macula-0b02".into(),
+            announced: Some("macula-0b02-2".into()),
+        };
+        assert_eq!(me.name(), "macula-0b02-2");
+        let nodes = parse(CONFLICT, me.name());
+        let local: Vec<(&str, bool)> = nodes.iter().map(|n| (n.name.as_str(), n.local)).collect();
+        assert_eq!(local, [("macula-0b02", false), ("macula-0b02-2", true)]);
+        let text = render(&nodes, &me);
+        assert!(text.contains("macula-0b02-2 (this node)"), "{text}");
+        assert!(
+            text.ends_with(
+                "\nnote: this node is announced as macula-0b02-2.local; its hostname \
+                 macula-0b02 is taken by another host on the LAN\n"
+            ),
+            "{text}"
+        );
+        // A service renamed on its own (`macula-0b02 #2`) is still this
+        // node's by its host.
+        let nodes = parse(
+            "=;enp0s4;IPv4;macula-0b02 #2;_macula._tcp;local;macula-0b02-2.local;169.254.9.9;22;\"id=x\"\n",
+            me.name(),
+        );
+        assert!(nodes[0].local, "{nodes:?}");
+        // The note comes under an empty list too.
+        assert!(render(&[], &me).starts_with("no MaculaOS node answered on the LAN\nnote: "));
+    }
+
+    #[test]
+    fn no_note_when_announced_as_the_hostname_or_unknown() {
+        let same = ThisNode {
+            hostname: "macula-0b02".into(),
+            announced: Some("macula-0b02".into()),
+        };
+        let unknown = ThisNode {
+            hostname: "macula-0b02".into(),
+            announced: None,
+        };
+        for me in [&same, &unknown] {
+            assert_eq!(me.note(), None);
+            assert_eq!(me.name(), "macula-0b02");
+            let nodes = parse(CONFLICT, me.name());
+            assert!(nodes[0].local && !nodes[1].local, "{nodes:?}");
+            assert!(!render(&nodes, me).contains("note:"));
+        }
+        let stale = ThisNode {
+            hostname: "edge-one".into(),
+            announced: Some("macula-0b02".into()),
+        };
+        assert_eq!(
+            stale.note().as_deref(),
+            Some("note: this node is announced as macula-0b02.local, not as its hostname edge-one")
+        );
     }
 }

@@ -2,13 +2,15 @@
 //! §4.17.4), started by `maculaos-agent.service`.
 //!
 //! It runs the checks of `maculaos.health.checks`, each on its `interval`,
-//! and the built-in `data-space`, `time-sync` and `network` checks every
-//! minute; restarts the unit of a failing check that has
-//! `restart_on_failure` ([`RestartPolicy`]); and, with
-//! `maculaos.auto_heal.enabled`, cleans up the data partition when it is
-//! too full, restarts systemd-timesyncd when the clock stays
-//! unsynchronised, and restarts systemd-networkd when the network stays
-//! down for `auto_heal.network_grace`. It talks to systemd with the notify
+//! the built-in `data-space`, `time-sync` and `network` checks every
+//! minute, and the built-in `mdns-name` check every 30 s; restarts the unit
+//! of a failing check that has `restart_on_failure` ([`RestartPolicy`]);
+//! and, with `maculaos.auto_heal.enabled`, cleans up the data partition
+//! when it is too full, restarts systemd-timesyncd when the clock stays
+//! unsynchronised, restarts systemd-networkd when the network stays down
+//! for `auto_heal.network_grace`, and has avahi-daemon claim the hostname
+//! again when it announces the node under another name (after a name
+//! conflict on the LAN). It talks to systemd with the notify
 //! protocol ([`Notifier`]): `READY=1` once started, `WATCHDOG=1` at least
 //! every `WATCHDOG_USEC / 2`, and `STATUS=` with a one-line summary.
 //!
@@ -44,7 +46,8 @@
 //! synchronised yet) and `Skip` do not count as failing.
 
 use crate::{
-    data_space_check, network_check, probes, time_sync_check, Check, Decision, RestartPolicy, State,
+    data_space_check, mdns_name_check, network_check, probes, time_sync_check, Check, Decision,
+    RestartPolicy, State,
 };
 use anyhow::{bail, Context};
 use maculaos_config::values::Percent;
@@ -63,8 +66,28 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How often the configuration is read again.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(60);
-/// How often the built-in checks (`data-space`, `time-sync`, `network`) run.
+/// How often the built-in checks `data-space`, `time-sync` and `network` run.
 pub const BUILT_IN_EVERY: Duration = Duration::from_secs(60);
+/// How often the built-in `mdns-name` check runs: once a name conflict on
+/// the LAN is over, the node gets its name back within about a minute (up
+/// to 30 s until the check sees it, then a claim, which avahi-daemon probes
+/// for about a second). The check is cheap: one D-Bus call.
+pub const MDNS_NAME_EVERY: Duration = Duration::from_secs(30);
+/// avahi-daemon is told to claim the hostname again at most once a run of
+/// the `mdns-name` check (so once in [`MDNS_NAME_EVERY`]) and at most this
+/// many times within [`MDNS_CLAIM_WINDOW`]. While the other host still holds
+/// the name each claim is lost: avahi-daemon withdraws the `-2` name,
+/// probes (three queries over about 750 ms), is refused, and takes the `-2`
+/// name again, so that for a moment the node answers to no name. Ten an
+/// hour bound that churn (and the journal lines) for two hosts that share
+/// a name for good, and still cover the first five minutes after a
+/// conflict closely, when a rebooting or roaming host is most likely to
+/// go away.
+pub const MDNS_CLAIMS: u32 = 10;
+pub const MDNS_CLAIM_WINDOW: Duration = Duration::from_secs(60 * 60);
+/// `avahi-set-host-name` is stopped after this long (it normally returns
+/// at once: the probing goes on in avahi-daemon).
+const AVAHI_SET_HOST_NAME_LIMIT: Duration = Duration::from_secs(10);
 /// The disk cleanup runs at most this often.
 pub const CLEANUP_EVERY: Duration = Duration::from_secs(10 * 60);
 /// The clock may take this long after boot to synchronise before the agent
@@ -88,7 +111,12 @@ pub const NETWORK_RESTART_WINDOW: Duration = Duration::from_secs(60 * 60);
 pub const UPDATES_DIR: &str = "/var/lib/maculaos/updates";
 /// The built-in checks the agent runs (`maculaos health` has more, which
 /// change only at boot).
-const BUILT_INS: &[CheckId] = &[CheckId::DataSpace, CheckId::TimeSync, CheckId::Network];
+const BUILT_INS: &[CheckId] = &[
+    CheckId::DataSpace,
+    CheckId::TimeSync,
+    CheckId::Network,
+    CheckId::MdnsName,
+];
 /// The partition the disk cleanup frees space on.
 const DATA_DIR: &str = "/var";
 
@@ -113,6 +141,8 @@ pub enum EventKind {
     TimeSync,
     /// systemd-networkd was restarted (or its restart failed).
     Network,
+    /// avahi-daemon was told to claim the hostname again (or that failed).
+    Mdns,
 }
 
 impl EventKind {
@@ -125,6 +155,7 @@ impl EventKind {
             EventKind::DiskCleanup => "disk-cleanup",
             EventKind::TimeSync => "time-sync",
             EventKind::Network => "network",
+            EventKind::Mdns => "mdns",
         }
     }
 }
@@ -170,6 +201,10 @@ pub enum Action {
     RestartTimeSync,
     /// `systemctl restart systemd-networkd`.
     RestartNetwork,
+    /// `avahi-set-host-name <name>`: avahi-daemon probes for the name again
+    /// and announces it, or, should another host still hold it, takes
+    /// another one again (and the `mdns-name` check fails again).
+    ReclaimName(String),
 }
 
 /// Which check: a built-in one, or one of `maculaos.health.checks` (whose
@@ -179,6 +214,7 @@ pub enum CheckId {
     DataSpace,
     TimeSync,
     Network,
+    MdnsName,
     Configured(String),
 }
 
@@ -188,7 +224,16 @@ impl CheckId {
             CheckId::DataSpace => "data-space",
             CheckId::TimeSync => "time-sync",
             CheckId::Network => crate::NETWORK_CHECK,
+            CheckId::MdnsName => crate::MDNS_NAME_CHECK,
             CheckId::Configured(n) => n,
+        }
+    }
+
+    /// How often a built-in check runs (a configured one has its `interval`).
+    fn built_in_interval(&self) -> Duration {
+        match self {
+            CheckId::MdnsName => MDNS_NAME_EVERY,
+            _ => BUILT_IN_EVERY,
         }
     }
 }
@@ -200,6 +245,7 @@ pub enum Probe {
     DataSpace(Percent),
     TimeSync,
     Network,
+    MdnsName,
 }
 
 impl Probe {
@@ -211,6 +257,7 @@ impl Probe {
             Probe::DataSpace(threshold) => data_space_check(root, *threshold),
             Probe::TimeSync => time_sync_check(root),
             Probe::Network => network_check(root),
+            Probe::MdnsName => mdns_name_check(root),
         }
     }
 }
@@ -237,6 +284,8 @@ struct Slot {
     spec: Option<HealthCheck>,
     interval: Duration,
     next_due: Instant,
+    /// When the last run started.
+    started: Instant,
     running: bool,
     /// Its unit is being restarted: the check waits (it would fail and
     /// ask for another restart while the first one runs).
@@ -293,6 +342,10 @@ pub struct Scheduler {
     /// [`NETWORK_RESTART_WINDOW`]. Never told of a pass, so that a network
     /// that keeps going down is not restarted more often than that.
     network_restarts: RestartPolicy,
+    /// The claims of the hostname: [`MDNS_CLAIMS`] within
+    /// [`MDNS_CLAIM_WINDOW`]. Never told of a pass either: two hosts that
+    /// take the name from each other in turn are not worth more claims.
+    name_claims: RestartPolicy,
     started: Instant,
     uptime_at_start: Duration,
 }
@@ -311,11 +364,12 @@ impl Scheduler {
             last_time_sync: None,
             network_down_since: None,
             network_restarts: RestartPolicy::new(NETWORK_RESTARTS, NETWORK_RESTART_WINDOW),
+            name_claims: RestartPolicy::new(MDNS_CLAIMS, MDNS_CLAIM_WINDOW),
             started: now,
             uptime_at_start: uptime,
         };
         for id in BUILT_INS {
-            let slot = s.slot(None, BUILT_IN_EVERY, now);
+            let slot = s.slot(None, id.built_in_interval(), now);
             s.slots.insert(id.clone(), slot);
         }
         s.reload(config, now);
@@ -333,6 +387,7 @@ impl Scheduler {
             spec,
             interval,
             next_due: now,
+            started: now,
             running: false,
             restarting: false,
             failing: None,
@@ -394,11 +449,13 @@ impl Scheduler {
                 continue;
             }
             slot.running = true;
+            slot.started = now;
             slot.next_due = now + slot.interval;
             let probe = match (id, &slot.spec) {
                 (CheckId::DataSpace, _) => Probe::DataSpace(threshold),
                 (CheckId::TimeSync, _) => Probe::TimeSync,
                 (CheckId::Network, _) => Probe::Network,
+                (CheckId::MdnsName, _) => Probe::MdnsName,
                 (CheckId::Configured(_), Some(spec)) => Probe::Configured(Box::new(spec.clone())),
                 (CheckId::Configured(_), None) => continue,
             };
@@ -437,6 +494,7 @@ impl Scheduler {
             return Vec::new();
         }
         slot.running = false;
+        let started = slot.started;
         let name = id.name();
         let failed = check.state == State::Fail;
         let message = one_line(&check.message);
@@ -494,7 +552,7 @@ impl Scheduler {
             CheckId::Configured(_) => slot.spec.as_ref().is_some_and(|s| {
                 s.kind == CheckType::Disk && s.disk_action() == DiskAction::Cleanup
             }),
-            CheckId::TimeSync | CheckId::Network => false,
+            CheckId::TimeSync | CheckId::Network | CheckId::MdnsName => false,
         };
         if *id == CheckId::Network {
             actions.extend(self.heal_network(check, now));
@@ -533,7 +591,60 @@ impl Scheduler {
             )));
             actions.push(Action::RestartTimeSync);
         }
+        if *id == CheckId::MdnsName {
+            actions.extend(self.heal_mdns(check, started));
+        }
         actions
+    }
+
+    /// The `mdns-name` check's result, from its run started at `started`
+    /// (with auto_heal on). When it failed, avahi-daemon announcing another
+    /// name than the hostname, claim the hostname again: at most once per
+    /// run, a run being [`MDNS_NAME_EVERY`] after the one before, and at
+    /// most [`MDNS_CLAIMS`] times within [`MDNS_CLAIM_WINDOW`].
+    fn heal_mdns(&mut self, check: &Check, started: Instant) -> Vec<Action> {
+        // Pass, or avahi-daemon not running (Warn): nothing to claim.
+        let (State::Fail, Some(names)) = (check.state, &check.mdns) else {
+            return Vec::new();
+        };
+        let rested = self
+            .name_claims
+            .last_restart()
+            .is_none_or(|t| started.saturating_duration_since(t) >= MDNS_NAME_EVERY);
+        if !rested {
+            return Vec::new();
+        }
+        let (host, announced) = (&names.hostname, &names.announced);
+        let p = &mut self.name_claims;
+        match p.decide(started, true) {
+            Decision::Restart => {
+                let text = if names.conflict {
+                    format!(
+                        "announced as {announced}.local, not {host}.local (a name conflict \
+                         on the LAN); claiming {host}.local again"
+                    )
+                } else {
+                    format!(
+                        "announced as {announced}.local, not {host}.local (avahi-daemon has \
+                         another name than the hostname); claiming {host}.local"
+                    )
+                };
+                vec![
+                    Action::Log(Event::new(EventKind::Mdns, text)),
+                    Action::ReclaimName(host.clone()),
+                ]
+            }
+            Decision::GiveUp => vec![Action::Log(Event::new(
+                EventKind::GaveUp,
+                format!(
+                    "still announced as {announced}.local, not {host}.local, after {} claims \
+                     of {host}.local within an hour; no more claims until an hour after the \
+                     last one",
+                    p.max_restarts
+                ),
+            ))],
+            Decision::Wait | Decision::Nothing => Vec::new(),
+        }
     }
 
     /// The `network` check's result. Once it has failed for
@@ -973,6 +1084,27 @@ fn execute(root: &Path, action: Action) {
             restart_built_in(live, &not_live, TIMESYNCD, EventKind::TimeSync)
         }
         Action::RestartNetwork => restart_built_in(live, &not_live, NETWORKD, EventKind::Network),
+        Action::ReclaimName(name) => {
+            let result = if live {
+                Cmd::new("avahi-set-host-name")
+                    .arg(&name)
+                    .hint("install avahi-utils")
+                    .output_for(AVAHI_SET_HOST_NAME_LIMIT)
+                    .map(drop)
+                    .map_err(|e| one_line(&e.to_string()))
+            } else {
+                Err(not_live())
+            };
+            if let Err(e) = result {
+                emit(
+                    &Event::new(
+                        EventKind::Mdns,
+                        format!("claiming {name}.local failed: {e}"),
+                    )
+                    .to_string(),
+                );
+            }
+        }
         Action::DiskCleanup {
             reason,
             journal_max,
@@ -1272,9 +1404,17 @@ mod tests {
         let due = s.due(t0);
         assert_eq!(
             names(&due),
-            ["data-space", "time-sync", "network", "k3s", "web"]
+            [
+                "data-space",
+                "time-sync",
+                "network",
+                "mdns-name",
+                "k3s",
+                "web"
+            ]
         );
         assert!(matches!(due[0].probe, Probe::DataSpace(p) if p.get() == 90));
+        assert_eq!(due[3].probe, Probe::MdnsName);
         // Running: not due again, whatever the time.
         assert!(s.due(t0 + 600 * S).is_empty());
         assert_eq!(s.next_due(), None);
@@ -1284,11 +1424,15 @@ mod tests {
         assert_eq!(s.next_due(), Some(t0 + 10 * S));
         assert!(s.due(t0 + 9 * S).is_empty());
         assert_eq!(names(&s.due(t0 + 10 * S)), ["web"]);
-        assert_eq!(s.next_due(), Some(t0 + 30 * S), "k3s: default 30s");
+        assert_eq!(
+            s.next_due(),
+            Some(t0 + 30 * S),
+            "k3s: default 30s; mdns-name: 30s"
+        );
         let due = s.due(t0 + 30 * S);
-        assert_eq!(names(&due), ["k3s"], "web is still running");
+        assert_eq!(names(&due), ["mdns-name", "k3s"], "web is still running");
         assert_eq!(s.next_due(), Some(t0 + 60 * S));
-        // k3s and web are still running: only the built-ins.
+        // k3s, web and mdns-name are still running: only the other built-ins.
         assert_eq!(
             names(&s.due(t0 + 60 * S)),
             ["data-space", "time-sync", "network"]
@@ -1325,7 +1469,7 @@ mod tests {
                 vec!["event: check-failed: check web failed (line one; line two)".to_string()],
             ]
         );
-        assert_eq!(s.status(), "5 checks, 1 failing: web");
+        assert_eq!(s.status(), "6 checks, 1 failing: web");
     }
 
     #[test]
@@ -1351,7 +1495,7 @@ mod tests {
             if a.iter().any(|a| matches!(a, Action::RestartUnit { .. })) {
                 // Held while its unit restarts…
                 assert!(names(&s.due(now + 5 * S)).is_empty());
-                assert_eq!(s.next_due(), Some(t0 + 60 * S), "the built-ins'");
+                assert_eq!(s.next_due(), Some(t0 + 30 * S), "mdns-name's");
                 // …then due an interval after the restart (which took 2 s).
                 restarted(&mut s, &a, now + 2 * S);
                 assert_eq!(s.next_due(), Some(now + 12 * S));
@@ -1371,7 +1515,7 @@ mod tests {
                 )),
                 Action::RestartUnit {
                     check: "web".into(),
-                    generation: 4,
+                    generation: 5,
                     unit: "demo-web.service".into()
                 },
             ]
@@ -1691,6 +1835,161 @@ mod tests {
         assert!(restarts_network(&a));
     }
 
+    /// The `mdns-name` check as it fails when avahi-daemon announces `announced`.
+    fn announced_as(announced: &str, hostname: &str) -> Check {
+        crate::mdns_name_answer(Ok(announced.into()), Ok(format!("{hostname}\n")))
+    }
+
+    fn claims(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::ReclaimName(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mdns_name_conflict_claims_the_hostname_again() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(&Maculaos::default(), t0, Duration::ZERO);
+        let mdns = CheckId::MdnsName;
+        let renamed = announced_as("macula-0b02-2", "macula-0b02");
+        let a = run_one(&mut s, &mdns, &renamed, t0);
+        assert_eq!(
+            a,
+            vec![
+                Action::Log(Event::new(
+                    EventKind::CheckFailed,
+                    "check mdns-name failed (announced as macula-0b02-2.local: the name \
+                     macula-0b02.local is taken by another host on the LAN)"
+                )),
+                Action::Log(Event::new(
+                    EventKind::Mdns,
+                    "announced as macula-0b02-2.local, not macula-0b02.local (a name conflict \
+                     on the LAN); claiming macula-0b02.local again"
+                )),
+                Action::ReclaimName("macula-0b02".into()),
+            ]
+        );
+        assert_eq!(
+            events(&a)[1],
+            "event: mdns: announced as macula-0b02-2.local, not macula-0b02.local (a name \
+             conflict on the LAN); claiming macula-0b02.local again"
+        );
+        // The check runs every 30 s: one claim per run while it fails…
+        assert_eq!(s.next_due(), Some(t0 + 30 * S));
+        for i in 1..MDNS_CLAIMS {
+            let a = run_one(&mut s, &mdns, &renamed, t0 + 30 * S * i);
+            assert_eq!(claims(&a), ["macula-0b02"], "run {i}: {a:?}");
+            assert_eq!(events(&a).len(), 1, "no new check-failed: {a:?}");
+        }
+        // …ten within the hour (the tenth at 270 s): then no more, said once…
+        let a = run_one(&mut s, &mdns, &renamed, t0 + 300 * S);
+        assert_eq!(
+            events(&a),
+            [
+                "event: gave-up: still announced as macula-0b02-2.local, not macula-0b02.local, \
+              after 10 claims of macula-0b02.local within an hour; no more claims until an \
+              hour after the last one"
+            ]
+        );
+        assert!(claims(&a).is_empty());
+        // …and a pass between does not give claims back.
+        let a = run_one(
+            &mut s,
+            &mdns,
+            &announced_as("macula-0b02", "macula-0b02"),
+            t0 + 330 * S,
+        );
+        assert_eq!(
+            events(&a),
+            ["event: check-recovered: check mdns-name passes again (announced as macula-0b02.local)"]
+        );
+        for at in (360..3870).step_by(30) {
+            let a = run_one(&mut s, &mdns, &renamed, t0 + at * S);
+            assert!(claims(&a).is_empty(), "at {at} s: {a:?}");
+        }
+        // An hour after the last claim (at 270 s): claims again.
+        let a = run_one(&mut s, &mdns, &renamed, t0 + 3870 * S);
+        assert_eq!(claims(&a), ["macula-0b02"], "{a:?}");
+    }
+
+    #[test]
+    fn mdns_name_claims_at_most_once_per_check_interval() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(&Maculaos::default(), t0, Duration::ZERO);
+        let renamed = announced_as("edge-2", "edge");
+        assert_eq!(claims(&s.heal_mdns(&renamed, t0)), ["edge"]);
+        // A result of a run started sooner than an interval later (it
+        // cannot come from the schedule, but the limit holds anyway).
+        assert_eq!(s.heal_mdns(&renamed, t0 + 10 * S), NONE);
+        assert_eq!(s.heal_mdns(&renamed, t0 + 29 * S), NONE);
+        assert_eq!(claims(&s.heal_mdns(&renamed, t0 + 30 * S)), ["edge"]);
+        // The time is the run's start, not its end: a run started 30 s
+        // after the last one claims even when the last one took longer.
+        let due = s.due(t0 + 60 * S);
+        let d = due.iter().find(|d| d.id == CheckId::MdnsName).unwrap();
+        let a = s.record(&d.id, d.generation, &renamed, t0 + 62 * S);
+        assert_eq!(claims(&a), ["edge"]);
+        let due = s.due(t0 + 90 * S);
+        let d = due.iter().find(|d| d.id == CheckId::MdnsName).unwrap();
+        let a = s.record(&d.id, d.generation, &renamed, t0 + 90 * S + S / 10);
+        assert_eq!(claims(&a), ["edge"], "{a:?}");
+    }
+
+    #[test]
+    fn mdns_name_claims_only_when_failing_with_auto_heal() {
+        let t0 = Instant::now();
+        let mdns = CheckId::MdnsName;
+        let mut s = Scheduler::new(&Maculaos::default(), t0, Duration::ZERO);
+        // avahi-daemon not running: a warning, nothing to claim.
+        let no_avahi =
+            crate::mdns_name_answer(Err(maculaos_discover::NameError::NoDaemon), Ok("x".into()));
+        assert_eq!(no_avahi.state, State::Warn);
+        assert_eq!(run_one(&mut s, &mdns, &no_avahi, t0), NONE);
+        let same = announced_as("macula-0b02", "macula-0b02");
+        assert_eq!(run_one(&mut s, &mdns, &same, t0 + 30 * S), NONE);
+        // A failure without the names (the check panicked): no claim.
+        let broken = fail("mdns-name", "the check itself failed (panic)");
+        let a = run_one(&mut s, &mdns, &broken, t0 + 60 * S);
+        assert_eq!(events(&a).len(), 1, "{a:?}");
+        assert!(claims(&a).is_empty());
+        // avahi-daemon kept an old name: claimed with what it is.
+        let stale = announced_as("macula-0b02", "edge-one");
+        let a = run_one(&mut s, &mdns, &stale, t0 + 90 * S);
+        assert_eq!(
+            events(&a),
+            [
+                "event: mdns: announced as macula-0b02.local, not edge-one.local (avahi-daemon \
+              has another name than the hostname); claiming edge-one.local"
+            ]
+        );
+        assert_eq!(claims(&a), ["edge-one"]);
+
+        // Without auto_heal: only reported.
+        let mut s = Scheduler::new(
+            &config("maculaos:\n  auto_heal: {enabled: false}\n"),
+            t0,
+            Duration::ZERO,
+        );
+        let renamed = announced_as("macula-0b02-2", "macula-0b02");
+        for i in 0..5 {
+            let a = run_one(&mut s, &mdns, &renamed, t0 + 30 * S * i);
+            assert!(claims(&a).is_empty(), "{a:?}");
+            assert!(
+                a.iter()
+                    .all(|a| matches!(a, Action::Log(e) if e.kind == EventKind::CheckFailed)),
+                "only reported: {a:?}"
+            );
+        }
+        // Turned on: the next failing run claims.
+        s.reload(&Maculaos::default(), t0 + 140 * S);
+        let a = run_one(&mut s, &mdns, &renamed, t0 + 150 * S);
+        assert_eq!(claims(&a), ["macula-0b02"]);
+    }
+
     #[test]
     fn reload_keeps_unchanged_checks_and_drops_removed_ones() {
         let t0 = Instant::now();
@@ -1745,7 +2044,7 @@ mod tests {
         // The new and the changed check are due now; `web` keeps its
         // schedule (due 30 s after its restart)…
         assert_eq!(names(&s.due(t0 + 7 * S)), ["api", "new"]);
-        assert_eq!(s.status(), "6 checks, 1 failing: web");
+        assert_eq!(s.status(), "7 checks, 1 failing: web");
         // …and its state: still failing (no new check-failed), second restart.
         assert_eq!(s.next_due(), Some(t0 + 31 * S));
         let a = run_one(&mut s, &web(), &fail("web", "refused"), t0 + 31 * S);
@@ -1765,14 +2064,14 @@ mod tests {
                 .any(|d| matches!(d.probe, Probe::DataSpace(p) if p.get() == 70)),
             "{due:?}"
         );
-        assert_eq!(s.failing().0, 3);
+        assert_eq!(s.failing().0, 4);
     }
 
     #[test]
     fn status_lists_the_failing_checks_in_order() {
         let t0 = Instant::now();
         let mut s = Scheduler::new(&config(TWO), t0, Duration::ZERO);
-        assert_eq!(s.status(), "5 checks, 0 failing");
+        assert_eq!(s.status(), "6 checks, 0 failing");
         let due = s.due(t0);
         for d in &due {
             let c = if d.id.name() == "data-space" || d.id.name() == "web" {
@@ -1782,7 +2081,7 @@ mod tests {
             };
             s.record(&d.id, d.generation, &c, t0);
         }
-        assert_eq!(s.status(), "5 checks, 2 failing: data-space, web");
+        assert_eq!(s.status(), "6 checks, 2 failing: data-space, web");
     }
 
     #[test]
@@ -1982,6 +2281,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(Probe::TimeSync.run(d.path()).state, State::Skip);
         assert_eq!(Probe::Network.run(d.path()).state, State::Skip);
+        assert_eq!(Probe::MdnsName.run(d.path()).state, State::Skip);
         assert_eq!(
             Probe::DataSpace(Percent::new(90).unwrap())
                 .run(d.path())
@@ -2004,6 +2304,7 @@ mod tests {
             EventKind::DiskCleanup,
             EventKind::TimeSync,
             EventKind::Network,
+            EventKind::Mdns,
         ]
         .iter()
         .map(|k| k.key())
@@ -2017,7 +2318,8 @@ mod tests {
                 "gave-up",
                 "disk-cleanup",
                 "time-sync",
-                "network"
+                "network",
+                "mdns"
             ]
         );
         assert_eq!(human_span(45 * S), "45s");

@@ -2,14 +2,15 @@
 //!
 //! Built in: the configuration is valid (`config`), k3s (`k3s`), how the
 //! node booted (`slots`), room on the data partition (`data-space`), the
-//! clock (`time-sync`) and a way out (`network`). Then the checks of
+//! clock (`time-sync`), a way out (`network`) and the node's name on the LAN
+//! (`mdns-name`). Then the checks of
 //! `maculaos.health.checks`, in their order ([`probes`]). [`RestartPolicy`]
 //! decides, for the agent that runs them on their intervals, when a failing
 //! check's unit is restarted.
 //!
 //! Every check takes the root of the system it looks at (`/` on a node, a
 //! directory in tests). Checks that ask the running system (systemctl,
-//! timedatectl, ip) are skipped under any other root.
+//! timedatectl, ip, busctl) are skipped under any other root.
 
 pub mod agent;
 pub mod policy;
@@ -25,6 +26,7 @@ use maculaos_boot::{BootInfo, Cmdline, Mode, BOOT_INFO_PATH};
 use maculaos_config::load::{Loaded, Paths, Using};
 use maculaos_config::values::Percent;
 use maculaos_diag::{parse_default_routes, parse_ip_addr, IfAddrs, Route};
+use maculaos_discover::{host_label, Announced, NameError};
 use maculaos_runner::RunError;
 use probes::{is_running_system, not_running_system, under};
 use serde::Serialize;
@@ -47,6 +49,10 @@ pub struct Check {
     pub name: String,
     pub state: State,
     pub message: String,
+    /// The failing `mdns-name` check's names, for the agent's repair (not
+    /// shown: the message says it).
+    #[serde(skip)]
+    pub(crate) mdns: Option<MdnsNames>,
 }
 
 impl Check {
@@ -55,8 +61,20 @@ impl Check {
             name: name.into(),
             state,
             message: message.into(),
+            mdns: None,
         }
     }
+}
+
+/// The names the `mdns-name` check compared when they differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MdnsNames {
+    /// The hostname (its first label): the name to claim again.
+    pub hostname: String,
+    /// What avahi-daemon announces instead.
+    pub announced: String,
+    /// Whether that is the hostname with avahi's `-N` suffix (a conflict).
+    pub conflict: bool,
 }
 
 /// The configuration check: fails while any source has an error, and says
@@ -324,6 +342,71 @@ pub(crate) fn network_state(links: &[IfAddrs], routes: &[Route]) -> Check {
     check(State::Fail, message)
 }
 
+/// The name of the mDNS name check.
+pub const MDNS_NAME_CHECK: &str = "mdns-name";
+
+/// The node is announced on the LAN under its hostname: avahi-daemon
+/// renames it after a name conflict (`macula-0b02` becomes
+/// `macula-0b02-2`) and keeps that name once the other host is gone. The
+/// agent then has avahi-daemon claim the hostname again.
+pub fn mdns_name_check(root: &Path) -> Check {
+    if !is_running_system(root) {
+        return not_running_system(MDNS_NAME_CHECK, root);
+    }
+    let announced = maculaos_discover::announced_host_name();
+    let hostname = std::fs::read_to_string(under(root, Path::new(HOSTNAME_PATH)));
+    mdns_name_answer(announced, hostname)
+}
+
+const HOSTNAME_PATH: &str = "/proc/sys/kernel/hostname";
+
+/// The check for the name avahi-daemon announces and the kernel's
+/// hostname. Not knowing warns and never fails: a node without avahi is
+/// fine.
+pub(crate) fn mdns_name_answer(
+    announced: Result<String, NameError>,
+    hostname: std::io::Result<String>,
+) -> Check {
+    let cannot_tell =
+        |why: String| Check::new(MDNS_NAME_CHECK, State::Warn, format!("cannot tell: {why}"));
+    let announced = match announced {
+        Ok(a) => a,
+        Err(e) => return cannot_tell(e.to_string()),
+    };
+    let hostname = match hostname {
+        Ok(h) => h,
+        Err(e) => return cannot_tell(format!("{HOSTNAME_PATH}: {e}")),
+    };
+    let host = host_label(&hostname).to_string();
+    let (conflict, message) = match maculaos_discover::compare(&hostname, &announced) {
+        Announced::AsHostname => {
+            return Check::new(
+                MDNS_NAME_CHECK,
+                State::Pass,
+                format!("announced as {announced}.local"),
+            )
+        }
+        Announced::Renamed => (
+            true,
+            format!(
+                "announced as {announced}.local: the name {host}.local is taken by another \
+                 host on the LAN"
+            ),
+        ),
+        Announced::Other => (
+            false,
+            format!("announced as {announced}.local, not as the hostname {host}.local"),
+        ),
+    };
+    let mut check = Check::new(MDNS_NAME_CHECK, State::Fail, message);
+    check.mdns = Some(MdnsNames {
+        hostname: host,
+        announced,
+        conflict,
+    });
+    check
+}
+
 /// The checks that decide whether a boot is good (`maculaos health --boot`).
 pub fn boot_checks() -> Vec<Check> {
     BOOT_UNITS.iter().map(|u| unit_check(u)).collect()
@@ -341,6 +424,7 @@ pub fn run(paths: &Paths) -> Vec<Check> {
         data_space_check(root, config.auto_heal.disk_threshold),
         time_sync_check(root),
         network_check(root),
+        mdns_name_check(root),
     ];
     checks.extend(configured_checks(root, &config.health.checks));
     checks
@@ -448,6 +532,7 @@ mod tests {
                 "data-space",
                 "time-sync",
                 "network",
+                "mdns-name",
                 "k3s-unit",
                 "api",
                 "var"
@@ -457,7 +542,7 @@ mod tests {
         use State::*;
         assert_eq!(
             states,
-            [Pass, Skip, Skip, Pass, Skip, Skip, Skip, Pass, Pass],
+            [Pass, Skip, Skip, Pass, Skip, Skip, Skip, Skip, Pass, Pass],
             "{checks:#?}"
         );
         assert!(
@@ -466,7 +551,7 @@ mod tests {
             checks[3].message
         );
         assert!(checks[3].message.ends_with("% full (fails at 100%)"));
-        for i in [5, 6] {
+        for i in [4, 5, 6, 7] {
             assert_eq!(
                 checks[i].message,
                 format!(
@@ -478,6 +563,7 @@ mod tests {
         let text = render(&checks);
         assert!(text.contains("- time-sync  not checked"), "{text}");
         assert!(text.contains("- network    not checked"), "{text}");
+        assert!(text.contains("- mdns-name  not checked"), "{text}");
         assert!(text.contains("✓ data-space /var is"), "{text}");
     }
 
@@ -737,6 +823,114 @@ mod tests {
         assert_eq!(c.state, State::Pass);
     }
 
+    fn name(n: &str) -> Result<String, NameError> {
+        Ok(n.into())
+    }
+
+    fn host(n: &str) -> std::io::Result<String> {
+        Ok(n.into())
+    }
+
+    #[test]
+    fn mdns_name_passes_under_the_hostname() {
+        let c = mdns_name_answer(name("macula-0b02"), host("macula-0b02\n"));
+        assert_eq!(
+            (c.name.as_str(), c.state, c.message.as_str(), &c.mdns),
+            (
+                "mdns-name",
+                State::Pass,
+                "announced as macula-0b02.local",
+                &None
+            )
+        );
+        // Case and a domain in the hostname do not matter.
+        let c = mdns_name_answer(name("Macula-0B02"), host("macula-0b02.example.org"));
+        assert_eq!(c.state, State::Pass, "{c:?}");
+    }
+
+    #[test]
+    fn mdns_name_fails_after_a_conflict() {
+        let c = mdns_name_answer(name("macula-0b02-2"), host("macula-0b02\n"));
+        assert_eq!(
+            (c.state, c.message.as_str()),
+            (
+                State::Fail,
+                "announced as macula-0b02-2.local: the name macula-0b02.local is taken by \
+                 another host on the LAN"
+            )
+        );
+        assert_eq!(
+            c.mdns,
+            Some(MdnsNames {
+                hostname: "macula-0b02".into(),
+                announced: "macula-0b02-2".into(),
+                conflict: true,
+            })
+        );
+        // Not shown in the JSON.
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(!json.contains("conflict"), "{json}");
+        // An old name (avahi-daemon not told of a new hostname) fails too.
+        let c = mdns_name_answer(name("macula-0b02"), host("edge-one"));
+        assert_eq!(
+            (c.state, c.message.as_str()),
+            (
+                State::Fail,
+                "announced as macula-0b02.local, not as the hostname edge-one.local"
+            )
+        );
+        assert_eq!(c.mdns.map(|m| m.conflict), Some(false));
+    }
+
+    #[test]
+    fn mdns_name_cannot_tell_without_avahi() {
+        let c = mdns_name_answer(Err(NameError::NoDaemon), host("macula-0b02"));
+        assert_eq!(
+            (c.state, c.message.as_str()),
+            (State::Warn, "cannot tell: avahi-daemon is not running")
+        );
+        let c = mdns_name_answer(
+            Err(NameError::Run(RunError::Failed {
+                command: "busctl --system call org.freedesktop.Avahi / …".into(),
+                status: "exit status: 1".into(),
+                tail: "Failed to connect to bus: No such file or directory".into(),
+                log: None,
+            })),
+            host("macula-0b02"),
+        );
+        assert_eq!(c.state, State::Warn);
+        assert!(
+            c.message.starts_with("cannot tell: `busctl")
+                && c.message.contains("Failed to connect to bus"),
+            "{}",
+            c.message
+        );
+        let c = mdns_name_answer(
+            maculaos_discover::name::parse_host_name_reply("i 7\n"),
+            host("macula-0b02"),
+        );
+        assert_eq!(
+            (c.state, c.message.as_str()),
+            (
+                State::Warn,
+                "cannot tell: busctl printed `i 7`, not a string"
+            )
+        );
+        let c = mdns_name_answer(
+            name("macula-0b02"),
+            Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        );
+        assert_eq!(c.state, State::Warn);
+        assert!(
+            c.message
+                .starts_with("cannot tell: /proc/sys/kernel/hostname: "),
+            "{}",
+            c.message
+        );
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(mdns_name_check(d.path()).state, State::Skip);
+    }
+
     #[test]
     fn data_space_fails_at_the_threshold() {
         let d = tempfile::tempdir().unwrap();
@@ -787,7 +981,8 @@ mod tests {
                     }
                 }
                 if response.is_empty() {
-                    std::thread::sleep(std::time::Duration::from_secs(3));
+                    // Hold the connection until the client gives up.
+                    let _ = s.read_to_end(&mut req);
                 } else {
                     let _ = s.write_all(response.as_bytes());
                 }
@@ -796,11 +991,18 @@ mod tests {
         port
     }
 
-    /// A port nothing listens on.
-    fn closed_port() -> u16 {
+    /// A port P held by a listener on 127.0.0.1 for as long as the
+    /// listener lives, and the address where nothing answers on it:
+    /// 127.0.0.2:P. (A port freed for the test could be taken again at
+    /// once, or a connect to it could even reach itself.)
+    fn closed_port() -> (TcpListener, u16) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
+        let port = l.local_addr().unwrap().port();
+        (l, port)
     }
+
+    /// Where nothing listens, while the listener of [`closed_port`] lives.
+    const CLOSED_HOST: &str = "127.0.0.2";
 
     const T: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -832,7 +1034,8 @@ mod tests {
             )
         );
 
-        let url = format!("http://127.0.0.1:{}/health", closed_port());
+        let (_held, closed) = closed_port();
+        let url = format!("http://{CLOSED_HOST}:{closed}/health");
         let c = http_check("mesh", &url, T);
         assert_eq!(c.state, State::Fail);
         assert!(c.message.starts_with(&format!("{url}: ")), "{}", c.message);
@@ -858,12 +1061,12 @@ mod tests {
         let c = tcp_check("api", "localhost", port, T);
         // localhost may resolve to ::1 first; one of its addresses answers.
         assert_eq!(c.state, State::Pass, "{c:?}");
-        let closed = closed_port();
-        let c = tcp_check("api", "127.0.0.1", closed, T);
+        let (_held, closed) = closed_port();
+        let c = tcp_check("api", CLOSED_HOST, closed, T);
         assert_eq!(c.state, State::Fail);
         assert!(
             c.message
-                .starts_with(&format!("cannot connect to 127.0.0.1:{closed}: ")),
+                .starts_with(&format!("cannot connect to {CLOSED_HOST}:{closed}: ")),
             "{}",
             c.message
         );
@@ -933,15 +1136,15 @@ mod tests {
 
     #[test]
     fn configured_checks_run_by_type() {
+        let (_held, closed) = closed_port();
         let c: maculaos_config::Config = serde_yaml_ng::from_str(&format!(
             "maculaos:
   health:
     checks:
       - {{name: k3s, type: process, process: k3s-server}}
-      - {{name: web, type: http, url: 'http://127.0.0.1:{}/', timeout: 2s}}
+      - {{name: web, type: http, url: 'http://{CLOSED_HOST}:{closed}/', timeout: 2s}}
       - {{name: tmp, type: disk, path: /, threshold: 100%}}
-",
-            closed_port()
+"
         ))
         .unwrap();
         let d = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! Facts about the running node, gathered from /proc, /sys, os-release and
 //! the record `maculaos-init` left in /run/maculaos/boot.json. Every path is
-//! read relative to a root so tests can use a fake one.
+//! read relative to a root so tests can use a fake one. [`collect`] also
+//! asks avahi-daemon which name it announces on the LAN.
 
 use maculaos_boot::{BootInfo, Cmdline, Firmware, BOOT_INFO_PATH};
 use serde::Serialize;
@@ -11,6 +12,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Info {
     pub hostname: String,
+    /// The host name avahi-daemon announces (`<mdns_name>.local`): not the
+    /// hostname after a name conflict on the LAN. `None` when unknown
+    /// (avahi-daemon not running, or not asked: [`Collector::collect`]).
+    pub mdns_name: Option<String>,
     pub version: String,
     pub slot: Option<String>,
     /// disk, live, install or recovery
@@ -110,6 +115,8 @@ impl Collector {
         fs::read_to_string(self.root.join(p.trim_start_matches('/'))).ok()
     }
 
+    /// What the files under the root say; `mdns_name` is left `None`
+    /// (avahi-daemon is asked by [`collect`], for the running system).
     pub fn collect(&self) -> Info {
         let boot: Option<BootInfo> = self
             .read(BOOT_INFO_PATH)
@@ -145,6 +152,7 @@ impl Collector {
                 .unwrap_or_default()
                 .trim()
                 .to_string(),
+            mdns_name: None,
             version: os_release_value(&os, "VERSION_ID").unwrap_or_else(|| "unknown".into()),
             // A live system runs from its medium, not from a slot.
             slot: boot
@@ -222,10 +230,28 @@ pub fn human_uptime(secs: u64) -> String {
 }
 
 impl Info {
+    /// The `mDNS` row: the announced name, and why it is not the hostname
+    /// when it is not.
+    pub fn mdns_row(&self) -> String {
+        use maculaos_discover::{compare, host_label, Announced};
+        let Some(name) = &self.mdns_name else {
+            return "-".into();
+        };
+        let host = host_label(&self.hostname);
+        match compare(&self.hostname, name) {
+            Announced::AsHostname => format!("{name}.local"),
+            Announced::Renamed => {
+                format!("{name}.local (the hostname {host} is taken on the LAN)")
+            }
+            Announced::Other => format!("{name}.local (not the hostname {host})"),
+        }
+    }
+
     /// The human table.
     pub fn render(&self) -> String {
         let mut rows: Vec<(&str, String)> = vec![
             ("Hostname", self.hostname.clone()),
+            ("mDNS", self.mdns_row()),
             ("Version", format!("MaculaOS {}", self.version)),
             ("Slot", self.slot.clone().unwrap_or_else(|| "-".into())),
             (
@@ -271,9 +297,12 @@ impl Info {
     }
 }
 
-/// Default collector for the running system.
+/// Everything about the running system, with the name avahi-daemon
+/// announces.
 pub fn collect() -> Info {
-    Collector::new(Path::new("/")).collect()
+    let mut info = Collector::new(Path::new("/")).collect();
+    info.mdns_name = maculaos_discover::announced_host_name().ok();
+    info
 }
 
 #[cfg(test)]
@@ -334,6 +363,39 @@ mod tests {
         assert!(text.contains("Slot       A"), "{text}");
         let json = serde_json::to_value(&info).unwrap();
         assert_eq!(json["root"]["read_only"], true);
+        // Not asked under a fake root.
+        assert_eq!(json["mdns_name"], serde_json::Value::Null);
+        assert!(text.contains("\nmDNS       -\n"), "{text}");
+    }
+
+    #[test]
+    fn the_announced_name_is_shown_and_why_it_differs() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("proc/sys/kernel")).unwrap();
+        fs::write(d.path().join("proc/sys/kernel/hostname"), "macula-0b02\n").unwrap();
+        let mut info = Collector::new(d.path()).collect();
+        let row = |info: &Info| {
+            info.render()
+                .lines()
+                .find(|l| l.starts_with("mDNS"))
+                .map(str::to_string)
+                .unwrap()
+        };
+        info.mdns_name = Some("macula-0b02".into());
+        assert_eq!(row(&info), "mDNS       macula-0b02.local");
+        info.mdns_name = Some("macula-0b02-2".into());
+        assert_eq!(
+            row(&info),
+            "mDNS       macula-0b02-2.local (the hostname macula-0b02 is taken on the LAN)"
+        );
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["mdns_name"], "macula-0b02-2");
+        assert_eq!(json["hostname"], "macula-0b02");
+        info.mdns_name = Some("old-name".into());
+        assert_eq!(
+            row(&info),
+            "mDNS       old-name.local (not the hostname macula-0b02)"
+        );
     }
 
     #[test]

@@ -9,10 +9,10 @@
 use crate::harness::{ensure, wait_until, wait_vm_up, Ctx, BOOT_TIMEOUT, CMD_TIMEOUT};
 use anyhow::{bail, Context, Result};
 use maculaos_runner::Cmd;
-use maculaos_vm::{Firmware, Lan, Ssh, Vm};
+use maculaos_vm::{Firmware, Ssh, Vm};
 use serde_json::Value;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What the wizard prints on the consoles before its QR code.
 const CODE_LINE: &str = "Pairing code: ";
@@ -317,12 +317,6 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// A free port on 127.0.0.1 for the LAN link (QEMU binds it right after).
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 /// `maculaos discover --json` on `ssh` until it lists `name` with an
 /// address; returns that node's JSON.
 fn discover(vm: &mut Vm, ssh: &Ssh, name: &str) -> Result<Value> {
@@ -350,30 +344,11 @@ fn discover(vm: &mut Vm, ssh: &Ssh, name: &str) -> Result<Value> {
 }
 
 pub fn lan_discovery(ctx: &mut Ctx) -> Result<()> {
-    let lan_port = free_port()?;
-    let disk_a = ctx.disk_named("disk.img", true, "")?;
-    let disk_b = ctx.disk_named("disk-b.img", true, "")?;
-    let mut a = ctx.spec(&disk_a, Firmware::Bios);
-    a.mac = Some("52:54:00:00:0a:01".into());
-    a.lan = Some(Lan {
-        port: lan_port,
-        listen: true,
-        mac: "52:54:00:00:02:01".into(),
-    });
-    let mut b = ctx.spec(&disk_b, Firmware::Bios);
-    b.run_dir = ctx.dir.join("vm-b");
-    b.mac = Some("52:54:00:00:0b:02".into());
-    b.lan = Some(Lan {
-        port: lan_port,
-        listen: false,
-        mac: "52:54:00:00:02:02".into(),
-    });
-    ctx.start(a)?;
-    let mut vm_b = Vm::start(b)?;
-    let ssh_a = ctx.wait_up("node A")?;
-    let key = ctx.key().to_path_buf();
-    let ssh_b = wait_vm_up(&mut vm_b, &key, "multi-user.target")?;
-    let (name_a, name_b) = ("macula-0a01", "macula-0b02");
+    // Two saved nodes on one LAN: each did its own first boot, so each has
+    // its own MACs, hostname, machine-id and keys.
+    let mut lan = ctx.nodes(2)?;
+    let (name_a, name_b) = (lan.nodes[0].hostname, lan.nodes[1].hostname);
+    let (ssh_a, ssh_b) = (lan.nodes[0].ssh.clone(), lan.nodes[1].ssh.clone());
     for (ssh, name) in [(&ssh_a, name_a), (&ssh_b, name_b)] {
         let h = ssh.check("hostname")?;
         ensure(h.trim() == name, || {
@@ -382,12 +357,12 @@ pub fn lan_discovery(ctx: &mut Ctx) -> Result<()> {
     }
 
     let started = Instant::now();
-    let seen_b = discover(ctx.vm()?, &ssh_a, name_b)?;
+    let seen_b = discover(&mut lan.nodes[0].vm, &ssh_a, name_b)?;
     ctx.record(
         "maculaos discover on A lists B (wall, both up)",
         started.elapsed().as_secs_f64(),
     );
-    let seen_a = discover(&mut vm_b, &ssh_b, name_a)?;
+    let seen_a = discover(&mut lan.nodes[1].vm, &ssh_b, name_a)?;
     let version = ctx.manifest.version.clone();
     for (n, name) in [(&seen_b, name_b), (&seen_a, name_a)] {
         ensure(
@@ -437,8 +412,9 @@ pub fn lan_discovery(ctx: &mut Ctx) -> Result<()> {
     })?;
     // The operator at B's console (or with SSH) asks for the code again.
     let shown = ssh_b.check("sudo maculaos firstboot --show-code")?;
+    // B's console history is that of its first boot, before it was saved.
     let (on_serial, _) =
-        banner(&vm_b.serial_text()).context("no pairing code on B's serial console")?;
+        banner(&ctx.console_of(1)?).context("no pairing code on B's serial console")?;
     ensure(shown.contains(&format!("{CODE_LINE}{on_serial}")), || {
         format!("`maculaos firstboot --show-code` on B does not show the code {on_serial} of its console:\n{shown}")
     })?;
@@ -446,6 +422,5 @@ pub fn lan_discovery(ctx: &mut Ctx) -> Result<()> {
     if let Ok(kib) = rss.trim().parse::<f64>() {
         ctx.record("RSS of maculaos firstboot (MiB)", kib / 1024.0);
     }
-    let _ = vm_b.stop(Duration::from_secs(60));
     Ok(())
 }

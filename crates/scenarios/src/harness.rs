@@ -22,6 +22,19 @@ pub struct Timing {
     pub seconds: f64,
 }
 
+/// What every scenario of a run shares: the build under test, the test
+/// key, how many CPUs a VM gets.
+pub struct Shared {
+    /// `<out>/scenarios`
+    pub dir: PathBuf,
+    pub report: maculaos_image::BuildReport,
+    pub build: maculaos_image::BuildOptions,
+    pub key: PathBuf,
+    pub pubkey: String,
+    /// `-smp` of every VM: the cores shared out between the jobs.
+    pub cpus: u32,
+}
+
 pub struct Ctx {
     pub name: &'static str,
     pub dir: PathBuf,
@@ -34,38 +47,60 @@ pub struct Ctx {
     pubkey: String,
     pub timings: Vec<Timing>,
     vm: Option<Vm>,
+    /// The LAN hub of a VM restored from the pool (its NIC needs a peer).
+    hub: Option<maculaos_vm::Hub>,
+    cpus: u32,
+    pool: Option<std::sync::Arc<crate::pool::Pool>>,
     /// How the image under test was built (for scenarios that build again).
     pub build: maculaos_image::BuildOptions,
     pub manifest: maculaos_image::Manifest,
 }
 
 impl Ctx {
+    /// A scenario's context in `<shared.dir>/<dir_name>` (emptied first);
+    /// `pool`, when the scenario starts from saved nodes.
     pub fn new(
         name: &'static str,
-        base: &Path,
-        report: &maculaos_image::BuildReport,
-        build: &maculaos_image::BuildOptions,
-        key: &Path,
-        pubkey: &str,
+        dir_name: &str,
+        shared: &Shared,
+        pool: Option<std::sync::Arc<crate::pool::Pool>>,
     ) -> Result<Ctx> {
-        let dir = base.join(name);
+        let dir = shared.dir.join(dir_name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir)?;
+        let report = &shared.report;
         Ok(Ctx {
             name,
             dir,
             image: report.disk.clone(),
             slot_image: report.slot.clone(),
             iso: report.iso.clone(),
-            build: build.clone(),
+            build: shared.build.clone(),
             manifest: report.manifest.clone(),
-            key: key.to_owned(),
-            pubkey: pubkey.to_owned(),
+            key: shared.key.clone(),
+            pubkey: shared.pubkey.clone(),
             timings: Vec::new(),
             vm: None,
+            hub: None,
+            cpus: shared.cpus,
+            pool,
         })
+    }
+
+    /// The saved nodes (only for scenarios that asked for them).
+    pub fn pool(&self) -> Result<std::sync::Arc<crate::pool::Pool>> {
+        self.pool
+            .clone()
+            .context("this scenario was not given the pool of saved nodes (set `pool: true`)")
+    }
+
+    /// Make `vm` (restored from the pool, its NIC on `hub`) this
+    /// scenario's VM.
+    pub(crate) fn adopt(&mut self, vm: Vm, hub: maculaos_vm::Hub) {
+        self.vm = Some(vm);
+        self.hub = Some(hub);
     }
 
     /// A fresh sparse copy of the image whose GRUB environment gives the
@@ -112,6 +147,7 @@ impl Ctx {
         spec.firmware = firmware;
         spec.no_reboot = true;
         spec.ssh_forward = true;
+        spec.cpus = self.cpus;
         spec
     }
 
@@ -194,6 +230,7 @@ impl Ctx {
         if let Some(mut vm) = self.vm.take() {
             let _ = vm.stop(Duration::from_secs(60));
         }
+        self.hub = None;
     }
 }
 
@@ -244,10 +281,14 @@ pub fn wait_until(
     }
 }
 
-/// Remove the working disk images (`*.img`) in a scenario's directory.
+/// Remove the working disk images (`*.img`) and saved machine states
+/// (`*.state`) in a scenario's directory.
 pub fn remove_disks(dir: &Path) {
     for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if f.path().extension().is_some_and(|e| e == "img") {
+        if f.path()
+            .extension()
+            .is_some_and(|e| e == "img" || e == "state")
+        {
             let _ = std::fs::remove_file(f.path());
         }
     }

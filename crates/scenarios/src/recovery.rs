@@ -5,14 +5,14 @@
 
 use crate::harness::{ensure, info, wait_until, Ctx, BOOT_TIMEOUT, CMD_TIMEOUT};
 use anyhow::{Context, Result};
-use maculaos_vm::{disk, Firmware, Ssh};
+use maculaos_vm::{disk, Ssh};
 use std::path::Path;
 
 const TARGET: &str = "maculaos-recovery.target";
 
 pub fn recovery(ctx: &mut Ctx) -> Result<()> {
-    let image = ctx.disk("")?;
-    let ssh = ctx.boot(ctx.spec(&image, Firmware::Bios), "first boot")?;
+    let ssh = ctx.restore(0)?;
+    let image = ctx.vm()?.spec().disk.clone();
     ssh.check("echo kept | sudo tee /var/lib/recovery-kept.txt >/dev/null")?;
     // The key in the node's own configuration too: the test's kernel
     // parameter lives in grubenv, which this scenario garbles and repair
@@ -120,8 +120,8 @@ pub fn recovery(ctx: &mut Ctx) -> Result<()> {
 /// configuration authorised no longer logs in.
 pub fn factory_reset(ctx: &mut Ctx) -> Result<()> {
     const HOST: &str = "before-reset";
-    let image = ctx.disk("")?;
-    let ssh = ctx.boot(ctx.spec(&image, Firmware::Bios), "first boot")?;
+    let ssh = ctx.restore(0)?;
+    let image = ctx.vm()?.spec().disk.clone();
     // A second admin key, given only by the node's configuration (the test
     // key stays on the kernel command line, which a reset keeps).
     let (key2, pub2) = maculaos_vm::ssh::test_key(&ctx.dir.join("key2"))?;

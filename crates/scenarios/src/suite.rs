@@ -10,133 +10,171 @@ pub fn all() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "boot-bios",
-            about: "boots to multi-user under SeaBIOS; info says slot A, read-only root; softdog armed as systemd's watchdog",
+            about: "the snapshot's first boot under SeaBIOS reached multi-user: info says slot A, read-only root, no failed unit; softdog armed as systemd's watchdog",
             run: boot_bios,
+            pool: true,
         },
         Scenario {
             name: "boot-uefi",
             about: "boots to multi-user under OVMF; info says slot A, read-only root",
             run: boot_uefi,
+            pool: false,
         },
         Scenario {
             name: "immutable-root",
             about: "/usr is read-only; /etc resets on reboot; /var/lib and identity persist",
             run: immutable_root,
+            pool: true,
         },
         Scenario {
             name: "grow-data",
             about: "on a disk grown before first boot, /var fills the disk",
             run: grow_data,
+            pool: false,
         },
         Scenario {
             name: "missing-root",
             about: "a missing root label gets one clear line, then a reboot",
             run: missing_root,
+            pool: false,
         },
         Scenario {
             name: "power-cut",
             about: "power cut while first boot formats the data partition: the next boot recovers",
             run: power_cut,
+            pool: false,
         },
         Scenario {
             name: "debug-shell",
             about: "with maculaos.debug a boot failure opens a shell on the console",
             run: debug_shell,
+            pool: false,
         },
         Scenario {
             name: "config-nocloud",
             about: "a cloud-localds seed and a config.d file configure the node; still true after reboot",
             run: crate::config::config_nocloud,
+            pool: false,
         },
         Scenario {
             name: "config-last-good",
             about: "a config typo boots with the last good config; health, console and banner say where",
             run: crate::config::config_last_good,
+            pool: false,
         },
         Scenario {
             name: "trial-good",
             about: "a slot on trial that boots healthy is marked good; grub-editenv agrees",
             run: crate::slots::trial_good,
+            pool: false,
         },
         Scenario {
             name: "trial-rollback",
             about: "a slot on trial that never boots is tried 3 times, then GRUB goes back and says why",
             run: crate::slots::trial_rollback,
+            pool: false,
         },
         Scenario {
             name: "upgrade-usb",
             about: "a signed v2 bundle on a second disk: --apply, reboot into v2 on trial, marked good; re-apply refused",
             run: crate::slots::upgrade_usb,
+            pool: false,
         },
         Scenario {
             name: "upgrade-http",
             about: "upgrade.url over HTTP: --check offers v2, --download is cut and resumed, --apply, reboot into v2",
             run: crate::slots::upgrade_http,
+            pool: false,
         },
         Scenario {
             name: "upgrade-power-cut",
             about: "power cut while --apply writes slot B: v1 boots, B is empty, the next --apply completes",
             run: crate::slots::upgrade_power_cut,
+            pool: false,
         },
         Scenario {
             name: "upgrade-bad",
             about: "a signed update that cannot boot: 3 failed tries, back on v1, remembered bad, refused again",
             run: crate::slots::upgrade_bad,
+            pool: false,
         },
         Scenario {
             name: "live-bios",
             about: "the ISO in a CD drive boots live under SeaBIOS: info says live, /var in memory, the blank disk untouched; install refuses a used disk, the medium, a small disk; the interactive installer, answered on stdin",
             run: crate::install::live_bios,
+            pool: false,
         },
         Scenario {
             name: "live-uefi",
             about: "the ISO written to a USB stick boots live under OVMF; the blank disk untouched",
             run: crate::install::live_uefi,
+            pool: false,
         },
         Scenario {
             name: "live-persist",
             about: "the ISO's persistent entry formats a blank MACULA_PERSIST partition; /var, /home, /root and identity survive a reboot; a foreign MACULA_PERSIST is refused and left byte-identical",
             run: crate::install::live_persist,
+            pool: false,
         },
         Scenario {
             name: "install",
             about: "unattended install from the ISO (NoCloud install.device), then the disk boots alone (bios, uefi) with the config's hostname and key",
             run: crate::install::install_unattended,
+            pool: false,
         },
         Scenario {
             name: "recovery",
             about: "maculaos recovery: root shells, SSH, no workloads, data unmounted; repair checks data, slots, rebuilds a garbled grubenv; then a normal boot",
             run: crate::recovery::recovery,
+            pool: true,
         },
         Scenario {
             name: "factory-reset",
             about: "factory-reset --confirm --keep-data --keep-network from recovery mode: the next boot wipes config, credentials and identity, keeps /var/lib/data and the network settings; the wiped config's key no longer logs in; then the boot menu's reset entry",
             run: crate::recovery::factory_reset,
+            pool: true,
         },
         Scenario {
             name: "agent-backup-diag",
             about: "the agent restarts a unit its http check finds down; systemd restarts a SIGSTOPped agent; backup, change, restore: byte-identical with modes, owners, times; a corrupted backup refused before writing; an age-encrypted backup restored only with its key; diag --full holds its files and no secret; a downed link brought back by the agent; the i6300esb resets a panicked kernel",
             run: crate::support::agent_backup_diag,
+            pool: true,
         },
         Scenario {
             name: "firstboot",
             about: "an unconfigured node: pairing code and QR on the serial console (decoded), wizard in headless chromium, wrong codes refused then rate limited, the form pairs it (hostname, key), the wizard is gone after reboot and the dashboard answers",
             run: crate::firstboot::firstboot_wizard,
+            pool: false,
         },
         Scenario {
             name: "lan-discovery",
             about: "two nodes on one virtual LAN (socket netdev on 127.0.0.1): maculaos discover lists each from the other; avahi-resolve and getent resolve macula-XXXX.local; the wizard is announced and loads by name",
             run: crate::firstboot::lan_discovery,
+            pool: true,
+        },
+        Scenario {
+            name: "lan-nodes",
+            about: "three saved nodes on one virtual LAN (a hub on 127.0.0.1): each reaches every other by its .local name over TCP; a node cut off the LAN, paused, or killed and booted again drops out and comes back with its identity",
+            run: crate::lan::lan_nodes,
+            pool: true,
+        },
+        Scenario {
+            name: "mdns-conflict",
+            about: "a second host takes a node's .local name: the node is announced as NAME-2 and info and discover say so; once that host is gone its agent claims the name back and the others resolve it to the node",
+            run: crate::lan::mdns_conflict,
+            pool: true,
         },
         Scenario {
             name: "reproducible",
             about: "rebuilding the root from the same inputs gives the same squashfs sha256",
             run: reproducible,
+            pool: false,
         },
         Scenario {
             name: "build-errors",
             about: "unreachable mirror, full output disk: clear errors, no half-written image",
             run: build_errors,
+            pool: false,
         },
     ]
 }
@@ -198,8 +236,10 @@ fn boot_with(ctx: &mut Ctx, firmware: Firmware) -> Result<Ssh> {
     Ok(ssh)
 }
 
+/// The pool's first boot, checked: node 0 as it was saved right after it.
 fn boot_bios(ctx: &mut Ctx) -> Result<()> {
-    let ssh = boot_with(ctx, Firmware::Bios)?;
+    let ssh = ctx.restore(0)?;
+    check_booted(&ssh, &Firmware::Bios.to_string())?;
     // This machine has no hardware watchdog: softdog stands in, and the
     // health agent arms systemd's runtime watchdog on it once D-Bus is up.
     let mut armed = String::new();
@@ -223,8 +263,7 @@ fn boot_uefi(ctx: &mut Ctx) -> Result<()> {
 }
 
 fn immutable_root(ctx: &mut Ctx) -> Result<()> {
-    let disk = ctx.disk("")?;
-    let ssh = ctx.boot(ctx.spec(&disk, Firmware::Bios), "first boot")?;
+    let ssh = ctx.restore(0)?;
     let w = ssh.run("sudo touch /usr/maculaos-test")?;
     ensure(!w.success(), || {
         "writing /usr succeeded: the root is writable".into()

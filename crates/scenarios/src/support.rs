@@ -9,7 +9,7 @@
 use crate::config::put_file;
 use crate::harness::{ensure, wait_until, Ctx, BOOT_TIMEOUT, CMD_TIMEOUT};
 use anyhow::{Context, Result};
-use maculaos_vm::{Firmware, Ssh};
+use maculaos_vm::Ssh;
 use std::time::Duration;
 
 /// A secret in the node's configuration that no support bundle may carry.
@@ -153,10 +153,8 @@ fn hardware_watchdog(ctx: &mut Ctx, ssh: &Ssh) -> Result<()> {
 }
 
 pub fn agent_backup_diag(ctx: &mut Ctx) -> Result<()> {
-    let image = ctx.disk("")?;
-    let mut spec = ctx.spec(&image, Firmware::Bios);
-    spec.watchdog = true;
-    let ssh = ctx.boot(spec, "first boot")?;
+    // The saved node with an i6300esb hardware watchdog.
+    let ssh = ctx.restore(2)?;
     put_file(
         &ssh,
         "/var/lib/maculaos/config.d/60-support.yaml",

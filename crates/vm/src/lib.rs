@@ -15,12 +15,14 @@
 //! awaited, for how long, and quotes the tail of the serial log.
 
 pub mod disk;
+mod lan;
 pub mod qmp;
 mod serial;
 mod spec;
 pub mod ssh;
 mod vm;
 
+pub use lan::Hub;
 pub use maculaos_boot::Firmware;
 pub use serial::wedged_line;
 pub use spec::{

@@ -87,6 +87,10 @@ pub struct VmSpec {
     pub mac: Option<String>,
     /// A NIC on a virtual LAN shared with other VMs on this host.
     pub lan: Option<Lan>,
+    /// Resume this saved machine state ([`crate::Vm::save_state`] of a
+    /// machine with the same devices, over a copy of its disk) instead of
+    /// booting; later boots of the same `Vm` boot for real.
+    pub incoming: Option<PathBuf>,
     /// An Intel 6300ESB watchdog (`/dev/watchdog` in the guest, driver
     /// i6300esb); when it fires QEMU resets the machine (with `no_reboot`:
     /// exits).
@@ -122,6 +126,7 @@ impl Default for VmSpec {
             extra_nics: 0,
             mac: None,
             lan: None,
+            incoming: None,
             watchdog: false,
             run_dir: PathBuf::new(),
             serial_stdio: false,
@@ -175,6 +180,7 @@ impl VmSpec {
         for d in std::iter::once(&self.disk)
             .chain(&self.extra_drives)
             .chain(&self.cdrom)
+            .chain(&self.incoming)
         {
             if !d.is_file() {
                 return Err(invalid(format!(
@@ -262,16 +268,15 @@ fn opt_path(p: &Path) -> Result<String> {
         })
 }
 
-/// A virtual Ethernet link between two VMs: QEMU's socket netdev over a TCP
-/// connection on 127.0.0.1 (nothing leaves the host). One VM listens, the
-/// other connects; frames, multicast (mDNS) included, pass between them.
+/// A NIC on a virtual Ethernet segment shared by VMs on this host: QEMU's
+/// UDP socket netdev talking to a [`crate::Hub`] port on 127.0.0.1 (nothing
+/// leaves the host). Frames, multicast (mDNS) included, reach every other
+/// VM on the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lan {
-    /// The 127.0.0.1 port of the link.
-    pub port: u16,
-    /// This VM listens (start it first); else it connects.
-    pub listen: bool,
-    /// The MAC of this VM's NIC on the link.
+    /// The hub's 127.0.0.1 UDP port for this VM ([`crate::Hub::port`]).
+    pub hub_port: u16,
+    /// The MAC of this VM's NIC on the segment.
     pub mac: String,
 }
 
@@ -350,10 +355,14 @@ pub(crate) fn qemu_args(spec: &VmSpec, ports: &Ports, boot: u32) -> Result<Vec<S
         &format!("virtio-net-pci,netdev=n0,romfile={mac}"),
     ]);
     if let Some(lan) = &spec.lan {
-        let how = if lan.listen { "listen" } else { "connect" };
+        // The kernel picks this end's port (localaddr :0); the hub learns it
+        // from the first frame, so no port is chosen here and raced for.
         push(&[
             "-netdev",
-            &format!("socket,id=lan0,{how}=127.0.0.1:{}", lan.port),
+            &format!(
+                "socket,id=lan0,udp=127.0.0.1:{},localaddr=127.0.0.1:0",
+                lan.hub_port
+            ),
             "-device",
             &format!("virtio-net-pci,netdev=lan0,mac={},romfile=", lan.mac),
         ]);
@@ -399,6 +408,18 @@ pub(crate) fn qemu_args(spec: &VmSpec, ports: &Ports, boot: u32) -> Result<Vec<S
     push(&["-pidfile", &opt_path(&spec.pidfile())?]);
     if spec.no_reboot {
         push(&["-no-reboot"]);
+    }
+    if let (Some(state), 1) = (&spec.incoming, boot) {
+        // exec: reads the file through a shell; QEMU runs the guest as soon
+        // as the state is loaded.
+        let path = state.to_str().ok_or_else(|| VmError::Invalid {
+            what: "QEMU option".to_string(),
+            detail: format!("path {} is not UTF-8", state.display()),
+        })?;
+        push(&[
+            "-incoming",
+            &format!("exec:cat {}", maculaos_runner::shell_quote(path)),
+        ]);
     }
     Ok(a)
 }
@@ -486,8 +507,7 @@ mod tests {
         let mut s = spec();
         s.mac = Some("52:54:00:00:00:0a".into());
         s.lan = Some(Lan {
-            port: 40100,
-            listen: false,
+            hub_port: 40100,
             mac: "52:54:00:00:02:0a".into(),
         });
         let a = qemu_args(&s, &Ports::default(), 1).unwrap();
@@ -495,7 +515,7 @@ mod tests {
             value_of(&a, "-netdev"),
             [
                 "user,id=n0,restrict=on",
-                "socket,id=lan0,connect=127.0.0.1:40100"
+                "socket,id=lan0,udp=127.0.0.1:40100,localaddr=127.0.0.1:0"
             ]
         );
         assert_eq!(
@@ -506,6 +526,19 @@ mod tests {
                 "virtio-net-pci,netdev=lan0,mac=52:54:00:00:02:0a,romfile="
             ]
         );
+    }
+
+    #[test]
+    fn a_saved_state_is_loaded_on_the_first_boot_only() {
+        let mut s = spec();
+        s.incoming = Some("/snap/node 1.state".into());
+        let first = qemu_args(&s, &Ports::default(), 1).unwrap();
+        assert_eq!(
+            value_of(&first, "-incoming"),
+            ["exec:cat '/snap/node 1.state'"]
+        );
+        let again = qemu_args(&s, &Ports::default(), 2).unwrap();
+        assert!(value_of(&again, "-incoming").is_empty());
     }
 
     #[test]

@@ -318,12 +318,17 @@ mod tests {
             eprintln!("note: ssh is not installed; skipping");
             return;
         }
-        // Nothing listens on this port (bound, then released): ssh itself fails.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port that takes connections and closes them at once: ssh itself
+        // fails. The listener is held for the whole test, so nothing else
+        // can take the port (a freed port could be, or could even connect
+        // to itself).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+        });
         let s = Ssh::new(port, "/nonexistent/key", "root");
         let out = s.run("true").unwrap();
         assert_eq!(out.status, 255);

@@ -21,6 +21,8 @@ const POLL: Duration = Duration::from_millis(50);
 const SSH_RETRY: Duration = Duration::from_secs(1);
 /// The longest a single SSH probe may take while waiting for sshd.
 const SSH_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long saving a machine's state may take (it is written to a local file).
+const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Attempts at starting QEMU when another process grabbed a picked port.
 const PORT_ATTEMPTS: usize = 3;
 
@@ -70,7 +72,7 @@ impl Vm {
             match launch(&spec, &ports, 1) {
                 Ok((child, args)) => {
                     let serial = SerialLog::new(spec.serial_log(1));
-                    return Ok(Vm {
+                    let mut vm = Vm {
                         spec,
                         ports,
                         boot: 1,
@@ -78,7 +80,11 @@ impl Vm {
                         child,
                         serial,
                         serial_writer: None,
-                    });
+                    };
+                    if vm.spec.incoming.is_some() {
+                        vm.resume_loaded()?;
+                    }
+                    return Ok(vm);
                 }
                 // Between picking a port and QEMU binding it another process
                 // may take it; new ports make that rare race harmless.
@@ -230,6 +236,100 @@ impl Vm {
     /// The run state, e.g. `running`.
     pub fn query_status(&self) -> Result<String> {
         self.qmp()?.query_status()
+    }
+
+    /// Freeze the guest's CPUs (QMP `stop`): it neither runs nor answers,
+    /// as a hung machine would, until [`Vm::resume`].
+    pub fn pause(&self) -> Result<()> {
+        self.qmp()?.execute("stop", None).map(|_| ())
+    }
+
+    /// Let a paused guest run again (QMP `cont`).
+    pub fn resume(&self) -> Result<()> {
+        self.qmp()?.execute("cont", None).map(|_| ())
+    }
+
+    /// Wait until QEMU has loaded the saved state it was started with, then
+    /// let the guest run: it was saved paused, and stays so until told.
+    fn resume_loaded(&mut self) -> Result<()> {
+        let deadline = Deadline::after(SAVE_TIMEOUT);
+        let mut q = self.qmp()?;
+        loop {
+            let status = q.query_status()?;
+            match status.as_str() {
+                "inmigrate" if !deadline.expired() => deadline.pause(POLL),
+                "paused" | "postmigrate" | "prelaunch" => {
+                    q.execute("cont", None)?;
+                    return Ok(());
+                }
+                "running" => return Ok(()),
+                _ => {
+                    let info = q.execute("query-migrate", None).unwrap_or_default();
+                    return Err(VmError::Qmp {
+                        socket: self.spec.qmp_socket(),
+                        detail: format!(
+                            "loading the saved state {}: QEMU is {status} ({info})",
+                            self.spec
+                                .incoming
+                                .as_deref()
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Save the machine's state (memory and devices) to `path` and end QEMU:
+    /// a copy of the disk as it is now plus this file start the same machine
+    /// again at this very point ([`VmSpec::incoming`]), in seconds instead
+    /// of a boot. The guest is paused first, so disk and memory agree.
+    pub fn save_state(&mut self, path: &Path) -> Result<()> {
+        let partial = path.with_extension("partial");
+        let target = partial.to_str().ok_or_else(|| VmError::Invalid {
+            what: "saving the machine state".to_string(),
+            detail: format!("path {} is not UTF-8", partial.display()),
+        })?;
+        let mut q = self.qmp()?;
+        q.execute("stop", None)?;
+        // QEMU throttles migration to 128 MiB/s by default; a file has no
+        // reason to wait.
+        q.execute(
+            "migrate-set-parameters",
+            Some(serde_json::json!({ "max-bandwidth": 8u64 << 30 })),
+        )?;
+        q.execute(
+            "migrate",
+            Some(serde_json::json!({
+                "uri": format!("exec:cat > {}", maculaos_runner::shell_quote(target))
+            })),
+        )?;
+        let deadline = Deadline::after(SAVE_TIMEOUT);
+        loop {
+            let info = q.execute("query-migrate", None)?;
+            match info.get("status").and_then(serde_json::Value::as_str) {
+                Some("completed") => break,
+                Some(s @ ("failed" | "cancelled")) => {
+                    let why = info
+                        .get("error-desc")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("no reason given");
+                    return Err(VmError::Qmp {
+                        socket: self.spec.qmp_socket(),
+                        detail: format!("saving the machine state to {target}: {s}: {why}"),
+                    });
+                }
+                _ if deadline.expired() => {
+                    return Err(self.timeout("the machine state to be saved", &deadline))
+                }
+                _ => deadline.pause(POLL),
+            }
+        }
+        drop(q);
+        self.quit()?;
+        self.wait_exit(QUIT_GRACE)?;
+        std::fs::rename(&partial, path).map_err(crate::io_err("renaming the saved state to", path))
     }
 
     // ---- lifecycle ----

@@ -340,7 +340,9 @@ fn github_rate_limited_over_http() {
         Reply::new(403, RATE_LIMIT)
             .header("x-ratelimit-limit", 60)
             .header("x-ratelimit-remaining", 0)
-            .header("x-ratelimit-reset", unix_now() + 1800)
+            // 29.5 min: "about 30 min" for half a minute either way of
+            // the test's clock, whenever the client reads its own.
+            .header("x-ratelimit-reset", unix_now() + 1770)
     });
     let source = Source::GitHub {
         owner: "macula-io".into(),
@@ -785,14 +787,13 @@ fn not_found() {
 
 #[test]
 fn unreachable_server() {
-    // A port nobody listens on: bound, then closed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port nobody listens on: held on 127.0.0.1 for the whole test, so
+    // nobody takes it, and asked for on 127.0.0.2, where nothing listens (a
+    // port freed by closing its listener could be taken again at once).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
     let tmp = TempDir::new().unwrap();
-    let url = format!("http://127.0.0.1:{port}/b.mos");
+    let url = format!("http://127.0.0.2:{port}/b.mos");
     let e = Client::direct()
         .download(
             &available(url.clone(), &data(10)),
@@ -811,6 +812,7 @@ fn unreachable_server() {
         0,
         "no empty part left"
     );
+    drop(held);
 }
 
 #[test]
