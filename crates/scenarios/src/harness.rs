@@ -319,6 +319,18 @@ pub fn is_wedged(e: &anyhow::Error, dir: &Path) -> bool {
     typed || logged()
 }
 
+/// Builds of the image from scenarios running side by side share the
+/// build cache and cargo's target directory: one at a time.
+static BUILD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`maculaos_image::build`] for a scenario, never two at once.
+pub fn build_image(opts: &maculaos_image::BuildOptions) -> Result<maculaos_image::BuildReport> {
+    let _one = BUILD_LOCK
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a scenario panicked while building the image"))?;
+    maculaos_image::build(opts)
+}
+
 /// `maculaos info --json` from the guest.
 pub fn info(ssh: &Ssh) -> Result<serde_json::Value> {
     let out = ssh.check_timeout("maculaos info --json", CMD_TIMEOUT)?;

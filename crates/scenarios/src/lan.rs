@@ -153,16 +153,25 @@ pub fn mdns_conflict(ctx: &mut Ctx) -> Result<()> {
         },
     );
     wait.with_context(|| format!("node 1's mdns_name: {last:?}"))?;
-    let text = lan.nodes[1].ssh.check("maculaos info")?;
-    ensure(
-        text.contains(&format!("{renamed}.local")) && text.contains("taken"),
-        || format!("`maculaos info` on node 1 does not say its name is taken:\n{text}"),
-    )?;
-    let note = lan.nodes[1].ssh.check("maculaos discover --timeout 3")?;
-    ensure(
-        note.contains(&format!("{renamed}.local")) && note.contains("taken"),
-        || format!("`maculaos discover` on node 1 does not say its name is taken:\n{note}"),
-    )?;
+    // The agent tries its name again every 30 s, and avahi announces the
+    // name it probes meanwhile: each view is polled until it shows the
+    // conflict, rather than read once at a moment that may be a retry.
+    for (cmd, what) in [
+        ("maculaos info", "`maculaos info`"),
+        ("maculaos discover --timeout 3", "`maculaos discover`"),
+    ] {
+        let mut shown = String::new();
+        let wait = lan.wait_until(
+            1,
+            &format!("{what} on node 1 to say its name is taken"),
+            CMD_TIMEOUT,
+            |ssh| {
+                shown = ssh.check_timeout(cmd, CMD_TIMEOUT)?;
+                Ok(shown.contains(&format!("{renamed}.local")) && shown.contains("taken"))
+            },
+        );
+        wait.with_context(|| format!("{what} on node 1 last said:\n{shown}"))?;
+    }
 
     // The other host goes away for good; node 1 gets the name back.
     lan.kill(0)?;

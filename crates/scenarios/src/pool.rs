@@ -117,6 +117,20 @@ pub fn make(ctx: &mut Ctx) -> Result<Pool> {
                 NODES[i].hostname
             )
         })?;
+        // Three nodes with distinct names came up together on one LAN:
+        // none may have had to give up its .local name. avahi's log stays
+        // with the snapshot's logs either way.
+        let avahi =
+            ssh.check("sudo journalctl -b -u avahi-daemon -o short-monotonic --no-pager")?;
+        let log = vm.run_dir().join("avahi-daemon.log");
+        std::fs::write(&log, &avahi).with_context(|| format!("writing {}", log.display()))?;
+        ensure(!avahi.contains("Host name conflict"), || {
+            format!(
+                "node {i}'s avahi-daemon saw a host name conflict on a LAN of distinct names (see {}):\n{}",
+                log.display(),
+                maculaos_runner::tail(&avahi, 15)
+            )
+        })?;
     }
     for (i, vm) in vms.iter_mut().enumerate() {
         let ssh = vm.ssh(&key, "macula")?;

@@ -241,6 +241,12 @@ const V2: &str = "0.2.0-scenario";
 /// (a real, newer slot image), signed with the dev key the image trusts.
 /// Built once per set of build inputs and shared by the update scenarios.
 fn v2_bundle(ctx: &Ctx) -> Result<PathBuf> {
+    // The update scenarios run side by side: the first builds, the others
+    // wait for it and take its bundle.
+    static V2_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = V2_LOCK
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a scenario panicked while building v2"))?;
     let all = ctx.dir.parent().unwrap_or(&ctx.dir).join("shared-v2");
     let key: String = ctx
         .manifest
@@ -260,7 +266,7 @@ fn v2_bundle(ctx: &Ctx) -> Result<PathBuf> {
     let mut opts = ctx.build.clone();
     opts.version = V2.into();
     opts.out = shared.join("build");
-    let v2 = maculaos_image::build(&opts)?;
+    let v2 = crate::harness::build_image(&opts)?;
     let (_, dev_key) = maculaos_bundle::dev_keypair(&ctx.build.cache)?;
     let meta = maculaos_bundle::BundleMeta::new(V2, maculaos_bundle::Channel::Stable);
     maculaos_bundle::create(&v2.slot, &mos, &meta, &dev_key)?;

@@ -419,7 +419,7 @@ fn reproducible(ctx: &mut Ctx) -> Result<()> {
     let mut opts = ctx.build.clone();
     opts.cache = fresh_root_cache(ctx, "cache", true)?;
     opts.out = ctx.dir.join("out");
-    let again = maculaos_image::build(&opts)?;
+    let again = crate::harness::build_image(&opts)?;
     let first = ctx
         .manifest
         .output("slot")
@@ -461,7 +461,7 @@ fn build_errors(ctx: &mut Ctx) -> Result<()> {
     opts.mirror = "http://127.0.0.1:9/debian".into();
     opts.cache = fresh_root_cache(ctx, "cache-nomirror", false)?;
     opts.out = ctx.dir.join("out-nomirror");
-    let err = match maculaos_image::build(&opts) {
+    let err = match crate::harness::build_image(&opts) {
         Ok(_) => anyhow::bail!("a build from an unreachable mirror succeeded"),
         Err(e) => format!("{e:#}"),
     };
@@ -490,7 +490,7 @@ fn build_errors(ctx: &mut Ctx) -> Result<()> {
         .context("mounting a small tmpfs (the scenario runs as root, like the image build)")?;
     let mut opts = ctx.build.clone();
     opts.out = full.clone();
-    let result = maculaos_image::build(&opts);
+    let result = crate::harness::build_image(&opts);
     let left = image_files(&full);
     let _ = maculaos_runner::Cmd::new("umount").arg(&full).quiet().run();
     let err = match result {
