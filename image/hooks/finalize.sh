@@ -17,6 +17,15 @@ systemctl set-default --quiet multi-user.target
 # The root is read-only at run time: the mount point the guide uses for an
 # update stick (`maculaos upgrade --from /mnt/usb/`) must exist in the image.
 mkdir -p /mnt/usb
+# avahi-daemon speaks mDNS over IPv4 only. avahi 0.8 can take its own probe
+# for another host's when an interface's IPv6 address changes while it is
+# announcing (link-local first, then the prefix a router advertises), and
+# then gives the node up as NAME-2 for good (avahi issue 193); a slow boot
+# widens that window. Names then resolve to IPv4 addresses only (on an
+# edge LAN: DHCP or IPv4 link-local); the agent's mdns-name check claims a
+# lost name back whatever the cause.
+sed -i 's/^#\?use-ipv6=.*/use-ipv6=no/' /etc/avahi/avahi-daemon.conf
+grep -qx 'use-ipv6=no' /etc/avahi/avahi-daemon.conf
 # Not needed on a node that waits for nothing but its own network.
 systemctl mask --quiet systemd-networkd-wait-online.service
 # The package database describes the read-only root, and nothing installs
