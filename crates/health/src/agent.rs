@@ -1086,10 +1086,14 @@ fn execute(root: &Path, action: Action) {
         Action::RestartNetwork => restart_built_in(live, &not_live, NETWORKD, EventKind::Network),
         Action::ReclaimName(name) => {
             let result = if live {
-                Cmd::new("avahi-set-host-name")
+                // timeout(1): a claim that hangs is a failure (exit 124),
+                // not a success cut short.
+                Cmd::new("timeout")
+                    .arg(AVAHI_SET_HOST_NAME_LIMIT.as_secs().to_string())
+                    .arg("avahi-set-host-name")
                     .arg(&name)
-                    .hint("install avahi-utils")
-                    .output_for(AVAHI_SET_HOST_NAME_LIMIT)
+                    .hint("install coreutils and avahi-utils")
+                    .output()
                     .map(drop)
                     .map_err(|e| one_line(&e.to_string()))
             } else {

@@ -304,11 +304,15 @@ pub fn is_wedged(e: &anyhow::Error, dir: &Path) -> bool {
             Some(maculaos_vm::VmError::GuestWedged { .. })
         )
     });
+    // Every VM's run directory: `vm/`, or `node-N/` of the snapshot and of
+    // several nodes.
     let logged = || {
-        std::fs::read_dir(dir.join("vm"))
+        std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|d| d.path().is_dir())
+            .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
             .filter(|f| f.file_name().to_string_lossy().starts_with("serial-"))
             .any(|f| {
                 let text = String::from_utf8_lossy(&std::fs::read(f.path()).unwrap_or_default())

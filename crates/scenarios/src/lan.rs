@@ -8,7 +8,6 @@ use crate::harness::{ensure, Ctx, BOOT_TIMEOUT, CMD_TIMEOUT};
 use crate::pool::Nodes;
 use anyhow::{Context, Result};
 use maculaos_vm::Ssh;
-use serde_json::Value;
 use std::time::Instant;
 
 /// How long one TCP connection attempt from a node may take.
@@ -120,10 +119,9 @@ pub fn lan_nodes(ctx: &mut Ctx) -> Result<()> {
 
 /// The name avahi announces on node `ssh`, from `maculaos info --json`.
 fn announced(ssh: &Ssh) -> Result<Option<String>> {
-    let out = ssh.check_timeout("maculaos info --json", CMD_TIMEOUT)?;
-    let v: Value = serde_json::from_str(&out)
-        .with_context(|| format!("maculaos info --json printed no JSON: {out}"))?;
-    Ok(v["mdns_name"].as_str().map(str::to_string))
+    Ok(crate::harness::info(ssh)?["mdns_name"]
+        .as_str()
+        .map(str::to_string))
 }
 
 /// A second host claims node 1's name: node 1 is announced as `NAME-2`
@@ -173,7 +171,13 @@ pub fn mdns_conflict(ctx: &mut Ctx) -> Result<()> {
         wait.with_context(|| format!("{what} on node 1 last said:\n{shown}"))?;
     }
 
-    // The other host goes away for good; node 1 gets the name back.
+    // The other host goes away for good; node 1 gets the name back. Its
+    // agent has spent a claim every 30 s of the conflict (10 an hour); on a
+    // slow host that could be all of them, and then the next try would be
+    // an hour away. A fresh agent has its full budget.
+    lan.nodes[1]
+        .ssh
+        .check_timeout("sudo systemctl restart maculaos-agent", CMD_TIMEOUT)?;
     lan.kill(0)?;
     let t = Instant::now();
     let wait = lan.wait_until(

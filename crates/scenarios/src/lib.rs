@@ -167,10 +167,28 @@ pub fn run(args: &TestArgs, build: &BuildOptions) -> Result<i32> {
         eprintln!("no scenario matches {:?}", args.filter);
     } else {
         eprintln!("==> building the image for the scenarios");
-        let report = maculaos_image::build(build)?;
-        let (key, pubkey) = maculaos_vm::test_key(&dir)?;
-        let jobs = args.jobs.unwrap_or_else(default_jobs);
+        let built = maculaos_image::build(build).and_then(|report| {
+            let (key, pubkey) = maculaos_vm::test_key(&dir)?;
+            Ok((report, key, pubkey))
+        });
+        let (report, key, pubkey) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                // The unit tests' verdict is still worth having.
+                if let Some(unit) = unit {
+                    for r in unit.join().unwrap_or_default() {
+                        match r {
+                            Ok(()) => println!("PASS unit-tests"),
+                            Err(e) => println!("FAIL unit-tests: {e}"),
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        };
         let cores = default_jobs();
+        // Up to 16 side by side by default: each may run three VMs.
+        let jobs = args.jobs.unwrap_or_else(|| cores.min(16));
         let shared = Shared {
             dir: dir.clone(),
             report,
@@ -327,9 +345,16 @@ fn worker(state: &(Mutex<Queue>, Condvar), shared: &Shared, all: &[Scenario], re
                 q = next;
             }
         };
+        // A panic in a job must neither leave the pool pending (the others
+        // would wait for ever) nor lose the job's result.
         match job {
             None => {
-                let (result, mut timings) = make_pool(shared);
+                let made =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make_pool(shared)));
+                let (result, mut timings) = made.unwrap_or_else(|_| {
+                    print_block("FAIL snapshot: the snapshot step panicked\n");
+                    (Err("the snapshot step panicked".to_string()), Vec::new())
+                });
                 if let Ok(mut q) = lock.lock() {
                     q.pool = match result {
                         Ok(p) => PoolState::Ready(Arc::new(p)),
@@ -341,7 +366,13 @@ fn worker(state: &(Mutex<Queue>, Condvar), shared: &Shared, all: &[Scenario], re
             }
             Some((i, round)) => {
                 let s = &all[i];
-                let (ok, mut timings) = run_scenario(s, round, repeat, shared, pool);
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_scenario(s, round, repeat, shared, pool)
+                }));
+                let (ok, mut timings) = ran.unwrap_or_else(|_| {
+                    print_block(&format!("FAIL {}: the scenario panicked\n", s.name));
+                    (false, Vec::new())
+                });
                 if let Ok(mut q) = lock.lock() {
                     q.results.entry(s.name).or_default().push(ok);
                     q.timings.append(&mut timings);

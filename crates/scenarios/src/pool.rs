@@ -72,7 +72,7 @@ pub struct Pool {
 }
 
 /// Boot every node of [`NODES`] on one LAN, wait for their first boots to
-/// finish, save them under `dir`. Timings go to `timings`.
+/// finish, save them in the context's directory (timings in its report).
 pub fn make(ctx: &mut Ctx) -> Result<Pool> {
     let hub = Hub::new();
     let mut vms = Vec::new();
@@ -156,8 +156,8 @@ pub fn make(ctx: &mut Ctx) -> Result<Pool> {
     Ok(Pool { nodes: saved })
 }
 
-/// Start a copy of saved node `node` under `run_dir` (its disk copied to
-/// `disk`), its LAN NIC on `hub_port`; returns once SSH answers, with the
+/// Start a copy of saved node `node` under `run_dir` (its disk copied next
+/// to it, `<run_dir name>.img`), its LAN NIC on `hub_port`; returns once SSH answers, with the
 /// guest's clock set to now (it resumes at the time it was saved).
 pub fn restore(ctx: &mut Ctx, node: usize, run_dir: PathBuf, hub_port: u16) -> Result<(Vm, Ssh)> {
     let pool = ctx.pool()?;
@@ -296,7 +296,7 @@ impl Ctx {
         })?;
         let hub = Hub::new();
         let mut nodes = Vec::new();
-        // Start them all before waiting on any: they load side by side.
+        // One after the other: each takes seconds.
         let started = Instant::now();
         for (i, spec) in NODES.iter().enumerate().take(count) {
             let (port, hub_port) = hub.port()?;

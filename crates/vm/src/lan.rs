@@ -25,7 +25,8 @@ struct Port {
     /// that restarts comes back from a new port).
     peer: Mutex<Option<SocketAddr>>,
     cut: AtomicBool,
-    /// Frames this port's VM has sent (cut or not).
+    /// Frames from this port's VM the hub has dealt with (repeated, or
+    /// dropped while cut).
     received: AtomicU64,
 }
 
@@ -79,7 +80,7 @@ impl Hub {
         Ok((index, addr.port()))
     }
 
-    /// How many frames the VM on port `index` has sent to the hub so far.
+    /// How many frames from the VM on port `index` the hub has dealt with.
     pub fn frames_from(&self, index: usize) -> Result<u64> {
         Ok(self.get(index)?.received.load(Ordering::SeqCst))
     }
@@ -130,24 +131,23 @@ fn repeat(me: &Arc<Port>, all: &Mutex<Vec<Arc<Port>>>, stop: &AtomicBool) {
         if let Ok(mut peer) = me.peer.lock() {
             *peer = Some(from);
         }
-        let cut = me.cut.load(Ordering::SeqCst);
+        if !me.cut.load(Ordering::SeqCst) {
+            let Ok(ports) = all.lock().map(|p| p.clone()) else {
+                return;
+            };
+            for other in ports.iter().filter(|p| !Arc::ptr_eq(p, me)) {
+                if other.cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let dest = other.peer.lock().ok().and_then(|p| *p);
+                if let Some(dest) = dest {
+                    // A VM that is gone just loses the frame, as on a wire.
+                    let _ = other.socket.send_to(&buf[..n], dest);
+                }
+            }
+        }
+        // Counted once the frame is dealt with (sent on or dropped).
         me.received.fetch_add(1, Ordering::SeqCst);
-        if cut {
-            continue;
-        }
-        let Ok(ports) = all.lock().map(|p| p.clone()) else {
-            return;
-        };
-        for other in ports.iter().filter(|p| !Arc::ptr_eq(p, me)) {
-            if other.cut.load(Ordering::SeqCst) {
-                continue;
-            }
-            let dest = other.peer.lock().ok().and_then(|p| *p);
-            if let Some(dest) = dest {
-                // A VM that is gone just loses the frame, as on a wire.
-                let _ = other.socket.send_to(&buf[..n], dest);
-            }
-        }
     }
 }
 

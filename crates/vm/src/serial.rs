@@ -257,18 +257,24 @@ mod tests {
         assert!(msg.contains("\"login:\" on the serial console"), "{msg}");
         assert!(msg.contains("serial-1.log"), "{msg}");
 
-        // Text appended by "QEMU" while waiting is found.
-        let p2 = path.clone();
-        let writer = std::thread::spawn(move || {
-            let mut f = std::fs::OpenOptions::new().append(true).open(p2).unwrap();
-            f.write_all(b"Kernel panic\n").unwrap();
-        });
+        // Text appended by "QEMU" while waiting is found: it is written
+        // after the wait's first look (from its first check on QEMU), so
+        // only a later look can find it.
+        let mut written = false;
         let i = log
             .wait_for_any(&["login:", "Kernel panic"], Duration::from_secs(10), || {
+                if !written {
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .unwrap();
+                    f.write_all(b"Kernel panic\n").unwrap();
+                    written = true;
+                }
                 Ok(None)
             })
             .unwrap();
-        writer.join().unwrap();
+        assert!(written);
         assert_eq!(i, 1);
     }
 

@@ -410,8 +410,8 @@ pub(crate) fn qemu_args(spec: &VmSpec, ports: &Ports, boot: u32) -> Result<Vec<S
         push(&["-no-reboot"]);
     }
     if let (Some(state), 1) = (&spec.incoming, boot) {
-        // exec: reads the file through a shell; QEMU runs the guest as soon
-        // as the state is loaded.
+        // exec: reads the file through a shell. The guest was saved paused
+        // and stays so once loaded, until `Vm::start` lets it run.
         let path = state.to_str().ok_or_else(|| VmError::Invalid {
             what: "QEMU option".to_string(),
             detail: format!("path {} is not UTF-8", state.display()),
