@@ -381,7 +381,7 @@ pub fn lan_discovery(ctx: &mut Ctx) -> Result<()> {
 
     // Standard tools resolve the other node's name: avahi, and nss-mdns
     // through getent; the address is B's on the LAN link.
-    let b_addrs = ssh_b.check("ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1")?;
+    let b_addrs = crate::harness::ipv4_addresses(&ssh_b)?;
     let resolved =
         ssh_a.check_timeout(&format!("avahi-resolve -4 -n {name_b}.local"), CMD_TIMEOUT)?;
     let addr = resolved

@@ -335,6 +335,12 @@ pub fn build_image(opts: &maculaos_image::BuildOptions) -> Result<maculaos_image
     maculaos_image::build(opts)
 }
 
+/// The guest's IPv4 addresses, one a line (to compare with what another
+/// node resolves its name to).
+pub fn ipv4_addresses(ssh: &Ssh) -> Result<String> {
+    Ok(ssh.check("ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1")?)
+}
+
 /// `maculaos info --json` from the guest.
 pub fn info(ssh: &Ssh) -> Result<serde_json::Value> {
     let out = ssh.check_timeout("maculaos info --json", CMD_TIMEOUT)?;

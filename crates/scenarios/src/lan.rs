@@ -67,9 +67,7 @@ pub fn lan_nodes(ctx: &mut Ctx) -> Result<()> {
             let ssh = lan.nodes[i].ssh.clone();
             let a = resolve(&ssh, name)?
                 .with_context(|| format!("node {i} reaches {host} but avahi-resolve does not"))?;
-            let theirs = lan.nodes[j]
-                .ssh
-                .check("ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1")?;
+            let theirs = crate::harness::ipv4_addresses(&lan.nodes[j].ssh)?;
             ensure(theirs.lines().any(|l| l.trim() == a), || {
                 format!("node {i} resolves {host} to {a}, not one of node {j}'s: {theirs}")
             })?;
@@ -194,9 +192,7 @@ pub fn mdns_conflict(ctx: &mut Ctx) -> Result<()> {
         "name conflict cleared to the name claimed back (wall)",
         t.elapsed().as_secs_f64(),
     );
-    let mine = lan.nodes[1]
-        .ssh
-        .check("ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1")?;
+    let mine = crate::harness::ipv4_addresses(&lan.nodes[1].ssh)?;
     let mut seen = None;
     let wait = lan.wait_until(
         2,
