@@ -28,6 +28,11 @@ sed -i 's/^#\?use-ipv6=.*/use-ipv6=no/' /etc/avahi/avahi-daemon.conf
 grep -qx 'use-ipv6=no' /etc/avahi/avahi-daemon.conf
 # Not needed on a node that waits for nothing but its own network.
 systemctl mask --quiet systemd-networkd-wait-online.service
+# Nothing on a node installs or updates packages (the root is read-only and
+# an update replaces it whole), and there is no LVM for e2scrub to check:
+# these would only spend CPU at every boot and on their schedules.
+systemctl mask --quiet apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
+    e2scrub_all.timer e2scrub_reap.service
 # The package database describes the read-only root, and nothing installs
 # packages on a node: keep it in the image, where it always matches the
 # running slot (a copy in /var would describe the first slot ever booted),

@@ -6,21 +6,81 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// sha256 of a file, hex.
+/// sha256 of a file, hex. The holes of a sparse file (a disk image is
+/// mostly holes) are hashed as the zeros they read as, without reading
+/// them: 4.6 GiB of image in seconds instead of ~16 s.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("reading the size of {}", path.display()))?
+        .len();
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
+    let mut pos = 0u64;
+    while pos < len {
+        let Some((data, hole)) = next_data(&f, pos, len) else {
+            // No SEEK_DATA here: read the rest as it is.
+            f.seek(SeekFrom::Start(pos))?;
+            hash_reader(&mut h, &mut f, len - pos, path)?;
+            break;
+        };
+        hash_zeros(&mut h, data - pos);
+        if data >= len {
             break;
         }
-        h.update(&buf[..n]);
+        f.seek(SeekFrom::Start(data))?;
+        hash_reader(&mut h, &mut f, hole - data, path)?;
+        pos = hole;
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// The next run of data at or after `pos`: (start, end), start = `len`
+/// when only a hole is left; None where the file system cannot say.
+fn next_data(f: &File, pos: u64, len: u64) -> Option<(u64, u64)> {
+    use std::os::unix::io::AsRawFd;
+    let seek = |from: u64, whence| -> Option<u64> {
+        let from = libc::off_t::try_from(from).ok()?;
+        // SAFETY: lseek on a descriptor we own; no memory is touched.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::lseek(f.as_raw_fd(), from, whence) };
+        u64::try_from(r).ok()
+    };
+    match seek(pos, libc::SEEK_DATA) {
+        Some(data) => Some((data, seek(data, libc::SEEK_HOLE)?.min(len))),
+        // ENXIO: no data after pos (a hole up to the end).
+        None if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => {
+            Some((len, len))
+        }
+        None => None,
+    }
+}
+
+fn hash_zeros(h: &mut Sha256, mut n: u64) {
+    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+/// Hash `n` bytes from `r` (fewer if it ends first).
+fn hash_reader(h: &mut Sha256, r: &mut File, n: u64, path: &Path) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let got = r
+            .read(&mut buf[..want])
+            .with_context(|| format!("reading {}", path.display()))?;
+        if got == 0 {
+            break;
+        }
+        h.update(&buf[..got]);
+        left -= got as u64;
+    }
+    Ok(())
 }
 
 /// A running hash over named inputs, for cache keys.
@@ -229,6 +289,33 @@ mod tests {
         fs::write(p.path(), b"whole").unwrap();
         p.commit().unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"whole");
+    }
+
+    #[test]
+    fn sparse_files_hash_as_what_they_read_as() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse.img");
+        let mut f = File::create(&p).unwrap();
+        f.set_len(40 << 20).unwrap();
+        for (at, byte) in [(0u64, 1u8), (9 << 20, 2), ((40 << 20) - 3, 3)] {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(&[byte; 3]).unwrap();
+        }
+        drop(f);
+        let plain = {
+            let mut h = Sha256::new();
+            h.update(fs::read(&p).unwrap());
+            hex::encode(h.finalize())
+        };
+        assert_eq!(sha256_file(&p).unwrap(), plain);
+        // Only holes; and empty.
+        let q = dir.path().join("hole.img");
+        File::create(&q).unwrap().set_len(5 << 20).unwrap();
+        let zeros = hex::encode(Sha256::digest(vec![0u8; 5 << 20]));
+        assert_eq!(sha256_file(&q).unwrap(), zeros);
+        let e = dir.path().join("empty");
+        File::create(&e).unwrap();
+        assert_eq!(sha256_file(&e).unwrap(), hex::encode(Sha256::digest(b"")));
     }
 
     #[test]

@@ -75,7 +75,8 @@ fn check_configured(ssh: &Ssh, seed_key: &Path) -> Result<()> {
     ensure(h.trim() == HOSTNAME, || {
         format!("hostname is {h:?}, not {HOSTNAME}")
     })?;
-    let other = Ssh::new(ssh.port, seed_key, "macula");
+    // A login of its own: the point is that this key is accepted.
+    let other = Ssh::new(ssh.port, seed_key, "macula").fresh();
     other
         .check("true")
         .context("logging in with the key from the seed drive's user-data")?;

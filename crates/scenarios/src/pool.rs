@@ -159,7 +159,15 @@ pub fn make(ctx: &mut Ctx) -> Result<Pool> {
 /// Start a copy of saved node `node` under `run_dir` (its disk copied next
 /// to it, `<run_dir name>.img`), its LAN NIC on `hub_port`; returns once SSH answers, with the
 /// guest's clock set to now (it resumes at the time it was saved).
-pub fn restore(ctx: &mut Ctx, node: usize, run_dir: PathBuf, hub_port: u16) -> Result<(Vm, Ssh)> {
+/// `tweak` may change what lies outside the machine (forwards, host
+/// services) but no device: loading the saved state needs the same ones.
+pub fn restore(
+    ctx: &mut Ctx,
+    node: usize,
+    run_dir: PathBuf,
+    hub_port: u16,
+    tweak: impl FnOnce(&mut VmSpec),
+) -> Result<(Vm, Ssh)> {
     let pool = ctx.pool()?;
     let saved = pool
         .nodes
@@ -181,6 +189,7 @@ pub fn restore(ctx: &mut Ctx, node: usize, run_dir: PathBuf, hub_port: u16) -> R
     if let Some(lan) = spec.lan.as_mut() {
         lan.hub_port = hub_port;
     }
+    tweak(&mut spec);
     let hostname = saved.hostname;
     let mut vm = Vm::start(spec)?;
     let ssh = vm.ssh(ctx.key(), "macula")?;
@@ -301,7 +310,7 @@ impl Ctx {
         for (i, spec) in NODES.iter().enumerate().take(count) {
             let (port, hub_port) = hub.port()?;
             let run_dir = self.dir.join(format!("node-{i}"));
-            let (vm, ssh) = restore(self, i, run_dir, hub_port)?;
+            let (vm, ssh) = restore(self, i, run_dir, hub_port, |_| {})?;
             nodes.push(Node {
                 hostname: spec.hostname,
                 vm,
@@ -323,11 +332,18 @@ impl Ctx {
     /// Start node `node` of the pool as this scenario's VM (what
     /// [`Ctx::vm`] and [`Ctx::reboot`] work on), alone on its LAN.
     pub fn restore(&mut self, node: usize) -> Result<Ssh> {
+        self.restore_with(node, |_| {})
+    }
+
+    /// [`Ctx::restore`] with `tweak` applied to what lies outside the
+    /// machine, e.g. a host service the guest reaches
+    /// ([`VmSpec::host_services`]).
+    pub fn restore_with(&mut self, node: usize, tweak: impl FnOnce(&mut VmSpec)) -> Result<Ssh> {
         self.shutdown();
         let hub = Hub::new();
         let (_, hub_port) = hub.port()?;
         let run_dir = self.dir.join("vm");
-        let (vm, ssh) = restore(self, node, run_dir, hub_port)?;
+        let (vm, ssh) = restore(self, node, run_dir, hub_port, tweak)?;
         self.adopt(vm, hub);
         Ok(ssh)
     }

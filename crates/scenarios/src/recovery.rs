@@ -202,7 +202,7 @@ pub fn factory_reset(ctx: &mut Ctx) -> Result<()> {
     })?;
     // The wiped configuration's key no longer logs in (the host key
     // changed too: the harness's SSH does not pin host keys).
-    let old = ssh2.run("true")?;
+    let old = ssh2.fresh().run("true")?;
     ensure(!old.success(), || {
         "the key given only by the wiped configuration still logs in".to_string()
     })?;

@@ -307,13 +307,26 @@ fn boot_with_v2_stick(
     )?;
     more(ctx, &stick)?;
     let usb = usb_stick(ctx, &stick)?;
-    let image = ctx.disk("")?;
-    let mut spec = ctx.spec(&image, Firmware::Bios);
-    spec.extra_drives.push(usb);
-    let ssh = ctx.boot(spec, "v1")?;
-    ssh.check("sudo mount -o ro /dev/vdb /mnt/usb")?;
+    let ssh = ctx.restore(0)?;
+    let image = ctx.vm()?.spec().disk.clone();
+    plug_stick(ctx, &ssh, &usb)?;
     Ok((image, ssh))
 }
+
+/// Plug `usb` into the running node (it becomes /dev/vdb, and stays
+/// plugged in across reboots) and mount it at /mnt/usb.
+fn plug_stick(ctx: &mut Ctx, ssh: &maculaos_vm::Ssh, usb: &Path) -> Result<()> {
+    let vm = ctx.vm()?;
+    vm.plug_drive(usb)?;
+    crate::harness::wait_until(vm, "the plugged-in stick (/dev/vdb)", CMD_PLUG, || {
+        Ok(ssh.run("test -b /dev/vdb")?.success())
+    })?;
+    ssh.check("sudo mount -o ro /dev/vdb /mnt/usb")?;
+    Ok(())
+}
+
+/// Deadline for the guest to see a plugged-in disk.
+const CMD_PLUG: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Power cut while `--apply` writes the standby slot: the node boots the
 /// running version as if nothing happened, slot B is empty (not half-tried),
@@ -476,10 +489,9 @@ pub fn upgrade_http(ctx: &mut Ctx) -> Result<()> {
     let size = std::fs::metadata(&v2)?.len();
     let server = DirServer::serve(ctx.dir.join("site"), Some(size / 2))?;
 
-    let image = ctx.disk("")?;
-    let mut spec = ctx.spec(&image, Firmware::Bios);
-    spec.host_services.push((8080, server.port));
-    let ssh = ctx.boot(spec, "v1")?;
+    let port = server.port;
+    let ssh = ctx.restore_with(0, |spec| spec.host_services.push((8080, port)))?;
+    let image = ctx.vm()?.spec().disk.clone();
     // The source as an operator sets it: in the node's configuration.
     ssh.check(&format!(
         "sudo mkdir -p /var/lib/maculaos/config.d && printf 'maculaos:\\n  upgrade:\\n    url: http://{GUEST_SERVICE_ADDR}:8080/\\n' \
@@ -587,11 +599,8 @@ pub fn upgrade_bad(ctx: &mut Ctx) -> Result<()> {
     maculaos_bundle::create(&payload, &mos, &meta, &dev_key)?;
     let usb = usb_stick(ctx, &stick)?;
 
-    let image = ctx.disk("")?;
-    let mut spec = ctx.spec(&image, Firmware::Bios);
-    spec.extra_drives.push(usb);
-    let ssh = ctx.boot(spec, "v1")?;
-    ssh.check("sudo mount -o ro /dev/vdb /mnt/usb")?;
+    let ssh = ctx.restore(0)?;
+    plug_stick(ctx, &ssh, &usb)?;
     let out = ssh.check_timeout("sudo maculaos upgrade --apply --from /mnt/usb/", CMD_LONG)?;
     ensure(out.contains(&format!("now holds {V3_UNHEALTHY}")), || {
         format!("`upgrade --apply` of the unhealthy update:\n{out}")

@@ -76,27 +76,27 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "upgrade-usb",
-            about: "a signed v2 bundle on a second disk: --apply, reboot into v2 on trial, marked good; re-apply refused",
+            about: "a signed v2 bundle on a stick plugged into a running node: --apply, reboot into v2 on trial, marked good; re-apply refused",
             run: crate::slots::upgrade_usb,
-            pool: false,
+            pool: true,
         },
         Scenario {
             name: "upgrade-http",
             about: "upgrade.url over HTTP: --check offers v2, --download is cut and resumed, --apply, reboot into v2",
             run: crate::slots::upgrade_http,
-            pool: false,
+            pool: true,
         },
         Scenario {
             name: "upgrade-power-cut",
             about: "power cut while --apply writes slot B: v1 boots, B is empty, the next --apply completes",
             run: crate::slots::upgrade_power_cut,
-            pool: false,
+            pool: true,
         },
         Scenario {
             name: "upgrade-bad",
             about: "a signed update that cannot boot: 3 failed tries, back on v1, remembered bad, refused again",
             run: crate::slots::upgrade_bad,
-            pool: false,
+            pool: true,
         },
         Scenario {
             name: "live-bios",

@@ -398,7 +398,8 @@ fn network_lines(ssh: &Ssh) -> Result<()> {
 /// Whether SSH gets a command through within `timeout` (a connection that
 /// hangs, as one over a downed link does, counts as no).
 fn answers(ssh: &Ssh, timeout: Duration) -> bool {
-    matches!(ssh.run_timeout("true", timeout), Ok(o) if o.success())
+    // A new login: a connection opened before the link went down proves nothing.
+    matches!(ssh.fresh().run_timeout("true", timeout), Ok(o) if o.success())
 }
 
 /// The node's only link, taken down, comes back: the agent sees no network

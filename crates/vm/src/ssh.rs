@@ -4,6 +4,7 @@
 use crate::{Deadline, Result, VmError};
 use maculaos_runner::{shell_quote, Cmd, RunError};
 use std::ffi::OsString;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,12 +33,25 @@ impl Output {
 }
 
 /// How to reach a guest's sshd through a 127.0.0.1 port forward.
+///
+/// Commands share one SSH connection per (port, key, user) (OpenSSH's
+/// connection multiplexing): under TCG a new connection costs the guest
+/// about 2.4 s of CPU (key exchange, authentication, a PAM and logind
+/// session), a command on an open one about 0.15 s. A check whose point is
+/// the login itself (is this key accepted? does sshd answer?) uses
+/// [`Ssh::fresh`]; [`crate::Vm::wait_for_ssh`] closes the connection of an
+/// earlier boot before it probes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ssh {
     pub port: u16,
     pub key: PathBuf,
     pub user: String,
+    /// Share one connection between commands (see above).
+    pub multiplex: bool,
 }
+
+/// How long a shared connection stays open with no command on it.
+const CONTROL_PERSIST_SECS: u32 = 120;
 
 impl Ssh {
     pub fn new(port: u16, key: impl Into<PathBuf>, user: impl Into<String>) -> Ssh {
@@ -45,14 +59,53 @@ impl Ssh {
             port,
             key: key.into(),
             user: user.into(),
+            multiplex: true,
         }
+    }
+
+    /// The same, each command on a new connection that logs in afresh.
+    pub fn fresh(&self) -> Ssh {
+        Ssh {
+            multiplex: false,
+            ..self.clone()
+        }
+    }
+
+    /// The shared connection's control socket: one per port, key and user
+    /// (another key must authenticate on its own, never ride on this one).
+    pub fn control_path(&self) -> PathBuf {
+        // FNV-1a: a stable short name, not a secret.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let key = self.key.as_os_str().as_encoded_bytes();
+        for b in key.iter().chain(b"\0").chain(self.user.as_bytes()) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        control_dir().join(format!("{}-{h:016x}", self.port))
+    }
+
+    /// End the shared connection, if one is open (after a reboot it would
+    /// be a connection to a guest that is gone).
+    pub fn close_master(&self) {
+        if !self.control_path().exists() {
+            return;
+        }
+        let _ = Command::new("ssh")
+            .args(["-F", "/dev/null", "-o"])
+            .arg(format!("ControlPath={}", self.control_path().display()))
+            .args(["-O", "exit", "-p", &self.port.to_string()])
+            .arg(format!("{}@127.0.0.1", self.user))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 
     /// The `ssh` arguments that run `cmd` (a shell command line for the guest).
     pub fn args(&self, cmd: &str) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
-        // -F /dev/null: the user's ssh config (ProxyJump, ControlMaster, other
-        // identities) must not change where or how the test connects.
+        // -F /dev/null: the user's ssh config (ProxyJump, their own
+        // ControlMaster, other identities) must not change where or how the
+        // test connects.
         for s in ["-F", "/dev/null", "-T", "-i"] {
             a.push(s.into());
         }
@@ -72,6 +125,22 @@ impl Ssh {
             "ServerAliveInterval=10",
             "ServerAliveCountMax=6",
         ] {
+            a.push("-o".into());
+            a.push(o.into());
+        }
+        let mux = if self.multiplex {
+            vec![
+                "ControlMaster=auto".to_string(),
+                format!("ControlPath={}", self.control_path().display()),
+                format!("ControlPersist={CONTROL_PERSIST_SECS}"),
+            ]
+        } else {
+            vec![
+                "ControlMaster=no".to_string(),
+                "ControlPath=none".to_string(),
+            ]
+        };
+        for o in mux {
             a.push("-o".into());
             a.push(o.into());
         }
@@ -134,6 +203,17 @@ impl Ssh {
     // (and a deadline).
     fn exec(&self, cmd: &str, timeout: Option<Duration>) -> Result<Output> {
         tracing::debug!(command = %self.command_line(cmd), "running");
+        if self.multiplex {
+            // ssh does not create the socket's directory.
+            let dir = control_dir();
+            if let Err(e) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+            {
+                return Err(crate::io_err("creating the SSH control directory", &dir)(e));
+            }
+        }
         let mut child = Command::new("ssh")
             .args(self.args(cmd))
             .stdin(Stdio::null())
@@ -176,6 +256,16 @@ impl Ssh {
             stderr: String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned(),
         })
     }
+}
+
+/// Where the shared connections' sockets live: short (a socket path has
+/// at most 107 bytes), private to this user.
+fn control_dir() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("maculaos-ssh-{uid}"))
 }
 
 fn spawn_error(e: std::io::Error, command: String) -> VmError {
@@ -291,6 +381,34 @@ mod tests {
             line.ends_with(" root@127.0.0.1 -- 'cat /etc/os-release | head -1'"),
             "{line}"
         );
+        // Commands share a connection; a fresh one logs in on its own.
+        let path = s.control_path();
+        assert!(line.contains("-o ControlMaster=auto"), "{line}");
+        assert!(
+            line.contains(&format!("-o ControlPath={}", path.display())),
+            "{line}"
+        );
+        let fresh = s.fresh().command_line("true");
+        assert!(fresh.contains("-o ControlMaster=no"), "{fresh}");
+        assert!(fresh.contains("-o ControlPath=none"), "{fresh}");
+    }
+
+    #[test]
+    fn each_port_key_and_user_has_its_own_shared_connection() {
+        let a = Ssh::new(40022, "/k/id", "macula");
+        assert_eq!(
+            a.control_path(),
+            Ssh::new(40022, "/k/id", "macula").control_path()
+        );
+        for other in [
+            Ssh::new(40023, "/k/id", "macula"),
+            Ssh::new(40022, "/k/id2", "macula"),
+            Ssh::new(40022, "/k/id", "root"),
+        ] {
+            assert_ne!(a.control_path(), other.control_path(), "{other:?}");
+        }
+        // Short enough for a socket path, with ssh's temporary suffix.
+        assert!(a.control_path().as_os_str().len() + 17 < 108);
     }
 
     #[test]

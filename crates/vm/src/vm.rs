@@ -249,6 +249,37 @@ impl Vm {
         self.qmp()?.execute("cont", None).map(|_| ())
     }
 
+    /// Plug `image` in as one more virtio disk while the guest runs (QMP
+    /// `blockdev-add` + `device_add`, ACPI PCI hotplug), as a USB stick
+    /// would be; later boots of this machine keep it (`extra_drives`).
+    pub fn plug_drive(&mut self, image: &Path) -> Result<()> {
+        let filename = image.to_str().ok_or_else(|| VmError::Invalid {
+            what: "plugging in a disk".to_string(),
+            detail: format!("path {} is not UTF-8", image.display()),
+        })?;
+        let node = format!("plugged{}", self.spec.extra_drives.len());
+        let mut q = self.qmp()?;
+        q.execute(
+            "blockdev-add",
+            Some(serde_json::json!({
+                "driver": "raw",
+                "node-name": node,
+                "discard": "unmap",
+                "file": { "driver": "file", "filename": filename },
+            })),
+        )?;
+        q.execute(
+            "device_add",
+            Some(serde_json::json!({
+                "driver": "virtio-blk-pci",
+                "drive": node,
+                "id": format!("{node}-dev"),
+            })),
+        )?;
+        self.spec.extra_drives.push(image.to_owned());
+        Ok(())
+    }
+
     /// Wait until QEMU has loaded the saved state it was started with, then
     /// let the guest run: it was saved paused, and stays so until told.
     fn resume_loaded(&mut self) -> Result<()> {
@@ -483,6 +514,9 @@ impl Vm {
     /// a timeout quotes ssh's last complaint and the serial log.
     pub fn wait_for_ssh(&mut self, ssh: &Ssh, timeout: Duration) -> Result<()> {
         let deadline = Deadline::after(timeout);
+        // A shared connection of an earlier boot leads nowhere: the first
+        // probe that gets in opens a new one.
+        ssh.close_master();
         let mut last = String::from("no attempt finished");
         loop {
             let what = format!("SSH on 127.0.0.1:{}", ssh.port);
