@@ -24,6 +24,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
             hash_reader(&mut h, &mut f, len - pos, path)?;
             break;
         };
+        let data = data.min(len);
         hash_zeros(&mut h, data - pos);
         if data >= len {
             break;
@@ -65,7 +66,7 @@ fn hash_zeros(h: &mut Sha256, mut n: u64) {
     }
 }
 
-/// Hash `n` bytes from `r` (fewer if it ends first).
+/// Hash `n` bytes from `r`; the file ending first is an error.
 fn hash_reader(h: &mut Sha256, r: &mut File, n: u64, path: &Path) -> Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     let mut left = n;
@@ -75,7 +76,10 @@ fn hash_reader(h: &mut Sha256, r: &mut File, n: u64, path: &Path) -> Result<()> 
             .read(&mut buf[..want])
             .with_context(|| format!("reading {}", path.display()))?;
         if got == 0 {
-            break;
+            anyhow::bail!(
+                "{} got shorter while it was hashed ({left} bytes missing)",
+                path.display()
+            );
         }
         h.update(&buf[..got]);
         left -= got as u64;

@@ -136,6 +136,8 @@ pub fn make(ctx: &mut Ctx) -> Result<Pool> {
         let ssh = vm.ssh(&key, "macula")?;
         // Less memory to save and to load: the page cache is only a cache.
         ssh.check("sync && echo 3 | sudo tee /proc/sys/vm/drop_caches >/dev/null")?;
+        // No SSH session saved with the node: a restore's connections are new.
+        ssh.close_master();
         let t = Instant::now();
         let state = ctx.dir.join(format!("node-{i}.state"));
         vm.save_state(&state)

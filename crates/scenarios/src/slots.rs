@@ -318,8 +318,11 @@ fn boot_with_v2_stick(
 fn plug_stick(ctx: &mut Ctx, ssh: &maculaos_vm::Ssh, usb: &Path) -> Result<()> {
     let vm = ctx.vm()?;
     vm.plug_drive(usb)?;
+    // The stick's own label, not just any second disk.
     crate::harness::wait_until(vm, "the plugged-in stick (/dev/vdb)", CMD_PLUG, || {
-        Ok(ssh.run("test -b /dev/vdb")?.success())
+        Ok(ssh
+            .run("test \"$(readlink -f /dev/disk/by-label/UPDATES)\" = /dev/vdb")?
+            .success())
     })?;
     ssh.check("sudo mount -o ro /dev/vdb /mnt/usb")?;
     Ok(())

@@ -431,6 +431,9 @@ fn network_heal(ctx: &mut Ctx, ssh: &Ssh) -> Result<()> {
         "network down to SSH back (agent: 20 s grace, 60 s checks)",
         down_at.elapsed().as_secs_f64(),
     );
+    // The shared connection from before the link went down may still be
+    // waiting out its keepalives: the next commands get a new one.
+    ssh.close_master();
     let events = ssh.check("sudo journalctl -u maculaos-agent -o cat | grep 'event: network'")?;
     ensure(
         events.contains("restarting systemd-networkd.service"),

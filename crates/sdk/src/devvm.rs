@@ -296,7 +296,9 @@ pub fn run(cmd: VmCommand) -> Result<()> {
                 .as_u64()
                 .context("vm.json has no ssh_port")?;
             let key = state["key"].as_str().context("vm.json has no key")?;
-            let ssh = maculaos_vm::Ssh::new(port as u16, key, "macula");
+            // One connection per invocation: an interactive session must not
+            // leave a shared connection behind it.
+            let ssh = maculaos_vm::Ssh::new(port as u16, key, "macula").fresh();
             let mut args = ssh.args(&command.join(" "));
             if command.is_empty() {
                 // An interactive shell: a terminal, and no remote command.

@@ -59,7 +59,8 @@ impl Ssh {
             port,
             key: key.into(),
             user: user.into(),
-            multiplex: true,
+            // Where no socket path fits, every command logs in on its own.
+            multiplex: control_dir().as_os_str().len() + SOCKET_NAME_MAX < SUN_PATH_MAX,
         }
     }
 
@@ -89,7 +90,7 @@ impl Ssh {
         if !self.control_path().exists() {
             return;
         }
-        let _ = Command::new("ssh")
+        let child = Command::new("ssh")
             .args(["-F", "/dev/null", "-o"])
             .arg(format!("ControlPath={}", self.control_path().display()))
             .args(["-O", "exit", "-p", &self.port.to_string()])
@@ -97,7 +98,22 @@ impl Ssh {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
+            .spawn();
+        // The master answers at once; a socket nobody serves must not hang us.
+        if let Ok(mut child) = child {
+            let deadline = Deadline::after(Duration::from_secs(5));
+            while let Ok(None) = child.try_wait() {
+                if deadline.expired() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                deadline.pause(Duration::from_millis(20));
+            }
+        }
+        // A socket whose master is gone would only be unlinked by the next
+        // client; gone now, so nothing can be mistaken for it.
+        let _ = std::fs::remove_file(self.control_path());
     }
 
     /// The `ssh` arguments that run `cmd` (a shell command line for the guest).
@@ -204,15 +220,7 @@ impl Ssh {
     fn exec(&self, cmd: &str, timeout: Option<Duration>) -> Result<Output> {
         tracing::debug!(command = %self.command_line(cmd), "running");
         if self.multiplex {
-            // ssh does not create the socket's directory.
-            let dir = control_dir();
-            if let Err(e) = std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-            {
-                return Err(crate::io_err("creating the SSH control directory", &dir)(e));
-            }
+            ensure_control_dir()?;
         }
         let mut child = Command::new("ssh")
             .args(self.args(cmd))
@@ -258,14 +266,50 @@ impl Ssh {
     }
 }
 
-/// Where the shared connections' sockets live: short (a socket path has
-/// at most 107 bytes), private to this user.
-fn control_dir() -> PathBuf {
+/// A socket path's room (`sun_path`, with its NUL).
+const SUN_PATH_MAX: usize = 108;
+/// `/PORT-HASH` plus the temporary suffix ssh adds while it binds.
+const SOCKET_NAME_MAX: usize = 1 + 5 + 1 + 16 + 17;
+
+fn my_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
-    let uid = std::fs::metadata("/proc/self")
+    std::fs::metadata("/proc/self")
         .map(|m| m.uid())
-        .unwrap_or(0);
-    std::env::temp_dir().join(format!("maculaos-ssh-{uid}"))
+        .unwrap_or(0)
+}
+
+/// Where the shared connections' sockets live: private to this user, and
+/// short (`/tmp` when `$TMPDIR` is too long for a socket path).
+fn control_dir() -> PathBuf {
+    let name = format!("maculaos-ssh-{}", my_uid());
+    let dir = std::env::temp_dir().join(&name);
+    if dir.as_os_str().len() + SOCKET_NAME_MAX < SUN_PATH_MAX {
+        dir
+    } else {
+        Path::new("/tmp").join(name)
+    }
+}
+
+/// Create the sockets' directory (ssh does not), and refuse one that
+/// another user could have planted: whoever serves a socket there would
+/// receive the commands, sudo ones included.
+fn ensure_control_dir() -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = control_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(crate::io_err("creating the SSH control directory", &dir))?;
+    let meta = std::fs::symlink_metadata(&dir)
+        .map_err(crate::io_err("checking the SSH control directory", &dir))?;
+    if !meta.is_dir() || meta.uid() != my_uid() || meta.permissions().mode() & 0o077 != 0 {
+        return Err(VmError::Invalid {
+            what: format!("the SSH control directory {}", dir.display()),
+            detail: "it is not a directory of this user's with mode 0700: remove it".to_string(),
+        });
+    }
+    Ok(())
 }
 
 fn spawn_error(e: std::io::Error, command: String) -> VmError {
@@ -408,7 +452,9 @@ mod tests {
             assert_ne!(a.control_path(), other.control_path(), "{other:?}");
         }
         // Short enough for a socket path, with ssh's temporary suffix.
-        assert!(a.control_path().as_os_str().len() + 17 < 108);
+        if a.multiplex {
+            assert!(a.control_path().as_os_str().len() + 17 < SUN_PATH_MAX);
+        }
     }
 
     #[test]

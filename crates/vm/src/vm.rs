@@ -268,14 +268,22 @@ impl Vm {
                 "file": { "driver": "file", "filename": filename },
             })),
         )?;
-        q.execute(
+        let added = q.execute(
             "device_add",
             Some(serde_json::json!({
                 "driver": "virtio-blk-pci",
                 "drive": node,
                 "id": format!("{node}-dev"),
             })),
-        )?;
+        );
+        if let Err(e) = added {
+            // Leave no block node behind to clash with a second try.
+            let _ = q.execute(
+                "blockdev-del",
+                Some(serde_json::json!({ "node-name": node })),
+            );
+            return Err(e);
+        }
         self.spec.extra_drives.push(image.to_owned());
         Ok(())
     }
