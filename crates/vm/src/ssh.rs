@@ -59,8 +59,7 @@ impl Ssh {
             port,
             key: key.into(),
             user: user.into(),
-            // Where no socket path fits, every command logs in on its own.
-            multiplex: control_dir().as_os_str().len() + SOCKET_NAME_MAX < SUN_PATH_MAX,
+            multiplex: true,
         }
     }
 
@@ -101,15 +100,7 @@ impl Ssh {
             .spawn();
         // The master answers at once; a socket nobody serves must not hang us.
         if let Ok(mut child) = child {
-            let deadline = Deadline::after(Duration::from_secs(5));
-            while let Ok(None) = child.try_wait() {
-                if deadline.expired() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                deadline.pause(Duration::from_millis(20));
-            }
+            let _ = wait_or_kill(&mut child, Duration::from_secs(5));
         }
         // A socket whose master is gone would only be unlinked by the next
         // client; gone now, so nothing can be mistaken for it.
@@ -239,30 +230,41 @@ impl Ssh {
         };
         let status = match timeout {
             None => child.wait().map_err(wait_err)?,
-            Some(t) => {
-                let deadline = Deadline::after(t);
-                loop {
-                    if let Some(s) = child.try_wait().map_err(wait_err)? {
-                        break s;
-                    }
-                    if deadline.expired() {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return Err(VmError::SshTimeout {
-                            port: self.port,
-                            command: cmd.to_string(),
-                            waited: deadline.waited(),
-                        });
-                    }
-                    deadline.pause(Duration::from_millis(20));
+            Some(t) => match wait_or_kill(&mut child, t).map_err(wait_err)? {
+                Some(s) => s,
+                None => {
+                    return Err(VmError::SshTimeout {
+                        port: self.port,
+                        command: cmd.to_string(),
+                        waited: t,
+                    })
                 }
-            }
+            },
         };
         Ok(Output {
             status: exit_code(status),
             stdout: String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned(),
             stderr: String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned(),
         })
+    }
+}
+
+/// Wait for `child` up to `timeout`; past it, kill it and return None.
+fn wait_or_kill(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::io::Result<Option<ExitStatus>> {
+    let deadline = Deadline::after(timeout);
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(Some(s));
+        }
+        if deadline.expired() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        deadline.pause(Duration::from_millis(20));
     }
 }
 
@@ -452,9 +454,7 @@ mod tests {
             assert_ne!(a.control_path(), other.control_path(), "{other:?}");
         }
         // Short enough for a socket path, with ssh's temporary suffix.
-        if a.multiplex {
-            assert!(a.control_path().as_os_str().len() + 17 < SUN_PATH_MAX);
-        }
+        assert!(a.control_path().as_os_str().len() + 17 < SUN_PATH_MAX);
     }
 
     #[test]
