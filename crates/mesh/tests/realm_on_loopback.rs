@@ -1,0 +1,264 @@
+//! Three real nats-servers on this host, configured as a node of each role
+//! would be (two bootstrap nodes, one peer, mutual TLS from one realm CA),
+//! each bound to its own loopback address: a publication on the peer
+//! reaches subscribers on both bootstrap nodes, a bootstrap node's request
+//! is answered on the peer, the peer stays in the realm through the other
+//! bootstrap node when one dies, and a node with another realm's
+//! certificate is refused. The scenarios show the same between VMs.
+
+use maculaos_mesh::client::{self, Client, Pong};
+use maculaos_mesh::conf::{Endpoint, ServerPlan, TlsFiles, CLUSTER_PORT, LEAF_PORT};
+use maculaos_mesh::{pki, status};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const REALM: &str = "io.macula.test";
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Server {
+    child: Child,
+    ip: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn url(&self) -> String {
+        format!("nats://{}:4222", self.ip)
+    }
+    fn monitor(&self) -> String {
+        format!("{}:8222", self.ip)
+    }
+}
+
+/// Sign a certificate for `name` at `ip` and start its server.
+fn start(
+    dir: &Path,
+    ca: &pki::CertAndKey,
+    realm: &str,
+    name: &str,
+    ip: &str,
+    bootstrap: bool,
+    peers: &[&str],
+) -> Server {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let key = pki::new_key().unwrap();
+    let csr = pki::csr(&key, name).unwrap();
+    let cert = pki::sign_node(ca, realm, name, &[ip.parse().unwrap()], &csr).unwrap();
+    std::fs::write(d.join("node.key"), key).unwrap();
+    std::fs::write(d.join("node.crt"), cert).unwrap();
+    std::fs::write(d.join("ca.crt"), &ca.cert_pem).unwrap();
+    let plan = ServerPlan {
+        node: name.into(),
+        realm: Some(realm.into()),
+        bootstrap,
+        gateway: false,
+        listen: format!("{ip}:4222"),
+        max_payload: 1 << 20,
+        bootstrap_peers: peers
+            .iter()
+            .map(|p| Endpoint::parse(p, LEAF_PORT).unwrap())
+            .collect(),
+        tls: Some(TlsFiles {
+            cert: d.join("node.crt"),
+            key: d.join("node.key"),
+            ca: d.join("ca.crt"),
+        }),
+        jetstream_dir: d.join("js"),
+        jetstream_max_file: 64 << 20,
+        leaf_port: LEAF_PORT,
+        cluster_port: CLUSTER_PORT,
+        monitor: format!("{ip}:8222"),
+        bind: ip.into(),
+        advertise: ip.into(),
+    };
+    let conf = d.join("nats.conf");
+    std::fs::write(&conf, plan.render()).unwrap();
+    assert!(
+        Path::new(NATS_SERVER).exists(),
+        "apt-get install nats-server"
+    );
+    let child = Command::new(NATS_SERVER)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-l")
+        .arg(d.join("nats.log"))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Server {
+        child,
+        ip: ip.into(),
+    };
+    let t = Instant::now();
+    while let Err(e) = status::varz(&s.monitor()) {
+        let log = std::fs::read_to_string(d.join("nats.log")).unwrap_or_default();
+        assert!(
+            t.elapsed() < DEADLINE,
+            "{name}'s server does not answer: {e}\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn connect(s: &Server) -> Client {
+    Client::connect(&s.url(), "test", Duration::from_secs(5)).unwrap()
+}
+
+/// Subscribe on `s` in a thread; the receiver gets each payload.
+fn subscriber(s: &Server, subject: String) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let url = s.url();
+    std::thread::spawn(move || {
+        let c = Client::connect(&url, "sub", Duration::from_secs(5)).unwrap();
+        let _ = c.subscribe(
+            &subject,
+            0,
+            Some(DEADLINE * 2),
+            || ready_tx.send(()).unwrap(),
+            |m| {
+                let _ = tx.send(m.payload);
+            },
+        );
+    });
+    ready_rx.recv_timeout(DEADLINE).unwrap();
+    rx
+}
+
+fn ping(from: &Client, node: &str) -> Result<Pong, String> {
+    let (m, _) = from
+        .request(
+            &client::ping_subject(REALM, node),
+            b"",
+            Duration::from_secs(2),
+        )
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&m.payload).map_err(|e| e.to_string())
+}
+
+fn responder(s: &Server, node: &str) {
+    let (url, pong) = (
+        s.url(),
+        Pong {
+            node: node.into(),
+            realm: REALM.into(),
+            version: "test".into(),
+        },
+    );
+    std::thread::spawn(move || {
+        let c = Client::connect(&url, "pong", Duration::from_secs(5)).unwrap();
+        let _ = c.serve_ping(&pong);
+    });
+}
+
+#[test]
+fn two_bootstrap_nodes_and_a_peer_form_one_realm() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::create_ca(REALM).unwrap();
+    let b1 = start(dir.path(), &ca, REALM, "b1", "127.0.0.11", true, &[]);
+    let b2 = start(
+        dir.path(),
+        &ca,
+        REALM,
+        "b2",
+        "127.0.0.12",
+        true,
+        &["127.0.0.11"],
+    );
+    let mut b1 = Some(b1);
+    let p = start(
+        dir.path(),
+        &ca,
+        REALM,
+        "p",
+        "127.0.0.13",
+        false,
+        &["127.0.0.11", "127.0.0.12"],
+    );
+    wait_for("the peer's leafnode connection", || {
+        status::leafz(&p.monitor()).is_ok_and(|l| l.leafs.len() == 1)
+    });
+    wait_for("the bootstrap nodes' route", || {
+        status::routez(&b2.monitor()).is_ok_and(|r| r.routes.len() == 1)
+    });
+
+    // A publication on the peer reaches subscribers on both bootstrap nodes.
+    let b1_ref = b1.as_ref().unwrap();
+    let subs = [
+        subscriber(b1_ref, client::sub_subject(REALM, "x")),
+        subscriber(&b2, client::sub_subject(REALM, "x")),
+    ];
+    let pc = connect(&p);
+    let mut got = [false, false];
+    wait_for(
+        "both bootstrap nodes to receive the peer's publication",
+        || {
+            pc.publish(&client::pub_subject(REALM, "x"), b"hello")
+                .unwrap();
+            for (i, rx) in subs.iter().enumerate() {
+                while let Ok(m) = rx.try_recv() {
+                    assert_eq!(m, "hello");
+                    got[i] = true;
+                }
+            }
+            got == [true, true]
+        },
+    );
+
+    // A request from a bootstrap node is answered on the peer.
+    responder(&p, "p");
+    let b2c = connect(&b2);
+    wait_for("b2's ping to be answered by p", || {
+        ping(&b2c, "p").is_ok_and(|pong| pong.node == "p")
+    });
+
+    // b1 dies: the peer reaches the realm through b2.
+    drop(b1.take());
+    wait_for("p to be answered from b2 once b1 is gone", || {
+        ping(&b2c, "p").is_ok()
+            && status::leafz(&p.monitor())
+                .is_ok_and(|l| l.leafs.iter().any(|c| c.ip == "127.0.0.12"))
+    });
+
+    // A node whose certificate comes from another realm's CA is refused.
+    let other = pki::create_ca("io.elsewhere").unwrap();
+    let stranger = start(
+        dir.path(),
+        &other,
+        "io.elsewhere",
+        "s",
+        "127.0.0.14",
+        false,
+        &["127.0.0.12"],
+    );
+    responder(&stranger, "s");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        assert!(
+            ping(&b2c, "s").is_err(),
+            "a node of another realm was let in"
+        );
+    }
+    let l = status::leafz(&stranger.monitor()).unwrap();
+    let log = std::fs::read_to_string(dir.path().join("s/nats.log")).unwrap_or_default();
+    assert!(l.leafs.is_empty(), "{l:?}\n{log}");
+}
