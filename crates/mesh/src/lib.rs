@@ -4,5 +4,7 @@
 
 pub mod client;
 pub mod conf;
+pub mod join;
 pub mod pki;
+pub mod state;
 pub mod status;

@@ -220,6 +220,15 @@ pub fn cert_info(pem: &str) -> Option<CertInfo> {
     })
 }
 
+/// Whether the certificate in `cert_pem` is for the private key in `key_pem`.
+pub fn same_public_key(cert_pem: &str, key_pem: &str) -> bool {
+    let (Some(der), Ok(key)) = (cert_der(cert_pem), KeyPair::from_pem(key_pem)) else {
+        return false;
+    };
+    x509_parser::parse_x509_certificate(&der)
+        .is_ok_and(|(_, c)| c.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+}
+
 /// Whether `cert_pem` was signed by the CA in `ca_pem` (checks the signature,
 /// not the validity period).
 pub fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {

@@ -1,0 +1,440 @@
+//! The node's mesh identity on the data partition
+//! (`/var/lib/maculaos/mesh/`, kept across updates and reboots):
+//!
+//! | file | what | mode |
+//! | --- | --- | --- |
+//! | `node.key` | this node's private key (made here, never sent) | 0640 root:nats |
+//! | `node.crt` | its certificate from the realm CA | 0644 |
+//! | `ca.crt` | the realm CA's certificate | 0644 |
+//! | `realm` | the realm the certificate is for | 0644 |
+//! | `ca.key` | the realm CA's key, only on the node that made the realm | 0600 root |
+//! | `tokens.json` | join tokens this CA holder made: hashes, expiry, use | 0600 root |
+//! | `issued.json` | certificates this CA holder signed | 0600 root |
+//! | `revoked.json` | certificates revoked, by fingerprint | 0644 |
+//!
+//! nats-server runs as `nats`: it reads the key through its group.
+
+use crate::pki::{self, CertAndKey, CertInfo};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where the mesh identity lives on a node.
+pub const MESH_DIR: &str = "/var/lib/maculaos/mesh";
+
+/// A state failure: which file, and what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The mesh directory of a node (or of a test tree).
+#[derive(Debug, Clone)]
+pub struct State {
+    pub dir: PathBuf,
+}
+
+/// What the node's identity is, as `maculaos mesh status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// The realm of the node's certificate.
+    pub realm: Option<String>,
+    pub certificate: Option<CertInfo>,
+    pub ca: Option<CertInfo>,
+    /// This node holds the realm CA's key (it made the realm; it signs joins).
+    pub ca_holder: bool,
+}
+
+/// One join token, as the CA holder keeps it: only the secret's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub sha256: String,
+    /// Seconds since the epoch.
+    pub expires: i64,
+    /// The node that used it, once used.
+    pub used_by: Option<String>,
+}
+
+/// A certificate the CA holder signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issued {
+    pub node: String,
+    pub sha256: String,
+    pub serial: String,
+    pub not_after: i64,
+    pub revoked: bool,
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl State {
+    pub fn new(dir: impl Into<PathBuf>) -> State {
+        State { dir: dir.into() }
+    }
+
+    /// The node's state under `root` (`/` on a node).
+    pub fn under(root: &Path) -> State {
+        State::new(root.join(MESH_DIR.trim_start_matches('/')))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    pub fn node_key(&self) -> PathBuf {
+        self.path("node.key")
+    }
+    pub fn node_cert(&self) -> PathBuf {
+        self.path("node.crt")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.path("ca.crt")
+    }
+    fn ca_key(&self) -> PathBuf {
+        self.path("ca.key")
+    }
+
+    fn read(&self, name: &str) -> Result<Option<String>, StateError> {
+        let p = self.path(name);
+        match fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&p)(e)),
+        }
+    }
+
+    /// Write `name` atomically with `mode` (and group `gid` when given).
+    fn write(
+        &self,
+        name: &str,
+        data: &[u8],
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<(), StateError> {
+        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(data).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
+        if let Some(g) = gid {
+            std::os::unix::fs::chown(&tmp, None, Some(g)).map_err(io(&tmp))?;
+        }
+        fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// The node's key, made now if it has none. Returns whether it was made.
+    pub fn ensure_key(&self, nats_gid: Option<u32>) -> Result<bool, StateError> {
+        if self.node_key().exists() {
+            return Ok(false);
+        }
+        // The directory is the nats group's to enter (it reads key and
+        // certificates); the CA key and token files inside are root's alone.
+        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o750)).map_err(io(&self.dir))?;
+        if let Some(g) = nats_gid {
+            std::os::unix::fs::chown(&self.dir, None, Some(g)).map_err(io(&self.dir))?;
+        }
+        self.write("node.key", pki::new_key()?.as_bytes(), 0o640, nats_gid)?;
+        Ok(true)
+    }
+
+    pub fn key_pem(&self) -> Result<String, StateError> {
+        self.read("node.key")?
+            .ok_or_else(|| StateError::Invalid(format!("{} is missing", self.node_key().display())))
+    }
+
+    /// What the node's identity is.
+    pub fn identity(&self) -> Result<Identity, StateError> {
+        let cert = self.read("node.crt")?;
+        let ca = self.read("ca.crt")?;
+        Ok(Identity {
+            realm: self.read("realm")?.map(|r| r.trim().to_string()),
+            certificate: cert.as_deref().and_then(pki::cert_info),
+            ca: ca.as_deref().and_then(pki::cert_info),
+            ca_holder: self.ca_key().exists(),
+        })
+    }
+
+    /// Whether the node holds a certificate for `realm` it can present.
+    pub fn joined(&self, realm: &str) -> bool {
+        self.identity().is_ok_and(|i| {
+            i.realm.as_deref() == Some(realm) && i.certificate.is_some() && i.ca.is_some()
+        })
+    }
+
+    fn ca(&self) -> Result<CertAndKey, StateError> {
+        match (self.read("ca.crt")?, self.read("ca.key")?) {
+            (Some(cert_pem), Some(key_pem)) => Ok(CertAndKey { cert_pem, key_pem }),
+            _ => Err(StateError::Invalid(
+                "this node does not hold the realm CA: certificates are signed on the bootstrap node that made the realm".into(),
+            )),
+        }
+    }
+
+    /// Make a new realm here (development mode): its CA, and this node's
+    /// certificate from it.
+    pub fn create_realm(
+        &self,
+        realm: &str,
+        node: &str,
+        nats_gid: Option<u32>,
+    ) -> Result<(), StateError> {
+        self.ensure_key(nats_gid)?;
+        let ca = pki::create_ca(realm)?;
+        self.write("ca.key", ca.key_pem.as_bytes(), 0o600, None)?;
+        self.write("ca.crt", ca.cert_pem.as_bytes(), 0o644, None)?;
+        self.write("realm", format!("{realm}\n").as_bytes(), 0o644, None)?;
+        for f in ["tokens.json", "issued.json", "revoked.json"] {
+            let _ = fs::remove_file(self.path(f));
+        }
+        self.sign_own(realm, node)
+    }
+
+    /// A new certificate for this node from the CA it holds (a new realm,
+    /// or a renewal).
+    pub fn sign_own(&self, realm: &str, node: &str) -> Result<(), StateError> {
+        let ca = self.ca()?;
+        let csr = pki::csr(&self.key_pem()?, node)?;
+        let cert = pki::sign_node(&ca, realm, node, &[], &csr)?;
+        self.record_issued(node, &cert)?;
+        self.write("node.crt", cert.as_bytes(), 0o644, None)
+    }
+
+    /// Whether this node's certificate has less than a third of its life left.
+    pub fn needs_renewal(&self) -> bool {
+        self.identity()
+            .ok()
+            .and_then(|i| i.certificate)
+            .is_some_and(|c| c.not_after - now() < (pki::NODE_DAYS as i64 * 86_400) / 3)
+    }
+
+    /// Keep what a join brought: the realm, its CA and this node's certificate.
+    /// A CA this node held before is dropped: it is in another realm now.
+    pub fn install_join(
+        &self,
+        realm: &str,
+        ca_pem: &str,
+        cert_pem: &str,
+    ) -> Result<(), StateError> {
+        let key = self.key_pem()?;
+        if !pki::signed_by(cert_pem, ca_pem) {
+            return Err(StateError::Invalid(
+                "the certificate received is not signed by the realm CA received with it".into(),
+            ));
+        }
+        if !pki::same_public_key(cert_pem, &key) {
+            return Err(StateError::Invalid(
+                "the certificate received is not for this node's key".into(),
+            ));
+        }
+        for f in ["ca.key", "tokens.json", "issued.json"] {
+            let _ = fs::remove_file(self.path(f));
+        }
+        self.write("ca.crt", ca_pem.as_bytes(), 0o644, None)?;
+        self.write("node.crt", cert_pem.as_bytes(), 0o644, None)?;
+        self.write("realm", format!("{realm}\n").as_bytes(), 0o644, None)
+    }
+
+    fn load<T: for<'de> Deserialize<'de> + Default>(&self, name: &str) -> Result<T, StateError> {
+        match self.read(name)? {
+            None => Ok(T::default()),
+            Some(s) => serde_json::from_str(&s)
+                .map_err(|e| StateError::Invalid(format!("{}: {e}", self.path(name).display()))),
+        }
+    }
+
+    fn save<T: Serialize>(&self, name: &str, v: &T, mode: u32) -> Result<(), StateError> {
+        let text = serde_json::to_vec_pretty(v).unwrap_or_default();
+        self.write(name, &text, mode, None)
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StateError> {
+        self.load("tokens.json")
+    }
+
+    /// Keep a new token's hash; expired ones are dropped.
+    pub fn add_token(&self, rec: TokenRecord) -> Result<(), StateError> {
+        self.ca()?;
+        let mut all = self.tokens()?;
+        let t = now();
+        all.retain(|r| r.expires > t);
+        all.push(rec);
+        self.save("tokens.json", &all, 0o600)
+    }
+
+    /// Use the token whose secret hashes to `sha256` for `node`: it must be
+    /// known, unexpired and unused. Its use is written before the answer.
+    pub fn use_token(&self, sha256: &str, node: &str) -> Result<(), StateError> {
+        let mut all = self.tokens()?;
+        let t = now();
+        let Some(rec) = all
+            .iter_mut()
+            .find(|r| crate::join::same(&r.sha256, sha256))
+        else {
+            return Err(StateError::Invalid("unknown join token".into()));
+        };
+        if rec.expires <= t {
+            return Err(StateError::Invalid(
+                "the join token has expired: make a new one with `maculaos mesh token create`"
+                    .into(),
+            ));
+        }
+        if let Some(by) = &rec.used_by {
+            return Err(StateError::Invalid(format!(
+                "the join token was already used (by {by}): tokens are for one node"
+            )));
+        }
+        rec.used_by = Some(node.to_string());
+        self.save("tokens.json", &all, 0o600)
+    }
+
+    /// Sign a joining node's request (the CA holder only).
+    pub fn sign_for(
+        &self,
+        node: &str,
+        ips: &[std::net::IpAddr],
+        csr_pem: &str,
+    ) -> Result<(String, String, String), StateError> {
+        let ca = self.ca()?;
+        let realm = self
+            .identity()?
+            .realm
+            .ok_or_else(|| StateError::Invalid("this node has no realm".into()))?;
+        let cert = pki::sign_node(&ca, &realm, node, ips, csr_pem)?;
+        self.record_issued(node, &cert)?;
+        Ok((realm, ca.cert_pem, cert))
+    }
+
+    pub fn issued(&self) -> Result<Vec<Issued>, StateError> {
+        self.load("issued.json")
+    }
+
+    fn record_issued(&self, node: &str, cert_pem: &str) -> Result<(), StateError> {
+        let info = pki::cert_info(cert_pem).ok_or_else(|| {
+            StateError::Invalid("the certificate just signed does not parse".into())
+        })?;
+        let mut all = self.issued()?;
+        all.push(Issued {
+            node: node.to_string(),
+            sha256: info.sha256,
+            serial: info.serial,
+            not_after: info.not_after,
+            revoked: false,
+        });
+        self.save("issued.json", &all, 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_realm_made_here_holds_its_ca_and_a_certificate_for_this_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::new(dir.path().join("mesh"));
+        assert!(!s.joined("io.macula"));
+        s.create_realm("io.macula", "b1", None).unwrap();
+        assert!(s.joined("io.macula"));
+        assert!(!s.joined("io.other"));
+        let id = s.identity().unwrap();
+        assert!(id.ca_holder);
+        assert_eq!(id.certificate.unwrap().common_name, "b1");
+        let mode = |f: &str| fs::metadata(s.path(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("ca.key"), 0o600);
+        assert_eq!(mode("node.key"), 0o640);
+        assert!(!s.needs_renewal());
+        assert_eq!(s.issued().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_token_is_used_once_and_not_after_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::new(dir.path());
+        let rec = |h: &str, expires| TokenRecord {
+            sha256: h.into(),
+            expires,
+            used_by: None,
+        };
+        // Only a CA holder keeps tokens.
+        assert!(s.add_token(rec("aa", now() + 60)).is_err());
+        s.create_realm("io.macula", "b1", None).unwrap();
+        s.add_token(rec("aa", now() + 60)).unwrap();
+        s.add_token(rec("bb", now() - 1)).unwrap();
+        s.use_token("aa", "p1").unwrap();
+        let again = s.use_token("aa", "p2").unwrap_err().to_string();
+        assert!(again.contains("already used (by p1)"), "{again}");
+        assert!(s
+            .use_token("bb", "p2")
+            .unwrap_err()
+            .to_string()
+            .contains("expired"));
+        // Expired tokens are dropped when the next one is added.
+        s.add_token(rec("dd", now() + 60)).unwrap();
+        assert!(s
+            .use_token("bb", "p2")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown"));
+        assert!(s
+            .use_token("cc", "p2")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown"));
+    }
+
+    #[test]
+    fn a_join_installs_only_a_certificate_for_this_nodes_key_from_that_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_node = State::new(dir.path().join("b1"));
+        ca_node.create_realm("io.macula", "b1", None).unwrap();
+        let joiner = State::new(dir.path().join("p1"));
+        joiner.create_realm("io.mine", "p1", None).unwrap();
+        let csr = pki::csr(&joiner.key_pem().unwrap(), "p1").unwrap();
+        let (realm, ca, cert) = ca_node.sign_for("p1", &[], &csr).unwrap();
+        // Someone else's certificate is refused.
+        let other_csr = pki::csr(&pki::new_key().unwrap(), "p1").unwrap();
+        let (_, _, other) = ca_node.sign_for("p1", &[], &other_csr).unwrap();
+        let e = joiner.install_join(&realm, &ca, &other).unwrap_err();
+        assert!(e.to_string().contains("not for this node's key"), "{e}");
+        let foreign = pki::create_ca("io.macula").unwrap();
+        let e = joiner
+            .install_join(&realm, &foreign.cert_pem, &cert)
+            .unwrap_err();
+        assert!(e.to_string().contains("not signed by the realm CA"), "{e}");
+        joiner.install_join(&realm, &ca, &cert).unwrap();
+        let id = joiner.identity().unwrap();
+        assert_eq!(id.realm.as_deref(), Some("io.macula"));
+        assert!(!id.ca_holder, "the CA of the node's old realm stays behind");
+        assert_eq!(ca_node.issued().unwrap().len(), 3);
+    }
+}
