@@ -2,7 +2,7 @@
 //!
 //! [`apply`] runs one applicator per part of the configuration, in a fixed
 //! order (hostname, mDNS announcement, SSH keys, network, DNS, NTP, modules, sysctl,
-//! environment, write_files, watchdog, backup, boot_cmd, run_cmd, k3s).
+//! environment, write_files, watchdog, backup, mesh, boot_cmd, run_cmd, k3s).
 //! Each is independent: one that fails is reported in [`Report::errors`]
 //! and the others still run.
 //! Each is idempotent: a second run with the same configuration reports no
@@ -23,6 +23,7 @@ mod hostname;
 mod k3s;
 mod kernel;
 pub mod mdns;
+pub mod mesh;
 mod network;
 mod ssh;
 mod users;
@@ -116,6 +117,7 @@ const STEPS: &[(&str, Step)] = &[
     ("write_files", write_files::apply),
     ("watchdog", watchdog::apply),
     ("backup", backup_timer::apply),
+    ("mesh", mesh::apply),
     ("boot_cmd", commands::boot_cmd),
     ("run_cmd", commands::run_cmd),
     ("k3s", k3s::apply),

@@ -84,11 +84,7 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     let role = mesh
         .effective_roles()
         .iter()
-        .map(|r| match r {
-            maculaos_config::MeshRole::Peer => "peer",
-            maculaos_config::MeshRole::Bootstrap => "bootstrap",
-            maculaos_config::MeshRole::Gateway => "gateway",
-        })
+        .map(|r| r.name())
         .collect::<Vec<_>>()
         .join(",");
     let ann = Announcement {

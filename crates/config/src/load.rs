@@ -10,9 +10,9 @@
 //! 5. the kernel command line (`maculaos.hostname=…`)
 
 use crate::error::Problem;
-use crate::schema::{Backup, CheckType, Config, Health, K3sRole, Watchdog};
+use crate::schema::{Backup, CheckType, Config, Health, K3sRole, MeshRole, Watchdog};
 use crate::sources::{self, Format, Source};
-use crate::values::Hostname;
+use crate::values::{HostPort, Hostname};
 use maculaos_boot::Cmdline;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::{Mapping, Value};
@@ -296,6 +296,59 @@ pub fn check(config: &Config, prov: &Provenance) -> Vec<Problem> {
             bad(
                 "maculaos.mesh.realm",
                 format!("`{realm}` is not a realm in reverse domain notation, such as io.macula"),
+            );
+        }
+    }
+    let nats = &config.maculaos.nats;
+    let roles = config.maculaos.mesh.effective_roles();
+    let hub = roles
+        .iter()
+        .find(|r| matches!(r, MeshRole::Bootstrap | MeshRole::Gateway));
+    if let (false, Some(r)) = (nats.enabled, hub) {
+        bad(
+            "maculaos.nats.enabled",
+            format!("the {} role needs the NATS server: set `enabled: true` or drop the role", r.name()),
+        );
+    }
+    let (host, _) = nats.listen.split();
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+    if !loopback {
+        bad(
+            "maculaos.nats.listen",
+            format!(
+                "`{}` is not a loopback address: local clients connect without credentials, so \
+                 the client port stays on this node (127.0.0.1:4222); other nodes reach it \
+                 through the mesh (mutual TLS)",
+                nats.listen
+            ),
+        );
+    }
+    if nats.cluster.enabled && !roles.contains(&MeshRole::Bootstrap) {
+        bad(
+            "maculaos.nats.cluster.enabled",
+            "cluster routes come with the bootstrap role: set `maculaos.mesh.roles.bootstrap: true`".to_string(),
+        );
+    }
+    if nats.cluster.port == 0 {
+        bad("maculaos.nats.cluster.port", "0 is not a port".to_string());
+    }
+    if !nats.jetstream.store_dir.starts_with('/') {
+        bad(
+            "maculaos.nats.jetstream.store_dir",
+            format!("`{}` is not an absolute path", nats.jetstream.store_dir),
+        );
+    }
+    for (i, p) in config.maculaos.mesh.bootstrap_peers.iter().enumerate() {
+        let rest = p.split_once("://").map_or(p.as_str(), |(_, r)| r);
+        let rest = rest.split('/').next().unwrap_or_default();
+        let ok = !rest.is_empty()
+            && (HostPort::try_from(rest.to_string()).is_ok()
+                || Hostname::try_from(rest.to_string()).is_ok()
+                || rest.parse::<std::net::IpAddr>().is_ok());
+        if !ok {
+            bad(
+                &format!("maculaos.mesh.bootstrap_peers.{i}"),
+                format!("`{p}` is not a host, host:port or URL such as bootstrap.macula.io:4433"),
             );
         }
     }
@@ -1008,6 +1061,45 @@ mod tests {
             "  health:\n    checks:\n      - {name: mesh, type: http, url: 'http://localhost:8080/health', unit: macula-mesh, restart_on_failure: true}\n",
         );
         assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn nats_and_mesh_checks() {
+        // The seed's block (plan §4.9.5) as written there.
+        let seed = "  nats:
+    enabled: true
+    listen: 127.0.0.1:4222
+    max_payload: 1MB
+    jetstream:
+      enabled: false
+      store_dir: /var/lib/maculaos/nats/jetstream
+      max_file: 1GB
+    cluster:
+      enabled: false
+      port: 6222
+";
+        assert!(cross_key(seed).is_empty(), "{:?}", cross_key(seed));
+        let p = cross_key(
+            "  mesh:
+    role: bootstrap
+    bootstrap_peers: ['b1.local:4433', 'https://boot.macula.io:443', 'bad host']
+  nats:
+    enabled: false
+    listen: 0.0.0.0:4222
+",
+        );
+        assert_eq!(
+            p,
+            [
+                format!("{AT}maculaos.nats.enabled: the bootstrap role needs the NATS server: set `enabled: true` or drop the role"),
+                format!("{AT}maculaos.nats.listen: `0.0.0.0:4222` is not a loopback address: local clients connect without credentials, so the client port stays on this node (127.0.0.1:4222); other nodes reach it through the mesh (mutual TLS)"),
+                format!("{AT}maculaos.mesh.bootstrap_peers.2: `bad host` is not a host, host:port or URL such as bootstrap.macula.io:4433"),
+            ]
+        );
+        let p = cross_key("  nats:
+    cluster: {enabled: true}
+");
+        assert!(p[0].contains("cluster routes come with the bootstrap role"), "{p:?}");
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct Maculaos {
     pub ssh: Ssh,
     /// Macula mesh membership (plan §4.4).
     pub mesh: Mesh,
+    /// The node's NATS server, the mesh plane (plan §4.9.5).
+    pub nats: Nats,
     /// Updates (plan §4.8).
     pub upgrade: Upgrade,
     /// Unattended installation (read by `maculaos install`).
@@ -192,6 +194,75 @@ impl Mesh {
     }
 }
 
+/// The node's NATS server (plan §4.9.5). Other nodes reach it only through
+/// the mesh ports (mutual TLS with the realm's certificates); `listen` is
+/// for services on this node.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Nats {
+    /// Run the server (the mesh needs it; bootstrap and gateway nodes must).
+    pub enabled: bool,
+    /// Where local clients connect: a loopback address (`127.0.0.1:4222`).
+    pub listen: HostPort,
+    /// The largest message (`1MB`).
+    pub max_payload: Size,
+    /// Persistent streams (always on for bootstrap nodes: the realm's).
+    pub jetstream: NatsJetStream,
+    /// Cluster routes (bootstrap nodes only: they route to each other).
+    pub cluster: NatsCluster,
+}
+
+impl Default for Nats {
+    fn default() -> Nats {
+        Nats {
+            enabled: true,
+            listen: HostPort::known("127.0.0.1:4222"),
+            max_payload: Size::known("1M"),
+            jetstream: NatsJetStream::default(),
+            cluster: NatsCluster::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsJetStream {
+    /// On a node that is not bootstrap: a JetStream of its own (domain = node name).
+    pub enabled: bool,
+    /// Where streams are kept.
+    pub store_dir: String,
+    /// The most disk the streams may use (`1GB`).
+    pub max_file: Size,
+}
+
+impl Default for NatsJetStream {
+    fn default() -> NatsJetStream {
+        NatsJetStream {
+            enabled: false,
+            store_dir: "/var/lib/maculaos/nats/jetstream".into(),
+            max_file: Size::known("1G"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsCluster {
+    /// Only meaningful with the bootstrap role (which turns it on).
+    pub enabled: bool,
+    /// The port bootstrap nodes route to each other on.
+    pub port: u16,
+}
+
+impl Default for NatsCluster {
+    fn default() -> NatsCluster {
+        NatsCluster {
+            enabled: false,
+            port: 6222,
+        }
+    }
+}
+
 /// The role toggles of plan §4.4.
 #[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
@@ -208,6 +279,17 @@ pub enum MeshRole {
     Peer,
     Bootstrap,
     Gateway,
+}
+
+impl MeshRole {
+    /// The role as the configuration writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MeshRole::Peer => "peer",
+            MeshRole::Bootstrap => "bootstrap",
+            MeshRole::Gateway => "gateway",
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

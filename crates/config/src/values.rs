@@ -573,13 +573,25 @@ checked_string!(
 );
 
 impl HostPort {
+    pub(crate) fn known(s: &str) -> HostPort {
+        HostPort(s.to_string())
+    }
     /// The host (without brackets) and the port.
     pub fn split(&self) -> (&str, u16) {
         split_host_port(&self.0).unwrap_or((&self.0, 0))
     }
 }
 
+/// `1M` and `1MB` are the same size (the seeds write both).
+fn without_b(s: &str) -> &str {
+    match s.strip_suffix('B') {
+        Some(r) if r.ends_with(['K', 'M', 'G', 'T']) => r,
+        _ => s,
+    }
+}
+
 fn check_size(s: &str) -> Result<(), String> {
+    let s = without_b(s);
     let digits = s.strip_suffix(['K', 'M', 'G', 'T']).unwrap_or(s);
     match digits.parse::<u64>() {
         Ok(n) if n > 0 && digits.chars().all(|c| c.is_ascii_digit()) => Ok(()),
@@ -602,12 +614,13 @@ impl Size {
     }
     /// The size in bytes.
     pub fn bytes(&self) -> u64 {
-        let (digits, shift) = match self.0.as_bytes().last() {
-            Some(b'K') => (&self.0[..self.0.len() - 1], 10),
-            Some(b'M') => (&self.0[..self.0.len() - 1], 20),
-            Some(b'G') => (&self.0[..self.0.len() - 1], 30),
-            Some(b'T') => (&self.0[..self.0.len() - 1], 40),
-            _ => (self.0.as_str(), 0),
+        let s = without_b(&self.0);
+        let (digits, shift) = match s.as_bytes().last() {
+            Some(b'K') => (&s[..s.len() - 1], 10),
+            Some(b'M') => (&s[..s.len() - 1], 20),
+            Some(b'G') => (&s[..s.len() - 1], 30),
+            Some(b'T') => (&s[..s.len() - 1], 40),
+            _ => (s, 0),
         };
         digits
             .parse::<u64>()
@@ -1203,9 +1216,13 @@ mod tests {
         assert_eq!(b("200M"), Ok(200 << 20));
         assert_eq!(b("1G"), Ok(1 << 30));
         assert_eq!(b("512K"), Ok(512 << 10));
+        // As the seeds write them (`max_payload: 1MB`).
+        assert_eq!(b("1MB"), Ok(1 << 20));
+        assert_eq!(b("1GB"), Ok(1 << 30));
+        assert!(b("1B").is_err() && b("MB").is_err());
         assert_eq!(b("2T"), Ok(2 << 40));
         assert_eq!(b("4096"), Ok(4096));
-        for bad in ["", "M", "0M", "2MB", "1.5G", "+1G", "-1G", "200m"] {
+        for bad in ["", "M", "0M", "2KiB", "1.5G", "+1G", "-1G", "200m"] {
             assert!(b(bad).is_err(), "{bad}");
         }
     }

@@ -212,6 +212,12 @@ impl ServerPlan {
             .collect()
     }
 
+    /// Whether every bootstrap node this node knows is itself: a bootstrap
+    /// node like that is its realm's first.
+    pub fn knows_no_other_bootstrap_node(&self) -> bool {
+        self.bootstrap_peers.iter().all(|e| self.is_self(&e.host))
+    }
+
     fn is_self(&self, host: &str) -> bool {
         let h = host.trim_end_matches('.');
         h == self.node

@@ -1,0 +1,326 @@
+//! The mesh plane (plan §4.4, §4.9.5): the node's nats-server
+//! configuration from its roles, and its realm identity.
+//!
+//! - The node's key is made on first use and stays on the data partition.
+//! - A bootstrap node in `tls_mode: development` that names no other
+//!   bootstrap node is the realm's first: with no certificate for its realm
+//!   yet, it makes the realm CA and its own certificate. Every other node
+//!   joins with a token (`maculaos mesh join`); until then its server serves
+//!   local clients only, and a note says how to join.
+//! - `/etc/maculaos/nats.conf` is checked with `nats-server -t` before it
+//!   replaces the running one: a configuration the server refuses is an
+//!   error here, and the previous one stays in force.
+//! - `/etc/maculaos/mesh.env` tells services on the node how to connect.
+//! - A changed configuration restarts `maculaos-nats.service` (2.9.10 cannot
+//!   reload leafnodes) and `maculaos-meshd.service`; both start after apply at
+//!   boot and are stopped when `nats.enabled` is false.
+
+use crate::applier::{run, systemctl_ok, Applier, ROOT_OWNER};
+use crate::watchdog::systemd_runs;
+use maculaos_config::{Config, MeshRole, TlsMode};
+use maculaos_mesh::conf::{Endpoint, ServerPlan, TlsFiles, LEAF_PORT, MONITOR};
+use maculaos_mesh::state::State;
+use maculaos_runner::Cmd;
+use std::fs;
+
+const AREA: &str = "mesh";
+/// The server's configuration.
+pub const CONF: &str = "/etc/maculaos/nats.conf";
+/// How services on the node connect (`EnvironmentFile=` or `source`).
+pub const ENV: &str = "/etc/maculaos/mesh.env";
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+const UNITS: [&str; 2] = ["maculaos-nats.service", "maculaos-meshd.service"];
+
+/// The node's name in the realm: its hostname (the hostname step ran first).
+fn node_name(config: &Config, a: &Applier) -> String {
+    if let Some(h) = &config.maculaos.hostname {
+        return h.as_str().to_string();
+    }
+    fs::read_to_string(a.path("/etc/hostname"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The bootstrap nodes the configuration names, parsed (the configuration
+/// check has refused any that does not parse).
+pub fn bootstrap_peers(config: &Config) -> Vec<Endpoint> {
+    config
+        .maculaos
+        .mesh
+        .bootstrap_peers
+        .iter()
+        .filter_map(|p| Endpoint::parse(p, LEAF_PORT).ok())
+        .collect()
+}
+
+/// The host other nodes reach this one at.
+pub fn advertise_host(config: &Config, node: &str) -> String {
+    config
+        .maculaos
+        .mesh
+        .advertise_address
+        .as_deref()
+        .and_then(|a| Endpoint::parse(a, LEAF_PORT).ok())
+        .map_or_else(|| format!("{node}.local"), |e| e.host)
+}
+
+/// What the node's server is to do, given its configuration and identity.
+pub fn plan(config: &Config, node: &str, state: &State) -> ServerPlan {
+    let nats = &config.maculaos.nats;
+    let roles = config.maculaos.mesh.effective_roles();
+    let realm = config.maculaos.mesh.realm.clone();
+    let joined = realm.as_deref().is_some_and(|r| state.joined(r));
+    ServerPlan {
+        node: node.to_string(),
+        realm,
+        bootstrap: roles.contains(&MeshRole::Bootstrap),
+        gateway: roles.contains(&MeshRole::Gateway),
+        listen: nats.listen.to_string(),
+        max_payload: nats.max_payload.bytes(),
+        bootstrap_peers: bootstrap_peers(config),
+        tls: joined.then(|| TlsFiles {
+            cert: state.node_cert(),
+            key: state.node_key(),
+            ca: state.ca_cert(),
+        }),
+        jetstream_dir: nats.jetstream.store_dir.clone().into(),
+        jetstream_max_file: nats.jetstream.max_file.bytes(),
+        leaf_port: LEAF_PORT,
+        cluster_port: nats.cluster.port,
+        monitor: MONITOR.into(),
+        bind: "0.0.0.0".into(),
+        advertise: advertise_host(config, node),
+    }
+}
+
+pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
+    // No nats-server in this root (a test tree, an image stage): nothing to run.
+    if !a.path(NATS_SERVER).exists() {
+        return Ok(());
+    }
+    let nats = &config.maculaos.nats;
+    if !nats.enabled {
+        let removed = a.remove_file(AREA, CONF)?;
+        a.remove_file(AREA, ENV)?;
+        if removed && systemd_runs(a) {
+            for unit in UNITS {
+                if systemctl_ok(&["is-active", "--quiet", unit]) {
+                    a.act(AREA, ("stop", "stopped"), unit, || {
+                        run(Cmd::new("systemctl").args(["stop", unit]))
+                    });
+                }
+            }
+        }
+        return Ok(());
+    }
+    let node = node_name(config, a);
+    let state = State::under(&a.opts.root);
+    let group = fs::read_to_string(a.path("/etc/group")).unwrap_or_default();
+    let gid = crate::lookup_group(&group, "nats").filter(|_| a.live());
+    if !a.dry_run() {
+        if state.ensure_key(gid).map_err(|e| e.to_string())? {
+            a.change(AREA, "make", "made", "the node's mesh key");
+        }
+    }
+    let mesh = &config.maculaos.mesh;
+    let roles = mesh.effective_roles();
+    if let Some(realm) = &mesh.realm {
+        let first = roles.contains(&MeshRole::Bootstrap)
+            && mesh.tls_mode == TlsMode::Development
+            && plan(config, &node, &state).knows_no_other_bootstrap_node();
+        let id = state.identity().map_err(|e| e.to_string())?;
+        if !state.joined(realm) {
+            if first {
+                a.act(
+                    AREA,
+                    ("make", "made"),
+                    &format!("the CA of realm {realm} and this node's certificate"),
+                    || {
+                        state
+                            .create_realm(realm, &node, gid)
+                            .map_err(|e| e.to_string())
+                    },
+                );
+            } else {
+                a.note(
+                    AREA,
+                    format!(
+                        "not in realm {realm} yet: run `maculaos mesh join TOKEN` with a token from \
+                         `maculaos mesh token create` on the realm's first bootstrap node; until \
+                         then the NATS server serves this node only"
+                    ),
+                );
+            }
+        } else if id.ca_holder && state.needs_renewal() {
+            a.act(AREA, ("renew", "renewed"), "this node's certificate", || {
+                state.sign_own(realm, &node).map_err(|e| e.to_string())
+            });
+        } else if id.certificate.as_ref().is_some_and(|c| c.common_name != node) {
+            a.note(
+                AREA,
+                format!(
+                    "this node's certificate names it {}, its hostname is {node}: join again \
+                     with a new token to be known by its new name",
+                    id.certificate.map(|c| c.common_name).unwrap_or_default()
+                ),
+            );
+        }
+    }
+
+    let p = plan(config, &node, &state);
+    let text = p.render();
+    let changed = put_checked(a, &text)?;
+    let env = env_file(&p);
+    let env_changed = a.put_file(AREA, ENV, env.as_bytes(), 0o644, ROOT_OWNER)?;
+    if p.bootstrap || nats.jetstream.enabled {
+        let dir = a.path(&nats.jetstream.store_dir);
+        if !a.dry_run() && !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if let Some(g) = gid {
+                let uid = crate::lookup_user(
+                    &fs::read_to_string(a.path("/etc/passwd")).unwrap_or_default(),
+                    "nats",
+                )
+                .map(|u| u.0);
+                std::os::unix::fs::chown(&dir, uid, Some(g))
+                    .map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+        }
+    }
+    if !systemd_runs(a) || a.opts.boot {
+        // At boot both units start after apply, with what was just written.
+        return Ok(());
+    }
+    if changed || env_changed {
+        for unit in UNITS {
+            a.act(AREA, ("restart", "restarted"), unit, || {
+                run(Cmd::new("systemctl").args(["restart", "--no-block", unit]))
+            });
+        }
+    } else {
+        for unit in UNITS {
+            if !systemctl_ok(&["is-active", "--quiet", unit]) {
+                a.act(AREA, ("start", "started"), unit, || {
+                    run(Cmd::new("systemctl").args(["start", "--no-block", unit]))
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write the server's configuration once nats-server accepts it (live
+/// only: a test tree has no server to ask). Returns whether it changed.
+fn put_checked(a: &mut Applier, text: &str) -> Result<bool, String> {
+    let path = a.path(CONF);
+    if fs::read_to_string(&path).is_ok_and(|t| t == text) {
+        return Ok(false);
+    }
+    if a.live() && !a.dry_run() {
+        let dir = path.parent().unwrap_or(&path).to_owned();
+        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let candidate = dir.join(".nats.conf.check");
+        fs::write(&candidate, text).map_err(|e| format!("{}: {e}", candidate.display()))?;
+        let checked = Cmd::new(a.path(NATS_SERVER).to_string_lossy().as_ref())
+            .args(["-t", "-c"])
+            .arg(candidate.to_string_lossy().as_ref())
+            .quiet()
+            .run();
+        let _ = fs::remove_file(&candidate);
+        if let Err(e) = checked {
+            return Err(format!(
+                "nats-server refuses the configuration made for this node ({}); the previous one stays in force",
+                crate::applier::why(&e)
+            ));
+        }
+    }
+    a.put_file(AREA, CONF, text.as_bytes(), 0o644, ROOT_OWNER)
+}
+
+/// How a service on the node reaches the mesh.
+pub fn env_file(p: &ServerPlan) -> String {
+    let (host, port) = p.listen.rsplit_once(':').unwrap_or((&p.listen, "4222"));
+    let realm = p.realm.clone().unwrap_or_default();
+    let mut s = String::from(crate::applier::HEADER);
+    s.push_str(&format!("NATS_URL=nats://{host}:{port}\n"));
+    s.push_str(&format!("MACULA_NODE={}\n", p.node));
+    s.push_str(&format!("MACULA_REALM={realm}\n"));
+    if !realm.is_empty() {
+        for (k, kind) in [("PUB", "pub"), ("SUB", "sub"), ("RPC", "rpc"), ("DISCOVER", "discover")] {
+            s.push_str(&format!("MACULA_{k}_PREFIX=macula.{kind}.{realm}\n"));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::{opts, yaml};
+
+    fn node_tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        fs::create_dir_all(r.join("usr/sbin")).unwrap();
+        fs::write(r.join("usr/sbin/nats-server"), "").unwrap();
+        fs::create_dir_all(r.join("etc")).unwrap();
+        fs::write(r.join("etc/hostname"), "b1\n").unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_first_bootstrap_node_makes_its_realm_and_serves_it() {
+        let dir = node_tree();
+        let c = yaml("maculaos:\n  mesh:\n    realm: io.macula\n    role: bootstrap\n");
+        let r = crate::apply(&c, &opts(dir.path()));
+        assert!(r.ok(), "{:?}", r.errors);
+        assert!(
+            r.changes.iter().any(|c| c.contains("the CA of realm io.macula")),
+            "{:?}",
+            r.changes
+        );
+        let conf = fs::read_to_string(dir.path().join("etc/maculaos/nats.conf")).unwrap();
+        assert!(conf.contains("leafnodes") && conf.contains("jetstream {"), "{conf}");
+        let env = fs::read_to_string(dir.path().join("etc/maculaos/mesh.env")).unwrap();
+        assert!(env.contains("MACULA_PUB_PREFIX=macula.pub.io.macula\n"), "{env}");
+        // Again: nothing changes, no second CA.
+        let again = crate::apply(&c, &opts(dir.path()));
+        assert!(
+            !again.changes.iter().any(|c| c.contains("mesh")),
+            "{:?}",
+            again.changes
+        );
+    }
+
+    #[test]
+    fn a_node_that_has_not_joined_serves_only_itself_and_says_how_to_join() {
+        let dir = node_tree();
+        let c = yaml(
+            "maculaos:\n  mesh:\n    realm: io.macula\n    bootstrap_peers: [b0.local]\n    roles: {bootstrap: true}\n",
+        );
+        let r = crate::apply(&c, &opts(dir.path()));
+        assert!(r.ok(), "{:?}", r.errors);
+        assert!(
+            r.notes.iter().any(|n| n.contains("maculaos mesh join TOKEN")),
+            "{:?}",
+            r.notes
+        );
+        let conf = fs::read_to_string(dir.path().join("etc/maculaos/nats.conf")).unwrap();
+        assert!(!conf.contains("leafnodes"), "{conf}");
+        assert!(!State::under(dir.path()).identity().unwrap().ca_holder);
+    }
+
+    #[test]
+    fn nats_disabled_removes_the_server_configuration() {
+        let dir = node_tree();
+        let on = yaml("maculaos:\n  mesh:\n    realm: io.macula\n");
+        crate::apply(&on, &opts(dir.path()));
+        assert!(dir.path().join("etc/maculaos/nats.conf").exists());
+        let off = yaml("maculaos:\n  nats:\n    enabled: false\n");
+        let r = crate::apply(&off, &opts(dir.path()));
+        assert!(r.ok(), "{:?}", r.errors);
+        assert!(!dir.path().join("etc/maculaos/nats.conf").exists());
+    }
+}
