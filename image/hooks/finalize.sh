@@ -10,7 +10,7 @@ systemctl enable --quiet systemd-networkd.service systemd-resolved.service ssh.s
     maculaos-apply.service maculaos-config-url.service \
     maculaos-boot-check.service maculaos-mark-good.service maculaos-upgrade-check.timer \
     maculaos-install.service maculaos-agent.service maculaos-firstboot.service \
-    avahi-daemon.service
+    maculaos-nats.service maculaos-meshd.service avahi-daemon.service
 # Not maculaos-backup.timer: `maculaos apply` enables it when
 # maculaos.backup.enabled is true.
 systemctl set-default --quiet multi-user.target
@@ -26,6 +26,10 @@ mkdir -p /mnt/usb
 # lost name back whatever the cause.
 sed -i 's/^#\?use-ipv6=.*/use-ipv6=no/' /etc/avahi/avahi-daemon.conf
 grep -qx 'use-ipv6=no' /etc/avahi/avahi-daemon.conf
+# The mesh plane runs as maculaos-nats.service, from the configuration
+# maculaos apply writes; Debian's own unit (which its package enables) would
+# start a second server on the same port.
+systemctl mask --quiet nats-server.service
 # Not needed on a node that waits for nothing but its own network.
 systemctl mask --quiet systemd-networkd-wait-online.service
 # Nothing on a node installs or updates packages (the root is read-only and

@@ -117,12 +117,8 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     }
     let node = node_name(config, a);
     let state = State::under(&a.opts.root);
-    let group = fs::read_to_string(a.path("/etc/group")).unwrap_or_default();
-    let gid = crate::lookup_group(&group, "nats").filter(|_| a.live());
-    if !a.dry_run() {
-        if state.ensure_key(gid).map_err(|e| e.to_string())? {
-            a.change(AREA, "make", "made", "the node's mesh key");
-        }
+    if !a.dry_run() && state.ensure_key().map_err(|e| e.to_string())? {
+        a.change(AREA, "make", "made", "the node's mesh key");
     }
     let mesh = &config.maculaos.mesh;
     let roles = mesh.effective_roles();
@@ -139,7 +135,7 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
                     &format!("the CA of realm {realm} and this node's certificate"),
                     || {
                         state
-                            .create_realm(realm, &node, gid)
+                            .create_realm(realm, &node)
                             .map_err(|e| e.to_string())
                     },
                 );
@@ -178,15 +174,6 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
         let dir = a.path(&nats.jetstream.store_dir);
         if !a.dry_run() && !dir.is_dir() {
             fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            if let Some(g) = gid {
-                let uid = crate::lookup_user(
-                    &fs::read_to_string(a.path("/etc/passwd")).unwrap_or_default(),
-                    "nats",
-                )
-                .map(|u| u.0);
-                std::os::unix::fs::chown(&dir, uid, Some(g))
-                    .map_err(|e| format!("{}: {e}", dir.display()))?;
-            }
         }
     }
     if !systemd_runs(a) || a.opts.boot {
@@ -239,10 +226,26 @@ fn put_checked(a: &mut Applier, text: &str) -> Result<bool, String> {
     a.put_file(AREA, CONF, text.as_bytes(), 0o644, ROOT_OWNER)
 }
 
-/// How a service on the node reaches the mesh.
+/// How a service on the node reaches the mesh, and what `maculaos mesh`
+/// shows without root (the configuration and identity are root's).
 pub fn env_file(p: &ServerPlan) -> String {
     let (host, port) = p.listen.rsplit_once(':').unwrap_or((&p.listen, "4222"));
     let realm = p.realm.clone().unwrap_or_default();
+    let mut roles = vec!["peer"];
+    if p.bootstrap {
+        roles.push("bootstrap");
+    }
+    if p.gateway {
+        roles.push("gateway");
+    }
+    // The other bootstrap nodes this one connects to: routes for a
+    // bootstrap node (itself, the first route, left out), leafnode
+    // addresses for the others.
+    let others: Vec<String> = if p.bootstrap {
+        p.routes().iter().skip(1).map(|e| e.url("nats-route")).collect()
+    } else {
+        p.remotes().iter().map(|e| e.url("nats-leaf")).collect()
+    };
     let mut s = String::from(crate::applier::HEADER);
     s.push_str(&format!("NATS_URL=nats://{host}:{port}\n"));
     s.push_str(&format!("MACULA_NODE={}\n", p.node));
@@ -252,7 +255,24 @@ pub fn env_file(p: &ServerPlan) -> String {
             s.push_str(&format!("MACULA_{k}_PREFIX=macula.{kind}.{realm}\n"));
         }
     }
+    s.push_str(&format!("MACULA_ROLES={}\n", roles.join(",")));
+    s.push_str(&format!(
+        "MACULA_JOINED={}\n",
+        if p.tls.is_some() && p.realm.is_some() { "yes" } else { "no" }
+    ));
+    s.push_str(&format!("MACULA_CONNECTS_TO={}\n", others.join(",")));
     s
+}
+
+/// The `KEY=value` lines of [`ENV`] under `root` (empty when it is missing).
+pub fn read_env(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    fs::read_to_string(root.join(ENV.trim_start_matches('/')))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -283,8 +303,11 @@ mod tests {
         );
         let conf = fs::read_to_string(dir.path().join("etc/maculaos/nats.conf")).unwrap();
         assert!(conf.contains("leafnodes") && conf.contains("jetstream {"), "{conf}");
-        let env = fs::read_to_string(dir.path().join("etc/maculaos/mesh.env")).unwrap();
-        assert!(env.contains("MACULA_PUB_PREFIX=macula.pub.io.macula\n"), "{env}");
+        let env = read_env(dir.path());
+        assert_eq!(env["MACULA_PUB_PREFIX"], "macula.pub.io.macula");
+        assert_eq!(env["MACULA_ROLES"], "peer,bootstrap");
+        assert_eq!(env["MACULA_JOINED"], "yes");
+        assert_eq!(env["MACULA_CONNECTS_TO"], "");
         // Again: nothing changes, no second CA.
         let again = crate::apply(&c, &opts(dir.path()));
         assert!(
@@ -310,6 +333,9 @@ mod tests {
         let conf = fs::read_to_string(dir.path().join("etc/maculaos/nats.conf")).unwrap();
         assert!(!conf.contains("leafnodes"), "{conf}");
         assert!(!State::under(dir.path()).identity().unwrap().ca_holder);
+        let env = read_env(dir.path());
+        assert_eq!(env["MACULA_JOINED"], "no");
+        assert_eq!(env["MACULA_CONNECTS_TO"], "nats-route://b0.local:6222");
     }
 
     #[test]

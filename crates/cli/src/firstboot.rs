@@ -154,7 +154,7 @@ fn show_on_consoles(text: &str) {
 }
 
 /// The node's IPv4 addresses (not loopback), for people without mDNS.
-fn addresses() -> Vec<String> {
+pub(crate) fn addresses() -> Vec<String> {
     Cmd::new("ip")
         .args(["-4", "-o", "addr", "show", "scope", "global"])
         .quiet()

@@ -8,6 +8,7 @@ mod diag;
 mod fetch;
 mod firstboot;
 mod install;
+mod mesh;
 mod recovery;
 mod slots;
 
@@ -92,6 +93,9 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
+    /// The Macula mesh: status, peers, ping, pub/sub/request, join tokens.
+    #[command(subcommand)]
+    Mesh(mesh::Command),
     /// The system journal, or one unit's (`maculaos logs ssh -f`).
     Logs(diag::LogsArgs),
     /// The health agent (maculaos-agent.service): runs the checks on their
@@ -140,6 +144,7 @@ fn main() -> Result<ExitCode> {
         }
         Command::Diag(args) => diag::run(&args),
         Command::Logs(args) => diag::logs(&args),
+        Command::Mesh(cmd) => mesh::run(cmd),
         Command::Firstboot(args) => firstboot::run(&args),
         Command::Discover { json, timeout } => {
             let me = maculaos_discover::ThisNode::running();

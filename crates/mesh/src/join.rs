@@ -328,7 +328,7 @@ pub fn join(state: &State, token: &Token, node: &str) -> Result<Answer, String> 
     if !valid_node_name(node) {
         return Err(format!("`{node}` is not a node name"));
     }
-    state.ensure_key(None).map_err(|e| e.to_string())?;
+    state.ensure_key().map_err(|e| e.to_string())?;
     let csr = crate::pki::csr(&state.key_pem().map_err(|e| e.to_string())?, node)
         .map_err(|e| e.to_string())?;
     let mut line = serde_json::to_vec(&Request {
@@ -412,7 +412,7 @@ mod tests {
 
     fn ca_holder(dir: &std::path::Path) -> State {
         let s = State::new(dir.join("b1"));
-        s.create_realm("io.macula", "b1", None).unwrap();
+        s.create_realm("io.macula", "b1").unwrap();
         s
     }
 

@@ -3,16 +3,15 @@
 //!
 //! | file | what | mode |
 //! | --- | --- | --- |
-//! | `node.key` | this node's private key (made here, never sent) | 0640 root:nats |
+//! | `node.key` | this node's private key (made here, never sent) | 0600 |
 //! | `node.crt` | its certificate from the realm CA | 0644 |
 //! | `ca.crt` | the realm CA's certificate | 0644 |
 //! | `realm` | the realm the certificate is for | 0644 |
-//! | `ca.key` | the realm CA's key, only on the node that made the realm | 0600 root |
-//! | `tokens.json` | join tokens this CA holder made: hashes, expiry, use | 0600 root |
-//! | `issued.json` | certificates this CA holder signed | 0600 root |
-//! | `revoked.json` | certificates revoked, by fingerprint | 0644 |
+//! | `ca.key` | the realm CA's key, only on the node that made the realm | 0600 |
+//! | `tokens.json` | join tokens this CA holder made: hashes, expiry, use | 0600 |
+//! | `issued.json` | certificates this CA holder signed | 0600 |
 //!
-//! nats-server runs as `nats`: it reads the key through its group.
+//! Everything is root's, in a directory only root enters (0700).
 
 use crate::pki::{self, CertAndKey, CertInfo};
 use serde::{Deserialize, Serialize};
@@ -124,14 +123,8 @@ impl State {
         }
     }
 
-    /// Write `name` atomically with `mode` (and group `gid` when given).
-    fn write(
-        &self,
-        name: &str,
-        data: &[u8],
-        mode: u32,
-        gid: Option<u32>,
-    ) -> Result<(), StateError> {
+    /// Write `name` atomically with `mode`.
+    fn write(&self, name: &str, data: &[u8], mode: u32) -> Result<(), StateError> {
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let path = self.path(name);
         let tmp = self.path(&format!(".{name}.tmp"));
@@ -145,25 +138,17 @@ impl State {
         f.write_all(data).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
-        if let Some(g) = gid {
-            std::os::unix::fs::chown(&tmp, None, Some(g)).map_err(io(&tmp))?;
-        }
         fs::rename(&tmp, &path).map_err(io(&path))
     }
 
     /// The node's key, made now if it has none. Returns whether it was made.
-    pub fn ensure_key(&self, nats_gid: Option<u32>) -> Result<bool, StateError> {
+    pub fn ensure_key(&self) -> Result<bool, StateError> {
         if self.node_key().exists() {
             return Ok(false);
         }
-        // The directory is the nats group's to enter (it reads key and
-        // certificates); the CA key and token files inside are root's alone.
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o750)).map_err(io(&self.dir))?;
-        if let Some(g) = nats_gid {
-            std::os::unix::fs::chown(&self.dir, None, Some(g)).map_err(io(&self.dir))?;
-        }
-        self.write("node.key", pki::new_key()?.as_bytes(), 0o640, nats_gid)?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io(&self.dir))?;
+        self.write("node.key", pki::new_key()?.as_bytes(), 0o600)?;
         Ok(true)
     }
 
@@ -202,18 +187,13 @@ impl State {
 
     /// Make a new realm here (development mode): its CA, and this node's
     /// certificate from it.
-    pub fn create_realm(
-        &self,
-        realm: &str,
-        node: &str,
-        nats_gid: Option<u32>,
-    ) -> Result<(), StateError> {
-        self.ensure_key(nats_gid)?;
+    pub fn create_realm(&self, realm: &str, node: &str) -> Result<(), StateError> {
+        self.ensure_key()?;
         let ca = pki::create_ca(realm)?;
-        self.write("ca.key", ca.key_pem.as_bytes(), 0o600, None)?;
-        self.write("ca.crt", ca.cert_pem.as_bytes(), 0o644, None)?;
-        self.write("realm", format!("{realm}\n").as_bytes(), 0o644, None)?;
-        for f in ["tokens.json", "issued.json", "revoked.json"] {
+        self.write("ca.key", ca.key_pem.as_bytes(), 0o600)?;
+        self.write("ca.crt", ca.cert_pem.as_bytes(), 0o644)?;
+        self.write("realm", format!("{realm}\n").as_bytes(), 0o644)?;
+        for f in ["tokens.json", "issued.json"] {
             let _ = fs::remove_file(self.path(f));
         }
         self.sign_own(realm, node)
@@ -226,7 +206,7 @@ impl State {
         let csr = pki::csr(&self.key_pem()?, node)?;
         let cert = pki::sign_node(&ca, realm, node, &[], &csr)?;
         self.record_issued(node, &cert)?;
-        self.write("node.crt", cert.as_bytes(), 0o644, None)
+        self.write("node.crt", cert.as_bytes(), 0o644)
     }
 
     /// Whether this node's certificate has less than a third of its life left.
@@ -259,9 +239,9 @@ impl State {
         for f in ["ca.key", "tokens.json", "issued.json"] {
             let _ = fs::remove_file(self.path(f));
         }
-        self.write("ca.crt", ca_pem.as_bytes(), 0o644, None)?;
-        self.write("node.crt", cert_pem.as_bytes(), 0o644, None)?;
-        self.write("realm", format!("{realm}\n").as_bytes(), 0o644, None)
+        self.write("ca.crt", ca_pem.as_bytes(), 0o644)?;
+        self.write("node.crt", cert_pem.as_bytes(), 0o644)?;
+        self.write("realm", format!("{realm}\n").as_bytes(), 0o644)
     }
 
     fn load<T: for<'de> Deserialize<'de> + Default>(&self, name: &str) -> Result<T, StateError> {
@@ -274,7 +254,7 @@ impl State {
 
     fn save<T: Serialize>(&self, name: &str, v: &T, mode: u32) -> Result<(), StateError> {
         let text = serde_json::to_vec_pretty(v).unwrap_or_default();
-        self.write(name, &text, mode, None)
+        self.write(name, &text, mode)
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StateError> {
@@ -363,7 +343,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = State::new(dir.path().join("mesh"));
         assert!(!s.joined("io.macula"));
-        s.create_realm("io.macula", "b1", None).unwrap();
+        s.create_realm("io.macula", "b1").unwrap();
         assert!(s.joined("io.macula"));
         assert!(!s.joined("io.other"));
         let id = s.identity().unwrap();
@@ -371,7 +351,7 @@ mod tests {
         assert_eq!(id.certificate.unwrap().common_name, "b1");
         let mode = |f: &str| fs::metadata(s.path(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode("ca.key"), 0o600);
-        assert_eq!(mode("node.key"), 0o640);
+        assert_eq!(mode("node.key"), 0o600);
         assert!(!s.needs_renewal());
         assert_eq!(s.issued().unwrap().len(), 1);
     }
@@ -387,7 +367,7 @@ mod tests {
         };
         // Only a CA holder keeps tokens.
         assert!(s.add_token(rec("aa", now() + 60)).is_err());
-        s.create_realm("io.macula", "b1", None).unwrap();
+        s.create_realm("io.macula", "b1").unwrap();
         s.add_token(rec("aa", now() + 60)).unwrap();
         s.add_token(rec("bb", now() - 1)).unwrap();
         s.use_token("aa", "p1").unwrap();
@@ -416,9 +396,9 @@ mod tests {
     fn a_join_installs_only_a_certificate_for_this_nodes_key_from_that_ca() {
         let dir = tempfile::tempdir().unwrap();
         let ca_node = State::new(dir.path().join("b1"));
-        ca_node.create_realm("io.macula", "b1", None).unwrap();
+        ca_node.create_realm("io.macula", "b1").unwrap();
         let joiner = State::new(dir.path().join("p1"));
-        joiner.create_realm("io.mine", "p1", None).unwrap();
+        joiner.create_realm("io.mine", "p1").unwrap();
         let csr = pki::csr(&joiner.key_pem().unwrap(), "p1").unwrap();
         let (realm, ca, cert) = ca_node.sign_for("p1", &[], &csr).unwrap();
         // Someone else's certificate is refused.

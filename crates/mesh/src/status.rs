@@ -58,6 +58,9 @@ pub struct Leafz {
 #[serde(default)]
 pub struct Route {
     pub remote_id: String,
+    /// The other server's name: newer servers say it, 2.9.10 does not
+    /// (then empty).
+    pub remote_name: String,
     pub ip: String,
     pub port: u16,
     pub rtt: String,

@@ -16,6 +16,7 @@ mod firstboot;
 mod harness;
 mod install;
 mod lan;
+mod mesh;
 mod pool;
 mod recovery;
 mod slots;
@@ -99,6 +100,7 @@ const FIRST: &[&str] = &[
     "upgrade-power-cut",
     "agent-backup-diag",
     "factory-reset",
+    "mesh-realm",
     "live-persist",
     "install",
     "live-bios",

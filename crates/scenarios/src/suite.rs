@@ -159,6 +159,12 @@ pub fn all() -> Vec<Scenario> {
             pool: true,
         },
         Scenario {
+            name: "mesh-realm",
+            about: "three saved nodes form one realm: the first bootstrap node makes it, a second bootstrap node and a peer join with one-time tokens (a used token is refused); a publication on the peer reaches subscribers on both bootstrap nodes, both ping the peer; with the first bootstrap node killed the peer stays in through the second, and the killed node rejoins after it boots; a node with another realm's certificate is refused and its mesh status says why",
+            run: crate::mesh::mesh_realm,
+            pool: true,
+        },
+        Scenario {
             name: "mdns-conflict",
             about: "a second host takes a node's .local name: the node is announced as NAME-2 and info and discover say so; once that host is gone its agent claims the name back and the others resolve it to the node",
             run: crate::lan::mdns_conflict,

@@ -1,0 +1,683 @@
+//! `maculaos mesh`: the node's place in the Macula mesh (maculaos-mesh).
+//! `status` and `peers` read the local nats-server's monitoring endpoint;
+//! `ping`, `pub`, `sub` and `request` talk NATS to the local server;
+//! `token create` and `join` bring a node into a realm; `serve` is
+//! maculaos-meshd.service (ping responder, and the join service on the
+//! node that holds the realm CA).
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use maculaos_config::{Config, MeshRole, Paths};
+use maculaos_mesh::client::{self, Client, Pong};
+use maculaos_mesh::conf::MONITOR;
+use maculaos_mesh::join::{self, Token, JOIN_PORT};
+use maculaos_mesh::state::{self, Identity, State};
+use maculaos_mesh::status;
+use maculaos_runner::Cmd;
+use serde::Serialize;
+use std::fs;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long a mesh command waits for the local server or an answer.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// The configuration file `mesh join` writes the realm into.
+const JOIN_DROPIN: &str = "/var/lib/maculaos/config.d/50-mesh-join.yaml";
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Roles, realm, certificate, the server, its connections with their
+    /// state and round trip, JetStream on bootstrap nodes, recent errors.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The nodes this one is connected to (leafnodes and routes).
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a node of the realm to answer over the mesh (request/reply) and
+    /// show the round trip. NODE is its name (a `.local` or domain suffix is
+    /// dropped).
+    Ping {
+        node: String,
+        /// How many requests.
+        #[arg(short, long, default_value_t = 1)]
+        count: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish MESSAGE on TOPIC (`macula.pub.<realm>.TOPIC`).
+    Pub {
+        topic: String,
+        #[arg(default_value = "")]
+        message: String,
+        /// TOPIC is a whole NATS subject.
+        #[arg(long)]
+        subject: bool,
+    },
+    /// Print what is published on PATTERN (`macula.sub.<realm>.PATTERN`; `*`
+    /// and `>` as in NATS), one JSON line per message.
+    Sub {
+        pattern: String,
+        /// Stop after this many messages (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+        /// Stop after this many seconds (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        timeout: u64,
+        /// PATTERN is a whole NATS subject.
+        #[arg(long)]
+        subject: bool,
+    },
+    /// Call PROCEDURE (`macula.rpc.<realm>.PROCEDURE`) and print the answer.
+    Request {
+        procedure: String,
+        #[arg(default_value = "")]
+        message: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+        /// PROCEDURE is a whole NATS subject.
+        #[arg(long)]
+        subject: bool,
+    },
+    /// Join tokens (on the bootstrap node that holds the realm CA).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Join the realm of TOKEN: this node's key signs a request, the realm
+    /// CA answers with a certificate; the realm goes into config.d and the
+    /// mesh restarts with it.
+    Join { token: String },
+    /// The mesh daemon (maculaos-meshd.service).
+    Serve,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// A one-time token for one node to join this realm.
+    Create {
+        /// How long it is good for (`1h`, `30m`, `2d`).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load() -> Config {
+    maculaos_config::load(&Paths::system()).config
+}
+
+fn node_name() -> String {
+    fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// What `maculaos apply` wrote for services and for this command
+/// (`/etc/maculaos/mesh.env`: readable without root, unlike the
+/// configuration and the node's identity).
+fn facts() -> std::collections::BTreeMap<String, String> {
+    maculaos_apply::mesh::read_env(Path::new("/"))
+}
+
+fn realm() -> Result<String> {
+    facts()
+        .get("MACULA_REALM")
+        .filter(|r| !r.is_empty())
+        .cloned()
+        .context(
+            "this node has no realm: set maculaos.mesh.realm in the configuration, or join one with `maculaos mesh join TOKEN`",
+        )
+}
+
+fn connect() -> Result<Client> {
+    Ok(Client::connect(client::LOCAL_URL, "maculaos-cli", TIMEOUT)?)
+}
+
+pub fn run(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Status { json } => {
+            let s = collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", render(&s));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Peers { json } => {
+            let s = collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s.connections)?);
+            } else if s.connections.is_empty() {
+                println!("no connections to other nodes");
+            } else {
+                for c in &s.connections {
+                    println!("{}", connection_line(c));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ping { node, count, json } => ping(&node, count, json),
+        Command::Pub {
+            topic,
+            message,
+            subject,
+        } => {
+            let subj = subject_for(&topic, subject, client::pub_subject)?;
+            connect()?.publish(&subj, message.as_bytes())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sub {
+            pattern,
+            count,
+            timeout,
+            subject,
+        } => {
+            let subj = subject_for(&pattern, subject, client::sub_subject)?;
+            let timeout = (timeout > 0).then(|| Duration::from_secs(timeout));
+            let n = connect()?.subscribe(
+                &subj,
+                count,
+                timeout,
+                || eprintln!("listening on {subj}"),
+                |m| println!("{}", serde_json::to_string(&m).unwrap_or_default()),
+            )?;
+            Ok(if count > 0 && n < count {
+                eprintln!("{n} of {count} messages before the timeout");
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Request {
+            procedure,
+            message,
+            timeout,
+            subject,
+        } => {
+            let subj = subject_for(&procedure, subject, client::rpc_subject)?;
+            let (m, rtt) = connect()?.request(
+                &subj,
+                message.as_bytes(),
+                Duration::from_secs(timeout.max(1)),
+            )?;
+            println!("{}", m.payload);
+            eprintln!("answered in {:.1} ms", rtt.as_secs_f64() * 1000.0);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Create { ttl, json }) => token_create(&ttl, json),
+        Command::Join { token } => join_cmd(&token),
+        Command::Serve => serve(),
+    }
+}
+
+fn subject_for(arg: &str, raw: bool, f: fn(&str, &str) -> String) -> Result<String> {
+    if raw {
+        return Ok(arg.to_string());
+    }
+    if arg.is_empty() || arg.contains(char::is_whitespace) {
+        bail!("`{arg}` is not a topic: give dot-separated words, such as sensors.temp");
+    }
+    Ok(f(&realm()?, arg))
+}
+
+fn ping(node: &str, count: u32, json: bool) -> Result<ExitCode> {
+    let name = node.split('.').next().unwrap_or(node);
+    let realm = realm()?;
+    let c = connect()?;
+    let subject = client::ping_subject(&realm, name);
+    let mut answered = 0;
+    let mut results = Vec::new();
+    for _ in 0..count.max(1) {
+        match c.request(&subject, b"", TIMEOUT) {
+            Ok((m, rtt)) => {
+                answered += 1;
+                let pong: Option<Pong> = serde_json::from_str(&m.payload).ok();
+                let ms = rtt.as_secs_f64() * 1000.0;
+                if !json {
+                    println!(
+                        "answer from {name} (version {}): {ms:.1} ms",
+                        pong.as_ref().map_or("?", |p| p.version.as_str())
+                    );
+                }
+                results.push(serde_json::json!({"node": name, "rtt_ms": ms, "pong": pong}));
+            }
+            Err(e) => {
+                if !json {
+                    println!("no answer from {name}: {e}");
+                }
+                results.push(serde_json::json!({"node": name, "error": e.to_string()}));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    Ok(if answered > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One connection to another node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    /// `leafnode` (a peer's link to a bootstrap or gateway node) or `route`
+    /// (between bootstrap nodes).
+    pub kind: &'static str,
+    /// The other node's name, where the server knows it.
+    pub name: String,
+    pub address: String,
+    pub rtt: String,
+    pub state: &'static str,
+}
+
+/// What `maculaos mesh status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct MeshStatus {
+    pub node: String,
+    pub realm: Option<String>,
+    pub roles: Vec<String>,
+    /// `connected`, `serving` (a bootstrap node alone in its realm),
+    /// `connecting`, `not joined`, `down` or `disabled`.
+    pub state: String,
+    pub identity: Identity,
+    /// Why the identity could not be read (not root).
+    pub identity_error: Option<String>,
+    pub server: Option<status::Varz>,
+    pub server_error: Option<String>,
+    pub connections: Vec<Connection>,
+    pub jetstream: Option<status::Jsz>,
+    /// The other bootstrap nodes this node connects to (routes of a
+    /// bootstrap node, leafnode addresses of a peer).
+    pub connects_to: Vec<String>,
+    /// The server's latest errors (connections refused, TLS failures).
+    pub errors: Vec<String>,
+}
+
+fn collect() -> MeshStatus {
+    let f = facts();
+    let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let list = |k: &str| -> Vec<String> {
+        get(k)
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let roles = list("MACULA_ROLES");
+    let realm = Some(get("MACULA_REALM")).filter(|r| !r.is_empty());
+    let joined = get("MACULA_JOINED") == "yes";
+    let bootstrap = roles.iter().any(|r| r == "bootstrap");
+    let connects_to = list("MACULA_CONNECTS_TO");
+    // The identity is root's to read; without it the rest still shows.
+    let identity = State::under(Path::new("/")).identity();
+    let mut s = MeshStatus {
+        node: get("MACULA_NODE"),
+        realm: realm.clone(),
+        roles,
+        state: String::new(),
+        identity: identity.as_ref().ok().cloned().unwrap_or_default(),
+        identity_error: identity.err().map(|e| format!("{e} (run as root to see the certificate)")),
+        server: None,
+        server_error: None,
+        connections: Vec::new(),
+        jetstream: None,
+        connects_to: connects_to.clone(),
+        errors: recent_errors(),
+    };
+    if f.is_empty() {
+        s.state = "disabled".into();
+        return s;
+    }
+    match status::varz(MONITOR) {
+        Ok(v) => s.server = Some(v),
+        Err(e) => {
+            s.server_error = Some(e.to_string());
+            s.state = "down".into();
+            return s;
+        }
+    }
+    if let Ok(l) = status::leafz(MONITOR) {
+        // nats-server 2.9 does not name the other end: a leafnode this
+        // node dialled is named after the bootstrap node at its address.
+        let names = if l.leafs.is_empty() {
+            Default::default()
+        } else {
+            names_by_address(&connects_to)
+        };
+        s.connections.extend(l.leafs.into_iter().map(|l| Connection {
+            kind: "leafnode",
+            name: names.get(&l.ip).cloned().unwrap_or(l.name),
+            address: format!("{}:{}", l.ip, l.port),
+            rtt: l.rtt,
+            state: "connected",
+        }));
+    }
+    if let Ok(r) = status::routez(MONITOR) {
+        s.connections.extend(r.routes.into_iter().map(|r| Connection {
+            kind: "route",
+            name: r.remote_name,
+            address: format!("{}:{}", r.ip, r.port),
+            rtt: r.rtt,
+            state: "connected",
+        }));
+    }
+    if bootstrap && joined {
+        s.jetstream = status::jsz(MONITOR).ok();
+    }
+    let leafs = s.connections.iter().any(|c| c.kind == "leafnode");
+    let routes = s.connections.iter().any(|c| c.kind == "route");
+    s.state = if realm.is_none() {
+        "no realm"
+    } else if !joined {
+        "not joined"
+    } else if bootstrap {
+        match (connects_to.is_empty(), routes) {
+            (true, false) => "serving",
+            (false, false) => "connecting",
+            _ => "connected",
+        }
+    } else if connects_to.is_empty() {
+        "no bootstrap nodes known"
+    } else if leafs {
+        "connected"
+    } else {
+        "connecting"
+    }
+    .to_string();
+    s
+}
+
+/// The hosts of `urls` (`nats-leaf://b1.local:4433`) by the addresses they
+/// resolve to (mDNS names through nss-mdns), as node names (`b1`). A name
+/// that does not resolve within two seconds (its node is down) is left out.
+fn names_by_address(urls: &[String]) -> std::collections::HashMap<String, String> {
+    use std::net::ToSocketAddrs;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for url in urls {
+        let Ok(e) = maculaos_mesh::conf::Endpoint::parse(url, 0) else {
+            continue;
+        };
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let name = e.host.strip_suffix(".local").unwrap_or(&e.host).to_string();
+            if let Ok(addrs) = (e.host.as_str(), e.port.max(1)).to_socket_addrs() {
+                for a in addrs {
+                    let _ = tx.send((a.ip().to_string(), name.clone()));
+                }
+            }
+        });
+    }
+    drop(tx);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut names = std::collections::HashMap::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok((ip, name)) => {
+                names.insert(ip, name);
+            }
+            Err(_) => break,
+        }
+    }
+    names
+}
+
+/// The last few errors nats-server logged this boot.
+fn recent_errors() -> Vec<String> {
+    let out = Cmd::new("journalctl")
+        .args([
+            "-u",
+            "maculaos-nats.service",
+            "-b",
+            "-n",
+            "300",
+            "-o",
+            "cat",
+            "--no-pager",
+        ])
+        .quiet()
+        .output()
+        .unwrap_or_default();
+    let errs: Vec<String> = out
+        .lines()
+        .filter(|l| l.contains("[ERR]"))
+        .map(|l| l.split_once("[ERR] ").map_or(l, |(_, m)| m).to_string())
+        .collect();
+    errs[errs.len().saturating_sub(3)..].to_vec()
+}
+
+fn connection_line(c: &Connection) -> String {
+    let name = if c.name.is_empty() { "?" } else { &c.name };
+    format!(
+        "  {:<9} {:<24} {:<22} rtt {:<10} {}",
+        c.kind, name, c.address, c.rtt, c.state
+    )
+}
+
+fn render(s: &MeshStatus) -> String {
+    let mut o = String::new();
+    let mut line = |k: &str, v: String| o.push_str(&format!("{k:<14}{v}\n"));
+    line("Node:", s.node.clone());
+    line("Realm:", s.realm.clone().unwrap_or_else(|| "(none)".into()));
+    line("Roles:", s.roles.join(", "));
+    line("State:", s.state.clone());
+    let cert = match &s.identity.certificate {
+        Some(c) => {
+            let days = (c.not_after - state::now()) / 86_400;
+            format!(
+                "{} in realm {}, expires in {days} days{}",
+                c.common_name,
+                c.realm.as_deref().unwrap_or("?"),
+                if s.identity.ca_holder {
+                    " (this node holds the realm CA)"
+                } else {
+                    ""
+                }
+            )
+        }
+        None => match &s.identity_error {
+            Some(e) => e.clone(),
+            None => "none (join a realm: maculaos mesh join TOKEN)".into(),
+        },
+    };
+    line("Certificate:", cert);
+    match (&s.server, &s.server_error) {
+        (Some(v), _) => line(
+            "Server:",
+            format!(
+                "nats-server {}, up {}, {} local clients, {} MiB",
+                v.version,
+                v.uptime,
+                v.connections,
+                v.mem >> 20
+            ),
+        ),
+        (None, Some(e)) => line("Server:", format!("not answering: {e}")),
+        (None, None) => line("Server:", "disabled (maculaos.nats.enabled: false)".into()),
+    }
+    if !s.connects_to.is_empty() {
+        line("Connects to:", s.connects_to.join(", "));
+    }
+    if let Some(js) = &s.jetstream {
+        let meta = js.meta_cluster.clone().unwrap_or_default();
+        line(
+            "JetStream:",
+            format!(
+                "domain {}, {} streams, leader {}, {} servers",
+                js.config.domain,
+                js.streams,
+                if meta.leader.is_empty() {
+                    "none"
+                } else {
+                    &meta.leader
+                },
+                meta.cluster_size
+            ),
+        );
+    }
+    o.push_str("Connections:\n");
+    if s.connections.is_empty() {
+        o.push_str("  none\n");
+    }
+    for c in &s.connections {
+        o.push_str(&connection_line(c));
+        o.push('\n');
+    }
+    if !s.errors.is_empty() {
+        o.push_str("Recent errors:\n");
+        for e in &s.errors {
+            o.push_str(&format!("  {e}\n"));
+        }
+    }
+    o
+}
+
+fn token_create(ttl: &str, json: bool) -> Result<ExitCode> {
+    let ttl = maculaos_config::values::Duration::parse(ttl).map_err(anyhow::Error::msg)?;
+    let node = node_name();
+    let mut addrs = vec![format!("{node}.local:{JOIN_PORT}")];
+    addrs.extend(
+        crate::firstboot::addresses()
+            .into_iter()
+            .map(|a| format!("{a}:{JOIN_PORT}")),
+    );
+    let st = State::under(Path::new("/"));
+    let token = join::create_token(&st, addrs, ttl.get()).map_err(anyhow::Error::msg)?;
+    let text = token.encode();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "token": text,
+                "realm": token.realm,
+                "expires_in_seconds": ttl.get().as_secs(),
+            }))?
+        );
+    } else {
+        println!("{text}");
+        eprintln!(
+            "One node may join realm {} with this token within {}: on it, run\n  sudo maculaos mesh join {text}",
+            token.realm,
+            humantime::format_duration(ttl.get())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn join_cmd(text: &str) -> Result<ExitCode> {
+    let token = Token::decode(text).map_err(anyhow::Error::msg)?;
+    let config = load();
+    let node = node_name();
+    let st = State::under(Path::new("/"));
+    let answer = join::join(&st, &token, &node).map_err(anyhow::Error::msg)?;
+    println!("joined realm {} as {node}", answer.realm);
+    // The realm, and where its bootstrap nodes are unless the configuration
+    // names them, go into config.d; apply restarts the mesh with them.
+    let mut mesh = serde_yaml_ng::Mapping::new();
+    mesh.insert("realm".into(), answer.realm.clone().into());
+    if config.maculaos.mesh.bootstrap_peers.is_empty() {
+        let peers: Vec<serde_yaml_ng::Value> = answer
+            .bootstrap_peers
+            .iter()
+            .map(|p| p.clone().into())
+            .collect();
+        mesh.insert("bootstrap_peers".into(), peers.into());
+    }
+    let mut maculaos = serde_yaml_ng::Mapping::new();
+    maculaos.insert("mesh".into(), mesh.into());
+    let mut doc = serde_yaml_ng::Mapping::new();
+    doc.insert("maculaos".into(), maculaos.into());
+    let text = format!(
+        "# Written by `maculaos mesh join`: the realm this node joined.\n{}",
+        serde_yaml_ng::to_string(&doc)?
+    );
+    let path = Path::new(JOIN_DROPIN);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(path, text).with_context(|| format!("writing {JOIN_DROPIN}"))?;
+    println!("wrote {JOIN_DROPIN}");
+    let exe = std::env::current_exe().context("finding the maculaos binary")?;
+    let status = std::process::Command::new(exe)
+        .arg("apply")
+        .status()
+        .context("running maculaos apply")?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// maculaos-meshd: answers pings for this node; on the node that holds the
+/// realm CA, also the join service. Exits 0 when there is nothing to do.
+fn serve() -> Result<ExitCode> {
+    let config = load();
+    if !config.maculaos.nats.enabled {
+        println!("maculaos-meshd: the NATS server is disabled; nothing to do");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(realm) = config.maculaos.mesh.realm.clone() else {
+        println!("maculaos-meshd: no realm configured; nothing to do");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let node = node_name();
+    let st = State::under(Path::new("/"));
+    let id = st.identity().unwrap_or_default();
+    if st.joined(&realm) && id.ca_holder {
+        let listener = std::net::TcpListener::bind(("0.0.0.0", JOIN_PORT))
+            .with_context(|| format!("listening on port {JOIN_PORT} for joins"))?;
+        let mut peers: Vec<String> = config.maculaos.mesh.bootstrap_peers.clone();
+        let me = format!(
+            "{}:{}",
+            maculaos_apply::mesh::advertise_host(&config, &node),
+            maculaos_mesh::conf::LEAF_PORT
+        );
+        if config.maculaos.mesh.effective_roles().contains(&MeshRole::Bootstrap) {
+            peers.insert(0, me);
+        }
+        let st = st.clone();
+        println!("maculaos-meshd: join service on port {JOIN_PORT} (realm {realm})");
+        std::thread::spawn(move || {
+            if let Err(e) = join::serve(&st, listener, &|| peers.clone()) {
+                eprintln!("maculaos-meshd: join service: {e}");
+                std::process::exit(1);
+            }
+        });
+    }
+    let version = fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| maculaos_info::os_release_value(&t, "VERSION_ID"))
+        .unwrap_or_else(|| "unknown".into());
+    let pong = Pong {
+        node: node.clone(),
+        realm: realm.clone(),
+        version,
+    };
+    // The server starts beside this daemon: retry until it answers; the
+    // client then reconnects by itself.
+    loop {
+        match Client::connect(client::LOCAL_URL, "maculaos-meshd", TIMEOUT) {
+            Ok(c) => {
+                println!(
+                    "maculaos-meshd: answering pings on {}",
+                    client::ping_subject(&realm, &node)
+                );
+                if let Err(e) = c.serve_ping(&pong) {
+                    eprintln!("maculaos-meshd: {e}");
+                }
+            }
+            Err(e) => eprintln!("maculaos-meshd: {e}"),
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,232 @@
+//! The mesh plane on three saved nodes of one LAN: two bootstrap nodes and
+//! a peer in one realm. The first bootstrap node makes the realm; the
+//! others join with one-time tokens made there; a publication on the peer
+//! reaches subscribers on both bootstrap nodes; a bootstrap node's ping is
+//! answered by the peer; with the first bootstrap node killed the peer
+//! stays in the realm through the second, and the killed node rejoins when
+//! it boots again. A node whose certificate comes from another realm's CA
+//! is refused, and its `maculaos mesh status` says why.
+
+use crate::harness::{ensure, Ctx, BOOT_TIMEOUT, CMD_TIMEOUT};
+use crate::pool::Nodes;
+use anyhow::{Context, Result};
+use maculaos_vm::Ssh;
+use serde_json::Value;
+use std::time::Instant;
+
+const REALM: &str = "io.macula.test";
+const DROPIN: &str = "/var/lib/maculaos/config.d/60-mesh.yaml";
+
+/// `maculaos mesh status --json` on a node.
+fn status(ssh: &Ssh) -> Result<Value> {
+    let out = ssh.check_timeout("sudo maculaos mesh status --json", CMD_TIMEOUT)?;
+    serde_json::from_str(&out).with_context(|| format!("mesh status --json printed {out:?}"))
+}
+
+/// Names of the nodes `s` has a connection of `kind` to.
+fn connected(s: &Value, kind: &str) -> Vec<String> {
+    s["connections"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|c| c["kind"] == kind && c["state"] == "connected")
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Configure node `i` and apply it.
+fn configure(lan: &Nodes, i: usize, yaml: &str) -> Result<()> {
+    let ssh = &lan.nodes[i].ssh;
+    crate::config::put_file(ssh, DROPIN, yaml)?;
+    ssh.check_timeout("sudo maculaos apply", CMD_TIMEOUT)?;
+    Ok(())
+}
+
+/// Wait until node `i`'s mesh status satisfies `cond`; the last status is
+/// in the error.
+fn wait_status(
+    lan: &mut Nodes,
+    i: usize,
+    what: &str,
+    mut cond: impl FnMut(&Value) -> bool,
+) -> Result<Value> {
+    let mut last = Value::Null;
+    let r = lan.wait_until(i, what, BOOT_TIMEOUT, |ssh| {
+        last = status(ssh)?;
+        Ok(cond(&last))
+    });
+    r.with_context(|| format!("node {i}'s last mesh status: {last:#}"))?;
+    Ok(last)
+}
+
+/// A token for one node, made on the realm's CA holder.
+fn token(ssh: &Ssh) -> Result<String> {
+    let out = ssh.check_timeout("sudo maculaos mesh token create --ttl 10m", CMD_TIMEOUT)?;
+    let t = out.trim().to_string();
+    ensure(t.starts_with("MACULA-JOIN-1:"), || {
+        format!("mesh token create printed {out:?}")
+    })?;
+    Ok(t)
+}
+
+/// Whether `from` gets an answer to `maculaos mesh ping NODE`.
+fn pings(from: &Ssh, node: &str) -> Result<bool> {
+    Ok(from
+        .run_timeout(&format!("maculaos mesh ping {node} --json"), CMD_TIMEOUT)?
+        .success())
+}
+
+pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
+    let started = Instant::now();
+    let mut lan = ctx.nodes(3)?;
+    let n: Vec<&str> = lan.nodes.iter().map(|n| n.hostname).collect();
+
+    // Node 0 names no other bootstrap node: it makes the realm.
+    configure(
+        &lan,
+        0,
+        &format!("maculaos:\n  mesh:\n    realm: {REALM}\n    role: bootstrap\n"),
+    )?;
+    let s0 = wait_status(&mut lan, 0, "node 0 to serve its new realm", |s| {
+        s["state"] == "serving"
+    })?;
+    ensure(s0["identity"]["ca_holder"] == true, || {
+        format!("node 0 made the realm but does not hold its CA: {s0:#}")
+    })?;
+    // Node 1 is a bootstrap node that routes to node 0; node 2 a peer of both.
+    configure(
+        &lan,
+        1,
+        &format!(
+            "maculaos:\n  mesh:\n    realm: {REALM}\n    role: bootstrap\n    bootstrap_peers: [{}.local]\n",
+            n[0]
+        ),
+    )?;
+    configure(
+        &lan,
+        2,
+        &format!(
+            "maculaos:\n  mesh:\n    realm: {REALM}\n    bootstrap_peers: ['{}.local:4433', '{}.local:4433']\n",
+            n[0], n[1]
+        ),
+    )?;
+    let s2 = status(&lan.nodes[2].ssh)?;
+    ensure(s2["state"] == "not joined", || {
+        format!("node 2 is in the realm before it joined: {s2:#}")
+    })?;
+
+    // One token each; a used token does not let a second node in.
+    for i in [1, 2] {
+        let t = token(&lan.nodes[0].ssh)?;
+        lan.nodes[i]
+            .ssh
+            .check_timeout(&format!("sudo maculaos mesh join {t}"), CMD_TIMEOUT)?;
+        if i == 2 {
+            let again = lan.nodes[1]
+                .ssh
+                .run_timeout(&format!("sudo maculaos mesh join {t}"), CMD_TIMEOUT)?;
+            ensure(
+                !again.success() && again.stderr.contains("already used"),
+                || format!("a used token was taken again: {again:?}"),
+            )?;
+        }
+    }
+    wait_status(&mut lan, 1, "node 1 to route to node 0", |s| {
+        s["state"] == "connected" && !connected(s, "route").is_empty()
+    })?;
+    let s2 = wait_status(&mut lan, 2, "node 2's leafnode connection", |s| {
+        s["state"] == "connected"
+    })?;
+    ensure(s2["identity"]["certificate"]["realm"] == REALM, || {
+        format!("node 2's certificate is not for {REALM}: {s2:#}")
+    })?;
+    ctx.record(
+        "mesh: 3 nodes from restore to one realm (wall)",
+        started.elapsed().as_secs_f64(),
+    );
+
+    // A publication on the peer reaches subscribers on both bootstrap nodes.
+    for i in [0, 1] {
+        lan.nodes[i].ssh.check(
+            "rm -f /tmp/sub.out; setsid sh -c 'maculaos mesh sub news --count 1 --timeout 300 >/tmp/sub.out 2>/tmp/sub.err' </dev/null >/dev/null 2>&1 &",
+        )?;
+    }
+    let got = |ssh: &Ssh| -> Result<bool> {
+        Ok(ssh.run("cat /tmp/sub.out")?.stdout.contains("hello from the peer"))
+    };
+    let pubs = lan.nodes[2].ssh.clone();
+    for i in [0, 1] {
+        // Interest travels to the peer over the leafnode: publish until it arrives.
+        lan.wait_until(i, &format!("node {i} to receive the peer's publication"), CMD_TIMEOUT, |ssh| {
+            pubs.check("maculaos mesh pub news 'hello from the peer'")?;
+            got(ssh)
+        })?;
+    }
+    let line = lan.nodes[0].ssh.check("cat /tmp/sub.out")?;
+    let m: Value = serde_json::from_str(line.trim())?;
+    ensure(m["subject"] == format!("macula.sub.{REALM}.news"), || {
+        format!("the subscriber saw {m}")
+    })?;
+
+    // Request/reply: both bootstrap nodes reach the peer's responder.
+    for i in [0, 1] {
+        let from = lan.nodes[i].ssh.clone();
+        lan.wait_until(i, &format!("node {i}'s ping of {}", n[2]), CMD_TIMEOUT, |_| {
+            pings(&from, n[2])
+        })?;
+    }
+
+    // Node 0 dies: the peer stays in the realm through node 1.
+    lan.kill(0)?;
+    let s2 = wait_status(&mut lan, 2, "node 2 to reach the realm through node 1", |s| {
+        connected(s, "leafnode").iter().any(|c| c == n[1])
+    })?;
+    ensure(s2["state"] == "connected", || format!("{s2:#}"))?;
+    let from1 = lan.nodes[1].ssh.clone();
+    lan.wait_until(1, "node 1's ping of the peer with node 0 gone", CMD_TIMEOUT, |_| {
+        pings(&from1, n[2])
+    })?;
+    // It boots again and is back in the realm, routed to node 1.
+    let t = Instant::now();
+    lan.boot_again(0)?;
+    wait_status(&mut lan, 0, "node 0 to rejoin its realm", |s| {
+        s["state"] == "connected" && !connected(s, "route").is_empty()
+    })?;
+    let from0 = lan.nodes[0].ssh.clone();
+    lan.wait_until(0, "node 0's ping of the peer after its reboot", CMD_TIMEOUT, |_| {
+        pings(&from0, n[2])
+    })?;
+    ctx.record(
+        "mesh: bootstrap node boot after a power cut to back in the realm (wall)",
+        t.elapsed().as_secs_f64(),
+    );
+
+    // Node 2 makes a realm of its own (another CA), then dials node 1 with
+    // that certificate: refused, and its status says so.
+    configure(
+        &lan,
+        2,
+        "maculaos:\n  mesh:\n    realm: io.elsewhere\n    role: bootstrap\n",
+    )?;
+    configure(
+        &lan,
+        2,
+        &format!(
+            "maculaos:\n  mesh:\n    realm: io.elsewhere\n    bootstrap_peers: ['{}.local:4433']\n",
+            n[1]
+        ),
+    )?;
+    let s2 = wait_status(&mut lan, 2, "node 2's refusal to show in its status", |s| {
+        s["errors"].as_array().is_some_and(|e| !e.is_empty())
+    })?;
+    ensure(s2["state"] == "connecting" && connected(&s2, "leafnode").is_empty(), || {
+        format!("a node of another realm got in: {s2:#}")
+    })?;
+    let s1 = status(&lan.nodes[1].ssh)?;
+    ensure(!connected(&s1, "leafnode").iter().any(|c| c == n[2]), || {
+        format!("node 1 took a leafnode from another realm: {s1:#}")
+    })?;
+    Ok(())
+}
