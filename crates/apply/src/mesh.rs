@@ -26,8 +26,7 @@ use std::fs;
 const AREA: &str = "mesh";
 /// The server's configuration.
 pub const CONF: &str = "/etc/maculaos/nats.conf";
-/// How services on the node connect (`EnvironmentFile=` or `source`).
-pub const ENV: &str = "/etc/maculaos/mesh.env";
+pub use maculaos_mesh::{read_env, ENV};
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
 const UNITS: [&str; 2] = ["maculaos-nats.service", "maculaos-meshd.service"];
 
@@ -133,11 +132,7 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
                     AREA,
                     ("make", "made"),
                     &format!("the CA of realm {realm} and this node's certificate"),
-                    || {
-                        state
-                            .create_realm(realm, &node)
-                            .map_err(|e| e.to_string())
-                    },
+                    || state.create_realm(realm, &node).map_err(|e| e.to_string()),
                 );
             } else {
                 a.note(
@@ -150,10 +145,17 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
                 );
             }
         } else if id.ca_holder && state.needs_renewal() {
-            a.act(AREA, ("renew", "renewed"), "this node's certificate", || {
-                state.sign_own(realm, &node).map_err(|e| e.to_string())
-            });
-        } else if id.certificate.as_ref().is_some_and(|c| c.common_name != node) {
+            a.act(
+                AREA,
+                ("renew", "renewed"),
+                "this node's certificate",
+                || state.sign_own(realm, &node).map_err(|e| e.to_string()),
+            );
+        } else if id
+            .certificate
+            .as_ref()
+            .is_some_and(|c| c.common_name != node)
+        {
             a.note(
                 AREA,
                 format!(
@@ -242,7 +244,11 @@ pub fn env_file(p: &ServerPlan) -> String {
     // bootstrap node (itself, the first route, left out), leafnode
     // addresses for the others.
     let others: Vec<String> = if p.bootstrap {
-        p.routes().iter().skip(1).map(|e| e.url("nats-route")).collect()
+        p.routes()
+            .iter()
+            .skip(1)
+            .map(|e| e.url("nats-route"))
+            .collect()
     } else {
         p.remotes().iter().map(|e| e.url("nats-leaf")).collect()
     };
@@ -251,28 +257,26 @@ pub fn env_file(p: &ServerPlan) -> String {
     s.push_str(&format!("MACULA_NODE={}\n", p.node));
     s.push_str(&format!("MACULA_REALM={realm}\n"));
     if !realm.is_empty() {
-        for (k, kind) in [("PUB", "pub"), ("SUB", "sub"), ("RPC", "rpc"), ("DISCOVER", "discover")] {
+        for (k, kind) in [
+            ("PUB", "pub"),
+            ("SUB", "sub"),
+            ("RPC", "rpc"),
+            ("DISCOVER", "discover"),
+        ] {
             s.push_str(&format!("MACULA_{k}_PREFIX=macula.{kind}.{realm}\n"));
         }
     }
     s.push_str(&format!("MACULA_ROLES={}\n", roles.join(",")));
     s.push_str(&format!(
         "MACULA_JOINED={}\n",
-        if p.tls.is_some() && p.realm.is_some() { "yes" } else { "no" }
+        if p.tls.is_some() && p.realm.is_some() {
+            "yes"
+        } else {
+            "no"
+        }
     ));
     s.push_str(&format!("MACULA_CONNECTS_TO={}\n", others.join(",")));
     s
-}
-
-/// The `KEY=value` lines of [`ENV`] under `root` (empty when it is missing).
-pub fn read_env(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
-    fs::read_to_string(root.join(ENV.trim_start_matches('/')))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 #[cfg(test)]
@@ -297,12 +301,17 @@ mod tests {
         let r = crate::apply(&c, &opts(dir.path()));
         assert!(r.ok(), "{:?}", r.errors);
         assert!(
-            r.changes.iter().any(|c| c.contains("the CA of realm io.macula")),
+            r.changes
+                .iter()
+                .any(|c| c.contains("the CA of realm io.macula")),
             "{:?}",
             r.changes
         );
         let conf = fs::read_to_string(dir.path().join("etc/maculaos/nats.conf")).unwrap();
-        assert!(conf.contains("leafnodes") && conf.contains("jetstream {"), "{conf}");
+        assert!(
+            conf.contains("leafnodes") && conf.contains("jetstream {"),
+            "{conf}"
+        );
         let env = read_env(dir.path());
         assert_eq!(env["MACULA_PUB_PREFIX"], "macula.pub.io.macula");
         assert_eq!(env["MACULA_ROLES"], "peer,bootstrap");
@@ -326,7 +335,9 @@ mod tests {
         let r = crate::apply(&c, &opts(dir.path()));
         assert!(r.ok(), "{:?}", r.errors);
         assert!(
-            r.notes.iter().any(|n| n.contains("maculaos mesh join TOKEN")),
+            r.notes
+                .iter()
+                .any(|n| n.contains("maculaos mesh join TOKEN")),
             "{:?}",
             r.notes
         );

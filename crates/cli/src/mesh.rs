@@ -326,7 +326,9 @@ fn collect() -> MeshStatus {
         roles,
         state: String::new(),
         identity: identity.as_ref().ok().cloned().unwrap_or_default(),
-        identity_error: identity.err().map(|e| format!("{e} (run as root to see the certificate)")),
+        identity_error: identity
+            .err()
+            .map(|e| format!("{e} (run as root to see the certificate)")),
         server: None,
         server_error: None,
         connections: Vec::new(),
@@ -354,22 +356,24 @@ fn collect() -> MeshStatus {
         } else {
             names_by_address(&connects_to)
         };
-        s.connections.extend(l.leafs.into_iter().map(|l| Connection {
-            kind: "leafnode",
-            name: names.get(&l.ip).cloned().unwrap_or(l.name),
-            address: format!("{}:{}", l.ip, l.port),
-            rtt: l.rtt,
-            state: "connected",
-        }));
+        s.connections
+            .extend(l.leafs.into_iter().map(|l| Connection {
+                kind: "leafnode",
+                name: names.get(&l.ip).cloned().unwrap_or(l.name),
+                address: format!("{}:{}", l.ip, l.port),
+                rtt: l.rtt,
+                state: "connected",
+            }));
     }
     if let Ok(r) = status::routez(MONITOR) {
-        s.connections.extend(r.routes.into_iter().map(|r| Connection {
-            kind: "route",
-            name: r.remote_name,
-            address: format!("{}:{}", r.ip, r.port),
-            rtt: r.rtt,
-            state: "connected",
-        }));
+        s.connections
+            .extend(r.routes.into_iter().map(|r| Connection {
+                kind: "route",
+                name: r.remote_name,
+                address: format!("{}:{}", r.ip, r.port),
+                rtt: r.rtt,
+                state: "connected",
+            }));
     }
     if bootstrap && joined {
         s.jetstream = status::jsz(MONITOR).ok();
@@ -642,7 +646,12 @@ fn serve() -> Result<ExitCode> {
             maculaos_apply::mesh::advertise_host(&config, &node),
             maculaos_mesh::conf::LEAF_PORT
         );
-        if config.maculaos.mesh.effective_roles().contains(&MeshRole::Bootstrap) {
+        if config
+            .maculaos
+            .mesh
+            .effective_roles()
+            .contains(&MeshRole::Bootstrap)
+        {
             peers.insert(0, me);
         }
         let st = st.clone();

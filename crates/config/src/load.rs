@@ -307,11 +307,17 @@ pub fn check(config: &Config, prov: &Provenance) -> Vec<Problem> {
     if let (false, Some(r)) = (nats.enabled, hub) {
         bad(
             "maculaos.nats.enabled",
-            format!("the {} role needs the NATS server: set `enabled: true` or drop the role", r.name()),
+            format!(
+                "the {} role needs the NATS server: set `enabled: true` or drop the role",
+                r.name()
+            ),
         );
     }
     let (host, _) = nats.listen.split();
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
     if !loopback {
         bad(
             "maculaos.nats.listen",
@@ -1096,10 +1102,15 @@ mod tests {
                 format!("{AT}maculaos.mesh.bootstrap_peers.2: `bad host` is not a host, host:port or URL such as bootstrap.macula.io:4433"),
             ]
         );
-        let p = cross_key("  nats:
+        let p = cross_key(
+            "  nats:
     cluster: {enabled: true}
-");
-        assert!(p[0].contains("cluster routes come with the bootstrap role"), "{p:?}");
+",
+        );
+        assert!(
+            p[0].contains("cluster routes come with the bootstrap role"),
+            "{p:?}"
+        );
     }
 
     #[test]

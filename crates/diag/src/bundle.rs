@@ -658,7 +658,7 @@ pub(crate) mod tests {
             files["diag/network.txt"]
         );
         assert!(files["diag/storage.txt"].contains("Root: /dev/vda3 squashfs, read-only, slot B"));
-        assert!(files["diag/mesh.txt"].contains("Mesh status: not built yet"));
+        assert!(files["diag/mesh.txt"].contains("NATS server: not configured"));
         assert!(files["diag/mesh.txt"].contains("Realm: io.macula"));
     }
 

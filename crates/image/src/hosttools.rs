@@ -55,10 +55,16 @@ pub const VM: &[Tool] = &[
     t("socat", "socat"),
 ];
 
-/// What only the scenario suite needs besides [`VM`]: the first-boot wizard
+/// What only the tests need besides [`VM`]: the first-boot wizard
 /// scenario loads the page in a real browser (a screenshot stays with the
 /// logs) and talks to the wizard's API with curl.
-pub const TEST: &[Tool] = &[t("chromium", "chromium"), t("curl", "curl")];
+pub const TEST: &[Tool] = &[
+    t("chromium", "chromium"),
+    t("curl", "curl"),
+    // The mesh crate's tests check its configurations with nats-server
+    // itself and run a realm of three servers on loopback.
+    t("/usr/sbin/nats-server", "nats-server"),
+];
 
 /// The Debian packages whose tools are missing, deduplicated, in order.
 pub fn missing(tools: &[Tool]) -> Vec<&'static str> {

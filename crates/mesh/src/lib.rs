@@ -8,3 +8,19 @@ pub mod join;
 pub mod pki;
 pub mod state;
 pub mod status;
+
+/// How services on the node connect (`EnvironmentFile=` or `source`); also
+/// what `maculaos mesh` and `maculaos diag mesh` read without root. Written
+/// by `maculaos apply` (the mesh step).
+pub const ENV: &str = "/etc/maculaos/mesh.env";
+
+/// The `KEY=value` lines of [`ENV`] under `root` (empty when it is missing).
+pub fn read_env(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(root.join(ENV.trim_start_matches('/')))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

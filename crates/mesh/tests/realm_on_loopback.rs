@@ -6,8 +6,11 @@
 //! bootstrap node when one dies, and a node with another realm's
 //! certificate is refused. The scenarios show the same between VMs.
 
+// A test: a failed step is the failure it reports.
+#![allow(clippy::unwrap_used)]
+
 use maculaos_mesh::client::{self, Client, Pong};
-use maculaos_mesh::conf::{Endpoint, ServerPlan, TlsFiles, CLUSTER_PORT, LEAF_PORT};
+use maculaos_mesh::conf::{Endpoint, ServerPlan, TlsFiles};
 use maculaos_mesh::{pki, status};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,6 +20,12 @@ use std::time::{Duration, Instant};
 const REALM: &str = "io.macula.test";
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
 const DEADLINE: Duration = Duration::from_secs(30);
+// Not the ports a node uses: a nats-server the host runs itself (Debian's
+// package starts one on 4222) must not be in the way.
+const CLIENT_PORT: u16 = 24222;
+const MONITOR_PORT: u16 = 28222;
+const LEAF_PORT: u16 = 24433;
+const CLUSTER_PORT: u16 = 26222;
 
 struct Server {
     child: Child,
@@ -32,10 +41,10 @@ impl Drop for Server {
 
 impl Server {
     fn url(&self) -> String {
-        format!("nats://{}:4222", self.ip)
+        format!("nats://{}:{CLIENT_PORT}", self.ip)
     }
     fn monitor(&self) -> String {
-        format!("{}:8222", self.ip)
+        format!("{}:{MONITOR_PORT}", self.ip)
     }
 }
 
@@ -62,7 +71,7 @@ fn start(
         realm: Some(realm.into()),
         bootstrap,
         gateway: false,
-        listen: format!("{ip}:4222"),
+        listen: format!("{ip}:{CLIENT_PORT}"),
         max_payload: 1 << 20,
         bootstrap_peers: peers
             .iter()
@@ -77,7 +86,7 @@ fn start(
         jetstream_max_file: 64 << 20,
         leaf_port: LEAF_PORT,
         cluster_port: CLUSTER_PORT,
-        monitor: format!("{ip}:8222"),
+        monitor: format!("{ip}:{MONITOR_PORT}"),
         bind: ip.into(),
         advertise: ip.into(),
     };
@@ -182,7 +191,7 @@ fn two_bootstrap_nodes_and_a_peer_form_one_realm() {
         "b2",
         "127.0.0.12",
         true,
-        &["127.0.0.11"],
+        &["127.0.0.11:24433"],
     );
     let mut b1 = Some(b1);
     let p = start(
@@ -192,7 +201,7 @@ fn two_bootstrap_nodes_and_a_peer_form_one_realm() {
         "p",
         "127.0.0.13",
         false,
-        &["127.0.0.11", "127.0.0.12"],
+        &["127.0.0.11:24433", "127.0.0.12:24433"],
     );
     wait_for("the peer's leafnode connection", || {
         status::leafz(&p.monitor()).is_ok_and(|l| l.leafs.len() == 1)
@@ -248,7 +257,7 @@ fn two_bootstrap_nodes_and_a_peer_form_one_realm() {
         "s",
         "127.0.0.14",
         false,
-        &["127.0.0.12"],
+        &["127.0.0.12:24433"],
     );
     responder(&stranger, "s");
     let t = Instant::now();

@@ -154,15 +154,23 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
         )?;
     }
     let got = |ssh: &Ssh| -> Result<bool> {
-        Ok(ssh.run("cat /tmp/sub.out")?.stdout.contains("hello from the peer"))
+        Ok(ssh
+            .run("cat /tmp/sub.out")?
+            .stdout
+            .contains("hello from the peer"))
     };
     let pubs = lan.nodes[2].ssh.clone();
     for i in [0, 1] {
         // Interest travels to the peer over the leafnode: publish until it arrives.
-        lan.wait_until(i, &format!("node {i} to receive the peer's publication"), CMD_TIMEOUT, |ssh| {
-            pubs.check("maculaos mesh pub news 'hello from the peer'")?;
-            got(ssh)
-        })?;
+        lan.wait_until(
+            i,
+            &format!("node {i} to receive the peer's publication"),
+            CMD_TIMEOUT,
+            |ssh| {
+                pubs.check("maculaos mesh pub news 'hello from the peer'")?;
+                got(ssh)
+            },
+        )?;
     }
     let line = lan.nodes[0].ssh.check("cat /tmp/sub.out")?;
     let m: Value = serde_json::from_str(line.trim())?;
@@ -173,21 +181,30 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
     // Request/reply: both bootstrap nodes reach the peer's responder.
     for i in [0, 1] {
         let from = lan.nodes[i].ssh.clone();
-        lan.wait_until(i, &format!("node {i}'s ping of {}", n[2]), CMD_TIMEOUT, |_| {
-            pings(&from, n[2])
-        })?;
+        lan.wait_until(
+            i,
+            &format!("node {i}'s ping of {}", n[2]),
+            CMD_TIMEOUT,
+            |_| pings(&from, n[2]),
+        )?;
     }
 
     // Node 0 dies: the peer stays in the realm through node 1.
     lan.kill(0)?;
-    let s2 = wait_status(&mut lan, 2, "node 2 to reach the realm through node 1", |s| {
-        connected(s, "leafnode").iter().any(|c| c == n[1])
-    })?;
+    let s2 = wait_status(
+        &mut lan,
+        2,
+        "node 2 to reach the realm through node 1",
+        |s| connected(s, "leafnode").iter().any(|c| c == n[1]),
+    )?;
     ensure(s2["state"] == "connected", || format!("{s2:#}"))?;
     let from1 = lan.nodes[1].ssh.clone();
-    lan.wait_until(1, "node 1's ping of the peer with node 0 gone", CMD_TIMEOUT, |_| {
-        pings(&from1, n[2])
-    })?;
+    lan.wait_until(
+        1,
+        "node 1's ping of the peer with node 0 gone",
+        CMD_TIMEOUT,
+        |_| pings(&from1, n[2]),
+    )?;
     // It boots again and is back in the realm, routed to node 1.
     let t = Instant::now();
     lan.boot_again(0)?;
@@ -195,9 +212,12 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
         s["state"] == "connected" && !connected(s, "route").is_empty()
     })?;
     let from0 = lan.nodes[0].ssh.clone();
-    lan.wait_until(0, "node 0's ping of the peer after its reboot", CMD_TIMEOUT, |_| {
-        pings(&from0, n[2])
-    })?;
+    lan.wait_until(
+        0,
+        "node 0's ping of the peer after its reboot",
+        CMD_TIMEOUT,
+        |_| pings(&from0, n[2]),
+    )?;
     ctx.record(
         "mesh: bootstrap node boot after a power cut to back in the realm (wall)",
         t.elapsed().as_secs_f64(),
@@ -221,12 +241,14 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
     let s2 = wait_status(&mut lan, 2, "node 2's refusal to show in its status", |s| {
         s["errors"].as_array().is_some_and(|e| !e.is_empty())
     })?;
-    ensure(s2["state"] == "connecting" && connected(&s2, "leafnode").is_empty(), || {
-        format!("a node of another realm got in: {s2:#}")
-    })?;
+    ensure(
+        s2["state"] == "connecting" && connected(&s2, "leafnode").is_empty(),
+        || format!("a node of another realm got in: {s2:#}"),
+    )?;
     let s1 = status(&lan.nodes[1].ssh)?;
-    ensure(!connected(&s1, "leafnode").iter().any(|c| c == n[2]), || {
-        format!("node 1 took a leafnode from another realm: {s1:#}")
-    })?;
+    ensure(
+        !connected(&s1, "leafnode").iter().any(|c| c == n[2]),
+        || format!("node 1 took a leafnode from another realm: {s1:#}"),
+    )?;
     Ok(())
 }
