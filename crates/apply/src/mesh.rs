@@ -185,14 +185,14 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     if changed || env_changed {
         for unit in UNITS {
             a.act(AREA, ("restart", "restarted"), unit, || {
-                run(Cmd::new("systemctl").args(["restart", "--no-block", unit]))
+                run(Cmd::new("systemctl").args(["restart", unit]))
             });
         }
     } else {
         for unit in UNITS {
             if !systemctl_ok(&["is-active", "--quiet", unit]) {
                 a.act(AREA, ("start", "started"), unit, || {
-                    run(Cmd::new("systemctl").args(["start", "--no-block", unit]))
+                    run(Cmd::new("systemctl").args(["start", unit]))
                 });
             }
         }

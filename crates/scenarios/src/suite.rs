@@ -160,7 +160,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "mesh-realm",
-            about: "three saved nodes form one realm: the first bootstrap node makes it, a second bootstrap node and a peer join with one-time tokens (a used token is refused); a publication on the peer reaches subscribers on both bootstrap nodes, both ping the peer; with the first bootstrap node killed the peer stays in through the second, and the killed node rejoins after it boots; a node with another realm's certificate is refused and its mesh status says why",
+            about: "three saved nodes form one realm: the first bootstrap node makes it, a second bootstrap node and a peer join with one-time tokens (a used token is refused); a publication on the peer reaches subscribers on both bootstrap nodes, both ping the peer; with the bootstrap node its leafnode goes to killed the peer stays in through the other, and the killed node rejoins after it boots; a node with another realm's certificate is refused and its mesh status says why",
             run: crate::mesh::mesh_realm,
             pool: true,
         },
