@@ -32,10 +32,16 @@ const UNITS: [&str; 2] = ["maculaos-nats.service", "maculaos-meshd.service"];
 
 /// The node's name in the realm: its hostname (the hostname step ran first).
 fn node_name(config: &Config, a: &Applier) -> String {
+    node_name_under(config, &a.opts.root)
+}
+
+/// The node's name in the realm for the node under `root`: the configured
+/// hostname, else the one in `/etc/hostname`.
+pub fn node_name_under(config: &Config, root: &std::path::Path) -> String {
     if let Some(h) = &config.maculaos.hostname {
         return h.as_str().to_string();
     }
-    fs::read_to_string(a.path("/etc/hostname"))
+    fs::read_to_string(root.join("etc/hostname"))
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
@@ -84,6 +90,7 @@ pub fn plan(config: &Config, node: &str, state: &State) -> ServerPlan {
             key: state.node_key(),
             ca: state.ca_cert(),
         }),
+        jetstream: nats.jetstream.enabled,
         jetstream_dir: nats.jetstream.store_dir.clone().into(),
         jetstream_max_file: nats.jetstream.max_file.bytes(),
         leaf_port: LEAF_PORT,
@@ -119,56 +126,22 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     if !a.dry_run() && state.ensure_key().map_err(|e| e.to_string())? {
         a.change(AREA, "make", "made", "the node's mesh key");
     }
-    let mesh = &config.maculaos.mesh;
-    let roles = mesh.effective_roles();
-    if let Some(realm) = &mesh.realm {
-        let first = roles.contains(&MeshRole::Bootstrap)
-            && mesh.tls_mode == TlsMode::Development
-            && plan(config, &node, &state).knows_no_other_bootstrap_node();
-        let id = state.identity().map_err(|e| e.to_string())?;
-        if !state.joined(realm) {
-            if first {
-                a.act(
-                    AREA,
-                    ("make", "made"),
-                    &format!("the CA of realm {realm} and this node's certificate"),
-                    || state.create_realm(realm, &node).map_err(|e| e.to_string()),
-                );
-            } else {
-                a.note(
-                    AREA,
-                    format!(
-                        "not in realm {realm} yet: run `maculaos mesh join TOKEN` with a token from \
-                         `maculaos mesh token create` on the realm's first bootstrap node; until \
-                         then the NATS server serves this node only"
-                    ),
-                );
-            }
-        } else if id.ca_holder && state.needs_renewal() {
-            a.act(
-                AREA,
-                ("renew", "renewed"),
-                "this node's certificate",
-                || state.sign_own(realm, &node).map_err(|e| e.to_string()),
-            );
-        } else if id
-            .certificate
-            .as_ref()
-            .is_some_and(|c| c.common_name != node)
-        {
-            a.note(
-                AREA,
-                format!(
-                    "this node's certificate names it {}, its hostname is {node}: join again \
-                     with a new token to be known by its new name",
-                    id.certificate.map(|c| c.common_name).unwrap_or_default()
-                ),
-            );
-        }
+    if let Some(realm) = &config.maculaos.mesh.realm {
+        identity(config, a, &state, realm, &node);
     }
 
     let p = plan(config, &node, &state);
-    let text = p.render();
+    let mut text = p.render();
+    // A new certificate (a join, a renewal) changes the file, so the
+    // server restarts with it.
+    if let Ok(id) = state.identity() {
+        if let (Some(c), Some(ca)) = (id.certificate, id.ca) {
+            text.push_str(&format!(
+                "# node certificate sha256 {}, realm CA sha256 {}\n",
+                c.sha256, ca.sha256
+            ));
+        }
+    }
     let changed = put_checked(a, &text)?;
     let env = env_file(&p);
     let env_changed = a.put_file(AREA, ENV, env.as_bytes(), 0o644, ROOT_OWNER)?;
@@ -198,6 +171,101 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The DNS names a CA holder puts in its own certificate besides its name
+/// and `<name>.local`: the host of `mesh.advertise_address`, which other
+/// nodes dial (an address is not a name; nodes dial those by name).
+fn advertised_names(config: &Config, node: &str) -> Vec<String> {
+    let host = advertise_host(config, node);
+    if host == format!("{node}.local") || host.parse::<std::net::IpAddr>().is_ok() {
+        Vec::new()
+    } else {
+        vec![host]
+    }
+}
+
+/// The node's identity in `realm`: the realm's first bootstrap node makes
+/// the realm; a CA holder renews its own certificate (expiry, new name,
+/// new advertised name); others are told how to join.
+fn identity(config: &Config, a: &mut Applier, state: &State, realm: &str, node: &str) {
+    let mesh = &config.maculaos.mesh;
+    let bootstrap = mesh.effective_roles().contains(&MeshRole::Bootstrap);
+    let names = advertised_names(config, node);
+    let id = match state.identity() {
+        Ok(id) => id,
+        Err(e) => {
+            a.error(AREA, format!("reading the node's mesh identity: {e}"));
+            return;
+        }
+    };
+    if !state.joined(realm) {
+        let first = bootstrap && plan(config, node, state).knows_no_other_bootstrap_node();
+        if first && mesh.tls_mode == TlsMode::Development {
+            a.act(
+                AREA,
+                ("make", "made"),
+                &format!("the CA of realm {realm} and this node's certificate"),
+                || {
+                    state
+                        .create_realm(realm, node, &names)
+                        .map_err(|e| e.to_string())
+                },
+            );
+        } else if first {
+            a.note(
+                AREA,
+                format!(
+                    "tls_mode production: this node does not make a CA for realm {realm}, and \
+                     giving it the operator's CA is not supported yet; use tls_mode development \
+                     on the realm's first bootstrap node"
+                ),
+            );
+        } else {
+            a.note(
+                AREA,
+                format!(
+                    "not in realm {realm} yet: run `maculaos mesh join TOKEN` with a token from \
+                     `maculaos mesh token create` on the realm's first bootstrap node; until \
+                     then the NATS server serves this node only"
+                ),
+            );
+        }
+        return;
+    }
+    let Some(cert) = id.certificate else { return };
+    if id.ca_holder {
+        let why = if state.needs_renewal() {
+            Some("its certificate expires soon".to_string())
+        } else if cert.common_name != node {
+            Some(format!("its name changed from {}", cert.common_name))
+        } else if names.iter().any(|n| !state.certificate_names(n)) {
+            Some(format!("it is advertised as {}", names.join(", ")))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            a.act(
+                AREA,
+                ("renew", "renewed"),
+                &format!("this node's certificate ({why})"),
+                || {
+                    state
+                        .sign_own(realm, node, &names)
+                        .map_err(|e| e.to_string())
+                },
+            );
+        }
+    } else if cert.common_name != node {
+        a.note(
+            AREA,
+            format!(
+                "this node's certificate names it {}, its hostname is {node}: join again \
+                 with a new token to be known by its new name",
+                cert.common_name
+            ),
+        );
+    }
 }
 
 /// Write the server's configuration once nats-server accepts it (live

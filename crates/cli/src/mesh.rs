@@ -89,7 +89,8 @@ pub enum Command {
     Token(TokenCommand),
     /// Join the realm of TOKEN: this node's key signs a request, the realm
     /// CA answers with a certificate; the realm goes into config.d and the
-    /// mesh restarts with it.
+    /// mesh restarts with it. `-` reads the token from standard input (it
+    /// then stays out of the process list and the shell's history).
     Join { token: String },
     /// The mesh daemon (maculaos-meshd.service).
     Serve,
@@ -111,12 +112,8 @@ fn load() -> Config {
     maculaos_config::load(&Paths::system()).config
 }
 
-fn node_name() -> String {
-    fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+fn node_name(config: &Config) -> String {
+    maculaos_apply::mesh::node_name_under(config, Path::new("/"))
 }
 
 /// What `maculaos apply` wrote for services and for this command
@@ -137,7 +134,11 @@ fn realm() -> Result<String> {
 }
 
 fn connect() -> Result<Client> {
-    Ok(Client::connect(client::LOCAL_URL, "maculaos-cli", TIMEOUT)?)
+    Ok(Client::connect(
+        &client::local_url(),
+        "maculaos-cli",
+        TIMEOUT,
+    )?)
 }
 
 pub fn run(cmd: Command) -> Result<ExitCode> {
@@ -547,7 +548,7 @@ fn render(s: &MeshStatus) -> String {
 
 fn token_create(ttl: &str, json: bool) -> Result<ExitCode> {
     let ttl = maculaos_config::values::Duration::parse(ttl).map_err(anyhow::Error::msg)?;
-    let node = node_name();
+    let node = node_name(&load());
     let mut addrs = vec![format!("{node}.local:{JOIN_PORT}")];
     addrs.extend(
         crate::firstboot::addresses()
@@ -577,10 +578,19 @@ fn token_create(ttl: &str, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn join_cmd(text: &str) -> Result<ExitCode> {
-    let token = Token::decode(text).map_err(anyhow::Error::msg)?;
+fn join_cmd(arg: &str) -> Result<ExitCode> {
+    let text = if arg == "-" {
+        let mut t = String::new();
+        std::io::stdin()
+            .read_line(&mut t)
+            .context("reading the token from standard input")?;
+        t
+    } else {
+        arg.to_string()
+    };
+    let token = Token::decode(&text).map_err(anyhow::Error::msg)?;
     let config = load();
-    let node = node_name();
+    let node = node_name(&config);
     let st = State::under(Path::new("/"));
     let answer = join::join(&st, &token, &node).map_err(anyhow::Error::msg)?;
     println!("joined realm {} as {node}", answer.realm);
@@ -608,8 +618,22 @@ fn join_cmd(text: &str) -> Result<ExitCode> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    fs::write(path, text).with_context(|| format!("writing {JOIN_DROPIN}"))?;
+    let tmp = path.with_extension("yaml.tmp");
+    fs::write(&tmp, text)
+        .and_then(|()| fs::rename(&tmp, path))
+        .with_context(|| format!("writing {JOIN_DROPIN}"))?;
     println!("wrote {JOIN_DROPIN}");
+    // A realm set where config.d does not win (the kernel command line, a
+    // datasource) would keep the node out of the realm it just joined.
+    let now = load();
+    if now.maculaos.mesh.realm.as_deref() != Some(answer.realm.as_str()) {
+        bail!(
+            "joined realm {}, but the configuration still says realm {} (set by a source that \
+             wins over config.d: `maculaos config show --sources` names it); change it there",
+            answer.realm,
+            now.maculaos.mesh.realm.unwrap_or_default()
+        );
+    }
     let exe = std::env::current_exe().context("finding the maculaos binary")?;
     let status = std::process::Command::new(exe)
         .arg("apply")
@@ -634,7 +658,7 @@ fn serve() -> Result<ExitCode> {
         println!("maculaos-meshd: no realm configured; nothing to do");
         return Ok(ExitCode::SUCCESS);
     };
-    let node = node_name();
+    let node = node_name(&config);
     let st = State::under(Path::new("/"));
     let id = st.identity().unwrap_or_default();
     if st.joined(&realm) && id.ca_holder {
@@ -675,7 +699,7 @@ fn serve() -> Result<ExitCode> {
     // The server starts beside this daemon: retry until it answers; the
     // client then reconnects by itself.
     loop {
-        match Client::connect(client::LOCAL_URL, "maculaos-meshd", TIMEOUT) {
+        match Client::connect(&client::local_url(), "maculaos-meshd", TIMEOUT) {
             Ok(c) => {
                 println!(
                     "maculaos-meshd: answering pings on {}",

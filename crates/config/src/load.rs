@@ -338,10 +338,19 @@ pub fn check(config: &Config, prov: &Provenance) -> Vec<Problem> {
     if nats.cluster.port == 0 {
         bad("maculaos.nats.cluster.port", "0 is not a port".to_string());
     }
-    if !nats.jetstream.store_dir.starts_with('/') {
+    // The only place maculaos-nats.service may write (ProtectSystem=strict).
+    let store = std::path::Path::new(&nats.jetstream.store_dir);
+    let inside = store.starts_with("/var/lib/maculaos/nats")
+        && !store
+            .components()
+            .any(|c| c == std::path::Component::ParentDir);
+    if !inside {
         bad(
             "maculaos.nats.jetstream.store_dir",
-            format!("`{}` is not an absolute path", nats.jetstream.store_dir),
+            format!(
+                "`{}` is not under /var/lib/maculaos/nats, the only place the NATS server may write",
+                nats.jetstream.store_dir
+            ),
         );
     }
     for (i, p) in config.maculaos.mesh.bootstrap_peers.iter().enumerate() {

@@ -12,8 +12,18 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
-/// Where a service on the node connects (also in `/run/maculaos/mesh.env`).
+/// Where a service on the node connects by default; [`local_url`] says
+/// where it does.
 pub const LOCAL_URL: &str = "nats://127.0.0.1:4222";
+
+/// Where this node's server takes local clients: `NATS_URL` from
+/// [`crate::ENV`] (it follows `nats.listen`), else [`LOCAL_URL`].
+pub fn local_url() -> String {
+    crate::read_env(std::path::Path::new("/"))
+        .remove("NATS_URL")
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| LOCAL_URL.to_string())
+}
 
 /// The subject a publication on `topic` goes to.
 pub fn pub_subject(realm: &str, topic: &str) -> String {

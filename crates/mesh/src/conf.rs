@@ -10,8 +10,9 @@
 //! - bootstrap: JetStream with the realm as its domain, cluster routes to
 //!   the other bootstrap nodes, and a leafnode listener for peers;
 //! - peer (every node that is not bootstrap): one leafnode connection to the
-//!   realm, failing over between the bootstrap nodes it knows (several
-//!   connections from one server to one cluster would be a loop);
+//!   realm, to one of the bootstrap nodes it knows (nats-server picks at
+//!   random), failing over to the others (several connections from one
+//!   server to one cluster would be a loop);
 //! - gateway: a leafnode listener too, so peers that cannot reach a bootstrap
 //!   node reach the realm through it.
 //!
@@ -115,6 +116,9 @@ pub struct ServerPlan {
     pub bootstrap_peers: Vec<Endpoint>,
     /// Certificates; `None` until the node has joined its realm.
     pub tls: Option<TlsFiles>,
+    /// JetStream on a node that is not bootstrap (its own, domain = its
+    /// name); bootstrap nodes always run the realm's.
+    pub jetstream: bool,
     pub jetstream_dir: PathBuf,
     pub jetstream_max_file: u64,
     /// Ports and the monitoring address: [`LEAF_PORT`], [`CLUSTER_PORT`] and
@@ -225,6 +229,12 @@ impl ServerPlan {
             || h.strip_suffix(".local") == Some(self.node.as_str())
     }
 
+    /// A JetStream of this node's own: asked for, and not a bootstrap node
+    /// of a realm it has joined (which runs the realm's).
+    fn own_jetstream(&self) -> bool {
+        self.jetstream && !(self.bootstrap && self.tls.is_some() && self.realm.is_some())
+    }
+
     /// The configuration file text.
     pub fn render(&self) -> String {
         let mut c = String::new();
@@ -236,13 +246,17 @@ impl ServerPlan {
         let _ = writeln!(c, "listen: {}", q(&self.listen));
         let _ = writeln!(c, "http: {}", q(&self.monitor));
         let _ = writeln!(c, "max_payload: {}", self.max_payload);
+        // A node that lost power sends no goodbye: without pings its links
+        // look alive for minutes (nats-server's default is 2m x 2). 10s x 3
+        // finds a dead route or leafnode within half a minute.
+        let _ = writeln!(c, "ping_interval: \"10s\"\nping_max: 3");
         // Local clients (services on this node) land in the realm's account
         // without credentials; the user has no password and can only be
         // used by connecting to the local listener.
         let account = self.account();
         let _ = writeln!(c, "accounts {{\n  {}: {{", q(&account));
         let _ = writeln!(c, "    users: [ {{ user: \"local\" }} ]");
-        if self.bootstrap && self.tls.is_some() {
+        if (self.bootstrap && self.tls.is_some()) || self.own_jetstream() {
             let _ = writeln!(c, "    jetstream: enabled");
         }
         if let Some(realm) = &self.realm {
@@ -255,6 +269,15 @@ impl ServerPlan {
         }
         let _ = writeln!(c, "  }}\n}}");
         let _ = writeln!(c, "no_auth_user: \"local\"");
+        if self.own_jetstream() {
+            let _ = writeln!(
+                c,
+                "jetstream {{\n  store_dir: {}\n  domain: {}\n  max_file_store: {}\n}}",
+                q(&self.jetstream_dir.to_string_lossy()),
+                q(&realm_token(&self.node)),
+                self.jetstream_max_file
+            );
+        }
         let Some(tls) = self.tls.as_ref().filter(|_| self.realm.is_some()) else {
             return c;
         };
@@ -341,6 +364,7 @@ mod tests {
                 key: dir.join("node.key"),
                 ca: dir.join("ca.crt"),
             }),
+            jetstream: false,
             jetstream_dir: dir.join("js"),
             jetstream_max_file: 1 << 30,
             leaf_port: LEAF_PORT,
@@ -356,7 +380,7 @@ mod tests {
         let ca = pki::create_ca("io.macula").unwrap();
         let key = pki::new_key().unwrap();
         let csr = pki::csr(&key, "edge-01").unwrap();
-        let cert = pki::sign_node(&ca, "io.macula", "edge-01", &[], &csr).unwrap();
+        let cert = pki::sign_node(&ca, "io.macula", "edge-01", &[], &[], &csr).unwrap();
         std::fs::write(dir.join("ca.crt"), ca.cert_pem).unwrap();
         std::fs::write(dir.join("node.key"), key).unwrap();
         std::fs::write(dir.join("node.crt"), cert).unwrap();
@@ -396,6 +420,14 @@ mod tests {
             let p = plan(dir.path(), b, g, &peers);
             nats_accepts(dir.path(), &p.render());
         }
+        // A peer with a JetStream of its own, joined or not.
+        let mut p = plan(dir.path(), false, false, &peers);
+        p.jetstream = true;
+        let text = p.render();
+        assert!(text.contains("domain: \"edge-01\""), "{text}");
+        nats_accepts(dir.path(), &text);
+        p.tls = None;
+        nats_accepts(dir.path(), &p.render());
         // Not joined yet: the local server only.
         let mut p = plan(dir.path(), true, false, &peers);
         p.tls = None;

@@ -13,8 +13,9 @@
 //!    used before the answer), signs a certificate naming the node and the
 //!    realm, and answers with it, the realm CA and the bootstrap nodes.
 //!
-//! One JSON line each way, at most [`MAX_LINE`] bytes, every read and write
-//! under a timeout; a wrong secret costs the caller a second.
+//! One JSON line each way, at most [`MAX_LINE`] bytes; a connection has
+//! [`IO_TIMEOUT`] in all to send its request; at most [`MAX_JOINS`] are
+//! served at once; a refused caller waits a second for its answer.
 
 use crate::state::{State, TokenRecord};
 use base64::Engine as _;
@@ -30,8 +31,10 @@ use std::time::Duration;
 pub const JOIN_PORT: u16 = 4434;
 /// The longest request or answer line.
 pub const MAX_LINE: u64 = 64 * 1024;
-/// How long a read, a write or a connection attempt may take.
+/// How long a connection attempt, a whole request, or the answer may take.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many joins are served at once; more wait for a free slot.
+pub const MAX_JOINS: usize = 4;
 /// How long a token is good for unless said otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 const PREFIX: &str = "MACULA-JOIN-1:";
@@ -170,19 +173,46 @@ pub fn serve(
         .with_single_cert(certs, key)
         .map_err(|e| format!("the node's certificate and key: {e}"))?;
     let config = Arc::new(config);
-    // One join at a time: joins are rare, and a flood gets nowhere faster.
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for conn in listener.incoming() {
         let Ok(tcp) = conn else { continue };
-        let peer = tcp.peer_addr().ok();
-        match handle(state, &config, tcp, peer, bootstrap_peers) {
-            Ok(node) => eprintln!("mesh join: signed a certificate for {node} ({peer:?})"),
-            Err(e) => {
-                eprintln!("mesh join: refused {peer:?}: {e}");
-                std::thread::sleep(Duration::from_secs(1));
-            }
+        // A slow or silent caller holds one slot for IO_TIMEOUT at most.
+        while busy.load(std::sync::atomic::Ordering::SeqCst) >= MAX_JOINS {
+            std::thread::sleep(Duration::from_millis(50));
         }
+        busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (state, config, busy) = (state.clone(), config.clone(), busy.clone());
+        let peers = bootstrap_peers();
+        std::thread::spawn(move || {
+            let peer = tcp.peer_addr().ok();
+            match handle(&state, &config, tcp, peer, &peers) {
+                Ok(node) => eprintln!("mesh join: signed a certificate for {node:?} ({peer:?})"),
+                Err(e) => eprintln!("mesh join: refused {peer:?}: {e}"),
+            }
+            busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
     }
     Err("the join listener closed".into())
+}
+
+/// A reader that fails once `deadline` has passed, however the bytes
+/// trickle in.
+struct Deadline<R> {
+    inner: R,
+    deadline: std::time::Instant,
+    set_timeout: fn(&R, Duration) -> std::io::Result<()>,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self
+            .deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "took too long"))?;
+        (self.set_timeout)(&self.inner, left)?;
+        self.inner.read(buf)
+    }
 }
 
 fn handle(
@@ -190,22 +220,34 @@ fn handle(
     config: &Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     peer: Option<SocketAddr>,
-    bootstrap_peers: &dyn Fn() -> Vec<String>,
+    bootstrap_peers: &[String],
 ) -> Result<String, String> {
-    tcp.set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
     tcp.set_write_timeout(Some(IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
     let conn = rustls::ServerConnection::new(config.clone()).map_err(|e| e.to_string())?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let line = read_line(&mut tls)?;
+    let line = {
+        let mut timed = Deadline {
+            inner: &mut tls,
+            deadline: std::time::Instant::now() + IO_TIMEOUT,
+            set_timeout: |s, d| s.sock.set_read_timeout(Some(d)),
+        };
+        read_line(&mut timed)?
+    };
+    let node = serde_json::from_str::<Request>(&line)
+        .map(|r| r.node.chars().take(64).collect::<String>())
+        .unwrap_or_default();
     let answer = match answer(state, &line, peer.map(|p| p.ip()), bootstrap_peers) {
         Ok(a) => a,
-        Err(e) => Answer {
-            ok: false,
-            error: e,
-            ..Answer::default()
-        },
+        Err(e) => {
+            // Guessing costs the guesser a second (and nobody else).
+            std::thread::sleep(Duration::from_secs(1));
+            Answer {
+                ok: false,
+                error: e,
+                ..Answer::default()
+            }
+        }
     };
     let mut out = serde_json::to_vec(&answer).unwrap_or_default();
     out.push(b'\n');
@@ -214,9 +256,7 @@ fn handle(
     tls.conn.send_close_notify();
     let _ = tls.flush();
     if answer.ok {
-        Ok(serde_json::from_str::<Request>(&line)
-            .map(|r| r.node)
-            .unwrap_or_default())
+        Ok(node)
     } else {
         Err(answer.error)
     }
@@ -237,25 +277,25 @@ fn answer(
     state: &State,
     line: &str,
     peer: Option<IpAddr>,
-    bootstrap_peers: &dyn Fn() -> Vec<String>,
+    bootstrap_peers: &[String],
 ) -> Result<Answer, String> {
     let req: Request = serde_json::from_str(line).map_err(|_| "not a join request".to_string())?;
     if !valid_node_name(&req.node) {
-        return Err(format!("`{}` is not a node name", req.node));
+        return Err(format!(
+            "{:?} is not a node name",
+            req.node.chars().take(64).collect::<String>()
+        ));
     }
-    state
-        .use_token(&secret_hash(&req.secret), &req.node)
-        .map_err(|e| e.to_string())?;
     let ips: Vec<IpAddr> = peer.into_iter().filter(|ip| !ip.is_loopback()).collect();
     let (realm, ca, cert) = state
-        .sign_for(&req.node, &ips, &req.csr)
+        .redeem(&secret_hash(&req.secret), &req.node, &ips, &req.csr)
         .map_err(|e| e.to_string())?;
     Ok(Answer {
         ok: true,
         realm,
         ca,
         cert,
-        bootstrap_peers: bootstrap_peers(),
+        bootstrap_peers: bootstrap_peers.to_vec(),
         ..Answer::default()
     })
 }
@@ -328,6 +368,8 @@ pub fn join(state: &State, token: &Token, node: &str) -> Result<Answer, String> 
     if !valid_node_name(node) {
         return Err(format!("`{node}` is not a node name"));
     }
+    // Before the token is spent: a CA holder cannot take it.
+    state.refuse_if_ca_holder().map_err(|e| e.to_string())?;
     state.ensure_key().map_err(|e| e.to_string())?;
     let csr = crate::pki::csr(&state.key_pem().map_err(|e| e.to_string())?, node)
         .map_err(|e| e.to_string())?;
@@ -412,7 +454,7 @@ mod tests {
 
     fn ca_holder(dir: &std::path::Path) -> State {
         let s = State::new(dir.join("b1"));
-        s.create_realm("io.macula", "b1").unwrap();
+        s.create_realm("io.macula", "b1", &[]).unwrap();
         s
     }
 

@@ -57,6 +57,8 @@ pub struct CertInfo {
     pub sha256: String,
     /// The serial number, hex.
     pub serial: String,
+    /// SHA-256 of the certificate's public key, hex: which key it is for.
+    pub key_sha256: String,
 }
 
 /// The URI SAN that names `node` in `realm`.
@@ -136,11 +138,13 @@ pub fn csr(key_pem: &str, node: &str) -> Result<String, PkiError> {
 }
 
 /// Sign a node certificate for the key in `csr_pem`: CN `node`, URI SAN
-/// naming node and realm, DNS names `node` and `node.local`, and `ips`.
+/// naming node and realm, DNS names `node`, `node.local` and `names`, and
+/// `ips`.
 pub fn sign_node(
     ca: &CertAndKey,
     realm: &str,
     node: &str,
+    names: &[String],
     ips: &[IpAddr],
     csr_pem: &str,
 ) -> Result<String, PkiError> {
@@ -158,7 +162,10 @@ pub fn sign_node(
         .try_into()
         .map_err(err("the node's URI"))?;
     let mut sans = vec![SanType::URI(uri)];
-    for dns in [node.to_string(), format!("{node}.local")] {
+    let mut dns_names = vec![node.to_string(), format!("{node}.local")];
+    dns_names.extend(names.iter().filter(|n| !n.is_empty()).cloned());
+    dns_names.dedup();
+    for dns in dns_names {
         sans.push(SanType::DnsName(
             dns.try_into().map_err(err("the node's DNS name"))?,
         ));
@@ -217,7 +224,33 @@ pub fn cert_info(pem: &str) -> Option<CertInfo> {
         not_after: cert.validity().not_after.timestamp(),
         sha256: sha256_hex(&der),
         serial: cert.raw_serial_as_string().replace(':', ""),
+        key_sha256: sha256_hex(cert.public_key().subject_public_key.data.as_ref()),
     })
+}
+
+/// The DNS names a certificate carries.
+pub fn dns_names(pem: &str) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Some(der) = cert_der(pem) else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return Vec::new();
+    };
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether the certificate in `cert_pem` is for the private key in `key_pem`.
@@ -254,7 +287,15 @@ mod tests {
         let key = new_key().unwrap();
         let req = csr(&key, "anything-the-node-asks").unwrap();
         let ip: IpAddr = "10.0.2.15".parse().unwrap();
-        let cert = sign_node(&ca, "io.macula", "edge-01", &[ip], &req).unwrap();
+        let cert = sign_node(
+            &ca,
+            "io.macula",
+            "edge-01",
+            &["edge.example".into()],
+            &[ip],
+            &req,
+        )
+        .unwrap();
         let info = cert_info(&cert).unwrap();
         // The CA's choice of name, not the request's.
         assert_eq!(info.common_name, "edge-01");
@@ -275,6 +316,10 @@ mod tests {
         let ca_info = cert_info(&ca.cert_pem).unwrap();
         assert_eq!(ca_info.realm.as_deref(), Some("io.macula"));
         assert_ne!(ca_info.serial, info.serial);
+        assert_eq!(
+            dns_names(&cert),
+            ["edge-01", "edge-01.local", "edge.example"]
+        );
     }
 
     #[test]
@@ -288,7 +333,7 @@ mod tests {
         let c = if l.starts_with('A') { "B" } else { "A" };
         l.replace_range(0..1, c);
         let bad = lines.join("\n");
-        let e = sign_node(&ca, "io.macula", "n", &[], &bad).unwrap_err();
+        let e = sign_node(&ca, "io.macula", "n", &[], &[], &bad).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("reading the node's signing request"),

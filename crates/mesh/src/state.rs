@@ -77,6 +77,9 @@ pub struct TokenRecord {
 pub struct Issued {
     pub node: String,
     pub sha256: String,
+    /// Which key the certificate is for: a name stays with its key.
+    #[serde(default)]
+    pub key_sha256: String,
     pub serial: String,
     pub not_after: i64,
     pub revoked: bool,
@@ -127,7 +130,8 @@ impl State {
     fn write(&self, name: &str, data: &[u8], mode: u32) -> Result<(), StateError> {
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let path = self.path(name);
-        let tmp = self.path(&format!(".{name}.tmp"));
+        // Per process: two writers never share (or remove) one temp file.
+        let tmp = self.path(&format!(".{name}.{}.tmp", std::process::id()));
         let _ = fs::remove_file(&tmp);
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -185,9 +189,42 @@ impl State {
         }
     }
 
+    /// Run `f` holding the mesh directory's lock: the CLI (tokens), the
+    /// join service (tokens, issued certificates) and apply (renewals)
+    /// read, change and write the same files.
+    fn locked<T>(&self, f: impl FnOnce() -> Result<T, StateError>) -> Result<T, StateError> {
+        use nix::fcntl::{Flock, FlockArg};
+        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let path = self.path(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
+        let _lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| io(&path)(std::io::Error::from(e)))?;
+        f()
+    }
+
     /// Make a new realm here (development mode): its CA, and this node's
-    /// certificate from it.
-    pub fn create_realm(&self, realm: &str, node: &str) -> Result<(), StateError> {
+    /// certificate from it. A CA this node already holds is never replaced
+    /// (every node of its realm depends on it).
+    pub fn create_realm(
+        &self,
+        realm: &str,
+        node: &str,
+        names: &[String],
+    ) -> Result<(), StateError> {
+        if self.ca_key().exists() {
+            let held = self.identity()?.realm.unwrap_or_default();
+            return Err(StateError::Invalid(format!(
+                "this node holds the CA of realm {held}, which its nodes depend on: it does not make \
+                 another (to start over, factory-reset the node or remove {})",
+                self.dir.display()
+            )));
+        }
         self.ensure_key()?;
         let ca = pki::create_ca(realm)?;
         self.write("ca.key", ca.key_pem.as_bytes(), 0o600)?;
@@ -196,17 +233,27 @@ impl State {
         for f in ["tokens.json", "issued.json"] {
             let _ = fs::remove_file(self.path(f));
         }
-        self.sign_own(realm, node)
+        self.sign_own(realm, node, names)
     }
 
-    /// A new certificate for this node from the CA it holds (a new realm,
-    /// or a renewal).
-    pub fn sign_own(&self, realm: &str, node: &str) -> Result<(), StateError> {
-        let ca = self.ca()?;
-        let csr = pki::csr(&self.key_pem()?, node)?;
-        let cert = pki::sign_node(&ca, realm, node, &[], &csr)?;
-        self.record_issued(node, &cert)?;
-        self.write("node.crt", cert.as_bytes(), 0o644)
+    /// A new certificate for this node from the CA it holds (a new realm, a
+    /// renewal, a new name), with extra DNS `names` (its advertised name).
+    pub fn sign_own(&self, realm: &str, node: &str, names: &[String]) -> Result<(), StateError> {
+        self.locked(|| {
+            let ca = self.ca()?;
+            let csr = pki::csr(&self.key_pem()?, node)?;
+            let cert = pki::sign_node(&ca, realm, node, names, &[], &csr)?;
+            self.record_issued(node, &cert)?;
+            self.write("node.crt", cert.as_bytes(), 0o644)
+        })
+    }
+
+    /// Whether this node's certificate carries the DNS name `name`.
+    pub fn certificate_names(&self, name: &str) -> bool {
+        self.read("node.crt")
+            .ok()
+            .flatten()
+            .is_some_and(|c| pki::dns_names(&c).iter().any(|n| n == name))
     }
 
     /// Whether this node's certificate has less than a third of its life left.
@@ -225,6 +272,7 @@ impl State {
         ca_pem: &str,
         cert_pem: &str,
     ) -> Result<(), StateError> {
+        self.refuse_if_ca_holder()?;
         let key = self.key_pem()?;
         if !pki::signed_by(cert_pem, ca_pem) {
             return Err(StateError::Invalid(
@@ -236,12 +284,23 @@ impl State {
                 "the certificate received is not for this node's key".into(),
             ));
         }
-        for f in ["ca.key", "tokens.json", "issued.json"] {
-            let _ = fs::remove_file(self.path(f));
-        }
         self.write("ca.crt", ca_pem.as_bytes(), 0o644)?;
         self.write("node.crt", cert_pem.as_bytes(), 0o644)?;
         self.write("realm", format!("{realm}\n").as_bytes(), 0o644)
+    }
+
+    /// A node that holds its realm's CA does not join another realm: the
+    /// nodes of its own would be orphaned.
+    pub fn refuse_if_ca_holder(&self) -> Result<(), StateError> {
+        if self.ca_key().exists() {
+            let held = self.identity()?.realm.unwrap_or_default();
+            return Err(StateError::Invalid(format!(
+                "this node holds the CA of realm {held} and signs its nodes' certificates: it cannot \
+                 join a realm (to start over, factory-reset the node or remove {})",
+                self.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     fn load<T: for<'de> Deserialize<'de> + Default>(&self, name: &str) -> Result<T, StateError> {
@@ -264,54 +323,68 @@ impl State {
     /// Keep a new token's hash; expired ones are dropped.
     pub fn add_token(&self, rec: TokenRecord) -> Result<(), StateError> {
         self.ca()?;
-        let mut all = self.tokens()?;
-        let t = now();
-        all.retain(|r| r.expires > t);
-        all.push(rec);
-        self.save("tokens.json", &all, 0o600)
+        self.locked(|| {
+            let mut all = self.tokens()?;
+            let t = now();
+            all.retain(|r| r.expires > t);
+            all.push(rec);
+            self.save("tokens.json", &all, 0o600)
+        })
     }
 
-    /// Use the token whose secret hashes to `sha256` for `node`: it must be
-    /// known, unexpired and unused. Its use is written before the answer.
-    pub fn use_token(&self, sha256: &str, node: &str) -> Result<(), StateError> {
-        let mut all = self.tokens()?;
-        let t = now();
-        let Some(rec) = all
-            .iter_mut()
-            .find(|r| crate::join::same(&r.sha256, sha256))
-        else {
-            return Err(StateError::Invalid("unknown join token".into()));
-        };
-        if rec.expires <= t {
-            return Err(StateError::Invalid(
-                "the join token has expired: make a new one with `maculaos mesh token create`"
-                    .into(),
-            ));
-        }
-        if let Some(by) = &rec.used_by {
-            return Err(StateError::Invalid(format!(
-                "the join token was already used (by {by}): tokens are for one node"
-            )));
-        }
-        rec.used_by = Some(node.to_string());
-        self.save("tokens.json", &all, 0o600)
-    }
-
-    /// Sign a joining node's request (the CA holder only).
-    pub fn sign_for(
+    /// Sign a joining node's request with the token whose secret hashes to
+    /// `sha256`: the token must be known, unexpired and unused, and the
+    /// name must not belong to another key. The token is used up only once
+    /// the certificate is made (a bad request does not burn it), under the
+    /// lock (two joins cannot both use it). Returns (realm, CA, certificate).
+    pub fn redeem(
         &self,
+        sha256: &str,
         node: &str,
         ips: &[std::net::IpAddr],
         csr_pem: &str,
     ) -> Result<(String, String, String), StateError> {
-        let ca = self.ca()?;
-        let realm = self
-            .identity()?
-            .realm
-            .ok_or_else(|| StateError::Invalid("this node has no realm".into()))?;
-        let cert = pki::sign_node(&ca, &realm, node, ips, csr_pem)?;
-        self.record_issued(node, &cert)?;
-        Ok((realm, ca.cert_pem, cert))
+        self.locked(|| {
+            let mut all = self.tokens()?;
+            let t = now();
+            let Some(i) = all
+                .iter()
+                .position(|r| crate::join::same(&r.sha256, sha256))
+            else {
+                return Err(StateError::Invalid("unknown join token".into()));
+            };
+            if all[i].expires <= t {
+                return Err(StateError::Invalid(
+                    "the join token has expired: make a new one with `maculaos mesh token create`".into(),
+                ));
+            }
+            if let Some(by) = &all[i].used_by {
+                return Err(StateError::Invalid(format!(
+                    "the join token was already used (by {by}): tokens are for one node"
+                )));
+            }
+            let ca = self.ca()?;
+            let realm = self
+                .identity()?
+                .realm
+                .ok_or_else(|| StateError::Invalid("this node has no realm".into()))?;
+            let cert = pki::sign_node(&ca, &realm, node, &[], ips, csr_pem)?;
+            let key = pki::cert_info(&cert).map(|c| c.key_sha256).unwrap_or_default();
+            if let Some(other) = self
+                .issued()?
+                .iter()
+                .find(|i| i.node == node && !i.revoked && !i.key_sha256.is_empty() && i.key_sha256 != key)
+            {
+                return Err(StateError::Invalid(format!(
+                    "the name {node} belongs to another node's key (certificate {}): give this node another hostname",
+                    other.serial
+                )));
+            }
+            all[i].used_by = Some(node.to_string());
+            self.save("tokens.json", &all, 0o600)?;
+            self.record_issued(node, &cert)?;
+            Ok((realm, ca.cert_pem, cert))
+        })
     }
 
     pub fn issued(&self) -> Result<Vec<Issued>, StateError> {
@@ -326,6 +399,7 @@ impl State {
         all.push(Issued {
             node: node.to_string(),
             sha256: info.sha256,
+            key_sha256: info.key_sha256,
             serial: info.serial,
             not_after: info.not_after,
             revoked: false,
@@ -343,7 +417,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = State::new(dir.path().join("mesh"));
         assert!(!s.joined("io.macula"));
-        s.create_realm("io.macula", "b1").unwrap();
+        s.create_realm("io.macula", "b1", &[]).unwrap();
         assert!(s.joined("io.macula"));
         assert!(!s.joined("io.other"));
         let id = s.identity().unwrap();
@@ -356,54 +430,150 @@ mod tests {
         assert_eq!(s.issued().unwrap().len(), 1);
     }
 
+    fn token(s: &State, secret_hash: &str, expires: i64) {
+        s.add_token(TokenRecord {
+            sha256: secret_hash.into(),
+            expires,
+            used_by: None,
+        })
+        .unwrap();
+    }
+
+    fn request(node: &str) -> String {
+        pki::csr(&pki::new_key().unwrap(), node).unwrap()
+    }
+
     #[test]
     fn a_token_is_used_once_and_not_after_it_expires() {
         let dir = tempfile::tempdir().unwrap();
         let s = State::new(dir.path());
-        let rec = |h: &str, expires| TokenRecord {
-            sha256: h.into(),
-            expires,
+        // Only a CA holder keeps tokens.
+        let rec = TokenRecord {
+            sha256: "aa".into(),
+            expires: now() + 60,
             used_by: None,
         };
-        // Only a CA holder keeps tokens.
-        assert!(s.add_token(rec("aa", now() + 60)).is_err());
-        s.create_realm("io.macula", "b1").unwrap();
-        s.add_token(rec("aa", now() + 60)).unwrap();
-        s.add_token(rec("bb", now() - 1)).unwrap();
-        s.use_token("aa", "p1").unwrap();
-        let again = s.use_token("aa", "p2").unwrap_err().to_string();
+        assert!(s.add_token(rec).is_err());
+        s.create_realm("io.macula", "b1", &[]).unwrap();
+        token(&s, "aa", now() + 60);
+        token(&s, "bb", now() - 1);
+        // A request that cannot be signed does not use the token up.
+        let e = s.redeem("aa", "p1", &[], "not a request").unwrap_err();
+        assert!(e.to_string().contains("signing request"), "{e}");
+        s.redeem("aa", "p1", &[], &request("p1")).unwrap();
+        let again = s
+            .redeem("aa", "p2", &[], &request("p2"))
+            .unwrap_err()
+            .to_string();
         assert!(again.contains("already used (by p1)"), "{again}");
-        assert!(s
-            .use_token("bb", "p2")
+        let e = s
+            .redeem("bb", "p2", &[], &request("p2"))
             .unwrap_err()
-            .to_string()
-            .contains("expired"));
+            .to_string();
+        assert!(e.contains("expired"), "{e}");
         // Expired tokens are dropped when the next one is added.
-        s.add_token(rec("dd", now() + 60)).unwrap();
-        assert!(s
-            .use_token("bb", "p2")
+        token(&s, "dd", now() + 60);
+        let e = s
+            .redeem("bb", "p2", &[], &request("p2"))
             .unwrap_err()
-            .to_string()
-            .contains("unknown"));
-        assert!(s
-            .use_token("cc", "p2")
+            .to_string();
+        assert!(e.contains("unknown"), "{e}");
+    }
+
+    #[test]
+    fn tokens_made_and_used_at_once_are_all_kept_and_used_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::new(dir.path());
+        s.create_realm("io.macula", "b1", &[]).unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || token(&s, &format!("t{i}"), now() + 60))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.tokens().unwrap().len(), 8);
+        let joins: Vec<_> = (0..4)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    s.redeem("t0", &format!("p{i}"), &[], &request(&format!("p{i}")))
+                        .is_ok()
+                })
+            })
+            .collect();
+        let ok = joins
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(ok, 1, "one token let {ok} nodes in");
+    }
+
+    #[test]
+    fn a_name_stays_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::new(dir.path());
+        s.create_realm("io.macula", "b1", &[]).unwrap();
+        let key = pki::new_key().unwrap();
+        for t in ["t1", "t2", "t3"] {
+            token(&s, t, now() + 60);
+        }
+        s.redeem("t1", "p1", &[], &pki::csr(&key, "p1").unwrap())
+            .unwrap();
+        // The same node again (a renewal) is fine; another key is not.
+        s.redeem("t2", "p1", &[], &pki::csr(&key, "p1").unwrap())
+            .unwrap();
+        let e = s
+            .redeem("t3", "p1", &[], &request("p1"))
             .unwrap_err()
-            .to_string()
-            .contains("unknown"));
+            .to_string();
+        assert!(e.contains("belongs to another node's key"), "{e}");
+        // Nor may another node take the CA holder's own name.
+        let e = s
+            .redeem("t3", "b1", &[], &request("b1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("belongs to another node's key"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_holder_keeps_its_ca_and_does_not_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::new(dir.path());
+        s.create_realm("io.macula", "b1", &[]).unwrap();
+        let before = fs::read(s.path("ca.key")).unwrap();
+        // A realm renamed in the configuration: no second CA.
+        let e = s
+            .create_realm("io.other", "b1", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds the CA of realm io.macula"), "{e}");
+        let other = pki::create_ca("io.other").unwrap();
+        let e = s
+            .install_join("io.other", &other.cert_pem, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot join a realm"), "{e}");
+        assert_eq!(fs::read(s.path("ca.key")).unwrap(), before);
     }
 
     #[test]
     fn a_join_installs_only_a_certificate_for_this_nodes_key_from_that_ca() {
         let dir = tempfile::tempdir().unwrap();
         let ca_node = State::new(dir.path().join("b1"));
-        ca_node.create_realm("io.macula", "b1").unwrap();
+        ca_node.create_realm("io.macula", "b1", &[]).unwrap();
+        for t in ["t1", "t2"] {
+            token(&ca_node, t, now() + 60);
+        }
         let joiner = State::new(dir.path().join("p1"));
-        joiner.create_realm("io.mine", "p1").unwrap();
+        joiner.ensure_key().unwrap();
         let csr = pki::csr(&joiner.key_pem().unwrap(), "p1").unwrap();
-        let (realm, ca, cert) = ca_node.sign_for("p1", &[], &csr).unwrap();
+        let (realm, ca, cert) = ca_node.redeem("t1", "p1", &[], &csr).unwrap();
         // Someone else's certificate is refused.
-        let other_csr = pki::csr(&pki::new_key().unwrap(), "p1").unwrap();
-        let (_, _, other) = ca_node.sign_for("p1", &[], &other_csr).unwrap();
+        let (_, _, other) = ca_node.redeem("t2", "p2", &[], &request("p2")).unwrap();
         let e = joiner.install_join(&realm, &ca, &other).unwrap_err();
         assert!(e.to_string().contains("not for this node's key"), "{e}");
         let foreign = pki::create_ca("io.macula").unwrap();
@@ -414,7 +584,7 @@ mod tests {
         joiner.install_join(&realm, &ca, &cert).unwrap();
         let id = joiner.identity().unwrap();
         assert_eq!(id.realm.as_deref(), Some("io.macula"));
-        assert!(!id.ca_holder, "the CA of the node's old realm stays behind");
+        assert!(!id.ca_holder);
         assert_eq!(ca_node.issued().unwrap().len(), 3);
     }
 }
