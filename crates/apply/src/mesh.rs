@@ -173,15 +173,17 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     Ok(())
 }
 
-/// The DNS names a CA holder puts in its own certificate besides its name
-/// and `<name>.local`: the host of `mesh.advertise_address`, which other
-/// nodes dial (an address is not a name; nodes dial those by name).
-fn advertised_names(config: &Config, node: &str) -> Vec<String> {
+/// What a CA holder puts in its own certificate besides its name and
+/// `<name>.local`: the host of `mesh.advertise_address`, which other nodes
+/// dial, as a DNS name or an address.
+fn advertised(config: &Config, node: &str) -> (Vec<String>, Vec<std::net::IpAddr>) {
     let host = advertise_host(config, node);
-    if host == format!("{node}.local") || host.parse::<std::net::IpAddr>().is_ok() {
-        Vec::new()
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        (Vec::new(), vec![ip])
+    } else if host == format!("{node}.local") || host == node {
+        (Vec::new(), Vec::new())
     } else {
-        vec![host]
+        (vec![host], Vec::new())
     }
 }
 
@@ -191,7 +193,7 @@ fn advertised_names(config: &Config, node: &str) -> Vec<String> {
 fn identity(config: &Config, a: &mut Applier, state: &State, realm: &str, node: &str) {
     let mesh = &config.maculaos.mesh;
     let bootstrap = mesh.effective_roles().contains(&MeshRole::Bootstrap);
-    let names = advertised_names(config, node);
+    let (names, ips) = advertised(config, node);
     let id = match state.identity() {
         Ok(id) => id,
         Err(e) => {
@@ -208,7 +210,7 @@ fn identity(config: &Config, a: &mut Applier, state: &State, realm: &str, node: 
                 &format!("the CA of realm {realm} and this node's certificate"),
                 || {
                     state
-                        .create_realm(realm, node, &names)
+                        .create_realm(realm, node, &names, &ips)
                         .map_err(|e| e.to_string())
                 },
             );
@@ -239,8 +241,13 @@ fn identity(config: &Config, a: &mut Applier, state: &State, realm: &str, node: 
             Some("its certificate expires soon".to_string())
         } else if cert.common_name != node {
             Some(format!("its name changed from {}", cert.common_name))
-        } else if names.iter().any(|n| !state.certificate_names(n)) {
-            Some(format!("it is advertised as {}", names.join(", ")))
+        } else if let Some(n) = names
+            .iter()
+            .cloned()
+            .chain(ips.iter().map(|i| i.to_string()))
+            .find(|n| !state.certificate_names(n))
+        {
+            Some(format!("it is advertised as {n}"))
         } else {
             None
         };
@@ -251,7 +258,7 @@ fn identity(config: &Config, a: &mut Applier, state: &State, realm: &str, node: 
                 &format!("this node's certificate ({why})"),
                 || {
                     state
-                        .sign_own(realm, node, &names)
+                        .sign_own(realm, node, &names, &ips)
                         .map_err(|e| e.to_string())
                 },
             );

@@ -103,6 +103,11 @@ pub enum TokenCommand {
         /// How long it is good for (`1h`, `30m`, `2d`).
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// The node that joins with it may take NAME from the key that had it
+        /// (NAME reinstalled, with a new key); the old certificates are
+        /// marked revoked.
+        #[arg(long, value_name = "NAME")]
+        replace: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -213,7 +218,9 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             eprintln!("answered in {:.1} ms", rtt.as_secs_f64() * 1000.0);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token(TokenCommand::Create { ttl, json }) => token_create(&ttl, json),
+        Command::Token(TokenCommand::Create { ttl, replace, json }) => {
+            token_create(&ttl, replace, json)
+        }
         Command::Join { token } => join_cmd(&token),
         Command::Serve => serve(),
     }
@@ -546,7 +553,7 @@ fn render(s: &MeshStatus) -> String {
     o
 }
 
-fn token_create(ttl: &str, json: bool) -> Result<ExitCode> {
+fn token_create(ttl: &str, replace: Option<String>, json: bool) -> Result<ExitCode> {
     let ttl = maculaos_config::values::Duration::parse(ttl).map_err(anyhow::Error::msg)?;
     let node = node_name(&load());
     let mut addrs = vec![format!("{node}.local:{JOIN_PORT}")];
@@ -556,7 +563,7 @@ fn token_create(ttl: &str, json: bool) -> Result<ExitCode> {
             .map(|a| format!("{a}:{JOIN_PORT}")),
     );
     let st = State::under(Path::new("/"));
-    let token = join::create_token(&st, addrs, ttl.get()).map_err(anyhow::Error::msg)?;
+    let token = join::create_token(&st, addrs, ttl.get(), replace).map_err(anyhow::Error::msg)?;
     let text = token.encode();
     if json {
         println!(
@@ -578,6 +585,32 @@ fn token_create(ttl: &str, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Before the token is spent: a realm set by a source that wins over
+/// `config.d/50-mesh-join.yaml` (a later config.d file, a datasource, the
+/// kernel command line) would keep the node out of the realm it joins.
+fn refuse_overridden_realm(loaded: &maculaos_config::Loaded, realm: &str) -> Result<()> {
+    let Some(current) = loaded.config.maculaos.mesh.realm.as_deref() else {
+        return Ok(());
+    };
+    if current == realm {
+        return Ok(());
+    }
+    let paths = Paths::system();
+    let src = maculaos_config::load::source_of(&loaded.provenance, "maculaos.mesh.realm")
+        .unwrap_or_default();
+    let loses = Path::new(src) == paths.node_config()
+        || Path::new(src) == paths.defaults()
+        || Path::new(src).parent() == Some(paths.config_d().as_path())
+            && Path::new(src).file_name() <= Path::new(JOIN_DROPIN).file_name();
+    if !loses {
+        bail!(
+            "this token is for realm {realm}, but {src} sets realm {current}, and it wins over \
+             what `join` writes ({JOIN_DROPIN}): change it there first"
+        );
+    }
+    Ok(())
+}
+
 fn join_cmd(arg: &str) -> Result<ExitCode> {
     let text = if arg == "-" {
         let mut t = String::new();
@@ -589,7 +622,9 @@ fn join_cmd(arg: &str) -> Result<ExitCode> {
         arg.to_string()
     };
     let token = Token::decode(&text).map_err(anyhow::Error::msg)?;
-    let config = load();
+    let loaded = maculaos_config::load(&Paths::system());
+    refuse_overridden_realm(&loaded, &token.realm)?;
+    let config = loaded.config;
     let node = node_name(&config);
     let st = State::under(Path::new("/"));
     let answer = join::join(&st, &token, &node).map_err(anyhow::Error::msg)?;

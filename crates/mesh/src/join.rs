@@ -35,6 +35,9 @@ pub const MAX_LINE: u64 = 64 * 1024;
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many joins are served at once; more wait for a free slot.
 pub const MAX_JOINS: usize = 4;
+/// How long a joining node waits for its answer: long enough to wait out
+/// callers that hold every slot until their deadline.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a token is good for unless said otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 const PREFIX: &str = "MACULA-JOIN-1:";
@@ -91,7 +94,12 @@ pub fn same(a: &str, b: &str) -> bool {
 }
 
 /// Make a token on the CA holder: keeps its hash, returns the token.
-pub fn create_token(state: &State, addrs: Vec<String>, ttl: Duration) -> Result<Token, String> {
+pub fn create_token(
+    state: &State,
+    addrs: Vec<String>,
+    ttl: Duration,
+    replace: Option<String>,
+) -> Result<Token, String> {
     let id = state.identity().map_err(|e| e.to_string())?;
     let realm = id.realm.filter(|_| id.ca_holder).ok_or(
         "this node does not hold a realm CA: make tokens on the first bootstrap node of the realm",
@@ -108,6 +116,7 @@ pub fn create_token(state: &State, addrs: Vec<String>, ttl: Duration) -> Result<
             sha256: secret_hash(&secret),
             expires: crate::state::now() + ttl.as_secs() as i64,
             used_by: None,
+            replace,
         })
         .map_err(|e| e.to_string())?;
     Ok(Token {
@@ -181,37 +190,56 @@ pub fn serve(
             std::thread::sleep(Duration::from_millis(50));
         }
         busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let (state, config, busy) = (state.clone(), config.clone(), busy.clone());
+        let slot = Slot(busy.clone());
+        let (state, config) = (state.clone(), config.clone());
         let peers = bootstrap_peers();
         std::thread::spawn(move || {
+            let _slot = slot;
             let peer = tcp.peer_addr().ok();
             match handle(&state, &config, tcp, peer, &peers) {
                 Ok(node) => eprintln!("mesh join: signed a certificate for {node:?} ({peer:?})"),
                 Err(e) => eprintln!("mesh join: refused {peer:?}: {e}"),
             }
-            busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
     }
     Err("the join listener closed".into())
 }
 
-/// A reader that fails once `deadline` has passed, however the bytes
-/// trickle in.
-struct Deadline<R> {
-    inner: R,
+/// The join service's socket: every read (the TLS handshake's and the
+/// request's alike) gets only what is left of one deadline, so bytes
+/// trickling in cannot hold a slot past it.
+struct DeadlineSock {
+    tcp: TcpStream,
     deadline: std::time::Instant,
-    set_timeout: fn(&R, Duration) -> std::io::Result<()>,
 }
 
-impl<R: Read> Read for Deadline<R> {
+impl Read for DeadlineSock {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let left = self
             .deadline
             .checked_duration_since(std::time::Instant::now())
             .filter(|d| !d.is_zero())
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "took too long"))?;
-        (self.set_timeout)(&self.inner, left)?;
-        self.inner.read(buf)
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for DeadlineSock {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// Gives a join slot back however its thread ends.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -225,15 +253,12 @@ fn handle(
     tcp.set_write_timeout(Some(IO_TIMEOUT))
         .map_err(|e| e.to_string())?;
     let conn = rustls::ServerConnection::new(config.clone()).map_err(|e| e.to_string())?;
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let line = {
-        let mut timed = Deadline {
-            inner: &mut tls,
-            deadline: std::time::Instant::now() + IO_TIMEOUT,
-            set_timeout: |s, d| s.sock.set_read_timeout(Some(d)),
-        };
-        read_line(&mut timed)?
+    let sock = DeadlineSock {
+        tcp,
+        deadline: std::time::Instant::now() + IO_TIMEOUT,
     };
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let line = read_line(&mut tls)?;
     let node = serde_json::from_str::<Request>(&line)
         .map(|r| r.node.chars().take(64).collect::<String>())
         .unwrap_or_default();
@@ -432,7 +457,7 @@ fn ask(config: &Arc<rustls::ClientConfig>, addr: &str, line: &[u8]) -> Result<An
                 continue;
             }
         };
-        tcp.set_read_timeout(Some(IO_TIMEOUT))
+        tcp.set_read_timeout(Some(ANSWER_TIMEOUT))
             .map_err(|e| e.to_string())?;
         tcp.set_write_timeout(Some(IO_TIMEOUT))
             .map_err(|e| e.to_string())?;
@@ -454,7 +479,7 @@ mod tests {
 
     fn ca_holder(dir: &std::path::Path) -> State {
         let s = State::new(dir.join("b1"));
-        s.create_realm("io.macula", "b1", &[]).unwrap();
+        s.create_realm("io.macula", "b1", &[], &[]).unwrap();
         s
     }
 
@@ -473,7 +498,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b1 = ca_holder(dir.path());
         let addr = service(&b1);
-        let token = create_token(&b1, vec![addr], DEFAULT_TTL).unwrap();
+        let token = create_token(&b1, vec![addr], DEFAULT_TTL, None).unwrap();
         let text = token.encode();
         assert_eq!(Token::decode(&text).unwrap(), token);
         // The hash is kept, not the secret.
@@ -498,7 +523,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b1 = ca_holder(dir.path());
         let addr = service(&b1);
-        let good = create_token(&b1, vec![addr.clone()], DEFAULT_TTL).unwrap();
+        let good = create_token(&b1, vec![addr.clone()], DEFAULT_TTL, None).unwrap();
         let p = State::new(dir.path().join("p"));
         // A guessed secret.
         let mut forged = good.clone();
@@ -516,6 +541,32 @@ mod tests {
         assert!(Token::decode("hello")
             .unwrap_err()
             .contains("not a join token"));
+    }
+
+    #[test]
+    fn a_caller_that_trickles_bytes_loses_its_slot_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let b1 = ca_holder(dir.path());
+        let addr = service(&b1);
+        // MAX_JOINS callers that send one byte of a handshake and stall.
+        let stalled: Vec<TcpStream> = (0..MAX_JOINS)
+            .map(|_| {
+                let mut t = TcpStream::connect(&addr).unwrap();
+                t.write_all(&[0x16]).unwrap();
+                t
+            })
+            .collect();
+        // A real join still gets through once their deadline has passed.
+        let token = create_token(&b1, vec![addr], DEFAULT_TTL, None).unwrap();
+        let p = State::new(dir.path().join("p"));
+        let started = std::time::Instant::now();
+        join(&p, &token, "p").unwrap();
+        assert!(
+            started.elapsed() < IO_TIMEOUT * 2,
+            "{:?}",
+            started.elapsed()
+        );
+        drop(stalled);
     }
 
     #[test]

@@ -163,8 +163,11 @@ pub fn sign_node(
         .map_err(err("the node's URI"))?;
     let mut sans = vec![SanType::URI(uri)];
     let mut dns_names = vec![node.to_string(), format!("{node}.local")];
-    dns_names.extend(names.iter().filter(|n| !n.is_empty()).cloned());
-    dns_names.dedup();
+    for n in names {
+        if !n.is_empty() && !dns_names.contains(n) {
+            dns_names.push(n.clone());
+        }
+    }
     for dns in dns_names {
         sans.push(SanType::DnsName(
             dns.try_into().map_err(err("the node's DNS name"))?,
@@ -228,8 +231,8 @@ pub fn cert_info(pem: &str) -> Option<CertInfo> {
     })
 }
 
-/// The DNS names a certificate carries.
-pub fn dns_names(pem: &str) -> Vec<String> {
+/// The DNS names and addresses a certificate carries (addresses as text).
+pub fn san_names(pem: &str) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
     let Some(der) = cert_der(pem) else {
         return Vec::new();
@@ -246,6 +249,15 @@ pub fn dns_names(pem: &str) -> Vec<String> {
                 .iter()
                 .filter_map(|n| match n {
                     GeneralName::DNSName(d) => Some(d.to_string()),
+                    GeneralName::IPAddress(b) => match b.len() {
+                        4 => <[u8; 4]>::try_from(*b)
+                            .ok()
+                            .map(|a| IpAddr::from(a).to_string()),
+                        16 => <[u8; 16]>::try_from(*b)
+                            .ok()
+                            .map(|a| IpAddr::from(a).to_string()),
+                        _ => None,
+                    },
                     _ => None,
                 })
                 .collect()
@@ -317,8 +329,8 @@ mod tests {
         assert_eq!(ca_info.realm.as_deref(), Some("io.macula"));
         assert_ne!(ca_info.serial, info.serial);
         assert_eq!(
-            dns_names(&cert),
-            ["edge-01", "edge-01.local", "edge.example"]
+            san_names(&cert),
+            ["edge-01", "edge-01.local", "edge.example", "10.0.2.15"]
         );
     }
 

@@ -70,6 +70,10 @@ pub struct TokenRecord {
     pub expires: i64,
     /// The node that used it, once used.
     pub used_by: Option<String>,
+    /// A name this token may take from the key that had it (a node
+    /// reinstalled with a new key).
+    #[serde(default)]
+    pub replace: Option<String>,
 }
 
 /// A certificate the CA holder signed.
@@ -216,6 +220,7 @@ impl State {
         realm: &str,
         node: &str,
         names: &[String],
+        ips: &[std::net::IpAddr],
     ) -> Result<(), StateError> {
         if self.ca_key().exists() {
             let held = self.identity()?.realm.unwrap_or_default();
@@ -233,27 +238,33 @@ impl State {
         for f in ["tokens.json", "issued.json"] {
             let _ = fs::remove_file(self.path(f));
         }
-        self.sign_own(realm, node, names)
+        self.sign_own(realm, node, names, ips)
     }
 
     /// A new certificate for this node from the CA it holds (a new realm, a
     /// renewal, a new name), with extra DNS `names` (its advertised name).
-    pub fn sign_own(&self, realm: &str, node: &str, names: &[String]) -> Result<(), StateError> {
+    pub fn sign_own(
+        &self,
+        realm: &str,
+        node: &str,
+        names: &[String],
+        ips: &[std::net::IpAddr],
+    ) -> Result<(), StateError> {
         self.locked(|| {
             let ca = self.ca()?;
             let csr = pki::csr(&self.key_pem()?, node)?;
-            let cert = pki::sign_node(&ca, realm, node, names, &[], &csr)?;
+            let cert = pki::sign_node(&ca, realm, node, names, ips, &csr)?;
             self.record_issued(node, &cert)?;
             self.write("node.crt", cert.as_bytes(), 0o644)
         })
     }
 
-    /// Whether this node's certificate carries the DNS name `name`.
+    /// Whether this node's certificate carries the DNS name or address `name`.
     pub fn certificate_names(&self, name: &str) -> bool {
         self.read("node.crt")
             .ok()
             .flatten()
-            .is_some_and(|c| pki::dns_names(&c).iter().any(|n| n == name))
+            .is_some_and(|c| pki::san_names(&c).iter().any(|n| n == name))
     }
 
     /// Whether this node's certificate has less than a third of its life left.
@@ -370,15 +381,28 @@ impl State {
                 .ok_or_else(|| StateError::Invalid("this node has no realm".into()))?;
             let cert = pki::sign_node(&ca, &realm, node, &[], ips, csr_pem)?;
             let key = pki::cert_info(&cert).map(|c| c.key_sha256).unwrap_or_default();
-            if let Some(other) = self
-                .issued()?
-                .iter()
-                .find(|i| i.node == node && !i.revoked && !i.key_sha256.is_empty() && i.key_sha256 != key)
-            {
+            let replacing = all[i].replace.as_deref() == Some(node);
+            let mut issued = self.issued()?;
+            if let Some(other) = issued.iter().find(|i| {
+                i.node == node
+                    && !i.revoked
+                    && i.not_after > t
+                    && !i.key_sha256.is_empty()
+                    && i.key_sha256 != key
+                    && !replacing
+            }) {
                 return Err(StateError::Invalid(format!(
-                    "the name {node} belongs to another node's key (certificate {}): give this node another hostname",
+                    "the name {node} belongs to another node's key (certificate {}): give this node \
+                     another hostname, or make its token with `maculaos mesh token create --replace {node}` \
+                     if it is that node, reinstalled",
                     other.serial
                 )));
+            }
+            if replacing {
+                for old in issued.iter_mut().filter(|i| i.node == node && i.key_sha256 != key) {
+                    old.revoked = true;
+                }
+                self.save("issued.json", &issued, 0o600)?;
             }
             all[i].used_by = Some(node.to_string());
             self.save("tokens.json", &all, 0o600)?;
@@ -417,7 +441,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = State::new(dir.path().join("mesh"));
         assert!(!s.joined("io.macula"));
-        s.create_realm("io.macula", "b1", &[]).unwrap();
+        s.create_realm("io.macula", "b1", &[], &[]).unwrap();
         assert!(s.joined("io.macula"));
         assert!(!s.joined("io.other"));
         let id = s.identity().unwrap();
@@ -435,6 +459,7 @@ mod tests {
             sha256: secret_hash.into(),
             expires,
             used_by: None,
+            replace: None,
         })
         .unwrap();
     }
@@ -452,9 +477,10 @@ mod tests {
             sha256: "aa".into(),
             expires: now() + 60,
             used_by: None,
+            replace: None,
         };
         assert!(s.add_token(rec).is_err());
-        s.create_realm("io.macula", "b1", &[]).unwrap();
+        s.create_realm("io.macula", "b1", &[], &[]).unwrap();
         token(&s, "aa", now() + 60);
         token(&s, "bb", now() - 1);
         // A request that cannot be signed does not use the token up.
@@ -484,7 +510,7 @@ mod tests {
     fn tokens_made_and_used_at_once_are_all_kept_and_used_once() {
         let dir = tempfile::tempdir().unwrap();
         let s = State::new(dir.path());
-        s.create_realm("io.macula", "b1", &[]).unwrap();
+        s.create_realm("io.macula", "b1", &[], &[]).unwrap();
         let threads: Vec<_> = (0..8)
             .map(|i| {
                 let s = s.clone();
@@ -516,7 +542,7 @@ mod tests {
     fn a_name_stays_with_its_key() {
         let dir = tempfile::tempdir().unwrap();
         let s = State::new(dir.path());
-        s.create_realm("io.macula", "b1", &[]).unwrap();
+        s.create_realm("io.macula", "b1", &[], &[]).unwrap();
         let key = pki::new_key().unwrap();
         for t in ["t1", "t2", "t3"] {
             token(&s, t, now() + 60);
@@ -543,11 +569,11 @@ mod tests {
     fn a_ca_holder_keeps_its_ca_and_does_not_join() {
         let dir = tempfile::tempdir().unwrap();
         let s = State::new(dir.path());
-        s.create_realm("io.macula", "b1", &[]).unwrap();
+        s.create_realm("io.macula", "b1", &[], &[]).unwrap();
         let before = fs::read(s.path("ca.key")).unwrap();
         // A realm renamed in the configuration: no second CA.
         let e = s
-            .create_realm("io.other", "b1", &[])
+            .create_realm("io.other", "b1", &[], &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("holds the CA of realm io.macula"), "{e}");
@@ -564,7 +590,7 @@ mod tests {
     fn a_join_installs_only_a_certificate_for_this_nodes_key_from_that_ca() {
         let dir = tempfile::tempdir().unwrap();
         let ca_node = State::new(dir.path().join("b1"));
-        ca_node.create_realm("io.macula", "b1", &[]).unwrap();
+        ca_node.create_realm("io.macula", "b1", &[], &[]).unwrap();
         for t in ["t1", "t2"] {
             token(&ca_node, t, now() + 60);
         }
