@@ -241,15 +241,13 @@ fn identity(config: &Config, a: &mut Applier, state: &State, realm: &str, node: 
             Some("its certificate expires soon".to_string())
         } else if cert.common_name != node {
             Some(format!("its name changed from {}", cert.common_name))
-        } else if let Some(n) = names
-            .iter()
-            .cloned()
-            .chain(ips.iter().map(|i| i.to_string()))
-            .find(|n| !state.certificate_names(n))
-        {
-            Some(format!("it is advertised as {n}"))
         } else {
-            None
+            names
+                .iter()
+                .cloned()
+                .chain(ips.iter().map(|i| i.to_string()))
+                .find(|n| !state.certificate_names(n))
+                .map(|n| format!("it is advertised as {n}"))
         };
         if let Some(why) = why {
             a.act(
