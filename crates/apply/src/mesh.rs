@@ -155,14 +155,23 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
         // At boot both units start after apply, with what was just written.
         return Ok(());
     }
+    // maculaos-meshd has nothing to do without a realm: it exits (0), and
+    // starting it again at every apply would be a change every time (one
+    // still running from a realm since removed is restarted, and exits).
+    let units: Vec<&str> = UNITS
+        .into_iter()
+        .filter(|u| {
+            *u == UNITS[0] || p.realm.is_some() || systemctl_ok(&["is-active", "--quiet", u])
+        })
+        .collect();
     if changed || env_changed {
-        for unit in UNITS {
+        for unit in units {
             a.act(AREA, ("restart", "restarted"), unit, || {
                 run(Cmd::new("systemctl").args(["restart", unit]))
             });
         }
     } else {
-        for unit in UNITS {
+        for unit in units {
             if !systemctl_ok(&["is-active", "--quiet", unit]) {
                 a.act(AREA, ("start", "started"), unit, || {
                     run(Cmd::new("systemctl").args(["start", unit]))
