@@ -41,7 +41,7 @@ pub struct TestArgs {
     /// Where to run: only `qemu` exists.
     #[arg(long, default_value = "qemu")]
     pub target: String,
-    /// Run only scenarios whose name contains this word.
+    /// Run only scenarios whose name contains this word (or one of several, comma-separated).
     #[arg(long)]
     pub filter: Option<String>,
     /// List the scenarios and exit.
@@ -130,7 +130,7 @@ pub fn run(args: &TestArgs, build: &BuildOptions) -> Result<i32> {
         .filter(|&i| {
             args.filter
                 .as_deref()
-                .is_none_or(|f| all[i].name.contains(f))
+                .is_none_or(|f| f.split(',').any(|w| all[i].name.contains(w)))
         })
         .collect();
     // Stable: the ones not in FIRST keep the suite's order.
