@@ -556,16 +556,12 @@ mod tests {
                 t
             })
             .collect();
-        // A real join still gets through once their deadline has passed.
+        // A real join still gets through once their deadline has passed
+        // (were the slots held for good, it would fail after ANSWER_TIMEOUT).
         let token = create_token(&b1, vec![addr], DEFAULT_TTL, None).unwrap();
         let p = State::new(dir.path().join("p"));
-        let started = std::time::Instant::now();
         join(&p, &token, "p").unwrap();
-        assert!(
-            started.elapsed() < IO_TIMEOUT * 2,
-            "{:?}",
-            started.elapsed()
-        );
+        assert!(p.joined("io.macula"));
         drop(stalled);
     }
 
