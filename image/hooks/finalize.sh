@@ -30,6 +30,25 @@ grep -qx 'use-ipv6=no' /etc/avahi/avahi-daemon.conf
 # maculaos apply writes; Debian's own unit (which its package enables) would
 # start a second server on the same port.
 systemctl mask --quiet nats-server.service
+# systemd runs every generator at boot (and at each daemon-reload); under
+# emulation each costs ~0.1-0.2 s of CPU. None of these has input on a node:
+# no crypttab, integritytab or veritytab, an fstab that lists nothing (the
+# initramfs mounts root, /etc, /var), no SysV scripts without a native unit,
+# no rc.local, no hibernation, no offline system updates, and partitions
+# found by GPT type must not be mounted on their own (the ESP, the other
+# slot). Kept: the getty generator (serial console) and the debug generator
+# (systemd.mask= and friends, through maculaos_extra_cmdline).
+mkdir -p /etc/systemd/system-generators /etc/systemd/user-generators
+for g in cryptsetup fstab gpt-auto hibernate-resume integritysetup rc-local run \
+    system-update sysv veritysetup; do
+    ln -sfn /dev/null "/etc/systemd/system-generators/systemd-$g-generator"
+done
+# No desktop autostart entries for an SSH session's user manager.
+ln -sfn /dev/null /etc/systemd/user-generators/systemd-xdg-autostart-generator
+# systemd-repart has nothing to do (maculaos-init grows the data partition),
+# yet, skipped, it still pulled in dm_mod and loop; logind pulls in drm for
+# graphical seats a headless node lacks (a GPU's driver loads drm anyway).
+systemctl mask --quiet systemd-repart.service modprobe@drm.service
 # Not needed on a node that waits for nothing but its own network.
 systemctl mask --quiet systemd-networkd-wait-online.service
 # Nothing on a node installs or updates packages (the root is read-only and

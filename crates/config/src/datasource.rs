@@ -31,14 +31,33 @@ pub struct Refresh {
 /// storage drivers (virtio, SATA, NVMe, USB, CD-ROM, ISO 9660, FAT) were
 /// loaded by maculaos-init, so a drive attached at power-on is there. Waiting
 /// for udev's whole queue instead cost 16 s of every boot under emulation.
+///
+/// One `blkid` for both spellings of the label: each run probes every
+/// device again (the CD drive too), about a third of a second of CPU at
+/// every boot under emulation.
 pub fn find_nocloud_device() -> Option<PathBuf> {
-    NOCLOUD_LABELS.iter().find_map(|label| {
-        let out = Cmd::new("blkid")
-            .args(["-o", "device", "-t", &format!("LABEL={label}")])
-            .quiet()
-            .output()
-            .ok()?;
-        out.lines().next().map(|l| PathBuf::from(l.trim()))
+    let out = Cmd::new("blkid")
+        .args(["-o", "export"])
+        .quiet()
+        .output()
+        .ok()?;
+    nocloud_in_blkid_export(&out)
+}
+
+/// The first device labelled like a NoCloud drive in `blkid -o export`'s
+/// output (one `KEY=value` block per device, blocks apart by a blank line).
+fn nocloud_in_blkid_export(out: &str) -> Option<PathBuf> {
+    out.split("\n\n").find_map(|block| {
+        let value = |key: &str| {
+            block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+        };
+        let label = value("LABEL")?;
+        NOCLOUD_LABELS
+            .contains(&label)
+            .then(|| value("DEVNAME").map(PathBuf::from))
+            .flatten()
     })
 }
 
@@ -179,6 +198,24 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nocloud_device_from_blkid_export() {
+        let out = "DEVNAME=/dev/vda2\nLABEL=MACULA_ESP\nTYPE=vfat\n\n\
+                   DEVNAME=/dev/sr0\nLABEL=CIDATA\nTYPE=iso9660\n\n\
+                   DEVNAME=/dev/vdb\nLABEL=cidata\nTYPE=vfat\n";
+        assert_eq!(
+            super::nocloud_in_blkid_export(out),
+            Some(PathBuf::from("/dev/sr0"))
+        );
+        let none = "DEVNAME=/dev/vda5\nLABEL=MACULA_DATA\n\nDEVNAME=/dev/vdb\nTYPE=vfat\n";
+        assert_eq!(super::nocloud_in_blkid_export(none), None);
+        // A label that merely starts like one is not one.
+        assert_eq!(
+            super::nocloud_in_blkid_export("DEVNAME=/dev/vdc\nLABEL=cidata2\n"),
+            None
+        );
+    }
+
     use super::*;
 
     #[test]
