@@ -36,18 +36,34 @@ systemctl mask --quiet nats-server.service
 # initramfs mounts root, /etc, /var), no SysV scripts without a native unit,
 # no rc.local, no hibernation, no offline system updates, and partitions
 # found by GPT type must not be mounted on their own (the ESP, the other
-# slot). Kept: the getty generator (serial console) and the debug generator
-# (systemd.mask= and friends, through maculaos_extra_cmdline).
-mkdir -p /etc/systemd/system-generators /etc/systemd/user-generators
+# slot). Kept, among others: the getty generator (serial console) and the
+# debug generator (systemd.mask= and friends, via maculaos_extra_cmdline).
+# (When encryption at rest lands, unmask cryptsetup, integritysetup and
+# veritysetup: they read /etc/crypttab and friends.) A name that does not
+# exist fails the build: a silent no-op mask would bring the cost back.
+mask_generator() { # DIR NAME
+    [ -e "/usr/lib/systemd/$1/$2" ] || {
+        echo "finalize.sh: no generator /usr/lib/systemd/$1/$2 to mask" >&2
+        exit 1
+    }
+    mkdir -p "/etc/systemd/$1"
+    ln -sfn /dev/null "/etc/systemd/$1/$2"
+}
 for g in cryptsetup fstab gpt-auto hibernate-resume integritysetup rc-local run \
     system-update sysv veritysetup; do
-    ln -sfn /dev/null "/etc/systemd/system-generators/systemd-$g-generator"
+    mask_generator system-generators "systemd-$g-generator"
 done
 # No desktop autostart entries for an SSH session's user manager.
-ln -sfn /dev/null /etc/systemd/user-generators/systemd-xdg-autostart-generator
+mask_generator user-generators systemd-xdg-autostart-generator
 # systemd-repart has nothing to do (maculaos-init grows the data partition),
 # yet, skipped, it still pulled in dm_mod and loop; logind pulls in drm for
 # graphical seats a headless node lacks (a GPU's driver loads drm anyway).
+for u in systemd-repart.service modprobe@.service; do
+    [ -e "/usr/lib/systemd/system/$u" ] || [ -e "/lib/systemd/system/$u" ] || {
+        echo "finalize.sh: no unit $u to mask" >&2
+        exit 1
+    }
+done
 systemctl mask --quiet systemd-repart.service modprobe@drm.service
 # Not needed on a node that waits for nothing but its own network.
 systemctl mask --quiet systemd-networkd-wait-online.service

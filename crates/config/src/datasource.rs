@@ -202,13 +202,19 @@ mod tests {
     fn nocloud_device_from_blkid_export() {
         let out = "DEVNAME=/dev/vda2\nLABEL=MACULA_ESP\nTYPE=vfat\n\n\
                    DEVNAME=/dev/sr0\nLABEL=CIDATA\nTYPE=iso9660\n\n\
-                   DEVNAME=/dev/vdb\nLABEL=cidata\nTYPE=vfat\n";
+                   DEVNAME=/dev/vdb\nSEC_TYPE=msdos\nLABEL_FATBOOT=cidata\nLABEL=cidata\nTYPE=vfat\n";
         assert_eq!(
             super::nocloud_in_blkid_export(out),
             Some(PathBuf::from("/dev/sr0"))
         );
         let none = "DEVNAME=/dev/vda5\nLABEL=MACULA_DATA\n\nDEVNAME=/dev/vdb\nTYPE=vfat\n";
         assert_eq!(super::nocloud_in_blkid_export(none), None);
+        // FAT's boot-sector label is not the label; the real one follows.
+        let fat = "DEVNAME=/dev/vdb\nSEC_TYPE=msdos\nLABEL_FATBOOT=CIDATA\nLABEL=CIDATA\n";
+        assert_eq!(
+            super::nocloud_in_blkid_export(fat),
+            Some(PathBuf::from("/dev/vdb"))
+        );
         // A label that merely starts like one is not one.
         assert_eq!(
             super::nocloud_in_blkid_export("DEVNAME=/dev/vdc\nLABEL=cidata2\n"),
