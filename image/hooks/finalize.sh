@@ -41,11 +41,13 @@ systemctl mask --quiet nats-server.service
 # (When encryption at rest lands, unmask cryptsetup, integritysetup and
 # veritysetup: they read /etc/crypttab and friends.) A name that does not
 # exist fails the build: a silent no-op mask would bring the cost back.
+must_exist() { # FILE...
+    for f; do
+        [ -e "$f" ] || { echo "finalize.sh: nothing to mask: no $f" >&2; exit 1; }
+    done
+}
 mask_generator() { # DIR NAME
-    [ -e "/usr/lib/systemd/$1/$2" ] || {
-        echo "finalize.sh: no generator /usr/lib/systemd/$1/$2 to mask" >&2
-        exit 1
-    }
+    must_exist "/usr/lib/systemd/$1/$2"
     mkdir -p "/etc/systemd/$1"
     ln -sfn /dev/null "/etc/systemd/$1/$2"
 }
@@ -58,12 +60,7 @@ mask_generator user-generators systemd-xdg-autostart-generator
 # systemd-repart has nothing to do (maculaos-init grows the data partition),
 # yet, skipped, it still pulled in dm_mod and loop; logind pulls in drm for
 # graphical seats a headless node lacks (a GPU's driver loads drm anyway).
-for u in systemd-repart.service modprobe@.service; do
-    [ -e "/usr/lib/systemd/system/$u" ] || [ -e "/lib/systemd/system/$u" ] || {
-        echo "finalize.sh: no unit $u to mask" >&2
-        exit 1
-    }
-done
+must_exist /usr/lib/systemd/system/systemd-repart.service /usr/lib/systemd/system/modprobe@.service
 systemctl mask --quiet systemd-repart.service modprobe@drm.service
 # Not needed on a node that waits for nothing but its own network.
 systemctl mask --quiet systemd-networkd-wait-online.service
