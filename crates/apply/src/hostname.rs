@@ -31,16 +31,46 @@ pub fn default_hostname(primary_mac: Option<&str>, machine_id: &str) -> String {
     }
 }
 
-/// The MAC of the first wired interface backed by a device, by name order.
-pub fn primary_mac(sys_class_net: &Path) -> Option<String> {
-    let mut names: Vec<String> = fs::read_dir(sys_class_net)
+/// The MAC of the node's primary NIC, chosen so that the choice does not
+/// depend on timing: the lowest-addressed PCI Ethernet controller, once its
+/// driver has made its interface. Interface names are no guide while udev
+/// renames them (`eth1` and `ens5` side by side sort the wrong way) and a
+/// second NIC may be probed first, so names only decide where there is no
+/// PCI Ethernet controller (USB or SoC NICs). `None` while the primary
+/// NIC has no interface yet.
+pub fn primary_mac(sys: &Path) -> Option<String> {
+    let pci = sys.join("bus/pci/devices");
+    let mut ethernet: Vec<String> = fs::read_dir(&pci)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|addr| {
+                    // PCI class 0x0200xx: network controller, Ethernet.
+                    fs::read_to_string(pci.join(addr).join("class"))
+                        .is_ok_and(|c| c.trim().starts_with("0x0200"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // domain:bus:device.function, fixed-width hex: text order is bus order.
+    ethernet.sort();
+    match ethernet.first() {
+        Some(first) => first_mac_in(&pci.join(first).join("net")),
+        None => first_mac_in(&sys.join("class/net")),
+    }
+}
+
+/// The MAC of the first (by name) device-backed Ethernet interface in a
+/// `net` directory.
+fn first_mac_in(net: &Path) -> Option<String> {
+    let mut names: Vec<String> = fs::read_dir(net)
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
     names.into_iter().find_map(|n| {
-        let dir = sys_class_net.join(&n);
+        let dir = net.join(&n);
         let is_ether = fs::read_to_string(dir.join("type")).is_ok_and(|t| t.trim() == "1");
         if !is_ether || !dir.join("device").exists() {
             return None;
@@ -61,20 +91,22 @@ pub fn hosts_file(hostname: &str) -> String {
 }
 
 /// The default name for this root. At boot the NIC driver may still be
-/// loading (udev) when we start, so on the node itself we give it a moment.
+/// loading (udev) when we start, so on the node itself we give it a moment;
+/// past that (a first NIC without a driver), any device-backed interface.
 fn default_for(a: &Applier) -> String {
-    let net = a.path("/sys/class/net");
+    let sys = a.path("/sys");
     let wait = if a.opts.boot && a.opts.root == Path::new("/") {
         Duration::from_secs(10)
     } else {
         Duration::ZERO
     };
     let deadline = Instant::now() + wait;
-    let mut mac = primary_mac(&net);
+    let mut mac = primary_mac(&sys);
     while mac.is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
-        mac = primary_mac(&net);
+        mac = primary_mac(&sys);
     }
+    let mac = mac.or_else(|| first_mac_in(&sys.join("class/net")));
     let machine_id = fs::read_to_string(a.path("/etc/machine-id")).unwrap_or_default();
     default_hostname(mac.as_deref(), machine_id.trim())
 }
@@ -144,23 +176,53 @@ mod tests {
         assert_eq!(default_hostname(None, ""), "macula");
     }
 
+    /// A NIC under `dir` (a `net` directory): its type, MAC and whether a
+    /// device backs it.
+    fn nic(dir: &Path, name: &str, kind: &str, mac: &str, dev: bool) {
+        let p = dir.join(name);
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("type"), kind).unwrap();
+        fs::write(p.join("address"), mac).unwrap();
+        if dev {
+            fs::create_dir_all(p.join("device")).unwrap();
+        }
+    }
+
     #[test]
     fn primary_mac_skips_virtual_and_loopback() {
         let d = tempfile::tempdir().unwrap();
-        let mk = |n: &str, t: &str, mac: &str, dev: bool| {
-            let p = d.path().join(n);
-            fs::create_dir_all(&p).unwrap();
-            fs::write(p.join("type"), t).unwrap();
-            fs::write(p.join("address"), mac).unwrap();
-            if dev {
-                fs::create_dir_all(p.join("device")).unwrap();
-            }
-        };
-        mk("lo", "772", "00:00:00:00:00:00", false);
-        mk("br0", "1", "aa:aa:aa:aa:aa:aa", false);
-        mk("enp0s3", "1", "52:54:00:12:34:56\n", true);
-        mk("enp1s0", "1", "52:54:00:ff:ff:ff", true);
+        let net = d.path().join("class/net");
+        nic(&net, "lo", "772", "00:00:00:00:00:00", false);
+        nic(&net, "br0", "1", "aa:aa:aa:aa:aa:aa", false);
+        nic(&net, "enp0s3", "1", "52:54:00:12:34:56\n", true);
+        nic(&net, "enp1s0", "1", "52:54:00:ff:ff:ff", true);
         assert_eq!(primary_mac(d.path()).as_deref(), Some("52:54:00:12:34:56"));
+    }
+
+    /// The lowest-addressed PCI Ethernet controller is the primary NIC
+    /// whatever its interface is called mid-rename, and until its driver
+    /// has made the interface there is no answer (not the second NIC's).
+    #[test]
+    fn primary_mac_is_the_first_pci_ethernet_controller() {
+        let d = tempfile::tempdir().unwrap();
+        let pci = d.path().join("bus/pci/devices");
+        let dev = |addr: &str, class: &str| {
+            let p = pci.join(addr);
+            fs::create_dir_all(&p).unwrap();
+            fs::write(p.join("class"), class).unwrap();
+            p.join("net")
+        };
+        dev("0000:00:01.0", "0x060100\n"); // an ISA bridge
+        let first = dev("0000:00:04.0", "0x020000\n");
+        let second = dev("0000:00:05.0", "0x020000\n");
+        // The second NIC already renamed, the first not probed yet.
+        nic(&second, "ens5", "1", "52:54:00:00:02:03", true);
+        nic(&d.path().join("class/net"), "ens5", "1", "52:54:00:00:02:03", true);
+        assert_eq!(primary_mac(d.path()), None);
+        // The first one appears under its kernel name: it sorts after ens5
+        // by name, but it is the primary NIC.
+        nic(&first, "eth0", "1", "52:54:00:00:0c:03\n", true);
+        assert_eq!(primary_mac(d.path()).as_deref(), Some("52:54:00:00:0c:03"));
     }
 
     #[test]
