@@ -3,7 +3,7 @@
 use crate::applier::{io_msg, Applier, ROOT_OWNER};
 use maculaos_config::Config;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const AREA: &str = "hostname";
@@ -54,10 +54,22 @@ pub fn primary_mac(sys: &Path) -> Option<String> {
         .unwrap_or_default();
     // domain:bus:device.function, fixed-width hex: text order is bus order.
     ethernet.sort();
-    match ethernet.first() {
-        Some(first) => first_mac_in(&pci.join(first).join("net")),
-        None => first_mac_in(&sys.join("class/net")),
-    }
+    let Some(first) = ethernet.first() else {
+        return first_mac_in(&sys.join("class/net"));
+    };
+    // The interface sits in the device's `net` directory, or one level down
+    // where a bus driver sits between them (virtio: `0000:00:04.0/virtio1/net`).
+    let dev = pci.join(first);
+    first_mac_in(&dev.join("net")).or_else(|| {
+        let mut children: Vec<PathBuf> = fs::read_dir(&dev)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("net"))
+            .filter(|net| net.is_dir())
+            .collect();
+        children.sort();
+        children.iter().find_map(|net| first_mac_in(net))
+    })
 }
 
 /// The MAC of the first (by name) device-backed Ethernet interface in a
@@ -219,8 +231,9 @@ mod tests {
         nic(&second, "ens5", "1", "52:54:00:00:02:03", true);
         nic(&d.path().join("class/net"), "ens5", "1", "52:54:00:00:02:03", true);
         assert_eq!(primary_mac(d.path()), None);
-        // The first one appears under its kernel name: it sorts after ens5
-        // by name, but it is the primary NIC.
+        // The first one appears under its kernel name, beneath its virtio
+        // device: it sorts after ens5 by name, but it is the primary NIC.
+        let first = first.parent().unwrap().join("virtio1/net");
         nic(&first, "eth0", "1", "52:54:00:00:0c:03\n", true);
         assert_eq!(primary_mac(d.path()).as_deref(), Some("52:54:00:00:0c:03"));
     }
