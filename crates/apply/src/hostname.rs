@@ -229,7 +229,13 @@ mod tests {
         let second = dev("0000:00:05.0", "0x020000\n");
         // The second NIC already renamed, the first not probed yet.
         nic(&second, "ens5", "1", "52:54:00:00:02:03", true);
-        nic(&d.path().join("class/net"), "ens5", "1", "52:54:00:00:02:03", true);
+        nic(
+            &d.path().join("class/net"),
+            "ens5",
+            "1",
+            "52:54:00:00:02:03",
+            true,
+        );
         assert_eq!(primary_mac(d.path()), None);
         // The first one appears under its kernel name, beneath its virtio
         // device: it sorts after ens5 by name, but it is the primary NIC.

@@ -66,7 +66,7 @@ pub(crate) fn sysctl(config: &Config, a: &mut Applier) -> Result<(), String> {
 }
 
 /// Write one parameter to /proc/sys if it differs.
-fn set_param(a: &mut Applier, key: &str, value: &str) {
+pub(crate) fn set_param(a: &mut Applier, key: &str, value: &str) {
     const AREA: &str = "sysctl";
     let path = a.path("/proc/sys").join(proc_path(key));
     let current = match fs::read_to_string(&path) {

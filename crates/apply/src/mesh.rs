@@ -12,8 +12,10 @@
 //!   error here, and the previous one stays in force.
 //! - `/etc/maculaos/mesh.env` tells services on the node how to connect.
 //! - A changed configuration restarts `maculaos-nats.service` (2.9.10 cannot
-//!   reload leafnodes) and `maculaos-meshd.service`; both start after apply at
-//!   boot and are stopped when `nats.enabled` is false.
+//!   reload leafnodes); `maculaos-meshd.service` restarts when mesh.env or
+//!   the node's certificate changed (its NATS clients reconnect by
+//!   themselves). Both start after apply at boot and are stopped when
+//!   `nats.enabled` is false.
 
 use crate::applier::{run, systemctl_ok, Applier, ROOT_OWNER};
 use crate::watchdog::systemd_runs;
@@ -98,6 +100,16 @@ pub fn plan(config: &Config, node: &str, state: &State) -> ServerPlan {
         monitor: MONITOR.into(),
         bind: "0.0.0.0".into(),
         advertise: advertise_host(config, node),
+        // Only for a realm this node is in: the roster is checked against
+        // its CA and realm when read.
+        pinned: if joined {
+            state
+                .read_roster()
+                .map(|(_, r)| r.pins())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -142,7 +154,18 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
             ));
         }
     }
+    // Which certificate the running daemon serves joins with: it restarts
+    // only when that (or mesh.env) changes, not for new roster keys, so a
+    // join or a revocation never cuts off the join service mid-answer.
+    let identity_line = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("# node certificate sha256"))
+            .map(str::to_string)
+    };
+    let before = fs::read_to_string(a.path(CONF)).unwrap_or_default();
+    let identity_changed = identity_line(&before) != identity_line(&text);
     let changed = put_checked(a, &text)?;
+    dead_peer_timeout(config, a, p.tls.is_some() && p.realm.is_some())?;
     let env = env_file(&p);
     let env_changed = a.put_file(AREA, ENV, env.as_bytes(), 0o644, ROOT_OWNER)?;
     if p.bootstrap || nats.jetstream.enabled {
@@ -164,20 +187,55 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
             *u == UNITS[0] || p.realm.is_some() || systemctl_ok(&["is-active", "--quiet", u])
         })
         .collect();
-    if changed || env_changed {
-        for unit in units {
+    for unit in units {
+        let restart = if unit == UNITS[0] {
+            changed || env_changed
+        } else {
+            env_changed || identity_changed
+        };
+        if restart {
             a.act(AREA, ("restart", "restarted"), unit, || {
                 run(Cmd::new("systemctl").args(["restart", unit]))
             });
+        } else if !systemctl_ok(&["is-active", "--quiet", unit]) {
+            a.act(AREA, ("start", "started"), unit, || {
+                run(Cmd::new("systemctl").args(["start", unit]))
+            });
         }
-    } else {
-        for unit in units {
-            if !systemctl_ok(&["is-active", "--quiet", unit]) {
-                a.act(AREA, ("start", "started"), unit, || {
-                    run(Cmd::new("systemctl").args(["start", unit]))
-                });
-            }
-        }
+    }
+    Ok(())
+}
+
+/// Linux keeps retransmitting to a peer that stopped answering for ~15
+/// minutes (tcp_retries2 = 15), and nats-server 2.9 sends no PING on a
+/// route or leafnode it keeps writing to (JetStream's replication always
+/// does), so a dead bootstrap node's route stays "up" that long: its
+/// interest lingers, and a peer failing over to another bootstrap node is
+/// refused as a loop until then. A node of a realm gives up on a peer
+/// that acknowledged nothing for ~25 s instead (6 retries). A value in
+/// `maculaos.sysctl` wins (its file sorts after this one, and it is not
+/// overwritten here).
+const RETRIES_FILE: &str = "/etc/sysctl.d/80-maculaos-mesh.conf";
+const RETRIES_KEY: &str = "net.ipv4.tcp_retries2";
+const RETRIES: &str = "6";
+
+fn dead_peer_timeout(config: &Config, a: &mut Applier, in_realm: bool) -> Result<(), String> {
+    if !in_realm {
+        a.remove_file(AREA, RETRIES_FILE)?;
+        return Ok(());
+    }
+    let text = format!(
+        "# Written by `maculaos apply` (mesh step): a dead mesh peer is given up after ~25 s.\n{RETRIES_KEY} = {RETRIES}\n"
+    );
+    a.put_file(AREA, RETRIES_FILE, text.as_bytes(), 0o644, ROOT_OWNER)?;
+    if a.live()
+        && !config
+            .maculaos
+            .sysctl
+            .keys()
+            .any(|k| k.as_str() == RETRIES_KEY)
+    {
+        crate::kernel::set_param(a, RETRIES_KEY, RETRIES);
     }
     Ok(())
 }

@@ -87,6 +87,20 @@ pub enum Command {
     /// Join tokens (on the bootstrap node that holds the realm CA).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Cut NODE off the realm (on the bootstrap node that holds the realm
+    /// CA): its certificates are revoked and it leaves the realm's roster;
+    /// every bootstrap and gateway node refuses it once it has the new
+    /// roster (seconds; within a minute for one that was down). NODE is
+    /// back only by joining again, with a new token.
+    Revoke {
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The realm's key-value buckets (JetStream on the bootstrap nodes),
+    /// from any node of the realm.
+    #[command(subcommand)]
+    Kv(KvCommand),
     /// Join the realm of TOKEN: this node's key signs a request, the realm
     /// CA answers with a certificate; the realm goes into config.d and the
     /// mesh restarts with it. `-` reads the token from standard input (it
@@ -108,6 +122,32 @@ pub enum TokenCommand {
         /// marked revoked.
         #[arg(long, value_name = "NAME")]
         replace: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KvCommand {
+    /// Make bucket BUCKET (letters, digits, `-`, `_`); one that exists is
+    /// used as it is.
+    Create {
+        bucket: String,
+        /// On how many bootstrap nodes its values are kept (at most as many
+        /// as the realm has; writes need a majority of them up).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
+    /// Set KEY to VALUE in BUCKET; prints the new revision.
+    Put {
+        bucket: String,
+        key: String,
+        value: String,
+    },
+    /// Print KEY's value in BUCKET (exit status 1 where it has none).
+    Get {
+        bucket: String,
+        key: String,
         #[arg(long)]
         json: bool,
     },
@@ -221,9 +261,35 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         Command::Token(TokenCommand::Create { ttl, replace, json }) => {
             token_create(&ttl, replace, json)
         }
+        Command::Kv(kv) => kv_cmd(kv),
+        Command::Revoke { node, json } => revoke(&node, json),
         Command::Join { token } => join_cmd(&token),
         Command::Serve => serve(),
     }
+}
+
+fn kv_cmd(cmd: KvCommand) -> Result<ExitCode> {
+    let realm = realm()?;
+    let c = connect()?;
+    match cmd {
+        KvCommand::Create { bucket, replicas } => {
+            c.kv_create(&realm, &bucket, replicas)?;
+            eprintln!("bucket {bucket} is in realm {realm} ({replicas} replicas asked for)");
+        }
+        KvCommand::Put { bucket, key, value } => {
+            let rev = c.kv_put(&realm, &bucket, &key, value.as_bytes())?;
+            println!("{rev}");
+        }
+        KvCommand::Get { bucket, key, json } => match c.kv_get(&realm, &bucket, &key)? {
+            Some(v) if json => println!("{}", serde_json::to_string(&v)?),
+            Some(v) => println!("{}", v.value),
+            None => {
+                eprintln!("{key} has no value in bucket {bucket}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn subject_for(arg: &str, raw: bool, f: fn(&str, &str) -> String) -> Result<String> {
@@ -309,6 +375,9 @@ pub struct MeshStatus {
     pub connects_to: Vec<String>,
     /// The server's latest errors (connections refused, TLS failures).
     pub errors: Vec<String>,
+    /// The realm's roster this node keeps (bootstrap and gateway nodes:
+    /// the keys they let in; root only).
+    pub roster: Option<maculaos_mesh::roster::Roster>,
 }
 
 fn collect() -> MeshStatus {
@@ -327,8 +396,10 @@ fn collect() -> MeshStatus {
     let bootstrap = roles.iter().any(|r| r == "bootstrap");
     let connects_to = list("MACULA_CONNECTS_TO");
     // The identity is root's to read; without it the rest still shows.
-    let identity = State::under(Path::new("/")).identity();
+    let st = State::under(Path::new("/"));
+    let identity = st.identity();
     let mut s = MeshStatus {
+        roster: st.read_roster().map(|(_, r)| r),
         node: get("MACULA_NODE"),
         realm: realm.clone(),
         roles,
@@ -502,6 +573,9 @@ fn render(s: &MeshStatus) -> String {
         },
     };
     line("Certificate:", cert);
+    if let Some(r) = &s.roster {
+        line("Roster:", r.summary());
+    }
     match (&s.server, &s.server_error) {
         (Some(v), _) => line(
             "Server:",
@@ -551,6 +625,32 @@ fn render(s: &MeshStatus) -> String {
         }
     }
     o
+}
+
+fn revoke(node: &str, json: bool) -> Result<ExitCode> {
+    let name = node.split('.').next().unwrap_or(node);
+    let st = State::under(Path::new("/"));
+    let gone = st.revoke(name).map_err(anyhow::Error::msg)?;
+    let roster = st.read_roster().map(|(_, r)| r);
+    let version = roster.as_ref().map_or(0, |r| r.version);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "node": name,
+                "revoked": gone,
+                "roster_version": version,
+            }))?
+        );
+    } else {
+        for i in &gone {
+            println!("revoked certificate {} of {name}", i.serial);
+        }
+        eprintln!(
+            "{name} is out of the realm's roster (version {version}): maculaos-meshd publishes it              now, and each bootstrap and gateway node refuses {name} once it has it. To let it              back in: `maculaos mesh token create --replace {name}`, and join with that token."
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn token_create(ttl: &str, replace: Option<String>, json: bool) -> Result<ExitCode> {
@@ -683,6 +783,97 @@ fn join_cmd(arg: &str) -> Result<ExitCode> {
 
 /// maculaos-meshd: answers pings for this node; on the node that holds the
 /// realm CA, also the join service. Exits 0 when there is nothing to do.
+/// How often the CA holder looks for a new roster to publish, and a
+/// listener asks for the roster in case it missed one.
+const ROSTER_TICK: Duration = Duration::from_secs(5);
+const ROSTER_ASK: Duration = Duration::from_secs(60);
+const ROSTER_REPEAT: Duration = Duration::from_secs(15);
+
+/// On the CA holder: answer roster requests, and publish each new roster
+/// (a join, a renewal, `mesh revoke`) at once, and the current one again
+/// every [`ROSTER_REPEAT`]: a new roster restarts the servers it reaches,
+/// and a listener busy restarting misses what is published meanwhile.
+fn spawn_roster_service(st: State, realm: String) {
+    std::thread::spawn(move || {
+        let subject = client::roster_subject(&realm);
+        let push = client::pub_subject(&realm, client::ROSTER_TOPIC);
+        let mut published = 0;
+        let mut last = std::time::Instant::now();
+        loop {
+            match Client::connect(&client::local_url(), "maculaos-meshd-roster", TIMEOUT) {
+                Ok(c) => {
+                    println!("maculaos-meshd: serving the realm roster on {subject}");
+                    let r = c.serve_with_news(
+                        &subject,
+                        ROSTER_TICK,
+                        || st.read_roster().map(|(s, _)| s.to_json().into_bytes()),
+                        || {
+                            let (signed, r) = st.read_roster()?;
+                            if r.version == published && last.elapsed() < ROSTER_REPEAT {
+                                return None;
+                            }
+                            last = std::time::Instant::now();
+                            if r.version != published {
+                                println!("maculaos-meshd: publishing the roster, {}", r.summary());
+                            }
+                            published = r.version;
+                            Some((push.clone(), signed.to_json().into_bytes()))
+                        },
+                    );
+                    if let Err(e) = r {
+                        eprintln!("maculaos-meshd: roster: {e}");
+                    }
+                    // A new connection publishes again: a listener may
+                    // have missed it while the server was down.
+                    published = 0;
+                }
+                Err(e) => eprintln!("maculaos-meshd: roster: {e}"),
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+}
+
+/// On a bootstrap or gateway node that does not hold the CA: keep the
+/// newest roster the CA signed (asked for at start and every minute,
+/// and taken as it is published). Writing it makes
+/// maculaos-mesh-roster.path run `maculaos apply`, which pins its keys.
+fn spawn_roster_follower(st: State, realm: String) {
+    std::thread::spawn(move || {
+        let ask = client::roster_subject(&realm);
+        let pushed = client::sub_subject(&realm, client::ROSTER_TOPIC);
+        let take = |text: &str| match maculaos_mesh::roster::Signed::from_json(text)
+            .map_err(|e| e.to_string())
+            .and_then(|s| st.accept_roster(&s).map_err(|e| e.to_string()))
+        {
+            Ok(Some(r)) => println!("maculaos-meshd: new roster, {}", r.summary()),
+            Ok(None) => {}
+            Err(e) => eprintln!("maculaos-meshd: a roster was refused: {e}"),
+        };
+        loop {
+            match Client::connect(&client::local_url(), "maculaos-meshd-roster", TIMEOUT) {
+                // The client reconnects by itself; a subscription that
+                // fails outright starts over with a new one.
+                Ok(c) => loop {
+                    if let Ok((m, _)) = c.request(&ask, b"", TIMEOUT) {
+                        take(&m.payload);
+                    }
+                    let r = c.subscribe(&pushed, 0, Some(ROSTER_ASK), || {}, |m| take(&m.payload));
+                    if let Err(e) = r {
+                        eprintln!("maculaos-meshd: roster: {e}");
+                        std::thread::sleep(Duration::from_secs(2));
+                        break;
+                    }
+                },
+                Err(e) => {
+                    eprintln!("maculaos-meshd: roster: {e}");
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            }
+        }
+    });
+}
+
 fn serve() -> Result<ExitCode> {
     let config = load();
     if !config.maculaos.nats.enabled {
@@ -721,6 +912,14 @@ fn serve() -> Result<ExitCode> {
                 std::process::exit(1);
             }
         });
+    }
+    if st.joined(&realm) {
+        let roles = config.maculaos.mesh.effective_roles();
+        if id.ca_holder {
+            spawn_roster_service(st.clone(), realm.clone());
+        } else if roles.contains(&MeshRole::Bootstrap) || roles.contains(&MeshRole::Gateway) {
+            spawn_roster_follower(st.clone(), realm.clone());
+        }
     }
     let version = fs::read_to_string("/etc/os-release")
         .ok()

@@ -40,6 +40,16 @@ pub fn rpc_subject(realm: &str, procedure: &str) -> String {
     format!("macula.rpc.{realm}.{procedure}")
 }
 
+/// Where the realm's CA holder answers with the signed roster
+/// (`macula.rpc.<realm>.realm.*` is the mesh's own).
+pub fn roster_subject(realm: &str) -> String {
+    rpc_subject(realm, "realm.roster")
+}
+
+/// The topic a new roster is published on (`macula.pub.<realm>.realm.roster`,
+/// received on `macula.sub.<realm>.realm.roster`).
+pub const ROSTER_TOPIC: &str = "realm.roster";
+
 /// The subject node `node` answers pings on.
 pub fn ping_subject(realm: &str, node: &str) -> String {
     rpc_subject(realm, &format!("node.{node}.ping"))
@@ -64,6 +74,18 @@ pub struct Received {
 pub struct Client {
     rt: tokio::runtime::Runtime,
     nats: async_nats::Client,
+    /// How long one operation may take.
+    timeout: Duration,
+}
+
+/// A value of a key-value bucket, with its revision (the stream sequence
+/// that wrote it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KvValue {
+    pub bucket: String,
+    pub key: String,
+    pub value: String,
+    pub revision: u64,
 }
 
 /// A mesh operation that failed, with what was being done.
@@ -94,7 +116,7 @@ impl Client {
                     "connecting to {url}: {e} (is maculaos-nats.service running? `systemctl status maculaos-nats`)"
                 ))
             })?;
-        Ok(Client { rt, nats })
+        Ok(Client { rt, nats, timeout })
     }
 
     /// Publish `payload` on `subject` and wait until the server has it.
@@ -144,11 +166,7 @@ impl Client {
     ) -> Result<usize, ClientError> {
         let what = format!("subscribing to {subject}");
         self.rt.block_on(async {
-            let mut sub = self
-                .nats
-                .subscribe(subject.to_string())
-                .await
-                .map_err(|e| fail(&what)(&e))?;
+            let mut sub = self.subscription(subject, &what).await?;
             self.nats.flush().await.map_err(|e| fail(&what)(&e))?;
             ready();
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -169,17 +187,63 @@ impl Client {
         })
     }
 
+    async fn subscription(
+        &self,
+        subject: &str,
+        what: &str,
+    ) -> Result<async_nats::Subscriber, ClientError> {
+        self.nats
+            .subscribe(subject.to_string())
+            .await
+            .map_err(|e| fail(what)(&e))
+    }
+
+    /// Answer requests on `subject` with `answer()` (nothing: no answer)
+    /// and, every `tick`, publish what `news()` has (a subject and a
+    /// payload), until the connection ends for good.
+    pub fn serve_with_news(
+        &self,
+        subject: &str,
+        tick: Duration,
+        answer: impl Fn() -> Option<Vec<u8>>,
+        mut news: impl FnMut() -> Option<(String, Vec<u8>)>,
+    ) -> Result<(), ClientError> {
+        let what = format!("answering on {subject}");
+        self.rt.block_on(async {
+            let mut sub = self.subscription(subject, &what).await?;
+            loop {
+                if let Some((subj, payload)) = news() {
+                    self.nats
+                        .publish(subj.clone(), payload.into())
+                        .await
+                        .map_err(|e| fail(&format!("publishing on {subj}"))(&e))?;
+                }
+                let until = tokio::time::Instant::now() + tick;
+                loop {
+                    match tokio::time::timeout_at(until, sub.next()).await {
+                        Err(_) => break,
+                        Ok(None) => {
+                            return Err(ClientError(format!("{what}: the connection closed")))
+                        }
+                        Ok(Some(msg)) => {
+                            if let (Some(reply), Some(body)) = (msg.reply, answer()) {
+                                // A requester that left is not our problem.
+                                let _ = self.nats.publish(reply, body.into()).await;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+
     /// Answer pings for `pong.node` until the connection ends for good.
     pub fn serve_ping(&self, pong: &Pong) -> Result<(), ClientError> {
         let subject = ping_subject(&pong.realm, &pong.node);
         let what = format!("answering pings on {subject}");
         let body = Bytes::from(serde_json::to_vec(pong).unwrap_or_default());
         self.rt.block_on(async {
-            let mut sub = self
-                .nats
-                .subscribe(subject.clone())
-                .await
-                .map_err(|e| fail(&what)(&e))?;
+            let mut sub = self.subscription(&subject, &what).await?;
             while let Some(msg) = sub.next().await {
                 if let Some(reply) = msg.reply {
                     // A requester that left is not our problem.
@@ -188,6 +252,132 @@ impl Client {
             }
             Err(ClientError(format!("{what}: the connection closed")))
         })
+    }
+}
+
+impl Client {
+    /// The realm's JetStream, wherever this node is: its API is addressed
+    /// through the realm's domain (the bootstrap nodes run it), so a peer
+    /// with a JetStream of its own still reaches the realm's.
+    fn jetstream(&self, realm: &str) -> async_nats::jetstream::Context {
+        // The context starts a task of its own: on this client's runtime.
+        let _runtime = self.rt.enter();
+        async_nats::jetstream::with_domain(self.nats.clone(), crate::conf::realm_token(realm))
+    }
+
+    /// Run `f` under this client's deadline.
+    fn within<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, ClientError> {
+        self.rt.block_on(async {
+            tokio::time::timeout(self.timeout, f)
+                .await
+                .map_err(|_| {
+                    ClientError(format!(
+                        "{what}: no answer in {:?} (is a bootstrap node of the realm reachable? `maculaos mesh status`)",
+                        self.timeout
+                    ))
+                })?
+                .map_err(|e| fail(what)(&e))
+        })
+    }
+
+    /// Make key-value bucket `bucket` in the realm's JetStream, its values
+    /// kept on `replicas` bootstrap nodes; a bucket that exists is used as
+    /// it is (its settings are not changed). The bucket's stream is made here rather than
+    /// by async-nats' `create_key_value`, which first reads the account's
+    /// API level, a field nats-server 2.9 does not send; the settings are
+    /// the ones a key-value bucket has (one value per key, rollups, direct
+    /// reads from any replica).
+    pub fn kv_create(&self, realm: &str, bucket: &str, replicas: usize) -> Result<(), ClientError> {
+        use async_nats::jetstream::stream;
+        let what = format!("making bucket {bucket} ({replicas} replicas)");
+        if !valid_bucket(bucket) {
+            return Err(ClientError(format!(
+                "{what}: a bucket name is letters, digits, `-` and `_`"
+            )));
+        }
+        let js = self.jetstream(realm);
+        let config = stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: replicas.max(1),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        self.within(&what, js.get_or_create_stream(config))
+            .map(|_| ())
+    }
+
+    /// Set `key` in `bucket`; returns the new revision.
+    pub fn kv_put(
+        &self,
+        realm: &str,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<u64, ClientError> {
+        let js = self.jetstream(realm);
+        let what = format!("setting {key} in bucket {bucket}");
+        self.within(&what, async {
+            let store = js
+                .get_key_value(bucket)
+                .await
+                .map_err(|e| no_bucket(bucket, e))?;
+            store
+                .put(key, Bytes::copy_from_slice(value))
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// The value of `key` in `bucket`, or `None` where it has none.
+    pub fn kv_get(
+        &self,
+        realm: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<KvValue>, ClientError> {
+        let js = self.jetstream(realm);
+        let what = format!("reading {key} in bucket {bucket}");
+        self.within(&what, async {
+            let store = js
+                .get_key_value(bucket)
+                .await
+                .map_err(|e| no_bucket(bucket, e))?;
+            let entry = store.entry(key).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(entry.map(|e| KvValue {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                value: String::from_utf8_lossy(&e.value).into_owned(),
+                revision: e.revision,
+            }))
+        })
+    }
+}
+
+/// What JetStream takes as a bucket name.
+fn valid_bucket(b: &str) -> bool {
+    !b.is_empty()
+        && b.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A bucket that could not be opened, with what to do where it is missing.
+fn no_bucket(bucket: &str, e: async_nats::jetstream::context::KeyValueError) -> String {
+    if e.kind() == async_nats::jetstream::context::KeyValueErrorKind::GetBucket
+        && e.to_string().contains("not found")
+    {
+        format!("there is no bucket {bucket} in the realm: make it with `maculaos mesh kv create {bucket}`")
+    } else {
+        e.to_string()
     }
 }
 

@@ -136,6 +136,9 @@ pub struct ServerPlan {
     /// (even the first bootstrap node, alone), and drops a route that
     /// leads back to itself.
     pub advertise: String,
+    /// The roster's keys (SPKI SHA-256, hex) a listener pins; empty: any
+    /// certificate from the realm CA (no roster yet).
+    pub pinned: Vec<String>,
 }
 
 /// A realm as a single NATS token (account and JetStream domain names take
@@ -281,13 +284,25 @@ impl ServerPlan {
         let Some(tls) = self.tls.as_ref().filter(|_| self.realm.is_some()) else {
             return c;
         };
+        // A listener (verify) lets in only the roster's keys, once there is
+        // a roster: a revoked node's certificate still chains to the CA.
+        let pins = if self.pinned.is_empty() {
+            String::new()
+        } else {
+            let keys: Vec<String> = self.pinned.iter().map(|k| q(k)).collect();
+            format!(", pinned_certs: [ {} ]", keys.join(", "))
+        };
         let tls_block = |verify: bool| {
             format!(
                 "tls {{ cert_file: {}, key_file: {}, ca_file: {}{}, timeout: 5 }}",
                 q(&tls.cert.to_string_lossy()),
                 q(&tls.key.to_string_lossy()),
                 q(&tls.ca.to_string_lossy()),
-                if verify { ", verify: true" } else { "" }
+                if verify {
+                    format!(", verify: true{pins}")
+                } else {
+                    String::new()
+                }
             )
         };
         let token = q(&account);
@@ -372,6 +387,7 @@ mod tests {
             monitor: MONITOR.into(),
             bind: "0.0.0.0".into(),
             advertise: "edge-01.local".into(),
+            pinned: Vec::new(),
         }
     }
 

@@ -281,6 +281,10 @@ fn handle(
     tls.conn.send_close_notify();
     let _ = tls.flush();
     if answer.ok {
+        // Only now: the new roster restarts the server and this daemon.
+        state
+            .refresh_roster()
+            .map_err(|e| format!("{node} joined, but the roster: {e}"))?;
         Ok(node)
     } else {
         Err(answer.error)

@@ -6,6 +6,7 @@ pub mod client;
 pub mod conf;
 pub mod join;
 pub mod pki;
+pub mod roster;
 pub mod state;
 pub mod status;
 

@@ -59,6 +59,9 @@ pub struct CertInfo {
     pub serial: String,
     /// SHA-256 of the certificate's public key, hex: which key it is for.
     pub key_sha256: String,
+    /// SHA-256 of its SubjectPublicKeyInfo (DER), hex: what nats-server's
+    /// `pinned_certs` lists.
+    pub spki_sha256: String,
 }
 
 /// The URI SAN that names `node` in `realm`.
@@ -228,7 +231,31 @@ pub fn cert_info(pem: &str) -> Option<CertInfo> {
         sha256: sha256_hex(&der),
         serial: cert.raw_serial_as_string().replace(':', ""),
         key_sha256: sha256_hex(cert.public_key().subject_public_key.data.as_ref()),
+        spki_sha256: sha256_hex(cert.public_key().raw),
     })
+}
+
+/// Sign `msg` with the key in `key_pem` (ECDSA P-256, SHA-256, ASN.1).
+pub fn sign(key_pem: &str, msg: &[u8]) -> Result<Vec<u8>, PkiError> {
+    use rcgen::SigningKey;
+    let key = KeyPair::from_pem(key_pem).map_err(err("reading the signing key"))?;
+    key.sign(msg).map_err(err("signing"))
+}
+
+/// Whether `sig` is the signature by `cert_pem`'s key of `msg` (see [`sign`]).
+pub fn verify(cert_pem: &str, msg: &[u8], sig: &[u8]) -> bool {
+    let Some(der) = cert_der(cert_pem) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return false;
+    };
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        cert.public_key().subject_public_key.data.as_ref(),
+    )
+    .verify(msg, sig)
+    .is_ok()
 }
 
 /// The DNS names and addresses a certificate carries (addresses as text).

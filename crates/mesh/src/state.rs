@@ -10,10 +10,12 @@
 //! | `ca.key` | the realm CA's key, only on the node that made the realm | 0600 |
 //! | `tokens.json` | join tokens this CA holder made: hashes, expiry, use | 0600 |
 //! | `issued.json` | certificates this CA holder signed | 0600 |
+//! | `roster.json` | the realm's roster, signed by its CA (see [`crate::roster`]) | 0644 |
 //!
 //! Everything is root's, in a directory only root enters (0700).
 
 use crate::pki::{self, CertAndKey, CertInfo};
+use crate::roster::{Member, Roster, Signed};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{ErrorKind, Write};
@@ -87,6 +89,9 @@ pub struct Issued {
     pub serial: String,
     pub not_after: i64,
     pub revoked: bool,
+    /// What the roster pins for it (see [`crate::roster`]).
+    #[serde(default)]
+    pub spki_sha256: String,
 }
 
 pub fn now() -> i64 {
@@ -235,7 +240,7 @@ impl State {
         self.write("ca.key", ca.key_pem.as_bytes(), 0o600)?;
         self.write("ca.crt", ca.cert_pem.as_bytes(), 0o644)?;
         self.write("realm", format!("{realm}\n").as_bytes(), 0o644)?;
-        for f in ["tokens.json", "issued.json"] {
+        for f in ["tokens.json", "issued.json", "roster.json"] {
             let _ = fs::remove_file(self.path(f));
         }
         self.sign_own(realm, node, names, ips)
@@ -255,7 +260,8 @@ impl State {
             let csr = pki::csr(&self.key_pem()?, node)?;
             let cert = pki::sign_node(&ca, realm, node, names, ips, &csr)?;
             self.record_issued(node, &cert)?;
-            self.write("node.crt", cert.as_bytes(), 0o644)
+            self.write("node.crt", cert.as_bytes(), 0o644)?;
+            self.write_roster(&self.issued()?).map(|_| ())
         })
     }
 
@@ -402,6 +408,8 @@ impl State {
                 for old in issued.iter_mut().filter(|i| i.node == node && i.key_sha256 != key) {
                     old.revoked = true;
                 }
+                // The roster follows once the join is answered
+                // (refresh_roster).
                 self.save("issued.json", &issued, 0o600)?;
             }
             all[i].used_by = Some(node.to_string());
@@ -427,8 +435,144 @@ impl State {
             serial: info.serial,
             not_after: info.not_after,
             revoked: false,
+            spki_sha256: info.spki_sha256,
         });
         self.save("issued.json", &all, 0o600)
+    }
+
+    /// Bring the roster up to date with what was issued (CA holder), one
+    /// version past the last one where it differs. The join service calls
+    /// this once its answer is sent: the new roster restarts the server,
+    /// and this daemon with it.
+    pub fn refresh_roster(&self) -> Result<(), StateError> {
+        self.locked(|| {
+            let issued = self.issued()?;
+            self.write_roster(&issued).map(|_| ())
+        })
+    }
+
+    /// Make and sign the roster from what was issued (CA holder, under the
+    /// lock): every certificate neither revoked nor expired. A roster that
+    /// lets in the same nodes as the last one is not written again.
+    fn write_roster(&self, issued: &[Issued]) -> Result<Roster, StateError> {
+        let ca = self.ca()?;
+        let realm = self
+            .identity()?
+            .realm
+            .ok_or_else(|| StateError::Invalid("this node has no realm".into()))?;
+        let t = now();
+        // A certificate recorded before rosters existed has no key hash to
+        // pin: a roster would lock its node out, so there is none (every
+        // node let in, as before) until such nodes have joined again.
+        if issued
+            .iter()
+            .any(|i| !i.revoked && i.not_after > t && i.spki_sha256.is_empty())
+        {
+            return Ok(Roster::default());
+        }
+        let members: Vec<Member> = issued
+            .iter()
+            .filter(|i| !i.revoked && i.not_after > t && !i.spki_sha256.is_empty())
+            .map(|i| Member {
+                node: i.node.clone(),
+                spki_sha256: i.spki_sha256.clone(),
+            })
+            .collect();
+        let mut revoked: Vec<String> = issued
+            .iter()
+            .filter(|i| i.revoked && !members.iter().any(|m| m.node == i.node))
+            .map(|i| i.node.clone())
+            .collect();
+        revoked.sort();
+        revoked.dedup();
+        let last = self.read_roster().map(|(_, r)| r);
+        if let Some(last) = last
+            .as_ref()
+            .filter(|l| l.members == members && l.revoked == revoked)
+        {
+            return Ok(last.clone());
+        }
+        let roster = Roster {
+            realm,
+            version: last.map_or(0, |l| l.version) + 1,
+            members,
+            revoked,
+        };
+        let signed = roster.sign(&ca.key_pem)?;
+        self.write("roster.json", signed.to_json().as_bytes(), 0o644)?;
+        Ok(roster)
+    }
+
+    /// The roster this node keeps, signed and opened, if its CA's signature
+    /// holds and it is for this node's realm.
+    pub fn read_roster(&self) -> Option<(Signed, Roster)> {
+        let text = self.read("roster.json").ok()??;
+        let signed = Signed::from_json(&text).ok()?;
+        let ca = self.read("ca.crt").ok()??;
+        let realm = self.identity().ok()?.realm?;
+        let roster = signed.open(&ca, &realm).ok()?;
+        Some((signed, roster))
+    }
+
+    /// Keep `signed` if the realm CA signed it for this node's realm and it
+    /// is newer than the roster kept here; returns the roster kept.
+    pub fn accept_roster(&self, signed: &Signed) -> Result<Option<Roster>, StateError> {
+        let ca = self
+            .read("ca.crt")?
+            .ok_or_else(|| StateError::Invalid("this node has no realm CA".into()))?;
+        let realm = self
+            .identity()?
+            .realm
+            .ok_or_else(|| StateError::Invalid("this node has no realm".into()))?;
+        let roster = signed.open(&ca, &realm).map_err(StateError::Invalid)?;
+        self.locked(|| {
+            if self
+                .read_roster()
+                .is_some_and(|(_, kept)| kept.version >= roster.version)
+            {
+                return Ok(None);
+            }
+            self.write("roster.json", signed.to_json().as_bytes(), 0o644)?;
+            Ok(Some(roster))
+        })
+    }
+
+    /// Revoke every certificate of `node` (CA holder): it leaves the
+    /// roster, so the realm's listeners refuse it once they have the new
+    /// one. Returns the certificates revoked now.
+    pub fn revoke(&self, node: &str) -> Result<Vec<Issued>, StateError> {
+        self.ca()?;
+        self.locked(|| {
+            let own = self
+                .identity()?
+                .certificate
+                .map(|c| c.common_name)
+                .unwrap_or_default();
+            if node == own {
+                return Err(StateError::Invalid(format!(
+                    "{node} is this node, which holds the realm CA: it cannot revoke itself"
+                )));
+            }
+            let mut issued = self.issued()?;
+            if !issued.iter().any(|i| i.node == node) {
+                return Err(StateError::Invalid(format!(
+                    "this realm never issued a certificate to {node} (`maculaos mesh status` lists the nodes connected)"
+                )));
+            }
+            let mut now_revoked = Vec::new();
+            for i in issued.iter_mut().filter(|i| i.node == node && !i.revoked) {
+                i.revoked = true;
+                now_revoked.push(i.clone());
+            }
+            if now_revoked.is_empty() {
+                return Err(StateError::Invalid(format!(
+                    "every certificate of {node} is revoked already"
+                )));
+            }
+            self.save("issued.json", &issued, 0o600)?;
+            self.write_roster(&issued)?;
+            Ok(now_revoked)
+        })
     }
 }
 
@@ -563,6 +707,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("belongs to another node's key"), "{e}");
+    }
+
+    #[test]
+    fn a_revoked_node_leaves_the_roster_every_listener_takes_only_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::new(dir.path().join("b1"));
+        s.create_realm("io.macula", "b1", &[], &[]).unwrap();
+        let (_, r) = s.read_roster().unwrap();
+        assert_eq!(
+            (r.version, r.members.len(), r.members[0].node.as_str()),
+            (1, 1, "b1")
+        );
+        token(&s, "t1", now() + 60);
+        let key = pki::new_key().unwrap();
+        s.redeem("t1", "p1", &[], &pki::csr(&key, "p1").unwrap())
+            .unwrap();
+        s.refresh_roster().unwrap();
+        // Nothing new: the same roster.
+        s.refresh_roster().unwrap();
+        let (with_p1, r) = s.read_roster().unwrap();
+        assert_eq!((r.version, r.pins().len()), (2, 2));
+
+        // Another listener of the realm keeps the roster, and only a newer one.
+        let other = State::new(dir.path().join("b2"));
+        fs::create_dir_all(&other.dir).unwrap();
+        fs::copy(s.ca_cert(), other.ca_cert()).unwrap();
+        fs::write(other.path("realm"), "io.macula\n").unwrap();
+        assert!(other.accept_roster(&with_p1).unwrap().is_some());
+        assert!(other.accept_roster(&with_p1).unwrap().is_none());
+
+        let gone = s.revoke("p1").unwrap();
+        assert_eq!(gone.len(), 1);
+        let (without_p1, r) = s.read_roster().unwrap();
+        assert_eq!(r.version, 3);
+        assert!(!r.members.iter().any(|m| m.node == "p1"), "{r:?}");
+        assert_eq!(r.revoked, ["p1"]);
+        let kept = other.accept_roster(&without_p1).unwrap().unwrap();
+        assert_eq!(kept.revoked, ["p1"]);
+        // The old roster replayed does not let p1 back in.
+        assert!(other.accept_roster(&with_p1).unwrap().is_none());
+        assert_eq!(other.read_roster().unwrap().1.version, 3);
+        // A roster signed by another CA is refused.
+        let forged = Roster {
+            realm: "io.macula".into(),
+            version: 99,
+            ..Roster::default()
+        }
+        .sign(&pki::create_ca("io.macula").unwrap().key_pem)
+        .unwrap();
+        let e = other.accept_roster(&forged).unwrap_err().to_string();
+        assert!(e.contains("not signed by this realm's CA"), "{e}");
+
+        for (who, why) in [
+            ("p1", "revoked already"),
+            ("b1", "cannot revoke itself"),
+            ("nobody", "never issued"),
+        ] {
+            let e = s.revoke(who).unwrap_err().to_string();
+            assert!(e.contains(why), "{who}: {e}");
+        }
     }
 
     #[test]

@@ -48,6 +48,20 @@ impl Server {
     }
 }
 
+/// Give `name` at `ip` a key and a certificate from `ca`; returns what a
+/// roster pins for it.
+fn certify(dir: &Path, ca: &pki::CertAndKey, realm: &str, name: &str, ip: &str) -> String {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    let key = pki::new_key().unwrap();
+    let csr = pki::csr(&key, name).unwrap();
+    let cert = pki::sign_node(ca, realm, name, &[], &[ip.parse().unwrap()], &csr).unwrap();
+    std::fs::write(d.join("node.key"), key).unwrap();
+    std::fs::write(d.join("node.crt"), &cert).unwrap();
+    std::fs::write(d.join("ca.crt"), &ca.cert_pem).unwrap();
+    pki::cert_info(&cert).unwrap().spki_sha256
+}
+
 /// Sign a certificate for `name` at `ip` and start its server.
 fn start(
     dir: &Path,
@@ -58,14 +72,21 @@ fn start(
     bootstrap: bool,
     peers: &[&str],
 ) -> Server {
+    certify(dir, ca, realm, name, ip);
+    start_certified(dir, realm, name, ip, bootstrap, peers, &[])
+}
+
+/// Start the server of `name`, certified already, pinning `pinned`.
+fn start_certified(
+    dir: &Path,
+    realm: &str,
+    name: &str,
+    ip: &str,
+    bootstrap: bool,
+    peers: &[&str],
+    pinned: &[String],
+) -> Server {
     let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    let key = pki::new_key().unwrap();
-    let csr = pki::csr(&key, name).unwrap();
-    let cert = pki::sign_node(ca, realm, name, &[], &[ip.parse().unwrap()], &csr).unwrap();
-    std::fs::write(d.join("node.key"), key).unwrap();
-    std::fs::write(d.join("node.crt"), cert).unwrap();
-    std::fs::write(d.join("ca.crt"), &ca.cert_pem).unwrap();
     let plan = ServerPlan {
         node: name.into(),
         realm: Some(realm.into()),
@@ -90,6 +111,7 @@ fn start(
         monitor: format!("{ip}:{MONITOR_PORT}"),
         bind: ip.into(),
         advertise: ip.into(),
+        pinned: pinned.to_vec(),
     };
     let conf = d.join("nats.conf");
     std::fs::write(&conf, plan.render()).unwrap();
@@ -119,6 +141,14 @@ fn start(
         std::thread::sleep(Duration::from_millis(100));
     }
     s
+}
+
+/// `mode` in the `settings` bucket, read on bootstrap node `s`.
+fn b2c_kv(s: &Server) -> client::KvValue {
+    connect(s)
+        .kv_get(REALM, "settings", "mode")
+        .unwrap()
+        .unwrap()
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -241,6 +271,23 @@ fn two_bootstrap_nodes_and_a_peer_form_one_realm() {
         ping(&b2c, "p").is_ok_and(|pong| pong.node == "p")
     });
 
+    // The realm's key-value store from the peer: its JetStream API goes to
+    // the bootstrap nodes through the realm's domain. The bucket is kept
+    // on both (the cluster elects its leader once the route is up).
+    wait_for("a bucket kept on both bootstrap nodes", || {
+        pc.kv_create(REALM, "settings", 2).is_ok()
+    });
+    let e = pc.kv_get(REALM, "missing", "k").unwrap_err().to_string();
+    assert!(e.contains("maculaos mesh kv create missing"), "{e}");
+    let rev = pc.kv_put(REALM, "settings", "mode", b"eco").unwrap();
+    let v = pc.kv_get(REALM, "settings", "mode").unwrap().unwrap();
+    assert_eq!((v.value.as_str(), v.revision), ("eco", rev));
+    assert_eq!(pc.kv_get(REALM, "settings", "unset").unwrap(), None);
+    // Made again with the same settings: the same bucket, value kept.
+    pc.kv_create(REALM, "settings", 2).unwrap();
+    let v = b2c_kv(&b2);
+    assert_eq!(v.value, "eco");
+
     // b1 dies: the peer reaches the realm through b2.
     drop(b1.take());
     wait_for("p to be answered from b2 once b1 is gone", || {
@@ -271,4 +318,35 @@ fn two_bootstrap_nodes_and_a_peer_form_one_realm() {
     );
     let l = status::leafz(&stranger.monitor()).unwrap();
     assert!(l.leafs.is_empty(), "{l:?}");
+}
+
+/// A listener that pins the roster's keys takes a member's leafnode and
+/// refuses a node of the same realm whose key left the roster (revoked):
+/// nats-server 2.9 enforces `pinned_certs` on the leafnode listener.
+#[test]
+fn a_listener_refuses_a_key_the_roster_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pki::create_ca(REALM).unwrap();
+    let b = certify(d, &ca, REALM, "b", "127.0.0.21");
+    let member = certify(d, &ca, REALM, "m", "127.0.0.22");
+    certify(d, &ca, REALM, "r", "127.0.0.23");
+    let b = start_certified(d, REALM, "b", "127.0.0.21", true, &[], &[b, member]);
+    let leaf = ["127.0.0.21:24433"];
+    let m = start_certified(d, REALM, "m", "127.0.0.22", false, &leaf, &[]);
+    let r = start_certified(d, REALM, "r", "127.0.0.23", false, &leaf, &[]);
+    wait_for("the member's leafnode", || {
+        status::leafz(&m.monitor()).is_ok_and(|l| l.leafs.len() == 1)
+    });
+    let log = d.join("b/nats.log");
+    wait_for("the listener's refusal of the revoked key", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("pinned"))
+    });
+    let l = status::leafz(&r.monitor()).unwrap();
+    assert!(
+        l.leafs.is_empty(),
+        "a key the roster left out got in: {l:?}"
+    );
+    let l = status::leafz(&b.monitor()).unwrap();
+    assert_eq!(l.leafs.len(), 1, "{l:?}");
 }

@@ -17,6 +17,7 @@ mod harness;
 mod install;
 mod lan;
 mod mesh;
+mod nats;
 mod pool;
 mod recovery;
 mod slots;

@@ -2,17 +2,23 @@
 //! a peer in one realm. The first bootstrap node makes the realm; the
 //! others join with one-time tokens made there; a publication on the peer
 //! reaches subscribers on both bootstrap nodes; a bootstrap node's ping is
-//! answered by the peer; with the bootstrap node its leafnode goes to
-//! killed the peer stays in the realm through the other, and the killed
-//! node rejoins when it boots again. A node whose certificate comes from another realm's CA
-//! is refused, and its `maculaos mesh status` says why.
+//! answered by the peer; a NATS client that is not ours (async-nats on the
+//! host, through SSH forwards) publishes, requests and answers the same way;
+//! a key-value bucket kept on both bootstrap nodes is written on the peer.
+//! With the bootstrap node its leafnode goes to killed the peer stays in
+//! the realm through the other; the killed node rejoins when it boots
+//! again, and the bucket's value is read back. The peer, revoked on the CA
+//! holder, is refused by both bootstrap nodes once they have the new
+//! roster. A node whose certificate comes from another realm's CA is
+//! refused, and its `maculaos mesh status` says why.
 
 use crate::harness::{ensure, Ctx, BOOT_TIMEOUT, CMD_TIMEOUT};
+use crate::nats::Nats;
 use crate::pool::Nodes;
 use anyhow::{Context, Result};
 use maculaos_vm::Ssh;
 use serde_json::Value;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const REALM: &str = "io.macula.test";
 const DROPIN: &str = "/var/lib/maculaos/config.d/60-mesh.yaml";
@@ -151,38 +157,54 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
         started.elapsed().as_secs_f64(),
     );
 
-    // A publication on the peer reaches subscribers on both bootstrap nodes.
+    // A publication on the peer reaches subscribers on both bootstrap
+    // nodes, from `maculaos mesh pub` and from a NATS client that is not
+    // ours (async-nats on the host, through an SSH forward to the peer's
+    // local NATS port).
+    let t = Instant::now();
+    let host2 = Nats::connect(&lan.nodes[2].ssh)?;
     for i in [0, 1] {
         lan.nodes[i].ssh.check(
-            "rm -f /tmp/sub.out; setsid sh -c 'maculaos mesh sub news --count 1 --timeout 300 >/tmp/sub.out 2>/tmp/sub.err' </dev/null >/dev/null 2>&1 &",
+            "rm -f /tmp/sub.out; setsid sh -c 'maculaos mesh sub news --timeout 300 >/tmp/sub.out 2>/tmp/sub.err' </dev/null >/dev/null 2>&1 &",
         )?;
     }
     let got = |ssh: &Ssh| -> Result<bool> {
-        Ok(ssh
-            .run("cat /tmp/sub.out")?
-            .stdout
-            .contains("hello from the peer"))
+        let out = ssh.run("cat /tmp/sub.out")?.stdout;
+        Ok(out.contains("hello from the peer") && out.contains("hello from async-nats"))
     };
     let pubs = lan.nodes[2].ssh.clone();
     for i in [0, 1] {
         // Interest travels to the peer over the leafnode: publish until it arrives.
         lan.wait_until(
             i,
-            &format!("node {i} to receive the peer's publication"),
+            &format!("node {i} to receive both of the peer's publications"),
             CMD_TIMEOUT,
             |ssh| {
                 pubs.check("maculaos mesh pub news 'hello from the peer'")?;
+                host2.publish(&format!("macula.pub.{REALM}.news"), "hello from async-nats")?;
                 got(ssh)
             },
         )?;
     }
-    let line = lan.nodes[0].ssh.check("cat /tmp/sub.out")?;
-    let m: Value = serde_json::from_str(line.trim())?;
+    let out = lan.nodes[0].ssh.check("cat /tmp/sub.out")?;
+    let m: Value = serde_json::from_str(out.lines().next().unwrap_or_default())?;
     ensure(m["subject"] == format!("macula.sub.{REALM}.news"), || {
         format!("the subscriber saw {m}")
     })?;
+    for i in [0, 1] {
+        lan.nodes[i]
+            .ssh
+            .check("pkill -f '^maculaos mesh sub news' || true")?;
+    }
+    ctx.record(
+        "mesh: publications from the peer seen on both bootstrap nodes (wall)",
+        t.elapsed().as_secs_f64(),
+    );
+    let t = Instant::now();
 
-    // Request/reply: both bootstrap nodes reach the peer's responder.
+    // Request/reply: both bootstrap nodes reach the peer's responder; a
+    // foreign client on a bootstrap node does too, and one on the peer
+    // answers a bootstrap node's request.
     for i in [0, 1] {
         let from = lan.nodes[i].ssh.clone();
         lan.wait_until(
@@ -192,6 +214,56 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
             |_| pings(&from, n[2]),
         )?;
     }
+    let host0 = Nats::connect(&lan.nodes[0].ssh)?;
+    let pong = host0.request(&format!("macula.rpc.{REALM}.node.{}.ping", n[2]), "")?;
+    ensure(pong.contains(&format!("\"node\":\"{}\"", n[2])), || {
+        format!(
+            "a ping of {} through node 0 was answered with {pong:?}",
+            n[2]
+        )
+    })?;
+    host2.answer(
+        &format!("macula.rpc.{REALM}.echo"),
+        "answered by async-nats",
+        Duration::from_secs(600),
+    )?;
+    let from = lan.nodes[0].ssh.clone();
+    lan.wait_until(
+        0,
+        "node 0's request to the peer's foreign responder",
+        CMD_TIMEOUT,
+        |_| {
+            Ok(from
+                .run_timeout("maculaos mesh request echo hi", CMD_TIMEOUT)?
+                .stdout
+                .contains("answered by async-nats"))
+        },
+    )?;
+
+    ctx.record(
+        "mesh: requests answered both ways, ours and async-nats (wall)",
+        t.elapsed().as_secs_f64(),
+    );
+    let t = Instant::now();
+    // The realm's key-value store: a bucket kept on both bootstrap nodes,
+    // written on the peer (JetStream elects the bucket's leader once both
+    // bootstrap nodes see each other).
+    let peer = lan.nodes[2].ssh.clone();
+    lan.wait_until(
+        2,
+        "a bucket kept on both bootstrap nodes",
+        CMD_TIMEOUT,
+        |_| {
+            Ok(peer
+                .run_timeout("maculaos mesh kv create settings --replicas 2", CMD_TIMEOUT)?
+                .success())
+        },
+    )?;
+    peer.check_timeout("maculaos mesh kv put settings mode eco", CMD_TIMEOUT)?;
+    ctx.record(
+        "mesh: a bucket kept on both bootstrap nodes made and written (wall)",
+        t.elapsed().as_secs_f64(),
+    );
 
     // The bootstrap node the peer's leafnode goes to dies: the peer stays
     // in the realm through the other one.
@@ -207,6 +279,7 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
         ),
     };
     let o = 1 - k;
+    let t = Instant::now();
     lan.kill(k)?;
     let s2 = wait_status(
         &mut lan,
@@ -215,6 +288,10 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
         |s| connected(s, "leafnode").iter().any(|c| c == n[o]),
     )?;
     ensure(s2["state"] == "connected", || format!("{s2:#}"))?;
+    ctx.record(
+        "mesh: a bootstrap node killed to the peer connected through the other (wall)",
+        t.elapsed().as_secs_f64(),
+    );
     let from = lan.nodes[o].ssh.clone();
     lan.wait_until(
         o,
@@ -239,6 +316,64 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
         "mesh: bootstrap node boot after a power cut to back in the realm (wall)",
         t.elapsed().as_secs_f64(),
     );
+    // The bucket's value, read after the power cut by the node that had
+    // it and, the standard way, by the foreign client on the peer.
+    let back = lan.nodes[k].ssh.clone();
+    lan.wait_until(
+        k,
+        &format!("node {k} to read the bucket again"),
+        CMD_TIMEOUT,
+        |_| {
+            Ok(back
+                .run_timeout("maculaos mesh kv get settings mode", CMD_TIMEOUT)?
+                .stdout
+                .trim()
+                == "eco")
+        },
+    )?;
+    let v = host2.kv_get(&REALM.replace('.', "_"), "settings", "mode")?;
+    ensure(v.as_deref() == Some("eco"), || {
+        format!("async-nats read settings/mode as {v:?}, not \"eco\"")
+    })?;
+
+    // Node 2 is revoked on the CA holder: both bootstrap nodes refuse it
+    // once they have the new roster (their nats-servers pin its keys), and
+    // it is out of the realm.
+    let out = lan.nodes[0].ssh.check_timeout(
+        &format!("sudo maculaos mesh revoke {} --json", n[2]),
+        CMD_TIMEOUT,
+    )?;
+    let rev: Value = serde_json::from_str(&out)
+        .with_context(|| format!("mesh revoke --json printed {out:?}"))?;
+    let version = rev["roster_version"].as_u64().unwrap_or(u64::MAX);
+    let t = Instant::now();
+    for i in [0, 1] {
+        wait_status(
+            &mut lan,
+            i,
+            &format!(
+                "node {i} to take roster version {version} and drop {}",
+                n[2]
+            ),
+            |s| {
+                s["roster"]["version"].as_u64() >= Some(version)
+                    && s["roster"]["revoked"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|x| x == n[2]))
+                    && !connected(s, "leafnode").iter().any(|c| c == n[2])
+            },
+        )?;
+    }
+    let s2 = wait_status(&mut lan, 2, "node 2 to be refused", |s| {
+        s["state"] == "connecting" && connected(s, "leafnode").is_empty()
+    })?;
+    ctx.record(
+        "mesh: revoke to the revoked node refused by both bootstrap nodes (wall)",
+        t.elapsed().as_secs_f64(),
+    );
+    ensure(!pings(&lan.nodes[1].ssh, n[2])?, || {
+        format!("node 1 still reaches the revoked node: {s2:#}")
+    })?;
 
     // Node 2 makes a realm of its own (another CA), then dials node 1 with
     // that certificate: refused, and its status says so.

@@ -107,6 +107,54 @@ impl Ssh {
         let _ = std::fs::remove_file(self.control_path());
     }
 
+    /// Forward a free port on the host's 127.0.0.1 to `target` (`host:port`
+    /// as the guest sees it, e.g. a service that listens on the guest's
+    /// loopback only) over the shared connection, as an operator's
+    /// `ssh -L` would; returns the host port. The forward lasts as long as
+    /// the shared connection.
+    pub fn forward(&self, target: &str) -> Result<u16> {
+        // The shared connection first: the forward is asked of it.
+        let shared = Ssh {
+            multiplex: true,
+            ..self.clone()
+        };
+        shared.check("true")?;
+        let mut last = String::new();
+        // The free port is chosen, then handed to ssh: another process may
+        // take it in between, hence a few tries.
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| VmError::Io {
+                    what: "choosing a free port on 127.0.0.1".into(),
+                    path: PathBuf::from("127.0.0.1"),
+                    source: e,
+                })?
+                .port();
+            let out = Command::new("ssh")
+                .args(["-F", "/dev/null", "-o"])
+                .arg(format!("ControlPath={}", shared.control_path().display()))
+                .args(["-O", "forward", "-L"])
+                .arg(format!("127.0.0.1:{port}:{target}"))
+                .args(["-p", &self.port.to_string()])
+                .arg(format!("{}@127.0.0.1", self.user))
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| spawn_error(e, format!("ssh -O forward -L {port}:{target}")))?;
+            if out.status.success() {
+                return Ok(port);
+            }
+            last = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        }
+        Err(VmError::SshFailed {
+            port: self.port,
+            command: format!("ssh -O forward -L 127.0.0.1:PORT:{target}"),
+            status: 255,
+            stdout: String::new(),
+            stderr: last,
+        })
+    }
+
     /// The `ssh` arguments that run `cmd` (a shell command line for the guest).
     pub fn args(&self, cmd: &str) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
