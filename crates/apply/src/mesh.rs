@@ -26,6 +26,17 @@ use maculaos_runner::Cmd;
 use std::fs;
 
 const AREA: &str = "mesh";
+/// How nats.conf says which roster version its pins come from.
+pub const ROSTER_LINE: &str = "# roster version ";
+
+/// The roster version the node's nats.conf pins (see [`ROSTER_LINE`]).
+pub fn applied_roster(root: &std::path::Path) -> Option<u64> {
+    fs::read_to_string(root.join(CONF.trim_start_matches('/')))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(ROSTER_LINE))
+        .and_then(|v| v.trim().parse().ok())
+}
 /// The server's configuration.
 pub const CONF: &str = "/etc/maculaos/nats.conf";
 pub use maculaos_mesh::{read_env, ENV};
@@ -144,6 +155,14 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
 
     let p = plan(config, &node, &state);
     let mut text = p.render();
+    // Which roster the pins come from: `maculaos mesh roster --check` (after
+    // maculaos-mesh-roster.service's apply) compares it with the one kept,
+    // and a roster that arrived during this apply gets another.
+    if let Some((_, r)) = state.read_roster().filter(|(_, r)| r.pins() == p.pinned) {
+        if !p.pinned.is_empty() {
+            text.push_str(&format!("{ROSTER_LINE}{}\n", r.version));
+        }
+    }
     // A new certificate (a join, a renewal) changes the file, so the
     // server restarts with it.
     if let Ok(id) = state.identity() {

@@ -29,7 +29,42 @@ const MOTD: &str = "/run/motd.d/50-maculaos-config";
 /// Shown above the console login prompt (agetty).
 const ISSUE: &str = "/etc/issue.d/50-maculaos-config.issue";
 
+/// Held for a whole run: two applies at once (an operator's and one a new
+/// mesh roster started) would each write what they loaded, and the one
+/// that finished last, possibly from the older configuration, would win.
+const LOCK: &str = "/run/maculaos/apply.lock";
+
+/// Wait for any other apply to finish; the lock goes with the process.
+fn lock() -> Result<nix::fcntl::Flock<fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = Path::new(LOCK);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let open = || {
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+    };
+    let f = open().map_err(|e| anyhow::anyhow!("{LOCK}: {e}"))?;
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(l),
+        Err((f, _)) => {
+            println!("maculaos apply: waiting for another apply to finish");
+            Flock::lock(f, FlockArg::LockExclusive)
+                .map_err(|(_, e)| anyhow::anyhow!("locking {LOCK}: {e}"))
+        }
+    }
+}
+
 pub fn run(args: &Args) -> Result<ExitCode> {
+    // Before the configuration is loaded: a run that waited loads what the
+    // one before it left.
+    let _lock = if args.dry_run { None } else { Some(lock()?) };
     let started = Instant::now();
     let paths = Paths::system();
     let mut failed = false;

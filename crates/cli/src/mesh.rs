@@ -97,6 +97,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The realm roster this node keeps (bootstrap and gateway nodes: the
+    /// node keys they let in), and whether nats-server runs with it.
+    Roster {
+        /// Exit status 1 unless nats-server's configuration pins the roster
+        /// kept (maculaos-mesh-roster.service runs apply again until it does).
+        #[arg(long)]
+        check: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The realm's key-value buckets (JetStream on the bootstrap nodes),
     /// from any node of the realm.
     #[command(subcommand)]
@@ -263,6 +273,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         }
         Command::Kv(kv) => kv_cmd(kv),
         Command::Revoke { node, json } => revoke(&node, json),
+        Command::Roster { check, json } => roster(check, json),
         Command::Join { token } => join_cmd(&token),
         Command::Serve => serve(),
     }
@@ -378,6 +389,8 @@ pub struct MeshStatus {
     /// The realm's roster this node keeps (bootstrap and gateway nodes:
     /// the keys they let in; root only).
     pub roster: Option<maculaos_mesh::roster::Roster>,
+    /// The roster version the running nats-server pins.
+    pub roster_applied: Option<u64>,
 }
 
 fn collect() -> MeshStatus {
@@ -400,6 +413,7 @@ fn collect() -> MeshStatus {
     let identity = st.identity();
     let mut s = MeshStatus {
         roster: st.read_roster().map(|(_, r)| r),
+        roster_applied: None,
         node: get("MACULA_NODE"),
         realm: realm.clone(),
         roles,
@@ -427,6 +441,7 @@ fn collect() -> MeshStatus {
             return s;
         }
     }
+    s.roster_applied = roster_in_force(s.server.as_ref());
     if let Ok(l) = status::leafz(MONITOR) {
         // nats-server 2.9 does not name the other end: a leafnode this
         // node dialled is named after the bootstrap node at its address.
@@ -627,27 +642,85 @@ fn render(s: &MeshStatus) -> String {
     o
 }
 
+/// The roster version the running nats-server pins: the one its
+/// configuration names, if the server started after that was written (an
+/// apply writes the file, then restarts the server).
+fn roster_in_force(server: Option<&status::Varz>) -> Option<u64> {
+    let started = humantime::parse_rfc3339_weak(&server?.start).ok()?;
+    let written = fs::metadata(maculaos_apply::mesh::CONF)
+        .ok()?
+        .modified()
+        .ok()?;
+    (started >= written).then(|| maculaos_apply::mesh::applied_roster(Path::new("/")))?
+}
+
+fn roster(check: bool, json: bool) -> Result<ExitCode> {
+    let kept = State::under(Path::new("/")).read_roster().map(|(_, r)| r);
+    let applied = maculaos_apply::mesh::applied_roster(Path::new("/"));
+    let in_force = kept.as_ref().is_none_or(|r| applied == Some(r.version));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "roster": kept,
+                "applied_version": applied,
+                "in_force": in_force,
+            }))?
+        );
+    } else {
+        match &kept {
+            None => println!(
+                "no roster kept here (a peer, a node not in a realm, or a realm whose listeners let in any certificate from its CA)"
+            ),
+            Some(r) => {
+                println!("{}", r.summary());
+                for m in &r.members {
+                    println!("  {}  {}", m.node, m.spki_sha256);
+                }
+                println!(
+                    "nats-server pins it: {}",
+                    if in_force {
+                        "yes".to_string()
+                    } else {
+                        format!(
+                            "no (its configuration has version {}; `sudo maculaos apply` writes it)",
+                            applied.map_or("none".into(), |v| v.to_string())
+                        )
+                    }
+                );
+            }
+        }
+    }
+    Ok(if check && !in_force {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn revoke(node: &str, json: bool) -> Result<ExitCode> {
     let name = node.split('.').next().unwrap_or(node);
     let st = State::under(Path::new("/"));
-    let gone = st.revoke(name).map_err(anyhow::Error::msg)?;
-    let roster = st.read_roster().map(|(_, r)| r);
-    let version = roster.as_ref().map_or(0, |r| r.version);
+    let (gone, roster) = st.revoke(name).map_err(anyhow::Error::msg)?;
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "node": name,
                 "revoked": gone,
-                "roster_version": version,
+                "roster_version": roster.version,
             }))?
         );
     } else {
         for i in &gone {
-            println!("revoked certificate {} of {name}", i.serial);
+            println!("revoked certificate {} of {}", i.serial, i.node);
         }
         eprintln!(
-            "{name} is out of the realm's roster (version {version}): maculaos-meshd publishes it              now, and each bootstrap and gateway node refuses {name} once it has it. To let it              back in: `maculaos mesh token create --replace {name}`, and join with that token."
+            "{name} is out of the realm's roster ({}). maculaos-meshd publishes it now; each \
+             bootstrap and gateway node refuses {name} once it has applied it (`maculaos mesh \
+             status` there shows the roster). To let {name} back in, it joins again with a new \
+             token (`maculaos mesh token create`).",
+            roster.summary()
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -808,6 +881,11 @@ fn spawn_roster_service(st: State, realm: String) {
                         ROSTER_TICK,
                         || st.read_roster().map(|(s, _)| s.to_json().into_bytes()),
                         || {
+                            // Also what a failed refresh after a join, or
+                            // an expiry, left to do.
+                            if let Err(e) = st.refresh_roster() {
+                                eprintln!("maculaos-meshd: the roster: {e}");
+                            }
                             let (signed, r) = st.read_roster()?;
                             if r.version == published && last.elapsed() < ROSTER_REPEAT {
                                 return None;

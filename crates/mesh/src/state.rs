@@ -454,22 +454,19 @@ impl State {
     /// Make and sign the roster from what was issued (CA holder, under the
     /// lock): every certificate neither revoked nor expired. A roster that
     /// lets in the same nodes as the last one is not written again.
-    fn write_roster(&self, issued: &[Issued]) -> Result<Roster, StateError> {
+    /// `None` while a valid certificate recorded before rosters existed has
+    /// no key hash to pin and no newer record of the same key covers it: a
+    /// roster would lock that node out (`revoke` then says which nodes).
+    fn write_roster(&self, issued: &[Issued]) -> Result<Option<Roster>, StateError> {
         let ca = self.ca()?;
         let realm = self
             .identity()?
             .realm
             .ok_or_else(|| StateError::Invalid("this node has no realm".into()))?;
-        let t = now();
-        // A certificate recorded before rosters existed has no key hash to
-        // pin: a roster would lock its node out, so there is none (every
-        // node let in, as before) until such nodes have joined again.
-        if issued
-            .iter()
-            .any(|i| !i.revoked && i.not_after > t && i.spki_sha256.is_empty())
-        {
-            return Ok(Roster::default());
+        if !uncovered_legacy(issued).is_empty() {
+            return Ok(None);
         }
+        let t = now();
         let members: Vec<Member> = issued
             .iter()
             .filter(|i| !i.revoked && i.not_after > t && !i.spki_sha256.is_empty())
@@ -490,17 +487,23 @@ impl State {
             .as_ref()
             .filter(|l| l.members == members && l.revoked == revoked)
         {
-            return Ok(last.clone());
+            return Ok(Some(last.clone()));
         }
+        // Never below the clock: a roster.json lost or damaged here must
+        // not restart the count below what the listeners kept (they would
+        // ignore every roster from then on).
+        let version = last
+            .map_or(0, |l| l.version + 1)
+            .max(u64::try_from(t).unwrap_or(0));
         let roster = Roster {
             realm,
-            version: last.map_or(0, |l| l.version) + 1,
+            version,
             members,
             revoked,
         };
         let signed = roster.sign(&ca.key_pem)?;
         self.write("roster.json", signed.to_json().as_bytes(), 0o644)?;
-        Ok(roster)
+        Ok(Some(roster))
     }
 
     /// The roster this node keeps, signed and opened, if its CA's signature
@@ -537,30 +540,49 @@ impl State {
         })
     }
 
-    /// Revoke every certificate of `node` (CA holder): it leaves the
-    /// roster, so the realm's listeners refuse it once they have the new
-    /// one. Returns the certificates revoked now.
-    pub fn revoke(&self, node: &str) -> Result<Vec<Issued>, StateError> {
+    /// Revoke every certificate of `node` (CA holder), and every other
+    /// certificate for the same key (the node renamed and joined again): it
+    /// leaves the roster, so the realm's listeners refuse it once they have
+    /// the new one. Returns the certificates revoked now and the roster.
+    pub fn revoke(&self, node: &str) -> Result<(Vec<Issued>, Roster), StateError> {
         self.ca()?;
         self.locked(|| {
-            let own = self
+            let own_key = self
                 .identity()?
                 .certificate
-                .map(|c| c.common_name)
+                .map(|c| c.key_sha256)
                 .unwrap_or_default();
-            if node == own {
-                return Err(StateError::Invalid(format!(
-                    "{node} is this node, which holds the realm CA: it cannot revoke itself"
-                )));
-            }
             let mut issued = self.issued()?;
+            let keys: Vec<String> = issued
+                .iter()
+                .filter(|i| i.node == node)
+                .map(|i| i.key_sha256.clone())
+                .filter(|k| !k.is_empty())
+                .collect();
             if !issued.iter().any(|i| i.node == node) {
                 return Err(StateError::Invalid(format!(
                     "this realm never issued a certificate to {node} (`maculaos mesh status` lists the nodes connected)"
                 )));
             }
+            if keys.contains(&own_key) {
+                return Err(StateError::Invalid(format!(
+                    "{node} is this node's key, which holds the realm CA: it cannot revoke itself"
+                )));
+            }
+            let legacy = uncovered_legacy(&issued);
+            if !legacy.is_empty() {
+                return Err(StateError::Invalid(format!(
+                    "the certificates of {} were made before rosters existed and cannot be pinned, \
+                     so no node can be refused yet: give each a new token (`maculaos mesh token create`) \
+                     and `maculaos mesh join` it again, then revoke {node}",
+                    legacy.join(", ")
+                )));
+            }
             let mut now_revoked = Vec::new();
-            for i in issued.iter_mut().filter(|i| i.node == node && !i.revoked) {
+            for i in issued
+                .iter_mut()
+                .filter(|i| !i.revoked && (i.node == node || keys.contains(&i.key_sha256)))
+            {
                 i.revoked = true;
                 now_revoked.push(i.clone());
             }
@@ -570,10 +592,35 @@ impl State {
                 )));
             }
             self.save("issued.json", &issued, 0o600)?;
-            self.write_roster(&issued)?;
-            Ok(now_revoked)
+            let roster = self.write_roster(&issued)?.ok_or_else(|| {
+                StateError::Invalid("the roster could not be made after revoking".into())
+            })?;
+            Ok((now_revoked, roster))
         })
     }
+}
+
+/// Nodes with a valid certificate recorded before rosters existed (no key
+/// hash to pin) that no newer record of the same key covers.
+fn uncovered_legacy(issued: &[Issued]) -> Vec<String> {
+    let t = now();
+    let valid = |i: &&Issued| !i.revoked && i.not_after > t;
+    let mut v: Vec<String> = issued
+        .iter()
+        .filter(valid)
+        .filter(|i| i.spki_sha256.is_empty())
+        .filter(|old| {
+            !issued.iter().filter(valid).any(|i| {
+                !i.spki_sha256.is_empty()
+                    && !old.key_sha256.is_empty()
+                    && i.key_sha256 == old.key_sha256
+            })
+        })
+        .map(|i| i.node.clone())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 #[cfg(test)]
@@ -714,10 +761,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = State::new(dir.path().join("b1"));
         s.create_realm("io.macula", "b1", &[], &[]).unwrap();
-        let (_, r) = s.read_roster().unwrap();
+        let (_, first) = s.read_roster().unwrap();
         assert_eq!(
-            (r.version, r.members.len(), r.members[0].node.as_str()),
-            (1, 1, "b1")
+            (first.members.len(), first.members[0].node.as_str()),
+            (1, "b1")
         );
         token(&s, "t1", now() + 60);
         let key = pki::new_key().unwrap();
@@ -727,7 +774,8 @@ mod tests {
         // Nothing new: the same roster.
         s.refresh_roster().unwrap();
         let (with_p1, r) = s.read_roster().unwrap();
-        assert_eq!((r.version, r.pins().len()), (2, 2));
+        assert!(r.version > first.version, "{r:?}");
+        assert_eq!(r.pins().len(), 2);
 
         // Another listener of the realm keeps the roster, and only a newer one.
         let other = State::new(dir.path().join("b2"));
@@ -737,17 +785,18 @@ mod tests {
         assert!(other.accept_roster(&with_p1).unwrap().is_some());
         assert!(other.accept_roster(&with_p1).unwrap().is_none());
 
-        let gone = s.revoke("p1").unwrap();
+        let (gone, r) = s.revoke("p1").unwrap();
         assert_eq!(gone.len(), 1);
-        let (without_p1, r) = s.read_roster().unwrap();
-        assert_eq!(r.version, 3);
+        let (without_p1, kept) = s.read_roster().unwrap();
+        assert_eq!(r, kept);
+        assert!(r.version > 2);
         assert!(!r.members.iter().any(|m| m.node == "p1"), "{r:?}");
         assert_eq!(r.revoked, ["p1"]);
         let kept = other.accept_roster(&without_p1).unwrap().unwrap();
         assert_eq!(kept.revoked, ["p1"]);
         // The old roster replayed does not let p1 back in.
         assert!(other.accept_roster(&with_p1).unwrap().is_none());
-        assert_eq!(other.read_roster().unwrap().1.version, 3);
+        assert_eq!(other.read_roster().unwrap().1.version, r.version);
         // A roster signed by another CA is refused.
         let forged = Roster {
             realm: "io.macula".into(),

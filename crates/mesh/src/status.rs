@@ -27,6 +27,8 @@ where
 pub struct Varz {
     pub server_name: String,
     pub version: String,
+    /// When the server started (RFC 3339).
+    pub start: String,
     pub uptime: String,
     pub connections: u64,
     pub leafnodes: u64,

@@ -331,8 +331,20 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
                 == "eco")
         },
     )?;
-    let v = host2.kv_get(&REALM.replace('.', "_"), "settings", "mode")?;
-    ensure(v.as_deref() == Some("eco"), || {
+    // The bucket's leader may still be being elected: ask until it answers.
+    let mut v = None;
+    lan.wait_until(
+        2,
+        "async-nats on the peer to read the bucket",
+        CMD_TIMEOUT,
+        |_| {
+            v = host2
+                .kv_get(&REALM.replace('.', "_"), "settings", "mode")
+                .ok();
+            Ok(v.is_some())
+        },
+    )?;
+    ensure(v == Some(Some("eco".to_string())), || {
         format!("async-nats read settings/mode as {v:?}, not \"eco\"")
     })?;
 
@@ -356,7 +368,9 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
                 n[2]
             ),
             |s| {
+                // Kept, and in force: the server runs with its pins.
                 s["roster"]["version"].as_u64() >= Some(version)
+                    && s["roster_applied"].as_u64() >= Some(version)
                     && s["roster"]["revoked"]
                         .as_array()
                         .is_some_and(|r| r.iter().any(|x| x == n[2]))
