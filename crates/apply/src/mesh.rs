@@ -111,16 +111,8 @@ pub fn plan(config: &Config, node: &str, state: &State) -> ServerPlan {
         monitor: MONITOR.into(),
         bind: "0.0.0.0".into(),
         advertise: advertise_host(config, node),
-        // Only for a realm this node is in: the roster is checked against
-        // its CA and realm when read.
-        pinned: if joined {
-            state
-                .read_roster()
-                .map(|(_, r)| r.pins())
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        },
+        // The mesh step fills them in from the roster (see `apply`).
+        pinned: Vec::new(),
     }
 }
 
@@ -153,15 +145,23 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
         identity(config, a, &state, realm, &node);
     }
 
-    let p = plan(config, &node, &state);
+    let mut p = plan(config, &node, &state);
+    // Pins only for a realm this node is in (the roster is checked against
+    // its CA and realm when read), with the version they come from:
+    // `maculaos mesh roster --check` (after maculaos-mesh-roster.service's
+    // apply) compares it with the one kept, and a roster that arrived
+    // during this apply gets another.
+    let roster = p
+        .tls
+        .as_ref()
+        .and_then(|_| state.read_roster())
+        .map(|(_, r)| r);
+    if let Some(r) = &roster {
+        p.pinned = r.pins();
+    }
     let mut text = p.render();
-    // Which roster the pins come from: `maculaos mesh roster --check` (after
-    // maculaos-mesh-roster.service's apply) compares it with the one kept,
-    // and a roster that arrived during this apply gets another.
-    if let Some((_, r)) = state.read_roster().filter(|(_, r)| r.pins() == p.pinned) {
-        if !p.pinned.is_empty() {
-            text.push_str(&format!("{ROSTER_LINE}{}\n", r.version));
-        }
+    if let Some(r) = roster.filter(|_| !p.pinned.is_empty()) {
+        text.push_str(&format!("{ROSTER_LINE}{}\n", r.version));
     }
     // A new certificate (a join, a renewal) changes the file, so the
     // server restarts with it.
