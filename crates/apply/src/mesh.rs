@@ -29,12 +29,25 @@ const AREA: &str = "mesh";
 /// How nats.conf says which roster version its pins come from.
 pub const ROSTER_LINE: &str = "# roster version ";
 
+/// How nats.conf says which version of the known bootstrap nodes its
+/// remotes come from (a node whose configuration names none).
+pub const KNOWN_LINE: &str = "# known nodes version ";
+
 /// The roster version the node's nats.conf pins (see [`ROSTER_LINE`]).
 pub fn applied_roster(root: &std::path::Path) -> Option<u64> {
+    applied(root, ROSTER_LINE)
+}
+
+/// The version of the known nodes the node's nats.conf dials (see [`KNOWN_LINE`]).
+pub fn applied_known(root: &std::path::Path) -> Option<u64> {
+    applied(root, KNOWN_LINE)
+}
+
+fn applied(root: &std::path::Path, line: &str) -> Option<u64> {
     fs::read_to_string(root.join(CONF.trim_start_matches('/')))
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix(ROSTER_LINE))
+        .find_map(|l| l.strip_prefix(line))
         .and_then(|v| v.trim().parse().ok())
 }
 /// The server's configuration.
@@ -64,13 +77,57 @@ pub fn node_name_under(config: &Config, root: &std::path::Path) -> String {
 /// The bootstrap nodes the configuration names, parsed (the configuration
 /// check has refused any that does not parse).
 pub fn bootstrap_peers(config: &Config) -> Vec<Endpoint> {
-    config
-        .maculaos
-        .mesh
-        .bootstrap_peers
-        .iter()
-        .filter_map(|p| Endpoint::parse(p, LEAF_PORT).ok())
+    parse_all(
+        config
+            .maculaos
+            .mesh
+            .bootstrap_peers
+            .iter()
+            .map(String::as_str),
+    )
+}
+
+fn parse_all<'a>(l: impl Iterator<Item = &'a str>) -> Vec<Endpoint> {
+    l.filter_map(|p| Endpoint::parse(p, LEAF_PORT).ok())
         .collect()
+}
+
+/// The bootstrap nodes and gateways a node dials, and the version of the
+/// known list they come from: those the configuration names, else those
+/// the node learnt of (its join answer, mDNS; see
+/// [`maculaos_mesh::known`]). A bootstrap node routes to those it was
+/// told of only: a bootstrap node seen on the LAN does not make a route
+/// (a new JetStream peer is the operator's choice).
+pub fn dial_list(config: &Config, state: &State) -> (Vec<Endpoint>, Vec<Endpoint>, Option<u64>) {
+    let configured = bootstrap_peers(config);
+    let Some(realm) = config.maculaos.mesh.realm.as_deref() else {
+        return (configured, Vec::new(), None);
+    };
+    if !configured.is_empty() {
+        return (configured, Vec::new(), None);
+    }
+    let Ok(known) = state.known() else {
+        return (configured, Vec::new(), None);
+    };
+    let roles = config.maculaos.mesh.effective_roles();
+    if roles.contains(&MeshRole::Bootstrap) {
+        let joined = known
+            .nodes
+            .iter()
+            .filter(|n| known.realm == realm && n.bootstrap() && n.source == "join");
+        return (
+            parse_all(joined.map(|n| n.address.as_str())),
+            Vec::new(),
+            None,
+        );
+    }
+    let (boot, relays) = known.dial(realm, roles.contains(&MeshRole::Gateway));
+    let version = (known.realm == realm).then_some(known.version);
+    (
+        parse_all(boot.into_iter()),
+        parse_all(relays.into_iter()),
+        version,
+    )
 }
 
 /// The host other nodes reach this one at.
@@ -90,6 +147,7 @@ pub fn plan(config: &Config, node: &str, state: &State) -> ServerPlan {
     let roles = config.maculaos.mesh.effective_roles();
     let realm = config.maculaos.mesh.realm.clone();
     let joined = realm.as_deref().is_some_and(|r| state.joined(r));
+    let (bootstrap_peers, relays, _) = dial_list(config, state);
     ServerPlan {
         node: node.to_string(),
         realm,
@@ -97,7 +155,8 @@ pub fn plan(config: &Config, node: &str, state: &State) -> ServerPlan {
         gateway: roles.contains(&MeshRole::Gateway),
         listen: nats.listen.to_string(),
         max_payload: nats.max_payload.bytes(),
-        bootstrap_peers: bootstrap_peers(config),
+        bootstrap_peers,
+        relays,
         tls: joined.then(|| TlsFiles {
             cert: state.node_cert(),
             key: state.node_key(),
@@ -162,6 +221,9 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     let mut text = p.render();
     if let Some(r) = roster.filter(|_| !p.pinned.is_empty()) {
         text.push_str(&format!("{ROSTER_LINE}{}\n", r.version));
+    }
+    if let (_, _, Some(v)) = dial_list(config, &state) {
+        text.push_str(&format!("{KNOWN_LINE}{v}\n"));
     }
     // A new certificate (a join, a renewal) changes the file, so the
     // server restarts with it.
@@ -262,7 +324,7 @@ fn dead_peer_timeout(config: &Config, a: &mut Applier, in_realm: bool) -> Result
 /// What a CA holder puts in its own certificate besides its name and
 /// `<name>.local`: the host of `mesh.advertise_address`, which other nodes
 /// dial, as a DNS name or an address.
-fn advertised(config: &Config, node: &str) -> (Vec<String>, Vec<std::net::IpAddr>) {
+pub fn advertised(config: &Config, node: &str) -> (Vec<String>, Vec<std::net::IpAddr>) {
     let host = advertise_host(config, node);
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         (Vec::new(), vec![ip])
@@ -304,9 +366,9 @@ fn identity(config: &Config, a: &mut Applier, state: &State, realm: &str, node: 
             a.note(
                 AREA,
                 format!(
-                    "tls_mode production: this node does not make a CA for realm {realm}, and \
-                     giving it the operator's CA is not supported yet; use tls_mode development \
-                     on the realm's first bootstrap node"
+                    "tls_mode production: realm {realm} has no CA on this node yet: give it the \
+                     operator's with `sudo maculaos mesh ca import --cert ca.crt --key ca.key` \
+                     (an ECDSA P-256 CA); until then the NATS server serves this node only"
                 ),
             );
         } else {
@@ -466,6 +528,52 @@ mod tests {
         fs::create_dir_all(r.join("etc")).unwrap();
         fs::write(r.join("etc/hostname"), "b1\n").unwrap();
         dir
+    }
+
+    #[test]
+    fn the_configured_bootstrap_nodes_else_the_known_ones() {
+        use maculaos_mesh::known::KnownNode;
+        let dir = tempfile::tempdir().unwrap();
+        let st = State::new(dir.path());
+        let k = |a: &str, role: &str, source: &str| KnownNode {
+            address: a.into(),
+            role: role.into(),
+            source: source.into(),
+        };
+        st.learn(
+            "io.macula",
+            &[
+                k("b1.local:4433", "bootstrap", "join"),
+                k("b2.local:4433", "bootstrap", "mdns"),
+                k("g1.local:4433", "gateway", "mdns"),
+            ],
+        )
+        .unwrap();
+        let hosts = |l: &[Endpoint]| l.iter().map(|e| e.host.clone()).collect::<Vec<_>>();
+        let peer = yaml("maculaos:\n  mesh:\n    realm: io.macula\n");
+        let (b, r, v) = dial_list(&peer, &st);
+        assert_eq!(
+            (hosts(&b), hosts(&r), v),
+            (
+                vec!["b1.local".into(), "b2.local".into()],
+                vec!["g1.local".into()],
+                Some(1)
+            )
+        );
+        let gw = yaml("maculaos:\n  mesh:\n    realm: io.macula\n    role: gateway\n");
+        let (b, r, _) = dial_list(&gw, &st);
+        assert_eq!((b.len(), r.len()), (2, 0));
+        // A bootstrap node routes to those it was told of, not to those seen.
+        let boot = yaml("maculaos:\n  mesh:\n    realm: io.macula\n    role: bootstrap\n");
+        let (b, r, v) = dial_list(&boot, &st);
+        assert_eq!((hosts(&b), r.len(), v), (vec!["b1.local".into()], 0, None));
+        // The configuration wins; another realm's list is not used.
+        let named =
+            yaml("maculaos:\n  mesh:\n    realm: io.macula\n    bootstrap_peers: [b9.local]\n");
+        assert_eq!(hosts(&dial_list(&named, &st).0), ["b9.local"]);
+        let other = yaml("maculaos:\n  mesh:\n    realm: io.other\n");
+        let (b, r, v) = dial_list(&other, &st);
+        assert_eq!((b.len(), r.len(), v), (0, 0, None));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use maculaos_config::{Config, MeshRole, Paths};
 use maculaos_mesh::client::{self, Client, Pong};
 use maculaos_mesh::conf::MONITOR;
 use maculaos_mesh::join::{self, Token, JOIN_PORT};
+use maculaos_mesh::known::KnownNode;
 use maculaos_mesh::state::{self, Identity, State};
 use maculaos_mesh::status;
 use maculaos_runner::Cmd;
@@ -32,6 +33,11 @@ pub enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        /// One line (`Mesh: connected (1 leafnode, 0 routes); realm …`),
+        /// from mesh.env and the server's counters only: what the login
+        /// banner shows. Needs no root.
+        #[arg(long, conflicts_with = "json")]
+        brief: bool,
     },
     /// The nodes this one is connected to (leafnodes and routes).
     Peers {
@@ -87,6 +93,16 @@ pub enum Command {
     /// Join tokens (on the bootstrap node that holds the realm CA).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The realm CA (`tls_mode: production`: the operator's).
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Renew this node's certificate now, from the realm's CA holder over
+    /// the mesh (maculaos-meshd does it by itself once a third of its life
+    /// is left). Same key, same name; a revoked node is refused.
+    Renew {
+        #[arg(long)]
+        json: bool,
+    },
     /// Cut NODE off the realm (on the bootstrap node that holds the realm
     /// CA): its certificates are revoked and it leaves the realm's roster;
     /// every bootstrap and gateway node refuses it once it has the new
@@ -101,7 +117,8 @@ pub enum Command {
     /// node keys they let in), and whether nats-server runs with it.
     Roster {
         /// Exit status 1 unless nats-server's configuration pins the roster
-        /// kept (maculaos-mesh-roster.service runs apply again until it does).
+        /// kept and dials the known nodes kept (maculaos-mesh-roster.service
+        /// runs apply again until it does).
         #[arg(long)]
         check: bool,
         #[arg(long)]
@@ -118,6 +135,23 @@ pub enum Command {
     Join { token: String },
     /// The mesh daemon (maculaos-meshd.service).
     Serve,
+}
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Make this node, a bootstrap node with `tls_mode: production`, the
+    /// first of its realm with the operator's CA (ECDSA P-256): the CA is
+    /// checked, kept here (the key as root's, 0600) and signs this node's
+    /// certificate; other nodes join with tokens made here, as in
+    /// development mode.
+    Import {
+        /// The CA certificate (PEM).
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        /// Its private key (PEM): remove the file once imported.
+        #[arg(long)]
+        key: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,7 +232,12 @@ fn connect() -> Result<Client> {
 
 pub fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Status { json } => {
+        Command::Status { brief: true, .. } => {
+            let b = status::Brief::of_node(Path::new("/"));
+            println!("Mesh:         {}", b.line());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json, .. } => {
             let s = collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -275,6 +314,8 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         Command::Revoke { node, json } => revoke(&node, json),
         Command::Roster { check, json } => roster(check, json),
         Command::Join { token } => join_cmd(&token),
+        Command::Ca(CaCommand::Import { cert, key }) => ca_import(&cert, &key),
+        Command::Renew { json } => renew_cmd(json),
         Command::Serve => serve(),
     }
 }
@@ -371,8 +412,7 @@ pub struct MeshStatus {
     pub node: String,
     pub realm: Option<String>,
     pub roles: Vec<String>,
-    /// `connected`, `serving` (a bootstrap node alone in its realm),
-    /// `connecting`, `not joined`, `down` or `disabled`.
+    /// [`status::state_word`], `down` or `disabled`.
     pub state: String,
     pub identity: Identity,
     /// Why the identity could not be read (not root).
@@ -391,6 +431,10 @@ pub struct MeshStatus {
     pub roster: Option<maculaos_mesh::roster::Roster>,
     /// The roster version the running nats-server pins.
     pub roster_applied: Option<u64>,
+    /// The realm's bootstrap and gateway nodes this node learnt of (its
+    /// join answer, mDNS), what it dials when the configuration names
+    /// none (root only).
+    pub known: Vec<KnownNode>,
 }
 
 fn collect() -> MeshStatus {
@@ -414,6 +458,12 @@ fn collect() -> MeshStatus {
     let mut s = MeshStatus {
         roster: st.read_roster().map(|(_, r)| r),
         roster_applied: None,
+        known: st
+            .known()
+            .ok()
+            .filter(|k| realm.as_deref() == Some(k.realm.as_str()))
+            .map(|k| k.nodes)
+            .unwrap_or_default(),
         node: get("MACULA_NODE"),
         realm: realm.clone(),
         roles,
@@ -474,23 +524,14 @@ fn collect() -> MeshStatus {
     }
     let leafs = s.connections.iter().any(|c| c.kind == "leafnode");
     let routes = s.connections.iter().any(|c| c.kind == "route");
-    s.state = if realm.is_none() {
-        "no realm"
-    } else if !joined {
-        "not joined"
-    } else if bootstrap {
-        match (connects_to.is_empty(), routes) {
-            (true, false) => "serving",
-            (false, false) => "connecting",
-            _ => "connected",
-        }
-    } else if connects_to.is_empty() {
-        "no bootstrap nodes known"
-    } else if leafs {
-        "connected"
-    } else {
-        "connecting"
-    }
+    s.state = status::state_word(
+        realm.is_some(),
+        joined,
+        bootstrap,
+        !connects_to.is_empty(),
+        leafs,
+        routes,
+    )
     .to_string();
     s
 }
@@ -608,6 +649,14 @@ fn render(s: &MeshStatus) -> String {
     if !s.connects_to.is_empty() {
         line("Connects to:", s.connects_to.join(", "));
     }
+    if !s.known.is_empty() {
+        let k: Vec<String> = s
+            .known
+            .iter()
+            .map(|k| format!("{} ({}, from {})", k.address, k.role, k.source))
+            .collect();
+        line("Known nodes:", k.join(", "));
+    }
     if let Some(js) = &s.jetstream {
         let meta = js.meta_cluster.clone().unwrap_or_default();
         line(
@@ -655,9 +704,33 @@ fn roster_in_force(server: Option<&status::Varz>) -> Option<u64> {
 }
 
 fn roster(check: bool, json: bool) -> Result<ExitCode> {
-    let kept = State::under(Path::new("/")).read_roster().map(|(_, r)| r);
+    let st = State::under(Path::new("/"));
+    let kept = st.read_roster().map(|(_, r)| r);
     let applied = maculaos_apply::mesh::applied_roster(Path::new("/"));
     let in_force = kept.as_ref().is_none_or(|r| applied == Some(r.version));
+    // The known nodes a node dials when its configuration names none.
+    let known = maculaos_apply::mesh::dial_list(&load(), &st).2;
+    let known_applied = maculaos_apply::mesh::applied_known(Path::new("/"));
+    let known_in_force = known.is_none_or(|v| known_applied == Some(v));
+    // The node's certificate (renewed by maculaos-meshd): apply records
+    // its SHA-256 in nats.conf.
+    let cert_in_force = st
+        .identity()
+        .ok()
+        .and_then(|i| i.certificate)
+        .is_none_or(|c| {
+            fs::read_to_string(maculaos_apply::mesh::CONF).map_or(true, |t| t.contains(&c.sha256))
+        });
+    if !cert_in_force {
+        eprintln!("nats-server's configuration does not have this node's current certificate (`sudo maculaos apply` writes it)");
+    }
+    if !known_in_force {
+        eprintln!(
+            "nats-server's configuration dials known nodes version {}, not {} (`sudo maculaos apply` writes it)",
+            known_applied.map_or("none".into(), |v| v.to_string()),
+            known.unwrap_or_default()
+        );
+    }
     if json {
         println!(
             "{}",
@@ -691,7 +764,7 @@ fn roster(check: bool, json: bool) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if check && !in_force {
+    Ok(if check && !(in_force && known_in_force && cert_in_force) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -784,6 +857,79 @@ fn refuse_overridden_realm(loaded: &maculaos_config::Loaded, realm: &str) -> Res
     Ok(())
 }
 
+fn ca_import(cert: &Path, key: &Path) -> Result<ExitCode> {
+    let config = load();
+    let mesh = &config.maculaos.mesh;
+    let realm = mesh.realm.clone().context(
+        "no realm is configured: set maculaos.mesh.realm, tls_mode: production and role: bootstrap first",
+    )?;
+    if mesh.tls_mode != maculaos_config::TlsMode::Production {
+        bail!(
+            "maculaos.mesh.tls_mode is development: this node makes realm {realm}'s CA itself; \
+             set tls_mode: production to use the operator's"
+        );
+    }
+    if !mesh.effective_roles().contains(&MeshRole::Bootstrap) {
+        bail!("the realm CA goes on a bootstrap node: set maculaos.mesh.role: bootstrap");
+    }
+    let read = |p: &Path| fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let ca = maculaos_mesh::pki::CertAndKey {
+        cert_pem: read(cert)?,
+        key_pem: read(key)?,
+    };
+    let node = node_name(&config);
+    let (names, ips) = maculaos_apply::mesh::advertised(&config, &node);
+    let st = State::under(Path::new("/"));
+    let days = st
+        .import_realm(&realm, &node, &names, &ips, &ca)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+    println!(
+        "realm {realm}: this node holds the operator's CA ({days} days left) and a certificate from it"
+    );
+    if days < maculaos_mesh::pki::NODE_DAYS as i64 {
+        eprintln!(
+            "warning: the CA expires in {days} days, before the certificates it signs now (a year): plan its replacement"
+        );
+    }
+    eprintln!(
+        "the CA's key is kept in {}/ca.key (root only): remove {} now",
+        state::MESH_DIR,
+        key.display()
+    );
+    apply_now()
+}
+
+fn renew_cmd(json: bool) -> Result<ExitCode> {
+    let realm = realm()?;
+    let st = State::under(Path::new("/"));
+    let c = connect()?;
+    let new = maculaos_mesh::renew::renew(&st, &c, &realm).map_err(anyhow::Error::msg)?;
+    let days = (new.not_after - state::now()) / 86_400;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&new)?);
+    } else {
+        println!(
+            "renewed: certificate {} for {}, expires in {days} days",
+            new.serial, new.common_name
+        );
+    }
+    apply_now()
+}
+
+/// `maculaos apply`, so that a new identity is in force at once.
+fn apply_now() -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("finding the maculaos binary")?;
+    let status = std::process::Command::new(exe)
+        .arg("apply")
+        .status()
+        .context("running maculaos apply")?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn join_cmd(arg: &str) -> Result<ExitCode> {
     let text = if arg == "-" {
         let mut t = String::new();
@@ -802,18 +948,22 @@ fn join_cmd(arg: &str) -> Result<ExitCode> {
     let st = State::under(Path::new("/"));
     let answer = join::join(&st, &token, &node).map_err(anyhow::Error::msg)?;
     println!("joined realm {} as {node}", answer.realm);
-    // The realm, and where its bootstrap nodes are unless the configuration
-    // names them, go into config.d; apply restarts the mesh with them.
+    // The realm goes into config.d; the bootstrap nodes the answer lists
+    // into the nodes this one knows (mDNS adds those it sees on the LAN),
+    // which it dials unless the configuration names some.
+    let learnt: Vec<KnownNode> = answer
+        .bootstrap_peers
+        .iter()
+        .map(|p| KnownNode {
+            address: p.clone(),
+            role: "bootstrap".into(),
+            source: "join".into(),
+        })
+        .collect();
+    st.learn(&answer.realm, &learnt)
+        .map_err(|e| anyhow::anyhow!("keeping the realm's bootstrap nodes: {e}"))?;
     let mut mesh = serde_yaml_ng::Mapping::new();
     mesh.insert("realm".into(), answer.realm.clone().into());
-    if config.maculaos.mesh.bootstrap_peers.is_empty() {
-        let peers: Vec<serde_yaml_ng::Value> = answer
-            .bootstrap_peers
-            .iter()
-            .map(|p| p.clone().into())
-            .collect();
-        mesh.insert("bootstrap_peers".into(), peers.into());
-    }
     let mut maculaos = serde_yaml_ng::Mapping::new();
     maculaos.insert("mesh".into(), mesh.into());
     let mut doc = serde_yaml_ng::Mapping::new();
@@ -842,16 +992,7 @@ fn join_cmd(arg: &str) -> Result<ExitCode> {
             now.maculaos.mesh.realm.unwrap_or_default()
         );
     }
-    let exe = std::env::current_exe().context("finding the maculaos binary")?;
-    let status = std::process::Command::new(exe)
-        .arg("apply")
-        .status()
-        .context("running maculaos apply")?;
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    apply_now()
 }
 
 /// maculaos-meshd: answers pings for this node; on the node that holds the
@@ -952,6 +1093,112 @@ fn spawn_roster_follower(st: State, realm: String) {
     });
 }
 
+/// How long each look at the LAN lasts; how often while meshd has just
+/// started (nodes of a site tend to come up together), and after that.
+const DISCOVER_FOR: Duration = Duration::from_secs(3);
+const DISCOVER_EARLY: Duration = Duration::from_secs(20);
+const DISCOVER_LATER: Duration = Duration::from_secs(300);
+const DISCOVER_EARLY_FOR: Duration = Duration::from_secs(600);
+
+/// On a node whose configuration names no bootstrap nodes: the bootstrap
+/// and gateway nodes of its realm announced on the LAN join the nodes it
+/// knows (`known.json`), which maculaos-mesh-roster.path applies.
+fn spawn_discovery(st: State, realm: String) {
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mut last_error = String::new();
+        loop {
+            let me = maculaos_discover::ThisNode::running();
+            match maculaos_discover::browse(DISCOVER_FOR, &me) {
+                Ok(nodes) => {
+                    let found: Vec<KnownNode> = nodes
+                        .iter()
+                        .filter(|n| !n.local)
+                        .filter_map(|n| KnownNode::announced(&realm, &n.host, &n.role, &n.realm))
+                        .collect();
+                    match st.learn(&realm, &found) {
+                        Ok(Some(v)) => {
+                            let names: Vec<String> = found
+                                .iter()
+                                .map(|k| format!("{} ({})", k.address, k.role))
+                                .collect();
+                            println!(
+                                "maculaos-meshd: on the LAN: {} (known nodes version {v})",
+                                names.join(", ")
+                            );
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            eprintln!("maculaos-meshd: keeping the nodes seen on the LAN: {e}")
+                        }
+                    }
+                    last_error.clear();
+                }
+                Err(e) => {
+                    // Once per new error, not every round.
+                    let e = e.to_string();
+                    if e != last_error {
+                        eprintln!("maculaos-meshd: looking for bootstrap nodes on the LAN: {e}");
+                        last_error = e;
+                    }
+                }
+            }
+            std::thread::sleep(if started.elapsed() < DISCOVER_EARLY_FOR {
+                DISCOVER_EARLY
+            } else {
+                DISCOVER_LATER
+            });
+        }
+    });
+}
+
+/// How often a node looks at its certificate's expiry.
+const RENEW_CHECK: Duration = Duration::from_secs(3600);
+
+/// On the CA holder: renew the certificates of the realm's nodes.
+fn spawn_renewal_service(st: State, realm: String) {
+    std::thread::spawn(move || loop {
+        let subject = client::renew_subject(&realm);
+        match Client::connect(&client::local_url(), "maculaos-meshd-renew", TIMEOUT) {
+            Ok(c) => {
+                println!("maculaos-meshd: renewing certificates on {subject}");
+                let r = c.serve(&subject, |p| {
+                    let (a, log) = maculaos_mesh::renew::answer(&st, p);
+                    println!("maculaos-meshd: {log}");
+                    Some(a)
+                });
+                if let Err(e) = r {
+                    eprintln!("maculaos-meshd: renewals: {e}");
+                }
+            }
+            Err(e) => eprintln!("maculaos-meshd: renewals: {e}"),
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    });
+}
+
+/// On a node of the realm (not the CA holder): renew its certificate once
+/// a third of its life is left, trying again every [`RENEW_CHECK`] until it
+/// works. The new certificate restarts the server
+/// (maculaos-mesh-roster.path runs apply).
+fn spawn_renewer(st: State, realm: String) {
+    std::thread::spawn(move || loop {
+        if st.needs_renewal() {
+            let r = Client::connect(&client::local_url(), "maculaos-meshd-renew", TIMEOUT)
+                .map_err(|e| e.to_string())
+                .and_then(|c| maculaos_mesh::renew::renew(&st, &c, &realm));
+            match r {
+                Ok(c) => println!(
+                    "maculaos-meshd: renewed this node's certificate (serial {})",
+                    c.serial
+                ),
+                Err(e) => eprintln!("maculaos-meshd: renewing this node's certificate: {e}"),
+            }
+        }
+        std::thread::sleep(RENEW_CHECK);
+    });
+}
+
 fn serve() -> Result<ExitCode> {
     let config = load();
     if !config.maculaos.nats.enabled {
@@ -991,11 +1238,20 @@ fn serve() -> Result<ExitCode> {
             }
         });
     }
+    let roles = config.maculaos.mesh.effective_roles();
+    if config.maculaos.mesh.bootstrap_peers.is_empty() && !roles.contains(&MeshRole::Bootstrap) {
+        spawn_discovery(st.clone(), realm.clone());
+    }
     if st.joined(&realm) {
-        let roles = config.maculaos.mesh.effective_roles();
         if id.ca_holder {
             spawn_roster_service(st.clone(), realm.clone());
-        } else if roles.contains(&MeshRole::Bootstrap) || roles.contains(&MeshRole::Gateway) {
+            spawn_renewal_service(st.clone(), realm.clone());
+        } else {
+            spawn_renewer(st.clone(), realm.clone());
+        }
+        if !id.ca_holder
+            && (roles.contains(&MeshRole::Bootstrap) || roles.contains(&MeshRole::Gateway))
+        {
             spawn_roster_follower(st.clone(), realm.clone());
         }
     }

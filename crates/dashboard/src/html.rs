@@ -274,7 +274,7 @@ mod tests {
         assert!(page.contains("MaculaOS 1.2.3"));
         assert!(page.contains("1 h 2 min"), "uptime");
         assert!(page.contains("Disk /var"));
-        assert!(page.contains("not configured"));
+        assert!(page.contains("no NATS server on this node"));
         assert!(page.contains("busy share on the next refresh"));
         assert!(page.ends_with("</html>\n"));
     }

@@ -161,32 +161,43 @@ fn state_name(s: State) -> &'static str {
     }
 }
 
-/// Mesh connectivity. A placeholder until the mesh service exists: it says
-/// whether the node is configured for a realm.
+/// The node's mesh, in brief (`maculaos mesh status` has the details).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mesh {
-    /// `not-configured`, or `configured` (a realm is set; connectivity is
-    /// not known yet).
+    /// `connected`, `connecting`, `serving`, `not joined`, `no realm`,
+    /// `no bootstrap nodes known`, `down` or `disabled` (see
+    /// [`maculaos_mesh::status::state_word`]).
     pub state: String,
     pub realm: Option<String>,
+    /// One line: the state, connections, realm and roles.
     pub detail: String,
 }
 
 impl Mesh {
-    pub fn for_realm(realm: Option<&str>) -> Mesh {
-        match realm {
-            Some(r) => Mesh {
-                state: "configured".into(),
-                realm: Some(r.into()),
-                detail: format!("configured for realm {r}, mesh service not built yet"),
-            },
-            None => Mesh {
-                state: "not-configured".into(),
-                realm: None,
-                detail: "not configured (maculaos.mesh.realm is not set)".into(),
-            },
+    pub fn from_brief(b: &maculaos_mesh::status::Brief) -> Mesh {
+        Mesh {
+            state: b.state.clone(),
+            realm: b.realm.clone(),
+            detail: b.line(),
         }
     }
+}
+
+/// The mesh from the node's `mesh.env` and, on the running system, its
+/// server's monitoring endpoint (loopback).
+fn mesh(ctx: &Collector) -> Mesh {
+    let env = maculaos_mesh::read_env(&ctx.root);
+    let varz = if ctx.running_system() && !env.is_empty() {
+        maculaos_mesh::status::varz(maculaos_mesh::conf::MONITOR).ok()
+    } else {
+        None
+    };
+    let mut m = Mesh::from_brief(&maculaos_mesh::status::Brief::from(&env, varz.as_ref()));
+    if env.is_empty() {
+        m.realm = ctx.realm.clone();
+        m.detail = "no NATS server on this node (maculaos.nats.enabled: false)".into();
+    }
+    m
 }
 
 /// One event of the agent (`event: <key>: <message>` in its journal).
@@ -282,7 +293,7 @@ pub fn collect(ctx: &mut Collector, checks: &[Check]) -> Status {
         disks,
         services,
         checks: checks.iter().map(CheckResult::from).collect(),
-        mesh: Mesh::for_realm(ctx.realm.as_deref()),
+        mesh: mesh(ctx),
         events,
         notes,
         generated_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -505,7 +516,7 @@ pub(crate) mod tests {
         assert!(!s.healthy, "web fails");
         assert_eq!(s.checks[1].state, "fail");
         assert_eq!(s.checks[3].state, "warn");
-        assert_eq!(s.mesh.state, "not-configured");
+        assert_eq!(s.mesh.state, "disabled");
         assert!(s.events.is_empty());
         assert!(
             s.notes.iter().any(|n| n.starts_with("events: not read")),
@@ -521,15 +532,17 @@ pub(crate) mod tests {
             "proc/stat",
             "cpu  120 0 120 750 110 0 0 0 0 0\ncpu0 1 1 1 1\n",
         );
-        c.realm = Some("io.macula".into());
+        write(
+            d.path(),
+            "etc/maculaos/mesh.env",
+            "MACULA_REALM=io.macula\nMACULA_ROLES=peer\nMACULA_JOINED=no\n",
+        );
         let s = collect(&mut c, &checks()[..1]);
         assert_eq!(s.cpu.busy_percent, Some(40.0));
         assert!(s.cpu.busy_window_seconds.is_some());
         assert!(s.healthy);
-        assert_eq!(
-            s.mesh.detail,
-            "configured for realm io.macula, mesh service not built yet"
-        );
+        // A fake tree has no server to ask.
+        assert_eq!(s.mesh.detail, "down; realm io.macula; roles peer");
     }
 
     #[test]
@@ -592,7 +605,7 @@ pub(crate) mod tests {
             v["checks"][0],
             serde_json::json!({"name": "config", "state": "pass", "message": "configuration valid"})
         );
-        assert_eq!(v["mesh"]["state"], "not-configured");
+        assert_eq!(v["mesh"]["state"], "disabled");
         assert_eq!(v["healthy"], false);
         // A client (the CLI) reads it back.
         let back: Status = serde_json::from_value(v).unwrap();
@@ -607,6 +620,5 @@ pub(crate) mod tests {
         config.mesh.realm = Some("io.macula".into());
         c.set_config(&config);
         assert_eq!(c.realm.as_deref(), Some("io.macula"));
-        assert_eq!(Mesh::for_realm(None).state, "not-configured");
     }
 }

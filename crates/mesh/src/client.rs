@@ -46,6 +46,12 @@ pub fn roster_subject(realm: &str) -> String {
     rpc_subject(realm, "realm.roster")
 }
 
+/// Where the realm's CA holder renews a node's certificate (see
+/// [`crate::state::State::renew`]).
+pub fn renew_subject(realm: &str) -> String {
+    rpc_subject(realm, "realm.renew")
+}
+
 /// The topic a new roster is published on (`macula.pub.<realm>.realm.roster`,
 /// received on `macula.sub.<realm>.realm.roster`).
 pub const ROSTER_TOPIC: &str = "realm.roster";
@@ -239,15 +245,26 @@ impl Client {
 
     /// Answer pings for `pong.node` until the connection ends for good.
     pub fn serve_ping(&self, pong: &Pong) -> Result<(), ClientError> {
-        let subject = ping_subject(&pong.realm, &pong.node);
-        let what = format!("answering pings on {subject}");
-        let body = Bytes::from(serde_json::to_vec(pong).unwrap_or_default());
+        let body = serde_json::to_vec(pong).unwrap_or_default();
+        self.serve(&ping_subject(&pong.realm, &pong.node), |_| {
+            Some(body.clone())
+        })
+    }
+
+    /// Answer each request on `subject` with `answer(payload)` (nothing:
+    /// no answer), one at a time, until the connection ends for good.
+    pub fn serve(
+        &self,
+        subject: &str,
+        mut answer: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let what = format!("answering on {subject}");
         self.rt.block_on(async {
-            let mut sub = self.subscription(&subject, &what).await?;
+            let mut sub = self.subscription(subject, &what).await?;
             while let Some(msg) = sub.next().await {
-                if let Some(reply) = msg.reply {
+                if let (Some(reply), Some(body)) = (msg.reply, answer(&msg.payload)) {
                     // A requester that left is not our problem.
-                    let _ = self.nats.publish(reply, body.clone()).await;
+                    let _ = self.nats.publish(reply, body.into()).await;
                 }
             }
             Err(ClientError(format!("{what}: the connection closed")))

@@ -114,6 +114,9 @@ pub struct ServerPlan {
     pub max_payload: u64,
     /// The bootstrap nodes this node knows (leafnode addresses).
     pub bootstrap_peers: Vec<Endpoint>,
+    /// Gateway nodes a peer dials when no bootstrap node answers (after
+    /// them, in this order); a gateway dials bootstrap nodes only.
+    pub relays: Vec<Endpoint>,
     /// Certificates; `None` until the node has joined its realm.
     pub tls: Option<TlsFiles>,
     /// JetStream on a node that is not bootstrap (its own, domain = its
@@ -185,15 +188,26 @@ impl ServerPlan {
     }
 
     /// The leafnode addresses this node dials: every bootstrap node it
-    /// knows but itself; none for a bootstrap node (routes join those).
+    /// knows but itself, then (not on a gateway) the gateways it knows;
+    /// none for a bootstrap node (routes join those).
     pub fn remotes(&self) -> Vec<&Endpoint> {
         if self.bootstrap {
             return Vec::new();
         }
+        let relays: &[Endpoint] = if self.gateway { &[] } else { &self.relays };
         self.bootstrap_peers
             .iter()
+            .chain(relays)
             .filter(|e| !self.is_self(&e.host))
             .collect()
+    }
+
+    /// Whether a gateway is among [`ServerPlan::remotes`]: then they are
+    /// dialled in order (nats-server picks at random otherwise), so a
+    /// peer uses a relay only when no bootstrap node answers.
+    fn dials_relays(&self) -> bool {
+        let remotes = self.remotes();
+        self.relays.iter().any(|r| remotes.contains(&r))
     }
 
     /// The cluster routes of a bootstrap node: itself (see
@@ -236,6 +250,18 @@ impl ServerPlan {
     /// of a realm it has joined (which runs the realm's).
     fn own_jetstream(&self) -> bool {
         self.jetstream && !(self.bootstrap && self.tls.is_some() && self.realm.is_some())
+    }
+
+    /// `host:port` other servers are told to reach a listener at: the
+    /// advertised host, not every address of the node (nats-server would
+    /// otherwise list each interface's, such as a NAT address every node
+    /// has, and peers would dial themselves there).
+    fn advertised(&self, port: u16) -> String {
+        if self.advertise.contains(':') {
+            format!("[{}]:{port}", self.advertise)
+        } else {
+            format!("{}:{port}", self.advertise)
+        }
     }
 
     /// The configuration file text.
@@ -320,8 +346,9 @@ impl ServerPlan {
                 .collect();
             let _ = writeln!(
                 c,
-                "cluster {{\n  name: {token}\n  listen: {}\n  routes: [ {} ]\n  {}\n}}",
+                "cluster {{\n  name: {token}\n  listen: {}\n  advertise: {}\n  routes: [ {} ]\n  {}\n}}",
                 q(&format!("{}:{}", self.bind, self.cluster_port)),
+                q(&self.advertised(self.cluster_port)),
                 routes.join(", "),
                 tls_block(true)
             );
@@ -333,8 +360,9 @@ impl ServerPlan {
             if listener {
                 let _ = writeln!(
                     c,
-                    "  listen: {}\n  authorization {{ account: {token} }}\n  {}",
+                    "  listen: {}\n  advertise: {}\n  authorization {{ account: {token} }}\n  {}",
                     q(&format!("{}:{}", self.bind, self.leaf_port)),
+                    q(&self.advertised(self.leaf_port)),
                     tls_block(true)
                 );
             }
@@ -342,8 +370,13 @@ impl ServerPlan {
                 let urls: Vec<String> = remotes.iter().map(|e| q(&e.url("nats-leaf"))).collect();
                 let _ = writeln!(
                     c,
-                    "  reconnect: 2\n  remotes: [ {{\n    urls: [ {} ]\n    account: {token}\n    {}\n  }} ]",
+                    "  reconnect: 2\n  remotes: [ {{\n    urls: [ {} ]\n    account: {token}\n{}    {}\n  }} ]",
                     urls.join(", "),
+                    if self.dials_relays() {
+                        "    dont_randomize: true\n"
+                    } else {
+                        ""
+                    },
                     tls_block(false)
                 );
             }
@@ -374,6 +407,7 @@ mod tests {
                 .iter()
                 .map(|p| Endpoint::parse(p, LEAF_PORT).unwrap())
                 .collect(),
+            relays: Vec::new(),
             tls: Some(TlsFiles {
                 cert: dir.join("node.crt"),
                 key: dir.join("node.key"),
@@ -493,6 +527,42 @@ mod tests {
         );
         assert!(b.remotes().is_empty());
         assert_eq!(b.listens_beyond_loopback(), [LEAF_PORT, CLUSTER_PORT]);
+        // Listeners are advertised by name, not by every address.
+        let text = b.render();
+        assert!(
+            text.contains("advertise: \"edge-01.local:6222\"")
+                && text.contains("advertise: \"edge-01.local:4433\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_peer_dials_gateways_after_every_bootstrap_node_and_a_gateway_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        certs(dir.path());
+        let mut p = plan(dir.path(), false, false, &["b1.local"]);
+        p.relays = vec![Endpoint::parse("g1.local", LEAF_PORT).unwrap()];
+        let urls: Vec<String> = p.remotes().iter().map(|e| e.url("nats-leaf")).collect();
+        assert_eq!(
+            urls,
+            ["nats-leaf://b1.local:4433", "nats-leaf://g1.local:4433"]
+        );
+        let text = p.render();
+        assert!(text.contains("dont_randomize: true"), "{text}");
+        nats_accepts(dir.path(), &text);
+        // Bootstrap nodes only: nats-server spreads peers over them.
+        p.relays.clear();
+        assert!(!p.render().contains("dont_randomize"));
+        // A gateway relays for others and dials bootstrap nodes only.
+        let mut g = plan(dir.path(), false, true, &["b1.local"]);
+        g.relays = vec![Endpoint::parse("g2.local", LEAF_PORT).unwrap()];
+        assert_eq!(g.remotes().len(), 1);
+        let text = g.render();
+        assert!(
+            !text.contains("dont_randomize") && text.contains("listen: \"0.0.0.0:4433\""),
+            "{text}"
+        );
+        nats_accepts(dir.path(), &text);
     }
 
     #[test]

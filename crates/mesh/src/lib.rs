@@ -5,7 +5,9 @@
 pub mod client;
 pub mod conf;
 pub mod join;
+pub mod known;
 pub mod pki;
+pub mod renew;
 pub mod roster;
 pub mod state;
 pub mod status;

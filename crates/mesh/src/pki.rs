@@ -120,6 +120,64 @@ pub fn create_ca(realm: &str) -> Result<CertAndKey, PkiError> {
     })
 }
 
+/// Check a CA the operator gives a realm (`tls_mode: production`): a CA
+/// certificate, valid now, for the key in `key_pem`, which must be ECDSA
+/// P-256 (node certificates and the realm roster are signed with it, and
+/// every node checks the roster's signature as P-256). Returns the days
+/// it has left. The error says what is wrong and how to make one that
+/// works.
+pub fn check_operator_ca(cert_pem: &str, key_pem: &str) -> Result<i64, String> {
+    let der = cert_der(cert_pem).ok_or("the certificate file holds no PEM certificate")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    let is_ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|b| b.value.ca);
+    if !is_ca {
+        return Err("the certificate is not a CA (basicConstraints CA:TRUE is missing)".into());
+    }
+    if let Ok(Some(ku)) = cert.key_usage() {
+        if !ku.value.key_cert_sign() {
+            return Err("the CA's keyUsage does not allow keyCertSign".into());
+        }
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (from, to) = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
+    if now < from || now >= to {
+        return Err(format!(
+            "the CA is not valid now (from {} to {})",
+            cert.validity().not_before,
+            cert.validity().not_after
+        ));
+    }
+    let p256 = "the CA's key must be ECDSA P-256, in PKCS#8 PEM (e.g. `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key`)";
+    if key_pem.contains("BEGIN EC PRIVATE KEY") {
+        return Err(
+            "the key is in SEC1 form (BEGIN EC PRIVATE KEY): convert it to PKCS#8 with \
+             `openssl pkcs8 -topk8 -nocrypt -in ca.key -out ca-pkcs8.key`"
+                .into(),
+        );
+    }
+    if KeyPair::from_pem(key_pem).is_err() {
+        return Err(format!(
+            "the key file holds no private key this node can use: {p256}"
+        ));
+    }
+    if !same_public_key(cert_pem, key_pem) {
+        return Err("the key is not the CA certificate's key".into());
+    }
+    let probe = b"maculaos: operator CA check";
+    if !sign(key_pem, probe).is_ok_and(|sig| verify(cert_pem, probe, &sig)) {
+        return Err(p256.into());
+    }
+    Ok((to - now) / 86_400)
+}
+
 /// A new private key for this node (ECDSA P-256), PEM.
 pub fn new_key() -> Result<String, PkiError> {
     Ok(KeyPair::generate()
@@ -292,6 +350,24 @@ pub fn san_names(pem: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The SHA-256 of the public key a signing request is for (as
+/// [`CertInfo::key_sha256`]), if the request parses and its signature by
+/// that key is good (its sender holds the key).
+pub fn csr_key_sha256(csr_pem: &str) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let (_, p) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).ok()?;
+    let (_, req) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&p.contents).ok()?;
+    req.verify_signature().ok()?;
+    Some(sha256_hex(
+        req.certification_request_info
+            .subject_pki
+            .subject_public_key
+            .data
+            .as_ref(),
+    ))
+}
+
 /// Whether the certificate in `cert_pem` is for the private key in `key_pem`.
 pub fn same_public_key(cert_pem: &str, key_pem: &str) -> bool {
     let (Some(der), Ok(key)) = (cert_der(cert_pem), KeyPair::from_pem(key_pem)) else {
@@ -319,6 +395,55 @@ pub fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_names_the_key_that_signed_it() {
+        let key = new_key().unwrap();
+        let req = csr(&key, "n").unwrap();
+        let ca = create_ca("r").unwrap();
+        let cert = sign_node(&ca, "r", "n", &[], &[], &req).unwrap();
+        assert_eq!(
+            csr_key_sha256(&req),
+            Some(cert_info(&cert).unwrap().key_sha256)
+        );
+        assert_eq!(csr_key_sha256("junk"), None);
+    }
+
+    #[test]
+    fn an_operator_ca_must_be_a_p256_ca_with_its_own_key() {
+        let ca = create_ca("io.macula").unwrap();
+        let days = check_operator_ca(&ca.cert_pem, &ca.key_pem).unwrap();
+        assert!((3600..=3650).contains(&days), "{days}");
+        let other = new_key().unwrap();
+        assert_eq!(
+            check_operator_ca(&ca.cert_pem, &other).unwrap_err(),
+            "the key is not the CA certificate's key"
+        );
+        // A node certificate is no CA.
+        let req = csr(&other, "n").unwrap();
+        let node = sign_node(&ca, "io.macula", "n", &[], &[], &req).unwrap();
+        assert!(check_operator_ca(&node, &other)
+            .unwrap_err()
+            .contains("not a CA"));
+        // An Ed25519 CA: nodes check the roster's signature as P-256.
+        let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&ed).unwrap();
+        assert!(check_operator_ca(&cert.pem(), &ed.serialize_pem())
+            .unwrap_err()
+            .contains("ECDSA P-256"));
+        assert!(check_operator_ca("junk", &ca.key_pem)
+            .unwrap_err()
+            .contains("no PEM certificate"));
+        assert!(check_operator_ca(&ca.cert_pem, "junk")
+            .unwrap_err()
+            .contains("no private key"));
+        let sec1 = "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n";
+        assert!(check_operator_ca(&ca.cert_pem, sec1)
+            .unwrap_err()
+            .contains("openssl pkcs8 -topk8"));
+    }
 
     #[test]
     fn a_node_certificate_names_node_and_realm_and_chains_to_the_ca() {

@@ -11,9 +11,11 @@
 //! | `tokens.json` | join tokens this CA holder made: hashes, expiry, use | 0600 |
 //! | `issued.json` | certificates this CA holder signed | 0600 |
 //! | `roster.json` | the realm's roster, signed by its CA (see [`crate::roster`]) | 0644 |
+//! | `known.json` | the realm's bootstrap and gateway nodes learnt of (see [`crate::known`]) | 0644 |
 //!
 //! Everything is root's, in a directory only root enters (0700).
 
+use crate::known::{Known, KnownNode};
 use crate::pki::{self, CertAndKey, CertInfo};
 use crate::roster::{Member, Roster, Signed};
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,8 @@ use std::fs;
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+const KNOWN: &str = "known.json";
 
 /// Where the mesh identity lives on a node.
 pub const MESH_DIR: &str = "/var/lib/maculaos/mesh";
@@ -227,16 +231,55 @@ impl State {
         names: &[String],
         ips: &[std::net::IpAddr],
     ) -> Result<(), StateError> {
+        self.refuse_second_ca()?;
+        let ca = pki::create_ca(realm)?;
+        self.start_realm(realm, node, names, ips, &ca)
+    }
+
+    /// Make a realm here with the operator's CA (`tls_mode: production`),
+    /// checked first ([`pki::check_operator_ca`]); returns the days the CA
+    /// has left.
+    pub fn import_realm(
+        &self,
+        realm: &str,
+        node: &str,
+        names: &[String],
+        ips: &[std::net::IpAddr],
+        ca: &CertAndKey,
+    ) -> Result<i64, StateError> {
+        let days = pki::check_operator_ca(&ca.cert_pem, &ca.key_pem)
+            .map_err(|e| StateError::Invalid(format!("the operator's CA: {e}")))?;
+        self.refuse_second_ca()?;
+        if self.identity()?.certificate.is_some() {
+            return Err(StateError::Invalid(
+                "this node is in a realm already (it joined one): a CA goes on a new realm's first bootstrap node".into(),
+            ));
+        }
+        self.start_realm(realm, node, names, ips, ca)?;
+        Ok(days)
+    }
+
+    fn refuse_second_ca(&self) -> Result<(), StateError> {
         if self.ca_key().exists() {
             let held = self.identity()?.realm.unwrap_or_default();
             return Err(StateError::Invalid(format!(
-                "this node holds the CA of realm {held}, which its nodes depend on: it does not make \
+                "this node holds the CA of realm {held}, which its nodes depend on: it does not take \
                  another (to start over, factory-reset the node or remove {})",
                 self.dir.display()
             )));
         }
+        Ok(())
+    }
+
+    fn start_realm(
+        &self,
+        realm: &str,
+        node: &str,
+        names: &[String],
+        ips: &[std::net::IpAddr],
+        ca: &CertAndKey,
+    ) -> Result<(), StateError> {
         self.ensure_key()?;
-        let ca = pki::create_ca(realm)?;
         self.write("ca.key", ca.key_pem.as_bytes(), 0o600)?;
         self.write("ca.crt", ca.cert_pem.as_bytes(), 0o644)?;
         self.write("realm", format!("{realm}\n").as_bytes(), 0o644)?;
@@ -333,6 +376,25 @@ impl State {
         self.write(name, &text, mode)
     }
 
+    /// The bootstrap and gateway nodes this node has learnt of (an empty
+    /// list when there is no file yet).
+    pub fn known(&self) -> Result<Known, StateError> {
+        self.load(KNOWN)
+    }
+
+    /// Add to [`State::known`]; returns the new version if anything changed.
+    pub fn learn(&self, realm: &str, new: &[KnownNode]) -> Result<Option<u64>, StateError> {
+        self.locked(|| {
+            // A file that does not parse is replaced, not kept forever.
+            let mut k = self.known().unwrap_or_default();
+            if !k.learn(realm, new) {
+                return Ok(None);
+            }
+            self.save(KNOWN, &k, 0o644)?;
+            Ok(Some(k.version))
+        })
+    }
+
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StateError> {
         self.load("tokens.json")
     }
@@ -416,6 +478,57 @@ impl State {
             self.save("tokens.json", &all, 0o600)?;
             self.record_issued(node, &cert)?;
             Ok((realm, ca.cert_pem, cert))
+        })
+    }
+
+    /// On the CA holder: a new certificate for a node that holds a valid
+    /// one from this CA (renewal before it expires, over the mesh). The
+    /// request must be signed by the certificate's key, and the new
+    /// certificate names what the old one did (a new name is a new join).
+    /// A revoked or expired certificate is not renewed: that node joins
+    /// again with a token. The older records of that node's key make way
+    /// for the new one (the roster pins keys, so revoking the key still
+    /// covers every certificate of it).
+    pub fn renew(&self, cert_pem: &str, csr_pem: &str) -> Result<String, StateError> {
+        let bad = |why: &str| StateError::Invalid(why.to_string());
+        self.locked(|| {
+            let ca = self.ca()?;
+            let realm = self
+                .identity()?
+                .realm
+                .ok_or_else(|| bad("this node has no realm"))?;
+            let info = pki::cert_info(cert_pem)
+                .ok_or_else(|| bad("the certificate to renew does not parse"))?;
+            if !pki::signed_by(cert_pem, &ca.cert_pem) {
+                return Err(bad("the certificate to renew is not from this realm's CA"));
+            }
+            let mut issued = self.issued()?;
+            let rec = issued
+                .iter()
+                .find(|i| i.sha256 == info.sha256)
+                .cloned()
+                .ok_or_else(|| bad("this CA has no record of the certificate to renew"))?;
+            if rec.revoked {
+                return Err(bad(
+                    "the certificate is revoked: this node is out of the realm until it joins again with a new token",
+                ));
+            }
+            if rec.not_after <= now() {
+                return Err(bad(
+                    "the certificate has expired: join again with a new token (`maculaos mesh join`)",
+                ));
+            }
+            if pki::csr_key_sha256(csr_pem).as_deref() != Some(info.key_sha256.as_str()) {
+                return Err(bad(
+                    "the renewal request is not signed by the certificate's key",
+                ));
+            }
+            let (names, ips) = extra_names(cert_pem, &rec.node);
+            let cert = pki::sign_node(&ca, &realm, &rec.node, &names, &ips, csr_pem)?;
+            issued.retain(|i| !(i.node == rec.node && i.key_sha256 == info.key_sha256));
+            self.save("issued.json", &issued, 0o600)?;
+            self.record_issued(&rec.node, &cert)?;
+            Ok(cert)
         })
     }
 
@@ -602,6 +715,20 @@ impl State {
 
 /// Nodes with a valid certificate recorded before rosters existed (no key
 /// hash to pin) that no newer record of the same key covers.
+/// The DNS names (besides `node` and `node.local`) and addresses a
+/// certificate carries: what a renewal keeps.
+fn extra_names(cert_pem: &str, node: &str) -> (Vec<String>, Vec<std::net::IpAddr>) {
+    let (mut names, mut ips) = (Vec::new(), Vec::new());
+    for n in pki::san_names(cert_pem) {
+        match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) if n != node && n != format!("{node}.local") => names.push(n),
+            Err(_) => {}
+        }
+    }
+    (names, ips)
+}
+
 fn uncovered_legacy(issued: &[Issued]) -> Vec<String> {
     let t = now();
     let valid = |i: &&Issued| !i.revoked && i.not_after > t;
@@ -643,6 +770,45 @@ mod tests {
         assert_eq!(mode("node.key"), 0o600);
         assert!(!s.needs_renewal());
         assert_eq!(s.issued().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_realm_with_the_operators_ca_is_checked_first_and_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::new(dir.path().join("mesh"));
+        let op = pki::create_ca("operator").unwrap();
+        let wrong = CertAndKey {
+            cert_pem: op.cert_pem.clone(),
+            key_pem: pki::new_key().unwrap(),
+        };
+        let e = s
+            .import_realm("io.macula", "b1", &[], &[], &wrong)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("the operator's CA: the key is not"),
+            "{e}"
+        );
+        assert!(
+            !s.path("ca.key").exists(),
+            "nothing is kept from a refused CA"
+        );
+        let days = s.import_realm("io.macula", "b1", &[], &[], &op).unwrap();
+        assert!(days > 3000);
+        assert!(s.joined("io.macula") && s.identity().unwrap().ca_holder);
+        assert!(pki::signed_by(
+            &fs::read_to_string(s.node_cert()).unwrap(),
+            &op.cert_pem
+        ));
+        let e = s
+            .import_realm("io.macula", "b1", &[], &[], &op)
+            .unwrap_err();
+        assert!(e.to_string().contains("does not take another"), "{e}");
+        // A node that joined a realm is no place for a new one's CA.
+        let joined = State::new(dir.path().join("other"));
+        joined.create_realm("io.x", "n", &[], &[]).unwrap();
+        fs::remove_file(joined.path("ca.key")).unwrap();
+        let e = joined.import_realm("io.y", "n", &[], &[], &op).unwrap_err();
+        assert!(e.to_string().contains("in a realm already"), "{e}");
     }
 
     fn token(s: &State, secret_hash: &str, expires: i64) {
@@ -754,6 +920,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("belongs to another node's key"), "{e}");
+    }
+
+    #[test]
+    fn a_valid_certificate_is_renewed_for_its_own_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::new(dir.path().join("b1"));
+        s.create_realm("io.macula", "b1", &[], &[]).unwrap();
+        token(&s, "t1", now() + 60);
+        let key = pki::new_key().unwrap();
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let (_, _, cert) = s
+            .redeem("t1", "p1", &[ip], &pki::csr(&key, "p1").unwrap())
+            .unwrap();
+        s.refresh_roster().unwrap();
+        let (_, before) = s.read_roster().unwrap();
+        // Someone else's key, or a name asked for, changes nothing.
+        let e = s.renew(&cert, &request("p1")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not signed by the certificate's key"),
+            "{e}"
+        );
+        let new = s.renew(&cert, &pki::csr(&key, "other").unwrap()).unwrap();
+        let info = pki::cert_info(&new).unwrap();
+        assert_eq!(info.common_name, "p1");
+        assert!(pki::san_names(&new).contains(&"192.0.2.7".to_string()));
+        assert_ne!(info.sha256, pki::cert_info(&cert).unwrap().sha256);
+        // One record per key: renewals do not pile up; the roster (keys)
+        // stays as it was.
+        let p1: Vec<_> = s
+            .issued()
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.node == "p1")
+            .collect();
+        assert_eq!(p1.len(), 1);
+        assert_eq!(p1[0].sha256, info.sha256);
+        s.refresh_roster().unwrap();
+        assert_eq!(s.read_roster().unwrap().1.version, before.version);
+        // The replaced certificate is not renewed again; a revoked node
+        // is not renewed at all.
+        let e = s.renew(&cert, &pki::csr(&key, "p1").unwrap()).unwrap_err();
+        assert!(e.to_string().contains("no record"), "{e}");
+        s.revoke("p1").unwrap();
+        let e = s.renew(&new, &pki::csr(&key, "p1").unwrap()).unwrap_err();
+        assert!(e.to_string().contains("revoked"), "{e}");
+        // A certificate of another realm's CA.
+        let other = pki::create_ca("io.other").unwrap();
+        let foreign = pki::sign_node(
+            &other,
+            "io.other",
+            "p1",
+            &[],
+            &[],
+            &pki::csr(&key, "p1").unwrap(),
+        )
+        .unwrap();
+        let e = s
+            .renew(&foreign, &pki::csr(&key, "p1").unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("not from this realm's CA"), "{e}");
     }
 
     #[test]

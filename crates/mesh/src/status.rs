@@ -148,3 +148,168 @@ pub fn routez(addr: &str) -> Result<Routez, StatusError> {
 pub fn jsz(addr: &str) -> Result<Jsz, StatusError> {
     get(addr, "jsz")
 }
+
+/// The mesh's state in a word (`maculaos mesh status`, the dashboard, the
+/// login banner): `no realm`, `not joined`, `serving` (a bootstrap node
+/// alone in its realm), `connecting`, `connected`, or `no bootstrap nodes
+/// known` (a peer with nothing to dial). `dials`: the node has bootstrap
+/// nodes (or gateways) to connect to; `leafs`, `routes`: it has such
+/// connections.
+pub fn state_word(
+    realm: bool,
+    joined: bool,
+    bootstrap: bool,
+    dials: bool,
+    leafs: bool,
+    routes: bool,
+) -> &'static str {
+    if !realm {
+        "no realm"
+    } else if !joined {
+        "not joined"
+    } else if bootstrap {
+        match (dials, routes) {
+            (false, false) => "serving",
+            (true, false) => "connecting",
+            _ => "connected",
+        }
+    } else if !dials {
+        "no bootstrap nodes known"
+    } else if leafs {
+        "connected"
+    } else {
+        "connecting"
+    }
+}
+
+/// A node's mesh in brief, from `mesh.env` and the server's `/varz`: what
+/// the dashboard and the login banner show.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Brief {
+    /// [`state_word`], or `disabled` (no NATS server), or `down` (it does
+    /// not answer).
+    pub state: String,
+    pub realm: Option<String>,
+    pub roles: Vec<String>,
+    pub leafnodes: u64,
+    pub routes: u64,
+}
+
+impl Brief {
+    /// From `mesh.env`'s lines ([`crate::read_env`]) and what the server
+    /// said (`None`: it did not answer).
+    pub fn from(env: &std::collections::BTreeMap<String, String>, varz: Option<&Varz>) -> Brief {
+        let get = |k: &str| env.get(k).map(String::as_str).unwrap_or_default();
+        let roles: Vec<String> = get("MACULA_ROLES")
+            .split(',')
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .collect();
+        let realm = Some(get("MACULA_REALM").to_string()).filter(|r| !r.is_empty());
+        let (leafnodes, routes) = varz.map_or((0, 0), |v| (v.leafnodes, v.routes));
+        let state = if env.is_empty() {
+            "disabled"
+        } else if varz.is_none() {
+            "down"
+        } else {
+            state_word(
+                realm.is_some(),
+                get("MACULA_JOINED") == "yes",
+                roles.iter().any(|r| r == "bootstrap"),
+                !get("MACULA_CONNECTS_TO").is_empty(),
+                leafnodes > 0,
+                routes > 0,
+            )
+        };
+        Brief {
+            state: state.into(),
+            realm,
+            roles,
+            leafnodes,
+            routes,
+        }
+    }
+
+    /// The node's own: `mesh.env` under `root`, the server on [`crate::conf::MONITOR`].
+    pub fn of_node(root: &std::path::Path) -> Brief {
+        let env = crate::read_env(root);
+        let varz = if env.is_empty() {
+            None
+        } else {
+            varz(crate::conf::MONITOR).ok()
+        };
+        Brief::from(&env, varz.as_ref())
+    }
+
+    /// One line: `connected (1 leafnode, 0 routes); realm io.macula; roles peer`.
+    pub fn line(&self) -> String {
+        let plural = |n: u64, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+        let mut s = self.state.clone();
+        if self.leafnodes + self.routes > 0 {
+            s.push_str(&format!(
+                " ({}, {})",
+                plural(self.leafnodes, "leafnode"),
+                plural(self.routes, "route")
+            ));
+        }
+        if let Some(r) = &self.realm {
+            s.push_str(&format!("; realm {r}"));
+        }
+        if !self.roles.is_empty() {
+            s.push_str(&format!("; roles {}", self.roles.join(", ")));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_brief_from_the_env_file_and_the_server() {
+        let env: std::collections::BTreeMap<String, String> = [
+            ("MACULA_REALM", "io.macula"),
+            ("MACULA_ROLES", "peer"),
+            ("MACULA_JOINED", "yes"),
+            ("MACULA_CONNECTS_TO", "nats-leaf://b1.local:4433"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let v = Varz {
+            leafnodes: 1,
+            ..Varz::default()
+        };
+        let b = Brief::from(&env, Some(&v));
+        assert_eq!(
+            b.line(),
+            "connected (1 leafnode, 0 routes); realm io.macula; roles peer"
+        );
+        assert_eq!(Brief::from(&env, None).state, "down");
+        assert_eq!(
+            Brief::from(&env, Some(&Varz::default())).state,
+            "connecting"
+        );
+        assert_eq!(Brief::from(&Default::default(), None).line(), "disabled");
+    }
+
+    #[test]
+    fn states() {
+        assert_eq!(state_word(true, true, true, false, false, false), "serving");
+        assert_eq!(
+            state_word(true, true, true, true, false, false),
+            "connecting"
+        );
+        assert_eq!(state_word(true, true, true, true, false, true), "connected");
+        assert_eq!(
+            state_word(true, true, false, false, false, false),
+            "no bootstrap nodes known"
+        );
+        assert_eq!(
+            state_word(true, false, false, true, true, true),
+            "not joined"
+        );
+        assert_eq!(state_word(false, true, true, true, true, true), "no realm");
+    }
+}

@@ -73,74 +73,94 @@ fn start(
     peers: &[&str],
 ) -> Server {
     certify(dir, ca, realm, name, ip);
-    start_certified(dir, realm, name, ip, bootstrap, peers, &[])
+    Spec {
+        realm,
+        name,
+        ip,
+        bootstrap,
+        peers,
+        ..Spec::default()
+    }
+    .start(dir)
 }
 
-/// Start the server of `name`, certified already, pinning `pinned`.
-fn start_certified(
-    dir: &Path,
-    realm: &str,
-    name: &str,
-    ip: &str,
+/// A node's server: its realm, name, address and roles, the bootstrap
+/// nodes and gateways it dials, the keys it pins.
+#[derive(Default)]
+struct Spec<'a> {
+    realm: &'a str,
+    name: &'a str,
+    ip: &'a str,
     bootstrap: bool,
-    peers: &[&str],
-    pinned: &[String],
-) -> Server {
-    let d = dir.join(name);
-    let plan = ServerPlan {
-        node: name.into(),
-        realm: Some(realm.into()),
-        bootstrap,
-        gateway: false,
-        listen: format!("{ip}:{CLIENT_PORT}"),
-        max_payload: 1 << 20,
-        bootstrap_peers: peers
-            .iter()
-            .map(|p| Endpoint::parse(p, LEAF_PORT).unwrap())
-            .collect(),
-        tls: Some(TlsFiles {
-            cert: d.join("node.crt"),
-            key: d.join("node.key"),
-            ca: d.join("ca.crt"),
-        }),
-        jetstream: false,
-        jetstream_dir: d.join("js"),
-        jetstream_max_file: 64 << 20,
-        leaf_port: LEAF_PORT,
-        cluster_port: CLUSTER_PORT,
-        monitor: format!("{ip}:{MONITOR_PORT}"),
-        bind: ip.into(),
-        advertise: ip.into(),
-        pinned: pinned.to_vec(),
-    };
-    let conf = d.join("nats.conf");
-    std::fs::write(&conf, plan.render()).unwrap();
-    assert!(
-        Path::new(NATS_SERVER).exists(),
-        "apt-get install nats-server"
-    );
-    let child = Command::new(NATS_SERVER)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-l")
-        .arg(d.join("nats.log"))
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let s = Server {
-        child,
-        ip: ip.into(),
-    };
-    let t = Instant::now();
-    while let Err(e) = status::varz(&s.monitor()) {
-        let log = std::fs::read_to_string(d.join("nats.log")).unwrap_or_default();
+    gateway: bool,
+    peers: &'a [&'a str],
+    relays: &'a [&'a str],
+    pinned: &'a [String],
+}
+
+impl Spec<'_> {
+    /// Start the server of a node certified already.
+    fn start(&self, dir: &Path) -> Server {
+        let (name, ip) = (self.name, self.ip);
+        let d = dir.join(name);
+        let endpoints = |l: &[&str]| -> Vec<Endpoint> {
+            l.iter()
+                .map(|p| Endpoint::parse(p, LEAF_PORT).unwrap())
+                .collect()
+        };
+        let plan = ServerPlan {
+            node: name.into(),
+            realm: Some(self.realm.into()),
+            bootstrap: self.bootstrap,
+            gateway: self.gateway,
+            listen: format!("{ip}:{CLIENT_PORT}"),
+            max_payload: 1 << 20,
+            bootstrap_peers: endpoints(self.peers),
+            relays: endpoints(self.relays),
+            tls: Some(TlsFiles {
+                cert: d.join("node.crt"),
+                key: d.join("node.key"),
+                ca: d.join("ca.crt"),
+            }),
+            jetstream: false,
+            jetstream_dir: d.join("js"),
+            jetstream_max_file: 64 << 20,
+            leaf_port: LEAF_PORT,
+            cluster_port: CLUSTER_PORT,
+            monitor: format!("{ip}:{MONITOR_PORT}"),
+            bind: ip.into(),
+            advertise: ip.into(),
+            pinned: self.pinned.to_vec(),
+        };
+        let conf = d.join("nats.conf");
+        std::fs::write(&conf, plan.render()).unwrap();
         assert!(
-            t.elapsed() < DEADLINE,
-            "{name}'s server does not answer: {e}\n{log}"
+            Path::new(NATS_SERVER).exists(),
+            "apt-get install nats-server"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        let child = Command::new(NATS_SERVER)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-l")
+            .arg(d.join("nats.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Server {
+            child,
+            ip: ip.into(),
+        };
+        let t = Instant::now();
+        while let Err(e) = status::varz(&s.monitor()) {
+            let log = std::fs::read_to_string(d.join("nats.log")).unwrap_or_default();
+            assert!(
+                t.elapsed() < DEADLINE,
+                "{name}'s server does not answer: {e}\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
     }
-    s
 }
 
 /// `mode` in the `settings` bucket, read on bootstrap node `s`.
@@ -331,10 +351,26 @@ fn a_listener_refuses_a_key_the_roster_left_out() {
     let b = certify(d, &ca, REALM, "b", "127.0.0.21");
     let member = certify(d, &ca, REALM, "m", "127.0.0.22");
     certify(d, &ca, REALM, "r", "127.0.0.23");
-    let b = start_certified(d, REALM, "b", "127.0.0.21", true, &[], &[b, member]);
+    let pinned = [b, member];
+    let b = Spec {
+        realm: REALM,
+        name: "b",
+        ip: "127.0.0.21",
+        bootstrap: true,
+        pinned: &pinned,
+        ..Spec::default()
+    }
+    .start(d);
     let leaf = ["127.0.0.21:24433"];
-    let m = start_certified(d, REALM, "m", "127.0.0.22", false, &leaf, &[]);
-    let r = start_certified(d, REALM, "r", "127.0.0.23", false, &leaf, &[]);
+    let node = |name, ip| Spec {
+        realm: REALM,
+        name,
+        ip,
+        peers: &leaf,
+        ..Spec::default()
+    };
+    let m = node("m", "127.0.0.22").start(d);
+    let r = node("r", "127.0.0.23").start(d);
     wait_for("the member's leafnode", || {
         status::leafz(&m.monitor()).is_ok_and(|l| l.leafs.len() == 1)
     });
@@ -349,4 +385,59 @@ fn a_listener_refuses_a_key_the_roster_left_out() {
     );
     let l = status::leafz(&b.monitor()).unwrap();
     assert_eq!(l.leafs.len(), 1, "{l:?}");
+}
+
+/// A peer that cannot reach a bootstrap node (nothing answers at the one
+/// it knows) reaches the realm through a gateway, which relays it over its
+/// own leafnode: the peer's publication reaches the bootstrap node, and
+/// the bootstrap node's request is answered on the peer.
+#[test]
+fn a_gateway_relays_a_peer_that_reaches_no_bootstrap_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pki::create_ca(REALM).unwrap();
+    let b = start(d, &ca, REALM, "b", "127.0.0.31", true, &[]);
+    certify(d, &ca, REALM, "g", "127.0.0.32");
+    let g = Spec {
+        realm: REALM,
+        name: "g",
+        ip: "127.0.0.32",
+        gateway: true,
+        peers: &["127.0.0.31:24433"],
+        ..Spec::default()
+    }
+    .start(d);
+    certify(d, &ca, REALM, "p", "127.0.0.33");
+    // 127.0.0.34 runs no server: the bootstrap node the peer cannot reach.
+    let p = Spec {
+        realm: REALM,
+        name: "p",
+        ip: "127.0.0.33",
+        peers: &["127.0.0.34:24433"],
+        relays: &["127.0.0.32:24433"],
+        ..Spec::default()
+    }
+    .start(d);
+    wait_for("the peer's leafnode to the gateway", || {
+        status::leafz(&p.monitor()).is_ok_and(|l| l.leafs.iter().any(|c| c.ip == "127.0.0.32"))
+    });
+    wait_for("the gateway's leafnode to the bootstrap node", || {
+        status::leafz(&b.monitor()).is_ok_and(|l| l.leafs.len() == 1)
+    });
+    let sub = subscriber(&b, client::sub_subject(REALM, "x"));
+    let pc = connect(&p);
+    wait_for(
+        "the bootstrap node to receive the peer's publication",
+        || {
+            pc.publish(&client::pub_subject(REALM, "x"), b"relayed")
+                .unwrap();
+            sub.try_recv().is_ok_and(|m| m == "relayed")
+        },
+    );
+    responder(&p, "p");
+    let bc = connect(&b);
+    wait_for("b's ping to be answered by p through g", || {
+        ping(&bc, "p").is_ok_and(|pong| pong.node == "p")
+    });
+    drop(g);
 }

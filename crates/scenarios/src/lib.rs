@@ -102,6 +102,7 @@ const FIRST: &[&str] = &[
     "agent-backup-diag",
     "factory-reset",
     "mesh-realm",
+    "mesh-gateway",
     "live-persist",
     "install",
     "live-bios",
@@ -534,8 +535,16 @@ fn timing_lines(timings: &[Timing]) -> String {
     timings
         .iter()
         .map(|t| {
-            // Most are seconds; a few are memory, named "(MiB)".
-            let unit = if t.what.ends_with("(MiB)") { "" } else { "s" };
+            // Most are seconds; a few are benchmarks whose name ends in
+            // their unit: "(MiB)", "(ms)", "(msgs/s)".
+            let unit = if ["(MiB)", "(ms)", "(msgs/s)"]
+                .iter()
+                .any(|u| t.what.ends_with(u))
+            {
+                ""
+            } else {
+                "s"
+            };
             format!(
                 "    timing {:<18} {:<44} {:>7.1}{unit}\n",
                 t.scenario, t.what, t.seconds

@@ -142,4 +142,67 @@ impl Nats {
             Ok::<_, String>(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
         })
     }
+
+    /// Messages per second from this client to `to`'s: `count` messages of
+    /// `size` bytes published here on `subject` and received there on
+    /// `sub_subject` (the realm's mapping), timed from the first publish to
+    /// the last message received. A benchmark for the report, not a check.
+    pub fn throughput(
+        &self,
+        to: &Nats,
+        subject: &str,
+        sub_subject: &str,
+        count: usize,
+        size: usize,
+    ) -> Result<f64> {
+        use futures_util::StreamExt;
+        let what = format!("{count} messages from {} to {}", self.url, to.url);
+        let mut sub = within(&to.rt, &what, to.client.subscribe(sub_subject.to_string()))?;
+        within(&to.rt, &what, to.client.flush())?;
+        // Interest reaches the publisher's server over the mesh: probe until
+        // one message gets through.
+        let deadline = std::time::Instant::now() + TIMEOUT * 6;
+        loop {
+            self.publish(subject, "probe")?;
+            let got = to.rt.block_on(async {
+                tokio::time::timeout(Duration::from_millis(500), sub.next()).await
+            });
+            if matches!(got, Ok(Some(_))) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(anyhow!("{what}: no probe got through"));
+            }
+        }
+        let body = bytes::Bytes::from(vec![b'x'; size]);
+        let receive = to.rt.spawn(async move {
+            let mut n = 0;
+            while n < count {
+                match tokio::time::timeout(TIMEOUT * 6, sub.next()).await {
+                    Ok(Some(m)) if m.payload.len() == size => n += 1,
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+            (n, std::time::Instant::now())
+        });
+        let start = std::time::Instant::now();
+        within(&self.rt, &what, async {
+            for _ in 0..count {
+                self.client
+                    .publish(subject.to_string(), body.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            self.client.flush().await.map_err(|e| e.to_string())
+        })?;
+        let (n, end) = to
+            .rt
+            .block_on(receive)
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+        if n < count {
+            return Err(anyhow!("{what}: {n} arrived"));
+        }
+        Ok(count as f64 / end.duration_since(start).as_secs_f64())
+    }
 }

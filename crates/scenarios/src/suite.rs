@@ -165,6 +165,12 @@ pub fn all() -> Vec<Scenario> {
             pool: true,
         },
         Scenario {
+            name: "mesh-gateway",
+            about: "a bootstrap node, a gateway and a peer, neither configured with a bootstrap node: both join with tokens, the peer finds the gateway by mDNS; with its route to the bootstrap node cut, the peer's leafnode goes to the gateway, and a publication and a ping cross it both ways",
+            run: crate::mesh::mesh_gateway,
+            pool: true,
+        },
+        Scenario {
             name: "mdns-conflict",
             about: "a second host takes a node's .local name: the node is announced as NAME-2 and info and discover say so; once that host is gone its agent claims the name back and the others resolve it to the node",
             run: crate::lan::mdns_conflict,
