@@ -10,8 +10,8 @@ systemctl enable --quiet systemd-networkd.service systemd-resolved.service ssh.s
     maculaos-apply.service maculaos-config-url.service \
     maculaos-boot-check.service maculaos-mark-good.service maculaos-upgrade-check.timer \
     maculaos-install.service maculaos-agent.service maculaos-firstboot.service \
-    maculaos-nats.service maculaos-meshd.service maculaos-mesh-roster.path \
-    maculaos-mesh-known.path maculaos-mesh-cert.path avahi-daemon.service
+    maculaos-nats.service maculaos-meshd.service maculaos-mesh-apply.path \
+    avahi-daemon.service
 # Not maculaos-backup.timer: `maculaos apply` enables it when
 # maculaos.backup.enabled is true.
 systemctl set-default --quiet multi-user.target

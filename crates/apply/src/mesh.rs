@@ -29,21 +29,21 @@ const AREA: &str = "mesh";
 /// How nats.conf says which roster version its pins come from.
 pub const ROSTER_LINE: &str = "# roster version ";
 
-/// How nats.conf says which version of the known bootstrap nodes its
-/// remotes come from (a node whose configuration names none).
-pub const KNOWN_LINE: &str = "# known nodes version ";
+/// How nats.conf says which known nodes its remotes come from (a node
+/// whose configuration names none; see [`dial_list`]).
+pub const KNOWN_LINE: &str = "# known nodes ";
 
 /// The roster version the node's nats.conf pins (see [`ROSTER_LINE`]).
 pub fn applied_roster(root: &std::path::Path) -> Option<u64> {
     applied(root, ROSTER_LINE)
 }
 
-/// The version of the known nodes the node's nats.conf dials (see [`KNOWN_LINE`]).
-pub fn applied_known(root: &std::path::Path) -> Option<u64> {
+/// The tag of the known nodes the node's nats.conf dials (see [`KNOWN_LINE`]).
+pub fn applied_known(root: &std::path::Path) -> Option<String> {
     applied(root, KNOWN_LINE)
 }
 
-fn applied(root: &std::path::Path, line: &str) -> Option<u64> {
+fn applied<T: std::str::FromStr>(root: &std::path::Path, line: &str) -> Option<T> {
     fs::read_to_string(root.join(CONF.trim_start_matches('/')))
         .ok()?
         .lines()
@@ -92,13 +92,16 @@ fn parse_all<'a>(l: impl Iterator<Item = &'a str>) -> Vec<Endpoint> {
         .collect()
 }
 
-/// The bootstrap nodes and gateways a node dials, and the version of the
-/// known list they come from: those the configuration names, else those
-/// the node learnt of (its join answer, mDNS; see
-/// [`maculaos_mesh::known`]). A bootstrap node routes to those it was
-/// told of only: a bootstrap node seen on the LAN does not make a route
-/// (a new JetStream peer is the operator's choice).
-pub fn dial_list(config: &Config, state: &State) -> (Vec<Endpoint>, Vec<Endpoint>, Option<u64>) {
+/// The bootstrap nodes and gateways a node dials, and a tag for the known
+/// nodes they come from: those the configuration names, else those the
+/// node learnt of (its join answer, mDNS; see [`maculaos_mesh::known`]).
+/// A bootstrap node routes to those it was told of only: a bootstrap node
+/// seen on the LAN does not make a route (a new JetStream peer is the
+/// operator's choice). The tag (what `maculaos apply` records in nats.conf
+/// and `maculaos mesh roster --check` compares) changes only when what
+/// this node dials does, so a gateway another gateway learnt of is no
+/// reason to restart a server.
+pub fn dial_list(config: &Config, state: &State) -> (Vec<Endpoint>, Vec<Endpoint>, Option<String>) {
     let configured = bootstrap_peers(config);
     let Some(realm) = config.maculaos.mesh.realm.as_deref() else {
         return (configured, Vec::new(), None);
@@ -122,11 +125,15 @@ pub fn dial_list(config: &Config, state: &State) -> (Vec<Endpoint>, Vec<Endpoint
         );
     }
     let (boot, relays) = known.dial(realm, roles.contains(&MeshRole::Gateway));
-    let version = (known.realm == realm).then_some(known.version);
+    let tag = (known.realm == realm).then(|| {
+        use sha2::{Digest, Sha256};
+        let all = format!("{}|{}", boot.join(","), relays.join(","));
+        hex::encode(&Sha256::digest(all.as_bytes())[..8])
+    });
     (
         parse_all(boot.into_iter()),
         parse_all(relays.into_iter()),
-        version,
+        tag,
     )
 }
 
@@ -143,12 +150,18 @@ pub fn advertise_host(config: &Config, node: &str) -> String {
 
 /// What the node's server is to do, given its configuration and identity.
 pub fn plan(config: &Config, node: &str, state: &State) -> ServerPlan {
+    plan_and_tag(config, node, state).0
+}
+
+/// [`plan`], and the tag of the known nodes it dials ([`dial_list`]), from
+/// one reading of them.
+pub fn plan_and_tag(config: &Config, node: &str, state: &State) -> (ServerPlan, Option<String>) {
     let nats = &config.maculaos.nats;
     let roles = config.maculaos.mesh.effective_roles();
     let realm = config.maculaos.mesh.realm.clone();
     let joined = realm.as_deref().is_some_and(|r| state.joined(r));
-    let (bootstrap_peers, relays, _) = dial_list(config, state);
-    ServerPlan {
+    let (bootstrap_peers, relays, tag) = dial_list(config, state);
+    let plan = ServerPlan {
         node: node.to_string(),
         realm,
         bootstrap: roles.contains(&MeshRole::Bootstrap),
@@ -172,7 +185,8 @@ pub fn plan(config: &Config, node: &str, state: &State) -> ServerPlan {
         advertise: advertise_host(config, node),
         // The mesh step fills them in from the roster (see `apply`).
         pinned: Vec::new(),
-    }
+    };
+    (plan, tag)
 }
 
 pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
@@ -204,15 +218,16 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
         identity(config, a, &state, realm, &node);
     }
 
-    let mut p = plan(config, &node, &state);
+    let (mut p, known_tag) = plan_and_tag(config, &node, &state);
     // Pins only for a realm this node is in (the roster is checked against
-    // its CA and realm when read), with the version they come from:
-    // `maculaos mesh roster --check` (after maculaos-mesh-roster.service's
-    // apply) compares it with the one kept, and a roster that arrived
-    // during this apply gets another.
+    // its CA and realm when read), and only on a bootstrap or gateway
+    // node's listeners (a peer keeps the roster to check what mDNS finds;
+    // its server takes no connections), with the version they come from
+    // (`maculaos mesh roster --check` compares it with the one kept).
     let roster = p
         .tls
         .as_ref()
+        .filter(|_| p.bootstrap || p.gateway)
         .and_then(|_| state.read_roster())
         .map(|(_, r)| r);
     if let Some(r) = &roster {
@@ -222,8 +237,8 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     if let Some(r) = roster.filter(|_| !p.pinned.is_empty()) {
         text.push_str(&format!("{ROSTER_LINE}{}\n", r.version));
     }
-    if let (_, _, Some(v)) = dial_list(config, &state) {
-        text.push_str(&format!("{KNOWN_LINE}{v}\n"));
+    if let Some(tag) = known_tag {
+        text.push_str(&format!("{KNOWN_LINE}{tag}\n"));
     }
     // A new certificate (a join, a renewal) changes the file, so the
     // server restarts with it.
@@ -547,22 +562,28 @@ mod tests {
                 k("b2.local:4433", "bootstrap", "mdns"),
                 k("g1.local:4433", "gateway", "mdns"),
             ],
+            true,
         )
         .unwrap();
         let hosts = |l: &[Endpoint]| l.iter().map(|e| e.host.clone()).collect::<Vec<_>>();
         let peer = yaml("maculaos:\n  mesh:\n    realm: io.macula\n");
-        let (b, r, v) = dial_list(&peer, &st);
+        let (b, r, tag) = dial_list(&peer, &st);
         assert_eq!(
-            (hosts(&b), hosts(&r), v),
+            (hosts(&b), hosts(&r)),
             (
                 vec!["b1.local".into(), "b2.local".into()],
-                vec!["g1.local".into()],
-                Some(1)
+                vec!["g1.local".into()]
             )
         );
+        assert!(tag.is_some());
         let gw = yaml("maculaos:\n  mesh:\n    realm: io.macula\n    role: gateway\n");
-        let (b, r, _) = dial_list(&gw, &st);
+        let (b, r, gw_tag) = dial_list(&gw, &st);
         assert_eq!((b.len(), r.len()), (2, 0));
+        // Another gateway learnt of: the gateway's tag (and nats.conf) stay.
+        st.learn("io.macula", &[k("g2.local:4433", "gateway", "mdns")], false)
+            .unwrap();
+        assert_eq!(dial_list(&gw, &st).2, gw_tag);
+        assert_ne!(dial_list(&peer, &st).2, tag);
         // A bootstrap node routes to those it was told of, not to those seen.
         let boot = yaml("maculaos:\n  mesh:\n    realm: io.macula\n    role: bootstrap\n");
         let (b, r, v) = dial_list(&boot, &st);

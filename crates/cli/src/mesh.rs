@@ -117,8 +117,7 @@ pub enum Command {
     /// node keys they let in), and whether nats-server runs with it.
     Roster {
         /// Exit status 1 unless nats-server's configuration pins the roster
-        /// kept and dials the known nodes kept (maculaos-mesh-roster.service
-        /// runs apply again until it does).
+        /// kept, dials the known nodes kept and has the node's certificate.
         #[arg(long)]
         check: bool,
         #[arg(long)]
@@ -705,13 +704,18 @@ fn roster_in_force(server: Option<&status::Varz>) -> Option<u64> {
 
 fn roster(check: bool, json: bool) -> Result<ExitCode> {
     let st = State::under(Path::new("/"));
+    let config = load();
     let kept = st.read_roster().map(|(_, r)| r);
     let applied = maculaos_apply::mesh::applied_roster(Path::new("/"));
-    let in_force = kept.as_ref().is_none_or(|r| applied == Some(r.version));
+    // Only a bootstrap or gateway node's listeners pin the roster; a peer
+    // keeps it to check what mDNS finds.
+    let roles = config.maculaos.mesh.effective_roles();
+    let listener = roles.contains(&MeshRole::Bootstrap) || roles.contains(&MeshRole::Gateway);
+    let in_force = !listener || kept.as_ref().is_none_or(|r| applied == Some(r.version));
     // The known nodes a node dials when its configuration names none.
-    let known = maculaos_apply::mesh::dial_list(&load(), &st).2;
+    let known = maculaos_apply::mesh::dial_list(&config, &st).2;
     let known_applied = maculaos_apply::mesh::applied_known(Path::new("/"));
-    let known_in_force = known.is_none_or(|v| known_applied == Some(v));
+    let known_in_force = known.is_none() || known_applied == known;
     // The node's certificate (renewed by maculaos-meshd): apply records
     // its SHA-256 in nats.conf.
     let cert_in_force = st
@@ -726,9 +730,7 @@ fn roster(check: bool, json: bool) -> Result<ExitCode> {
     }
     if !known_in_force {
         eprintln!(
-            "nats-server's configuration dials known nodes version {}, not {} (`sudo maculaos apply` writes it)",
-            known_applied.map_or("none".into(), |v| v.to_string()),
-            known.unwrap_or_default()
+            "nats-server's configuration dials other nodes than the ones this node knows now (`sudo maculaos apply` writes them)"
         );
     }
     if json {
@@ -752,7 +754,9 @@ fn roster(check: bool, json: bool) -> Result<ExitCode> {
                 }
                 println!(
                     "nats-server pins it: {}",
-                    if in_force {
+                    if !listener {
+                        "no need (a peer: it takes no connections; the roster checks what mDNS finds)".to_string()
+                    } else if in_force {
                         "yes".to_string()
                     } else {
                         format!(
@@ -878,8 +882,15 @@ fn ca_import(cert: &Path, key: &Path) -> Result<ExitCode> {
         key_pem: read(key)?,
     };
     let node = node_name(&config);
-    let (names, ips) = maculaos_apply::mesh::advertised(&config, &node);
     let st = State::under(Path::new("/"));
+    // One CA holder per realm: a bootstrap node that names others joins.
+    if !maculaos_apply::mesh::plan(&config, &node, &st).knows_no_other_bootstrap_node() {
+        bail!(
+            "this node's configuration names other bootstrap nodes (maculaos.mesh.bootstrap_peers): \
+             the CA goes on the realm's first bootstrap node only; join this one with a token made there"
+        );
+    }
+    let (names, ips) = maculaos_apply::mesh::advertised(&config, &node);
     let days = st
         .import_realm(&realm, &node, &names, &ips, &ca)
         .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
@@ -960,7 +971,7 @@ fn join_cmd(arg: &str) -> Result<ExitCode> {
             source: "join".into(),
         })
         .collect();
-    st.learn(&answer.realm, &learnt)
+    st.learn(&answer.realm, &learnt, true)
         .map_err(|e| anyhow::anyhow!("keeping the realm's bootstrap nodes: {e}"))?;
     let mut mesh = serde_yaml_ng::Mapping::new();
     mesh.insert("realm".into(), answer.realm.clone().into());
@@ -1053,10 +1064,11 @@ fn spawn_roster_service(st: State, realm: String) {
     });
 }
 
-/// On a bootstrap or gateway node that does not hold the CA: keep the
-/// newest roster the CA signed (asked for at start and every minute,
-/// and taken as it is published). Writing it makes
-/// maculaos-mesh-roster.path run `maculaos apply`, which pins its keys.
+/// On a node that does not hold the CA: keep the newest roster the CA
+/// signed (asked for at start and every minute, and taken as it is
+/// published). Keeping it makes maculaos-mesh-apply.path run `maculaos
+/// apply`, which pins its keys on a bootstrap or gateway node's listeners
+/// (a peer's server, which takes no connections, is left as it is).
 fn spawn_roster_follower(st: State, realm: String) {
     std::thread::spawn(move || {
         let ask = client::roster_subject(&realm);
@@ -1102,21 +1114,26 @@ const DISCOVER_EARLY_FOR: Duration = Duration::from_secs(600);
 
 /// On a node whose configuration names no bootstrap nodes: the bootstrap
 /// and gateway nodes of its realm announced on the LAN join the nodes it
-/// knows (`known.json`), which maculaos-mesh-roster.path applies.
+/// knows (`known.json`), which maculaos-mesh-apply.path applies.
 fn spawn_discovery(st: State, realm: String) {
     std::thread::spawn(move || {
         let started = std::time::Instant::now();
         let mut last_error = String::new();
         loop {
             let me = maculaos_discover::ThisNode::running();
+            // Only nodes the realm roster lets in (none before this node
+            // has a roster): a revoked node announcing itself is not dialled.
+            let members = st.roster_members();
             match maculaos_discover::browse(DISCOVER_FOR, &me) {
                 Ok(nodes) => {
                     let found: Vec<KnownNode> = nodes
                         .iter()
                         .filter(|n| !n.local)
-                        .filter_map(|n| KnownNode::announced(&realm, &n.host, &n.role, &n.realm))
+                        .filter_map(|n| {
+                            KnownNode::announced(&realm, &n.host, &n.role, &n.realm, &members)
+                        })
                         .collect();
-                    match st.learn(&realm, &found) {
+                    match st.learn(&realm, &found, false) {
                         Ok(Some(v)) => {
                             let names: Vec<String> = found
                                 .iter()
@@ -1180,7 +1197,7 @@ fn spawn_renewal_service(st: State, realm: String) {
 /// On a node of the realm (not the CA holder): renew its certificate once
 /// a third of its life is left, trying again every [`RENEW_CHECK`] until it
 /// works. The new certificate restarts the server
-/// (maculaos-mesh-roster.path runs apply).
+/// (maculaos-mesh-apply.path runs apply).
 fn spawn_renewer(st: State, realm: String) {
     std::thread::spawn(move || loop {
         if st.needs_renewal() {
@@ -1249,9 +1266,9 @@ fn serve() -> Result<ExitCode> {
         } else {
             spawn_renewer(st.clone(), realm.clone());
         }
-        if !id.ca_holder
-            && (roles.contains(&MeshRole::Bootstrap) || roles.contains(&MeshRole::Gateway))
-        {
+        // Every node keeps the roster: listeners pin its keys, and every
+        // node dials only roster members it found by mDNS.
+        if !id.ca_holder {
             spawn_roster_follower(st.clone(), realm.clone());
         }
     }

@@ -195,10 +195,23 @@ impl ServerPlan {
             return Vec::new();
         }
         let relays: &[Endpoint] = if self.gateway { &[] } else { &self.relays };
-        self.bootstrap_peers
+        let mut boot: Vec<&Endpoint> = self
+            .bootstrap_peers
             .iter()
-            .chain(relays)
             .filter(|e| !self.is_self(&e.host))
+            .collect();
+        if !relays.is_empty() && !boot.is_empty() {
+            // Dialled in order from here on (`dont_randomize`): each node
+            // starts at a place of its own, so peers still spread over the
+            // bootstrap nodes as nats-server's random pick would.
+            let h = self.node.bytes().fold(0usize, |h, b| {
+                h.wrapping_mul(31).wrapping_add(usize::from(b))
+            });
+            let n = boot.len();
+            boot.rotate_left(h % n);
+        }
+        boot.into_iter()
+            .chain(relays.iter().filter(|e| !self.is_self(&e.host)))
             .collect()
     }
 

@@ -6,15 +6,17 @@
 //! - the bootstrap and gateway nodes of its realm `maculaos-meshd` sees
 //!   announced on the LAN (`_macula._tcp`, `source: mdns`).
 //!
-//! The list only grows (a node that went away is still tried, after the
+//! A node that goes away stays on the list (it is tried after the
 //! others): a bootstrap node that lost power drops out of mDNS, and
 //! rewriting the list then would restart every peer's server in the middle
-//! of its failover. mDNS is not authenticated; what it adds is only a
-//! place to dial, and the TLS handshake there still needs a certificate of
-//! the realm CA naming that host. At most [`MAX_KNOWN`] are kept, so a
-//! flood of announcements cannot grow the file without end.
+//! of its failover. mDNS is not authenticated: it adds only nodes whose
+//! name is in the realm roster (signed by the realm CA), at their
+//! `<name>.local` leafnode port, and the TLS handshake there still needs a
+//! certificate of the realm CA naming that host; a node revoked since
+//! leaves the list. What a join said wins over what mDNS said. At most
+//! [`MAX_KNOWN`] are kept.
 
-use crate::conf::{Endpoint, LEAF_PORT};
+use crate::conf::LEAF_PORT;
 use serde::{Deserialize, Serialize};
 
 /// How many nodes the list keeps.
@@ -39,8 +41,25 @@ impl KnownNode {
     /// A node announced on the LAN (`_macula._tcp`: its host, and the
     /// `role` and `realm` of its TXT records) as a node of `realm` to dial:
     /// a bootstrap or gateway node of that realm, at its leafnode port.
-    pub fn announced(realm: &str, host: &str, roles: &str, its_realm: &str) -> Option<KnownNode> {
+    /// Only a `<name>.local` host is taken (no other domain, no port: an
+    /// announcement cannot point nodes anywhere but at a LAN name), and
+    /// only a name in `members` (the realm roster's nodes: a revoked node
+    /// announcing itself is not dialled).
+    pub fn announced(
+        realm: &str,
+        host: &str,
+        roles: &str,
+        its_realm: &str,
+        members: &[String],
+    ) -> Option<KnownNode> {
         if its_realm != realm {
+            return None;
+        }
+        let name = host.trim_end_matches('.').strip_suffix(".local")?;
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || !members.iter().any(|m| m == name)
+        {
             return None;
         }
         let has = |r: &str| roles.split(',').any(|x| x.trim() == r);
@@ -51,17 +70,15 @@ impl KnownNode {
         } else {
             return None;
         };
-        let e = Endpoint::parse(host, LEAF_PORT).ok()?;
         Some(KnownNode {
-            address: format!("{}:{}", e.host, e.port),
+            address: format!("{name}.local:{LEAF_PORT}"),
             role: role.into(),
             source: "mdns".into(),
         })
     }
 }
 
-/// The file: one realm's list, with a version that goes up at each change
-/// (what `maculaos apply` records as in force).
+/// The file: one realm's list, with a version that goes up at each change.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Known {
     pub realm: String,
@@ -70,13 +87,18 @@ pub struct Known {
 }
 
 impl Known {
-    /// Add `new` to the list for `realm` (a list for another realm is
-    /// dropped). A node already known keeps its entry, except that
-    /// `bootstrap` wins over `gateway` (a gateway that became a bootstrap
-    /// node). Returns whether anything changed; the version then goes up.
-    pub fn learn(&mut self, realm: &str, new: &[KnownNode]) -> bool {
+    /// Add `new` to the list for `realm`. A list for another realm is
+    /// replaced only by what a join learnt (`switch`): a daemon still
+    /// looking for an old realm's nodes does not wipe the new one's. A node
+    /// already known keeps its entry, except that what a join says wins over
+    /// what mDNS said (its role, its source). Returns whether anything
+    /// changed; the version then goes up.
+    pub fn learn(&mut self, realm: &str, new: &[KnownNode], switch: bool) -> bool {
         let mut changed = false;
         if self.realm != realm {
+            if !switch && !self.realm.is_empty() {
+                return false;
+            }
             changed = !self.nodes.is_empty() || !self.realm.is_empty();
             self.realm = realm.to_string();
             self.nodes.clear();
@@ -84,8 +106,8 @@ impl Known {
         for n in new {
             let room = self.nodes.len() < MAX_KNOWN;
             match self.nodes.iter_mut().find(|k| k.address == n.address) {
-                Some(k) if n.bootstrap() && !k.bootstrap() => {
-                    k.role = n.role.clone();
+                Some(k) if n.source == "join" && (k.source != "join" || k.role != n.role) => {
+                    *k = n.clone();
                     changed = true;
                 }
                 Some(_) => {}
@@ -96,6 +118,23 @@ impl Known {
                 None => {}
             }
         }
+        if changed {
+            self.version += 1;
+        }
+        changed
+    }
+
+    /// Forget the nodes mDNS found whose name is not in `members` (the
+    /// realm roster: a node revoked since). Returns whether any went.
+    pub fn keep_members(&mut self, members: &[String]) -> bool {
+        let before = self.nodes.len();
+        self.nodes.retain(|n| {
+            n.source != "mdns"
+                || n.address
+                    .split_once(".local:")
+                    .is_some_and(|(name, _)| members.iter().any(|m| m == name))
+        });
+        let changed = self.nodes.len() != before;
         if changed {
             self.version += 1;
         }
@@ -134,37 +173,46 @@ mod tests {
     }
 
     #[test]
-    fn the_list_grows_once_per_node_and_bootstrap_wins() {
+    fn the_list_grows_once_per_node_and_a_join_has_the_last_word() {
         let mut k = Known::default();
-        assert!(k.learn("r", &[node("b1.local:4433", "bootstrap", "join")]));
+        assert!(k.learn("r", &[node("b1.local:4433", "bootstrap", "mdns")], false));
         assert_eq!(k.version, 1);
         // Seen again on the LAN: nothing new, no new version.
-        assert!(!k.learn("r", &[node("b1.local:4433", "bootstrap", "mdns")]));
-        assert!(k.learn("r", &[node("g1.local:4433", "gateway", "mdns")]));
-        assert!(k.learn("r", &[node("g1.local:4433", "bootstrap", "mdns")]));
-        assert!(!k.learn("r", &[node("g1.local:4433", "gateway", "mdns")]));
-        assert_eq!(k.version, 3);
+        assert!(!k.learn("r", &[node("b1.local:4433", "bootstrap", "mdns")], false));
+        // The join answer names it: its entry says so.
+        assert!(k.learn("r", &[node("b1.local:4433", "bootstrap", "join")], true));
         assert_eq!(k.nodes[0].source, "join");
-        assert_eq!(k.nodes[1].role, "bootstrap");
+        // mDNS cannot make a gateway a bootstrap node.
+        assert!(k.learn("r", &[node("g1.local:4433", "gateway", "mdns")], false));
+        assert!(!k.learn("r", &[node("g1.local:4433", "bootstrap", "mdns")], false));
+        assert_eq!(k.nodes[1].role, "gateway");
+        assert_eq!(k.version, 3);
+        // A revoked node found by mDNS goes; what a join said stays.
+        assert!(k.keep_members(&["b1".into()]));
+        assert_eq!(k.nodes.len(), 1);
+        assert!(!k.keep_members(&[]));
     }
 
     #[test]
-    fn another_realm_starts_over_and_the_list_is_bounded() {
+    fn only_a_join_moves_the_list_to_another_realm_and_the_list_is_bounded() {
         let mut k = Known::default();
-        k.learn("r", &[node("b1.local:4433", "bootstrap", "join")]);
-        assert!(k.learn("s", &[]));
+        k.learn("r", &[node("b1.local:4433", "bootstrap", "join")], true);
+        assert!(!k.learn("s", &[node("x.local:4433", "bootstrap", "mdns")], false));
+        assert_eq!(k.realm, "r");
+        assert!(k.learn("s", &[], true));
         assert!(k.nodes.is_empty() && k.realm == "s");
         let many: Vec<KnownNode> = (0..100)
             .map(|i| node(&format!("n{i}.local:4433"), "gateway", "mdns"))
             .collect();
-        k.learn("s", &many);
+        k.learn("s", &many, false);
         assert_eq!(k.nodes.len(), MAX_KNOWN);
         assert_eq!(k.dial("r", false), (vec![], vec![]));
     }
 
     #[test]
     fn only_bootstrap_and_gateway_nodes_of_the_realm_are_dialled() {
-        let a = |roles, realm| KnownNode::announced("r", "b1.local", roles, realm);
+        let members = ["b1".to_string()];
+        let a = |roles, realm| KnownNode::announced("r", "b1.local", roles, realm, &members);
         assert_eq!(
             a("peer,bootstrap", "r"),
             Some(node("b1.local:4433", "bootstrap", "mdns"))
@@ -174,10 +222,20 @@ mod tests {
         assert_eq!(a("peer", "r"), None);
         assert_eq!(a("peer,bootstrap", "other"), None);
         assert_eq!(a("peer,bootstrapper", "r"), None);
-        assert_eq!(
-            KnownNode::announced("r", "bad host", "bootstrap", "r"),
-            None
-        );
+        // Only a member of the roster, only at a .local name, never a port.
+        for host in [
+            "b2.local",
+            "b1.example.com",
+            "b1.local:99",
+            "b1",
+            "bad host.local",
+        ] {
+            assert_eq!(
+                KnownNode::announced("r", host, "bootstrap", "r", &members),
+                None,
+                "{host}"
+            );
+        }
     }
 
     #[test]
@@ -189,6 +247,7 @@ mod tests {
                 node("g1.local:4433", "gateway", "mdns"),
                 node("b1.local:4433", "bootstrap", "join"),
             ],
+            true,
         );
         assert_eq!(
             k.dial("r", false),

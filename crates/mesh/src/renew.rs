@@ -104,6 +104,11 @@ pub fn renew(state: &State, client: &Client, realm: &str) -> Result<CertInfo, St
         return Err(format!("the CA holder refused: {}", a.error));
     }
     let new = pki::cert_info(&a.cert).ok_or("the new certificate does not parse")?;
+    // Any node of the realm can answer on this subject: an older
+    // certificate of this key replayed is not taken.
+    if new.not_after <= old.not_after {
+        return Err("the answer is no newer than the certificate this node has: not taken".into());
+    }
     if new.common_name != old.common_name {
         return Err(format!(
             "the new certificate names {}, not this node ({})",

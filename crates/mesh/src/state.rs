@@ -25,6 +25,12 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const KNOWN: &str = "known.json";
+/// Made whenever something nats-server's configuration is made from
+/// changes behind `maculaos apply`'s back (a roster, the known nodes, a
+/// certificate from a join or a renewal); `maculaos-mesh-apply.path` runs
+/// apply while it exists, and that service removes it first (a change
+/// during the run makes it again, so nothing is missed).
+pub const APPLY_PENDING: &str = "apply-pending";
 
 /// Where the mesh identity lives on a node.
 pub const MESH_DIR: &str = "/var/lib/maculaos/mesh";
@@ -156,6 +162,11 @@ impl State {
         f.sync_all().map_err(io(&tmp))?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// Ask for a `maculaos apply` ([`APPLY_PENDING`]).
+    fn mark_pending(&self) -> Result<(), StateError> {
+        self.write(APPLY_PENDING, b"", 0o644)
     }
 
     /// The node's key, made now if it has none. Returns whether it was made.
@@ -346,7 +357,8 @@ impl State {
         }
         self.write("ca.crt", ca_pem.as_bytes(), 0o644)?;
         self.write("node.crt", cert_pem.as_bytes(), 0o644)?;
-        self.write("realm", format!("{realm}\n").as_bytes(), 0o644)
+        self.write("realm", format!("{realm}\n").as_bytes(), 0o644)?;
+        self.mark_pending()
     }
 
     /// A node that holds its realm's CA does not join another realm: the
@@ -382,15 +394,34 @@ impl State {
         self.load(KNOWN)
     }
 
-    /// Add to [`State::known`]; returns the new version if anything changed.
-    pub fn learn(&self, realm: &str, new: &[KnownNode]) -> Result<Option<u64>, StateError> {
+    /// Add to [`State::known`] (`switch`: a join, which may start the list
+    /// for another realm); returns the new version if anything changed.
+    pub fn learn(
+        &self,
+        realm: &str,
+        new: &[KnownNode],
+        switch: bool,
+    ) -> Result<Option<u64>, StateError> {
+        self.update_known(|k| k.learn(realm, new, switch))
+    }
+
+    /// The names the realm roster this node keeps lets in (none without a
+    /// roster).
+    pub fn roster_members(&self) -> Vec<String> {
+        self.read_roster()
+            .map(|(_, r)| r.members.into_iter().map(|m| m.node).collect())
+            .unwrap_or_default()
+    }
+
+    fn update_known(&self, f: impl FnOnce(&mut Known) -> bool) -> Result<Option<u64>, StateError> {
         self.locked(|| {
             // A file that does not parse is replaced, not kept forever.
             let mut k = self.known().unwrap_or_default();
-            if !k.learn(realm, new) {
+            if !f(&mut k) {
                 return Ok(None);
             }
             self.save(KNOWN, &k, 0o644)?;
+            self.mark_pending()?;
             Ok(Some(k.version))
         })
     }
@@ -502,20 +533,27 @@ impl State {
             if !pki::signed_by(cert_pem, &ca.cert_pem) {
                 return Err(bad("the certificate to renew is not from this realm's CA"));
             }
+            if info.not_after <= now() {
+                return Err(bad(
+                    "the certificate has expired: join again with a new token (`maculaos mesh join`)",
+                ));
+            }
+            // By key and name, not by this exact certificate: a node whose
+            // last answer was lost still holds the one before (renewals
+            // keep one record per key).
             let mut issued = self.issued()?;
+            let mine = |i: &&Issued| i.node == info.common_name && i.key_sha256 == info.key_sha256;
+            // The newest record decides: revoked, or joined again since.
             let rec = issued
                 .iter()
-                .find(|i| i.sha256 == info.sha256)
+                .filter(mine)
+                .max_by_key(|i| i.not_after)
                 .cloned()
-                .ok_or_else(|| bad("this CA has no record of the certificate to renew"))?;
+                .filter(|i| i.not_after > now())
+                .ok_or_else(|| bad("this CA has no valid certificate on record for that node and key"))?;
             if rec.revoked {
                 return Err(bad(
                     "the certificate is revoked: this node is out of the realm until it joins again with a new token",
-                ));
-            }
-            if rec.not_after <= now() {
-                return Err(bad(
-                    "the certificate has expired: join again with a new token (`maculaos mesh join`)",
                 ));
             }
             if pki::csr_key_sha256(csr_pem).as_deref() != Some(info.key_sha256.as_str()) {
@@ -616,6 +654,7 @@ impl State {
         };
         let signed = roster.sign(&ca.key_pem)?;
         self.write("roster.json", signed.to_json().as_bytes(), 0o644)?;
+        self.mark_pending()?;
         Ok(Some(roster))
     }
 
@@ -641,7 +680,7 @@ impl State {
             .realm
             .ok_or_else(|| StateError::Invalid("this node has no realm".into()))?;
         let roster = signed.open(&ca, &realm).map_err(StateError::Invalid)?;
-        self.locked(|| {
+        let taken = self.locked(|| {
             if self
                 .read_roster()
                 .is_some_and(|(_, kept)| kept.version >= roster.version)
@@ -649,8 +688,15 @@ impl State {
                 return Ok(None);
             }
             self.write("roster.json", signed.to_json().as_bytes(), 0o644)?;
+            self.mark_pending()?;
             Ok(Some(roster))
-        })
+        })?;
+        // A node revoked since is no longer dialled where mDNS found it.
+        if let Some(r) = &taken {
+            let members: Vec<String> = r.members.iter().map(|m| m.node.clone()).collect();
+            self.update_known(|k| k.keep_members(&members))?;
+        }
+        Ok(taken)
     }
 
     /// Revoke every certificate of `node` (CA holder), and every other
@@ -923,6 +969,31 @@ mod tests {
     }
 
     #[test]
+    fn what_changes_behind_applys_back_asks_for_an_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::new(dir.path().join("b1"));
+        s.create_realm("io.macula", "b1", &[], &[]).unwrap();
+        let pending = s.path(APPLY_PENDING);
+        // A new roster (here: the realm's first), the known nodes, a join's
+        // certificate each make the file; what changes nothing does not.
+        assert!(pending.exists());
+        fs::remove_file(&pending).unwrap();
+        let b2 = KnownNode {
+            address: "b2.local:4433".into(),
+            role: "bootstrap".into(),
+            source: "join".into(),
+        };
+        s.learn("io.macula", std::slice::from_ref(&b2), true)
+            .unwrap();
+        assert!(pending.exists());
+        fs::remove_file(&pending).unwrap();
+        s.learn("io.macula", &[b2], true).unwrap();
+        assert!(!pending.exists());
+        s.refresh_roster().unwrap();
+        assert!(!pending.exists(), "the same roster again");
+    }
+
+    #[test]
     fn a_valid_certificate_is_renewed_for_its_own_key_only() {
         let dir = tempfile::tempdir().unwrap();
         let s = State::new(dir.path().join("b1"));
@@ -959,13 +1030,23 @@ mod tests {
         assert_eq!(p1[0].sha256, info.sha256);
         s.refresh_roster().unwrap();
         assert_eq!(s.read_roster().unwrap().1.version, before.version);
-        // The replaced certificate is not renewed again; a revoked node
-        // is not renewed at all.
-        let e = s.renew(&cert, &pki::csr(&key, "p1").unwrap()).unwrap_err();
-        assert!(e.to_string().contains("no record"), "{e}");
+        // The answer was lost: the node asks again with the certificate it
+        // still has, and gets one; still one record for its key.
+        let again = s.renew(&cert, &pki::csr(&key, "p1").unwrap()).unwrap();
+        assert_ne!(again, new);
+        let n = s
+            .issued()
+            .unwrap()
+            .iter()
+            .filter(|i| i.node == "p1")
+            .count();
+        assert_eq!(n, 1);
+        // A revoked node is not renewed, with any of its certificates.
         s.revoke("p1").unwrap();
-        let e = s.renew(&new, &pki::csr(&key, "p1").unwrap()).unwrap_err();
-        assert!(e.to_string().contains("revoked"), "{e}");
+        for c in [&cert, &new, &again] {
+            let e = s.renew(c, &pki::csr(&key, "p1").unwrap()).unwrap_err();
+            assert!(e.to_string().contains("revoked"), "{e}");
+        }
         // A certificate of another realm's CA.
         let other = pki::create_ca("io.other").unwrap();
         let foreign = pki::sign_node(
