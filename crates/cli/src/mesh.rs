@@ -1069,13 +1069,13 @@ fn spawn_roster_service(st: State, realm: String) {
 /// published). Keeping it makes maculaos-mesh-apply.path run `maculaos
 /// apply`, which pins its keys on a bootstrap or gateway node's listeners
 /// (a peer's server, which takes no connections, is left as it is).
-fn spawn_roster_follower(st: State, realm: String) {
+fn spawn_roster_follower(st: State, realm: String, listener: bool) {
     std::thread::spawn(move || {
         let ask = client::roster_subject(&realm);
         let pushed = client::sub_subject(&realm, client::ROSTER_TOPIC);
         let take = |text: &str| match maculaos_mesh::roster::Signed::from_json(text)
             .map_err(|e| e.to_string())
-            .and_then(|s| st.accept_roster(&s).map_err(|e| e.to_string()))
+            .and_then(|s| st.accept_roster(&s, listener).map_err(|e| e.to_string()))
         {
             Ok(Some(r)) => println!("maculaos-meshd: new roster, {}", r.summary()),
             Ok(None) => {}
@@ -1121,24 +1121,29 @@ fn spawn_discovery(st: State, realm: String) {
         let mut last_error = String::new();
         loop {
             let me = maculaos_discover::ThisNode::running();
-            // Only nodes the realm roster lets in (none before this node
-            // has a roster): a revoked node announcing itself is not dialled.
-            let members = st.roster_members();
             match maculaos_discover::browse(DISCOVER_FOR, &me) {
                 Ok(nodes) => {
-                    let found: Vec<KnownNode> = nodes
-                        .iter()
-                        .filter(|n| !n.local)
-                        .filter_map(|n| {
-                            KnownNode::announced(&realm, &n.host, &n.role, &n.realm, &members)
-                        })
-                        .collect();
-                    match st.learn(&realm, &found, false) {
+                    // Only nodes the realm roster lets in (none before this
+                    // node has a roster; checked under the state's lock, so
+                    // a roster that revoked one meanwhile wins): a revoked
+                    // node announcing itself is not dialled.
+                    let mut names = Vec::new();
+                    let r = st.learn_announced(&realm, |members| {
+                        let found: Vec<KnownNode> = nodes
+                            .iter()
+                            .filter(|n| !n.local)
+                            .filter_map(|n| {
+                                KnownNode::announced(&realm, &n.host, &n.role, &n.realm, members)
+                            })
+                            .collect();
+                        names = found
+                            .iter()
+                            .map(|k| format!("{} ({})", k.address, k.role))
+                            .collect();
+                        found
+                    });
+                    match r {
                         Ok(Some(v)) => {
-                            let names: Vec<String> = found
-                                .iter()
-                                .map(|k| format!("{} ({})", k.address, k.role))
-                                .collect();
                             println!(
                                 "maculaos-meshd: on the LAN: {} (known nodes version {v})",
                                 names.join(", ")
@@ -1269,7 +1274,9 @@ fn serve() -> Result<ExitCode> {
         // Every node keeps the roster: listeners pin its keys, and every
         // node dials only roster members it found by mDNS.
         if !id.ca_holder {
-            spawn_roster_follower(st.clone(), realm.clone());
+            let listener =
+                roles.contains(&MeshRole::Bootstrap) || roles.contains(&MeshRole::Gateway);
+            spawn_roster_follower(st.clone(), realm.clone(), listener);
         }
     }
     let version = fs::read_to_string("/etc/os-release")

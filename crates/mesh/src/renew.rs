@@ -119,5 +119,7 @@ pub fn renew(state: &State, client: &Client, realm: &str) -> Result<CertInfo, St
     state
         .install_join(realm, &ca, &a.cert)
         .map_err(|e| e.to_string())?;
+    // Its server restarts with it (maculaos-mesh-apply.path).
+    state.request_apply().map_err(|e| e.to_string())?;
     Ok(new)
 }

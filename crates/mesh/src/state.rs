@@ -150,7 +150,11 @@ impl State {
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let path = self.path(name);
         // Per process: two writers never share (or remove) one temp file.
-        let tmp = self.path(&format!(".{name}.{}.tmp", std::process::id()));
+        // Per process and per call: two writers (processes, or threads of
+        // maculaos-meshd) never share (or remove) one temp file.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.path(&format!(".{name}.{}.{seq}.tmp", std::process::id()));
         let _ = fs::remove_file(&tmp);
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -164,7 +168,13 @@ impl State {
         fs::rename(&tmp, &path).map_err(io(&path))
     }
 
-    /// Ask for a `maculaos apply` ([`APPLY_PENDING`]).
+    /// Ask for a `maculaos apply` ([`APPLY_PENDING`]): after a renewed
+    /// certificate is installed (a join runs apply itself, once its
+    /// configuration is written).
+    pub fn request_apply(&self) -> Result<(), StateError> {
+        self.mark_pending()
+    }
+
     fn mark_pending(&self) -> Result<(), StateError> {
         self.write(APPLY_PENDING, b"", 0o644)
     }
@@ -357,8 +367,7 @@ impl State {
         }
         self.write("ca.crt", ca_pem.as_bytes(), 0o644)?;
         self.write("node.crt", cert_pem.as_bytes(), 0o644)?;
-        self.write("realm", format!("{realm}\n").as_bytes(), 0o644)?;
-        self.mark_pending()
+        self.write("realm", format!("{realm}\n").as_bytes(), 0o644)
     }
 
     /// A node that holds its realm's CA does not join another realm: the
@@ -413,17 +422,36 @@ impl State {
             .unwrap_or_default()
     }
 
-    fn update_known(&self, f: impl FnOnce(&mut Known) -> bool) -> Result<Option<u64>, StateError> {
+    /// Add what mDNS found: only nodes the roster kept now lets in (read
+    /// under the lock, so a roster that revoked one meanwhile wins).
+    pub fn learn_announced(
+        &self,
+        realm: &str,
+        found: impl FnOnce(&[String]) -> Vec<KnownNode>,
+    ) -> Result<Option<u64>, StateError> {
         self.locked(|| {
-            // A file that does not parse is replaced, not kept forever.
-            let mut k = self.known().unwrap_or_default();
-            if !f(&mut k) {
-                return Ok(None);
-            }
-            self.save(KNOWN, &k, 0o644)?;
-            self.mark_pending()?;
-            Ok(Some(k.version))
+            let new = found(&self.roster_members());
+            self.update_known_locked(|k| k.learn(realm, &new, false))
         })
+    }
+
+    fn update_known(&self, f: impl FnOnce(&mut Known) -> bool) -> Result<Option<u64>, StateError> {
+        self.locked(|| self.update_known_locked(f))
+    }
+
+    /// [`State::update_known`] for a caller that holds the lock.
+    fn update_known_locked(
+        &self,
+        f: impl FnOnce(&mut Known) -> bool,
+    ) -> Result<Option<u64>, StateError> {
+        // A file that does not parse is replaced, not kept forever.
+        let mut k = self.known().unwrap_or_default();
+        if !f(&mut k) {
+            return Ok(None);
+        }
+        self.save(KNOWN, &k, 0o644)?;
+        self.mark_pending()?;
+        Ok(Some(k.version))
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StateError> {
@@ -671,7 +699,11 @@ impl State {
 
     /// Keep `signed` if the realm CA signed it for this node's realm and it
     /// is newer than the roster kept here; returns the roster kept.
-    pub fn accept_roster(&self, signed: &Signed) -> Result<Option<Roster>, StateError> {
+    pub fn accept_roster(
+        &self,
+        signed: &Signed,
+        listener: bool,
+    ) -> Result<Option<Roster>, StateError> {
         let ca = self
             .read("ca.crt")?
             .ok_or_else(|| StateError::Invalid("this node has no realm CA".into()))?;
@@ -680,23 +712,24 @@ impl State {
             .realm
             .ok_or_else(|| StateError::Invalid("this node has no realm".into()))?;
         let roster = signed.open(&ca, &realm).map_err(StateError::Invalid)?;
-        let taken = self.locked(|| {
-            if self
+        self.locked(|| {
+            let newer = self
                 .read_roster()
-                .is_some_and(|(_, kept)| kept.version >= roster.version)
-            {
-                return Ok(None);
+                .is_none_or(|(_, kept)| kept.version < roster.version);
+            if newer {
+                self.write("roster.json", signed.to_json().as_bytes(), 0o644)?;
+                // Only a listener's server pins it; a peer's is left alone.
+                if listener {
+                    self.mark_pending()?;
+                }
             }
-            self.write("roster.json", signed.to_json().as_bytes(), 0o644)?;
-            self.mark_pending()?;
-            Ok(Some(roster))
-        })?;
-        // A node revoked since is no longer dialled where mDNS found it.
-        if let Some(r) = &taken {
-            let members: Vec<String> = r.members.iter().map(|m| m.node.clone()).collect();
-            self.update_known(|k| k.keep_members(&members))?;
-        }
-        Ok(taken)
+            // A node revoked since is no longer dialled where mDNS found it
+            // (again at every roster received: an earlier failure is not
+            // left standing).
+            let members = self.roster_members();
+            self.update_known_locked(|k| k.keep_members(&members))?;
+            Ok(newer.then_some(roster))
+        })
     }
 
     /// Revoke every certificate of `node` (CA holder), and every other
@@ -1090,8 +1123,8 @@ mod tests {
         fs::create_dir_all(&other.dir).unwrap();
         fs::copy(s.ca_cert(), other.ca_cert()).unwrap();
         fs::write(other.path("realm"), "io.macula\n").unwrap();
-        assert!(other.accept_roster(&with_p1).unwrap().is_some());
-        assert!(other.accept_roster(&with_p1).unwrap().is_none());
+        assert!(other.accept_roster(&with_p1, true).unwrap().is_some());
+        assert!(other.accept_roster(&with_p1, true).unwrap().is_none());
 
         let (gone, r) = s.revoke("p1").unwrap();
         assert_eq!(gone.len(), 1);
@@ -1100,10 +1133,10 @@ mod tests {
         assert!(r.version > 2);
         assert!(!r.members.iter().any(|m| m.node == "p1"), "{r:?}");
         assert_eq!(r.revoked, ["p1"]);
-        let kept = other.accept_roster(&without_p1).unwrap().unwrap();
+        let kept = other.accept_roster(&without_p1, true).unwrap().unwrap();
         assert_eq!(kept.revoked, ["p1"]);
         // The old roster replayed does not let p1 back in.
-        assert!(other.accept_roster(&with_p1).unwrap().is_none());
+        assert!(other.accept_roster(&with_p1, true).unwrap().is_none());
         assert_eq!(other.read_roster().unwrap().1.version, r.version);
         // A roster signed by another CA is refused.
         let forged = Roster {
@@ -1113,7 +1146,7 @@ mod tests {
         }
         .sign(&pki::create_ca("io.macula").unwrap().key_pem)
         .unwrap();
-        let e = other.accept_roster(&forged).unwrap_err().to_string();
+        let e = other.accept_roster(&forged, true).unwrap_err().to_string();
         assert!(e.contains("not signed by this realm's CA"), "{e}");
 
         for (who, why) in [
