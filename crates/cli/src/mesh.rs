@@ -232,7 +232,7 @@ fn connect() -> Result<Client> {
 pub fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Status { brief: true, .. } => {
-            let b = status::Brief::of_node(Path::new("/"));
+            let b = status::Brief::of_node(Path::new("/"), true);
             println!("Mesh:         {}", b.line());
             Ok(ExitCode::SUCCESS)
         }
@@ -907,7 +907,7 @@ fn ca_import(cert: &Path, key: &Path) -> Result<ExitCode> {
         state::MESH_DIR,
         key.display()
     );
-    apply_now()
+    apply_now(false)
 }
 
 fn renew_cmd(json: bool) -> Result<ExitCode> {
@@ -924,16 +924,20 @@ fn renew_cmd(json: bool) -> Result<ExitCode> {
             new.serial, new.common_name
         );
     }
-    apply_now()
+    apply_now(json)
 }
 
-/// `maculaos apply`, so that a new identity is in force at once.
-fn apply_now() -> Result<ExitCode> {
+/// `maculaos apply`, so that a new identity is in force at once. With
+/// `json`, its report goes to standard error: standard output is the
+/// command's JSON alone.
+fn apply_now(json: bool) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("finding the maculaos binary")?;
-    let status = std::process::Command::new(exe)
-        .arg("apply")
-        .status()
-        .context("running maculaos apply")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("apply");
+    if json {
+        cmd.stdout(std::io::stderr());
+    }
+    let status = cmd.status().context("running maculaos apply")?;
     Ok(if status.success() {
         ExitCode::SUCCESS
     } else {
@@ -1003,7 +1007,7 @@ fn join_cmd(arg: &str) -> Result<ExitCode> {
             now.maculaos.mesh.realm.unwrap_or_default()
         );
     }
-    apply_now()
+    apply_now(false)
 }
 
 /// maculaos-meshd: answers pings for this node; on the node that holds the

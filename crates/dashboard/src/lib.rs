@@ -186,14 +186,9 @@ impl Mesh {
 /// The mesh from the node's `mesh.env` and, on the running system, its
 /// server's monitoring endpoint (loopback).
 fn mesh(ctx: &Collector) -> Mesh {
-    let env = maculaos_mesh::read_env(&ctx.root);
-    let varz = if ctx.running_system() && !env.is_empty() {
-        maculaos_mesh::status::varz(maculaos_mesh::conf::MONITOR).ok()
-    } else {
-        None
-    };
-    let mut m = Mesh::from_brief(&maculaos_mesh::status::Brief::from(&env, varz.as_ref()));
-    if env.is_empty() {
+    let b = maculaos_mesh::status::Brief::of_node(&ctx.root, ctx.running_system());
+    let mut m = Mesh::from_brief(&b);
+    if b.state == "disabled" {
         m.realm = ctx.realm.clone();
         m.detail = "no NATS server on this node (maculaos.nats.enabled: false)".into();
     }

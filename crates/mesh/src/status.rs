@@ -230,10 +230,11 @@ impl Brief {
         }
     }
 
-    /// The node's own: `mesh.env` under `root`, the server on [`crate::conf::MONITOR`].
-    pub fn of_node(root: &std::path::Path) -> Brief {
+    /// The node's own: `mesh.env` under `root`, and the server on
+    /// [`crate::conf::MONITOR`] when `ask_server` (not for a test tree).
+    pub fn of_node(root: &std::path::Path, ask_server: bool) -> Brief {
         let env = crate::read_env(root);
-        let varz = if env.is_empty() {
+        let varz = if env.is_empty() || !ask_server {
             None
         } else {
             varz(crate::conf::MONITOR).ok()
