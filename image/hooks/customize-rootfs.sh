@@ -6,7 +6,7 @@ set -eu
 root="$1"
 
 # The admin user of seed 4.5 (macula@macula-XXXX): sudo, key-only SSH, no password.
-chroot "$root" useradd --create-home --shell /bin/bash --groups sudo --comment "MaculaOS admin" macula
+chroot "$root" useradd --create-home --shell /bin/bash --groups sudo,systemd-journal --comment "MaculaOS admin" macula
 chroot "$root" passwd --lock macula >/dev/null
 chroot "$root" passwd --lock root >/dev/null
 

@@ -9,6 +9,22 @@ use maculaos_config::values::AgeRecipient;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// `maculaos backup [FILE]` (the user guide's form) or `maculaos backup
+/// create|list|restore`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Write a backup to FILE (a name ending in .tar.gz, .tar.gz.age when
+    /// encrypted) or into the directory FILE; default maculaos.backup.dir.
+    #[arg(value_name = "FILE")]
+    to: Option<PathBuf>,
+    /// Encrypt the backup to this age public key (as `backup create`).
+    #[arg(long = "encrypt-to", value_name = "RECIPIENT")]
+    encrypt_to: Vec<AgeRecipient>,
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Archive the configured paths (maculaos.backup.include minus exclude).
@@ -96,6 +112,27 @@ fn progress_printer() -> impl FnMut(Progress) {
             eprintln!("  {what:<10} {pct:>3.0}%  {} / {} bytes", p.done, p.total);
         }
     }
+}
+
+impl Args {
+    /// Everything but `list` reads what only root may read or writes.
+    pub fn changes_the_system(&self) -> bool {
+        !matches!(self.command, Some(Command::List { .. }))
+    }
+
+    /// Whether this is the short form writing to `path`.
+    #[cfg(test)]
+    pub fn is_short_form_to(&self, path: &str) -> bool {
+        self.command.is_none() && self.to.as_deref() == Some(Path::new(path))
+    }
+}
+
+/// `maculaos backup …`: a subcommand, or `create` by the guide's short form.
+pub fn run_args(args: Args) -> Result<ExitCode> {
+    run(args.command.unwrap_or(Command::Create {
+        to: args.to,
+        encrypt_to: args.encrypt_to,
+    }))
 }
 
 pub fn run(cmd: Command) -> Result<ExitCode> {

@@ -71,6 +71,18 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     })
 }
 
+/// `maculaos network status`: the network checks of `diag network`, under
+/// the user guide's name.
+pub fn network_status(resolve: Option<&str>, json: bool) -> Result<ExitCode> {
+    run(&Args {
+        area: Some(Area::Network),
+        full: false,
+        output: None,
+        resolve: resolve.map(str::to_string),
+        json,
+    })
+}
+
 fn bundle(out: &Path) -> Result<ExitCode> {
     let to_stdout = out == Path::new("-");
     let tmp_dir;
@@ -99,7 +111,9 @@ fn bundle(out: &Path) -> Result<ExitCode> {
 
 #[derive(ClapArgs)]
 pub struct LogsArgs {
-    /// A unit (`ssh`, `maculaos-apply`…); all of the journal when left out.
+    /// A unit (`ssh`, `maculaos-apply`…), or `network` for the units that
+    /// bring the network up and name the node on it; all of the journal
+    /// when left out.
     unit: Option<String>,
     /// Keep printing new entries.
     #[arg(short, long)]
@@ -112,12 +126,30 @@ pub struct LogsArgs {
     boot: bool,
 }
 
+/// The journal units `maculaos logs NAME` shows: a group's, or NAME itself.
+fn units_of(name: Option<&str>) -> Vec<&str> {
+    match name {
+        None => Vec::new(),
+        Some("network") => NETWORK_UNITS.to_vec(),
+        Some(unit) => vec![unit],
+    }
+}
+
+/// `maculaos logs network`: addresses and links, names, time, mDNS.
+const NETWORK_UNITS: &[&str] = &[
+    "systemd-networkd",
+    "systemd-networkd-wait-online",
+    "systemd-resolved",
+    "systemd-timesyncd",
+    "avahi-daemon",
+];
+
 /// `maculaos logs [UNIT] [-f]`: the journal, through journalctl (its exit
 /// status is ours).
 pub fn logs(args: &LogsArgs) -> Result<ExitCode> {
     let mut cmd = std::process::Command::new("journalctl");
     cmd.args(["--no-pager", "-n", &args.lines.to_string()]);
-    if let Some(u) = &args.unit {
+    for u in units_of(args.unit.as_deref()) {
         cmd.args(["-u", u]);
     }
     if args.follow {

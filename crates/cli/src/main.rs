@@ -37,7 +37,8 @@ enum Command {
     /// Show, check and describe the configuration.
     #[command(subcommand)]
     Config(config::Command),
-    /// Updates of the A/B slots: `--status`, `--check`, `--download`, `--apply [--from DIR|FILE]`.
+    /// Updates of the A/B slots: `--status`, `--check`, `--download`, `--apply [--from DIR|FILE]`;
+    /// with no flag, the same as `--apply`: check, download and write the newest.
     Upgrade(slots::UpgradeArgs),
     /// Make the next boot start the other slot (the version before the last
     /// update), or cancel an update that waits to be tried. Reboot to use it.
@@ -72,9 +73,23 @@ enum Command {
     /// start again as on first boot (done by the next boot, which this
     /// starts); both OS slots stay.
     FactoryReset(recovery::ResetArgs),
-    /// Back up the configured paths, list backups, restore one.
+    /// Factory reset, as the user guide names it: asks before it erases
+    /// (type "erase"), or --yes; --keep-network keeps the node reachable.
+    Factory(recovery::FactoryArgs),
+    /// Back up the configured paths (`maculaos backup FILE`), list backups,
+    /// restore one.
+    Backup(backup::Args),
+    /// Check a backup whole, then put its files back (`backup restore FILE`).
+    Restore {
+        /// The archive to restore.
+        file: std::path::PathBuf,
+        /// The private key to decrypt an encrypted backup (….tar.gz.age) with.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<std::path::PathBuf>,
+    },
+    /// The network's state: `maculaos network status`.
     #[command(subcommand)]
-    Backup(backup::Command),
+    Network(NetworkCommand),
     /// Diagnose the network, storage or mesh (✓/✗ lines), or write a
     /// support bundle with --full -o FILE.
     Diag(diag::Args),
@@ -115,8 +130,73 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Interfaces, default gateway, DNS, internet and the mesh's bootstrap
+    /// nodes, checked (the same checks as `maculaos diag network`).
+    Status {
+        /// The name to resolve (default: the first bootstrap peer, else
+        /// the update server).
+        #[arg(long)]
+        resolve: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Whether `command` changes the system or reads what only root may, so that a user who is not root is
+/// told to use sudo before anything is tried (instead of a permission
+/// error from deep inside).
+fn needs_root(command: &Command) -> bool {
+    match command {
+        Command::Apply(_)
+        | Command::Rollback { .. }
+        | Command::MarkGood
+        | Command::Recovery { .. }
+        | Command::Repair { .. }
+        | Command::FactoryReset(_)
+        | Command::Factory(_)
+        | Command::Restore { .. } => true,
+        // Reads the configuration, which holds secrets and is root's only.
+        Command::Health { .. } => true,
+        Command::Upgrade(a) => a.changes_the_system(),
+        Command::Backup(a) => a.changes_the_system(),
+        _ => false,
+    }
+}
+
+/// Run this same command again as root through sudo, as the guide's
+/// commands are written without it: the admin user's sudo rights (or
+/// password) decide, and nothing else is tried as a user.
+fn through_sudo() -> Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let me = std::env::current_exe().unwrap_or_else(|_| "/usr/bin/maculaos".into());
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    eprintln!(
+        "maculaos {}: needs root; running it through sudo",
+        shown.first().map(String::as_str).unwrap_or_default()
+    );
+    let err = std::process::Command::new("sudo")
+        .arg("--")
+        .arg(me)
+        .args(&args)
+        .exec();
+    anyhow::bail!(
+        "running sudo: {err}; run it as root (`sudo maculaos {}`)",
+        shown.join(" ")
+    )
+}
+
 fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
+    if needs_root(&cli.command) && !maculaos_install::is_root() {
+        return through_sudo();
+    }
     match cli.command {
         Command::Info { json } => {
             let info = maculaos_info::collect();
@@ -136,8 +216,18 @@ fn main() -> Result<ExitCode> {
         Command::Repair { json } => recovery::repair_cmd(json),
         Command::Shell => recovery::shell_cmd(),
         Command::FactoryReset(args) => recovery::factory_reset_cmd(&args),
+        Command::Factory(args) => recovery::factory_cmd(&args),
+        Command::Restore { file, identity } => backup::run(backup::Command::Restore {
+            file: Some(file),
+            latest: false,
+            dir: None,
+            identity,
+        }),
+        Command::Network(NetworkCommand::Status { resolve, json }) => {
+            diag::network_status(resolve.as_deref(), json)
+        }
         Command::Install(args) => install::run(&args),
-        Command::Backup(cmd) => backup::run(cmd),
+        Command::Backup(args) => backup::run_args(args),
         Command::Agent => {
             agent::run()?;
             Ok(ExitCode::SUCCESS)
@@ -170,5 +260,71 @@ fn main() -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("maculaos").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every node command of the user guide's code blocks parses as written.
+    #[test]
+    fn the_guides_commands_parse() {
+        for line in [
+            "info",
+            "mesh status",
+            "logs",
+            "health",
+            "upgrade",
+            "rollback",
+            "upgrade --check",
+            "upgrade --download",
+            "upgrade --apply",
+            "backup /mnt/usb/backup.tar.gz",
+            "restore /mnt/usb/backup.tar.gz",
+            "repair",
+            "shell",
+            "factory",
+            "factory --keep-network",
+            "factory --full",
+            "network status",
+            "mesh ping bootstrap.macula.io",
+            "logs network",
+        ] {
+            let args: Vec<&str> = line.split(' ').collect();
+            if let Err(e) = parse(&args) {
+                panic!("maculaos {line}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn backup_takes_a_file_or_a_subcommand() {
+        let Command::Backup(a) = parse(&["backup", "/mnt/usb/b.tar.gz"]).unwrap().command else {
+            panic!("not backup");
+        };
+        assert!(a.is_short_form_to("/mnt/usb/b.tar.gz"));
+        let Command::Backup(a) = parse(&["backup", "list", "--json"]).unwrap().command else {
+            panic!("not backup");
+        };
+        assert!(!a.is_short_form_to("list"));
+        assert!(parse(&["backup", "x.tar.gz", "list"]).is_err());
+    }
+
+    #[test]
+    fn factory_full_keeps_nothing() {
+        assert!(parse(&["factory", "--full", "--keep-network"]).is_err());
+        assert!(parse(&["factory", "--cancel", "--yes"]).is_err());
+        assert!(parse(&["factory", "--keep-network", "--yes", "--no-reboot"]).is_ok());
     }
 }

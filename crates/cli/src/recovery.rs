@@ -71,6 +71,59 @@ pub struct ResetArgs {
     pub cancel: bool,
 }
 
+/// `maculaos factory`: the user guide's name for the factory reset, which
+/// asks before it erases anything.
+#[derive(clap::Args)]
+pub struct FactoryArgs {
+    /// Keep the network settings, so the node stays reachable where it is.
+    #[arg(long)]
+    pub keep_network: bool,
+    /// Keep nothing: the user data in /var/lib/data and the network
+    /// settings go too. This is what a plain `maculaos factory` does; the
+    /// flag says so, and refuses to go with a --keep flag.
+    #[arg(long, conflicts_with_all = ["keep_network", "keep_data"])]
+    pub full: bool,
+    /// Keep the user data in /var/lib/data.
+    #[arg(long)]
+    pub keep_data: bool,
+    /// Do not ask (for scripts); without it a terminal is asked to type
+    /// "erase", and without a terminal nothing is done.
+    #[arg(long, short = 'y', alias = "confirm")]
+    pub yes: bool,
+    /// Ask for the reset but do not reboot now: it happens on the next boot.
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// Withdraw a reset asked for with --no-reboot.
+    #[arg(long, conflicts_with_all = ["yes", "keep_data", "keep_network", "full"])]
+    pub cancel: bool,
+}
+
+/// `maculaos factory`: [`factory_reset_cmd`], confirmed by `--yes` or by
+/// the operator typing "erase" at a terminal.
+pub fn factory_cmd(args: &FactoryArgs) -> Result<ExitCode> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let mut reset = ResetArgs {
+        confirm: args.yes,
+        keep_data: args.keep_data,
+        keep_network: args.keep_network,
+        no_reboot: args.no_reboot,
+        cancel: args.cancel,
+    };
+    if !reset.confirm && !reset.cancel && std::io::stdin().is_terminal() {
+        eprintln!("{}", reset_plan(&reset));
+        eprint!("Type \"erase\" to reset this node now, anything else to stop: ");
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != "erase" {
+            eprintln!("Nothing was changed.");
+            return Ok(ExitCode::FAILURE);
+        }
+        reset.confirm = true;
+    }
+    factory_reset_cmd(&reset)
+}
+
 /// Where the data partition's root is for this boot, mounting it when it is
 /// not in use (recovery mode). `None` when there is none to reset.
 fn data_root(info: &maculaos_boot::BootInfo) -> Result<(PathBuf, Option<Mount>)> {
@@ -121,6 +174,25 @@ fn network_settings() -> Result<String> {
     ))
 }
 
+/// What a factory reset with these options removes and keeps.
+fn reset_plan(args: &ResetArgs) -> String {
+    let keeps = [
+        (args.keep_data, "the user data in /var/lib/data"),
+        (args.keep_network, "the network settings"),
+    ];
+    let kept: Vec<&str> = keeps.iter().filter(|(k, _)| *k).map(|(_, w)| *w).collect();
+    format!(
+        "A factory reset removes the node's configuration, credentials and identity \
+         (/var/lib/maculaos: SSH host keys, machine id, mesh certificates), logs and home directories: \
+         everything on the data partition{}. Both OS slots stay; the next boot is a first boot.",
+        if kept.is_empty() {
+            String::new()
+        } else {
+            format!(" except {}", kept.join(" and "))
+        }
+    )
+}
+
 /// `maculaos factory-reset`: ask maculaos-init to wipe the node's state on
 /// the next boot (see `maculaos_boot::reset`), then reboot.
 pub fn factory_reset_cmd(args: &ResetArgs) -> Result<ExitCode> {
@@ -138,23 +210,9 @@ pub fn factory_reset_cmd(args: &ResetArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let keeps = [
-        (args.keep_data, "the user data in /var/lib/data"),
-        (args.keep_network, "the network settings"),
-    ];
-    let kept: Vec<&str> = keeps.iter().filter(|(k, _)| *k).map(|(_, w)| *w).collect();
-    let plan = format!(
-        "A factory reset removes the node's configuration, credentials and identity \
-         (/var/lib/maculaos: SSH host keys, machine id), k3s state, logs and home directories: \
-         everything on the data partition{}. Both OS slots stay; the next boot is a first boot.",
-        if kept.is_empty() {
-            String::new()
-        } else {
-            format!(" except {}", kept.join(" and "))
-        }
-    );
+    let plan = reset_plan(args);
     if !args.confirm {
-        eprintln!("{plan}\nNothing was changed: add --confirm to do it.");
+        eprintln!("{plan}\nNothing was changed: add --confirm (or --yes) to do it.");
         return Ok(ExitCode::FAILURE);
     }
     let req = reset::ResetRequest {

@@ -17,7 +17,7 @@ pub(crate) const STATE_DIR: &str = "/var/lib/maculaos/updates";
 // Not a struct-level #[group(...)]: clap puts every field of the struct in
 // that group, which made --from, --json, --force… exclusive with the action.
 #[group(skip)]
-#[command(group = clap::ArgGroup::new("action").required(true).multiple(false))]
+#[command(group = clap::ArgGroup::new("action").multiple(false))]
 pub struct UpgradeArgs {
     /// Show both slots: version, good / trying N of 3 / bad, running, next boot, last rollback.
     #[arg(long, group = "action")]
@@ -58,6 +58,13 @@ pub struct UpgradeArgs {
     /// Machine-readable output (with --status, --check).
     #[arg(long)]
     json: bool,
+}
+
+impl UpgradeArgs {
+    /// All but --status and --check write to the data partition or the slots.
+    pub fn changes_the_system(&self) -> bool {
+        !(self.status || self.check)
+    }
 }
 
 pub fn upgrade_cmd(args: &UpgradeArgs) -> Result<ExitCode> {

@@ -13,6 +13,7 @@
 
 mod config;
 mod firstboot;
+mod guide;
 mod harness;
 mod install;
 mod lan;

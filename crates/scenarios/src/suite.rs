@@ -141,6 +141,12 @@ pub fn all() -> Vec<Scenario> {
             pool: true,
         },
         Scenario {
+            name: "guide-commands",
+            about: "every node command of the user guide's code blocks, typed as written by the admin user: each does its job (backup to and restore from /mnt/usb, shell, logs network, network status) or fails only for a reason it states (no update server, empty slot B, repair outside recovery mode, factory without a terminal to ask); factory --yes --no-reboot is asked for and withdrawn",
+            run: crate::guide::guide_commands,
+            pool: true,
+        },
+        Scenario {
             name: "firstboot",
             about: "an unconfigured node: pairing code and QR on the serial console (decoded), wizard in headless chromium, wrong codes refused then rate limited, the form pairs it (hostname, key), the wizard is gone after reboot and the dashboard answers",
             run: crate::firstboot::firstboot_wizard,
