@@ -65,6 +65,14 @@ must_exist /usr/lib/systemd/system/systemd-repart.service /usr/lib/systemd/syste
 systemctl mask --quiet systemd-repart.service modprobe@drm.service
 # Not needed on a node that waits for nothing but its own network.
 systemctl mask --quiet systemd-networkd-wait-online.service
+# Podman's own units, which its package enables: each service runs from
+# its own unit (maculaos-svc-NAME.service, written by maculaos apply), so
+# podman's restart-at-boot and daily auto-update have nothing to do but cost
+# boot time, and its API socket would be a root API nobody here uses.
+must_exist /usr/lib/systemd/system/podman.socket /usr/lib/systemd/system/podman-restart.service \
+    /usr/lib/systemd/system/podman-auto-update.timer
+systemctl mask --quiet podman.socket podman.service podman-restart.service \
+    podman-auto-update.timer podman-auto-update.service
 # Nothing on a node installs or updates packages (the root is read-only and
 # an update replaces it whole), and there is no LVM for e2scrub to check:
 # these would only spend CPU at every boot and on their schedules.

@@ -2,7 +2,8 @@
 //!
 //! [`apply`] runs one applicator per part of the configuration, in a fixed
 //! order (hostname, mDNS announcement, SSH keys, network, DNS, NTP, modules, sysctl,
-//! environment, write_files, watchdog, backup, mesh, boot_cmd, run_cmd, k3s).
+//! environment, write_files, watchdog, backup, mesh, boot_cmd, run_cmd,
+//! services, k3s).
 //! Each is independent: one that fails is reported in [`Report::errors`]
 //! and the others still run.
 //! Each is idempotent: a second run with the same configuration reports no
@@ -25,6 +26,7 @@ mod kernel;
 pub mod mdns;
 pub mod mesh;
 mod network;
+pub mod services;
 mod ssh;
 mod users;
 mod watchdog;
@@ -120,6 +122,7 @@ const STEPS: &[(&str, Step)] = &[
     ("mesh", mesh::apply),
     ("boot_cmd", commands::boot_cmd),
     ("run_cmd", commands::run_cmd),
+    ("services", services::apply),
     ("k3s", k3s::apply),
 ];
 

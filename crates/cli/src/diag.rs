@@ -111,7 +111,7 @@ fn bundle(out: &Path) -> Result<ExitCode> {
 
 #[derive(ClapArgs)]
 pub struct LogsArgs {
-    /// A unit (`ssh`, `maculaos-apply`…), or `network` for the units that
+    /// A deployed service, a unit (`ssh`, `maculaos-apply`…), or `network` for the units that
     /// bring the network up and name the node on it; all of the journal
     /// when left out.
     unit: Option<String>,
@@ -135,10 +135,18 @@ fn units_of(name: Option<&str>) -> Vec<&str> {
     }
 }
 
+/// `maculaos logs NAME` for a deployed service: its unit.
+fn service_unit(name: &str) -> Option<String> {
+    let unit = format!("{}{name}.service", maculaos_services::UNIT_PREFIX);
+    Path::new(maculaos_services::UNIT_DIR)
+        .join(&unit)
+        .exists()
+        .then_some(unit)
+}
+
 /// `maculaos logs network`: addresses and links, names, time, mDNS.
 const NETWORK_UNITS: &[&str] = &[
     "systemd-networkd",
-    "systemd-networkd-wait-online",
     "systemd-resolved",
     "systemd-timesyncd",
     "avahi-daemon",
@@ -149,8 +157,16 @@ const NETWORK_UNITS: &[&str] = &[
 pub fn logs(args: &LogsArgs) -> Result<ExitCode> {
     let mut cmd = std::process::Command::new("journalctl");
     cmd.args(["--no-pager", "-n", &args.lines.to_string()]);
-    for u in units_of(args.unit.as_deref()) {
-        cmd.args(["-u", u]);
+    let service = args.unit.as_deref().and_then(service_unit);
+    match &service {
+        Some(unit) => {
+            cmd.args(["-u", unit]);
+        }
+        None => {
+            for u in units_of(args.unit.as_deref()) {
+                cmd.args(["-u", u]);
+            }
+        }
     }
     if args.follow {
         cmd.arg("-f");

@@ -10,6 +10,7 @@ mod firstboot;
 mod install;
 mod mesh;
 mod recovery;
+mod services;
 mod slots;
 
 use anyhow::Result;
@@ -87,6 +88,27 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         identity: Option<std::path::PathBuf>,
     },
+    /// Run a service: an OCI image by reference (pulled), or an image
+    /// archive (.tar, .tar.gz); kept in config.d, so it runs again after
+    /// reboots and updates.
+    Deploy(services::DeployArgs),
+    /// The deployed services: state, uptime, restarts, ports, image.
+    Services {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One service: `maculaos service status NAME`.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Stop a service; it stays stopped across reboots until `start`.
+    Stop { name: String },
+    /// Start a stopped service.
+    Start { name: String },
+    /// Restart a service.
+    Restart { name: String },
+    /// Remove a deployed service (its image and volumes' data stay).
+    Remove { name: String },
     /// The network's state: `maculaos network status`.
     #[command(subcommand)]
     Network(NetworkCommand),
@@ -131,6 +153,17 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ServiceCommand {
+    /// State, image, uptime, restarts, ports, volumes; exit 0 only when it runs.
+    Status {
+        name: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum NetworkCommand {
     /// Interfaces, default gateway, DNS, internet and the mesh's bootstrap
     /// nodes, checked (the same checks as `maculaos diag network`).
@@ -158,8 +191,13 @@ fn needs_root(command: &Command) -> bool {
         | Command::FactoryReset(_)
         | Command::Factory(_)
         | Command::Restore { .. } => true,
-        // Reads the configuration, which holds secrets and is root's only.
-        Command::Health { .. } => true,
+        // Read the configuration, which holds secrets and is root's only.
+        Command::Health { .. } | Command::Services { .. } | Command::Service(_) => true,
+        Command::Deploy(_)
+        | Command::Stop { .. }
+        | Command::Start { .. }
+        | Command::Restart { .. }
+        | Command::Remove { .. } => true,
         Command::Upgrade(a) => a.changes_the_system(),
         Command::Backup(a) => a.changes_the_system(),
         _ => false,
@@ -223,6 +261,13 @@ fn main() -> Result<ExitCode> {
             dir: None,
             identity,
         }),
+        Command::Deploy(args) => services::deploy(&args),
+        Command::Services { json } => services::list(json),
+        Command::Service(ServiceCommand::Status { name, json }) => services::status(&name, json),
+        Command::Stop { name } => services::control("stop", &name),
+        Command::Start { name } => services::control("start", &name),
+        Command::Restart { name } => services::control("restart", &name),
+        Command::Remove { name } => services::remove(&name),
         Command::Network(NetworkCommand::Status { resolve, json }) => {
             diag::network_status(resolve.as_deref(), json)
         }
@@ -300,6 +345,13 @@ mod tests {
             "network status",
             "mesh ping bootstrap.macula.io",
             "logs network",
+            "deploy ghcr.io/mycompany/myservice:latest",
+            "deploy /path/to/myservice.tar.gz",
+            "services",
+            "logs myservice",
+            "stop myservice",
+            "service status myservice",
+            "restart myservice",
         ] {
             let args: Vec<&str> = line.split(' ').collect();
             if let Err(e) = parse(&args) {

@@ -8,8 +8,8 @@
 
 use crate::values::{
     AbsPath, AgeRecipient, BackupTarget, Cidr, Duration, EnvName, FileMode, Host, HostPort,
-    Hostname, HttpUrl, IpAddr, ModuleName, Owner, Percent, Schedule, Size, SshKey, SysctlKey,
-    SysctlValue, UnitName, UpgradeUrl,
+    Hostname, HttpUrl, ImageRef, IpAddr, ModuleName, Owner, Percent, PortMap, Schedule,
+    ServiceName, Size, SshKey, SysctlKey, SysctlValue, UnitName, UpgradeUrl, VolumeMap,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,9 @@ pub struct Config {
     pub run_cmd: Vec<Command>,
     /// Commands run at every boot, early, before the network is configured.
     pub boot_cmd: Vec<Command>,
+    /// The node's workloads: OCI containers run by podman, one systemd unit
+    /// each (`maculaos deploy` writes them to `config.d`).
+    pub services: BTreeMap<ServiceName, Service>,
 }
 
 /// The `maculaos:` section.
@@ -710,6 +713,81 @@ pub enum Encoding {
     Text,
     #[serde(rename = "b64", alias = "base64")]
     Base64,
+}
+
+/// One workload (guide "Service Deployment"): a container from `image`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// The OCI image (`ghcr.io/mycompany/myservice:latest`; `localhost/NAME:TAG`
+    /// for one loaded from an archive).
+    pub image: ImageRef,
+    /// When to pull the image: `missing` (default: once), `always` (at every
+    /// start), `never` (an image loaded from an archive).
+    #[serde(default)]
+    pub pull: PullPolicy,
+    /// The command, instead of the image's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Environment variables of the container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<EnvName, String>,
+    /// Published ports: `8080:80`, `8080:80/udp`, `127.0.0.1:8080:80`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMap>,
+    /// Directories under /var mounted into the container
+    /// (`/var/lib/maculaos/myservice:/app/data`); made when missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMap>,
+    /// Memory limit (`256M`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    /// CPU limit, in cores (`0.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// When systemd starts it again: `always` (default), `on-failure`, `no`.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+/// `services.NAME.pull`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    #[default]
+    Missing,
+    Always,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Missing => "missing",
+            PullPolicy::Always => "always",
+            PullPolicy::Never => "never",
+        }
+    }
+}
+
+/// `services.NAME.restart`, as systemd's `Restart=` names it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    No,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::No => "no",
+        }
+    }
 }
 
 /// A command: one string run by `sh -c`, or a list run as it is.

@@ -1340,3 +1340,136 @@ mod tests {
             .contains("not supported yet"));
     }
 }
+
+fn check_service_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 40
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a service name: 1 to 40 lowercase letters, digits and '-', \
+             starting with a letter (it names the container and its unit)"
+        ))
+    }
+}
+
+checked_string!(
+    /// A service's name (`myservice`): its container is `maculaos-NAME`, its
+    /// unit `maculaos-svc-NAME.service`.
+    ServiceName,
+    check_service_name,
+    "a service name (lowercase letters, digits, '-')"
+);
+
+fn check_image_ref(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with(['-', '/', '.', ':', '@'])
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | ':' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not an OCI image reference such as ghcr.io/mycompany/myservice:latest"
+        ))
+    }
+}
+
+checked_string!(
+    /// An OCI image reference (`ghcr.io/mycompany/myservice:latest`).
+    ImageRef,
+    check_image_ref,
+    "an OCI image reference (registry/name:tag or @sha256:digest)"
+);
+
+/// `HOST:CONTAINER[/tcp|/udp]` or `ADDR:HOST:CONTAINER[/…]`, each port 1-65535.
+fn check_port_map(s: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "`{s}` is not a port mapping such as 8080:80, 8080:80/udp or 127.0.0.1:8080:80 \
+             (host port, then the container's)"
+        )
+    };
+    let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    if !matches!(proto, "tcp" | "udp") {
+        return Err(bad());
+    }
+    let (addr, host, container) = match ports.rsplitn(3, ':').collect::<Vec<_>>()[..] {
+        [c, h] => (None, h, c),
+        [c, h, a] => (Some(a), h, c),
+        _ => return Err(bad()),
+    };
+    if let Some(a) = addr {
+        a.parse::<std::net::IpAddr>().map_err(|_| bad())?;
+    }
+    for p in [host, container] {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => {}
+            _ => return Err(bad()),
+        }
+    }
+    Ok(())
+}
+
+checked_string!(
+    /// A published port: `8080:80`, `8080:80/udp`, `127.0.0.1:8080:80`.
+    PortMap,
+    check_port_map,
+    "a port mapping HOST:CONTAINER[/tcp|udp]"
+);
+
+impl PortMap {
+    /// The host side: (address if one is given, port, protocol).
+    pub fn host(&self) -> (Option<&str>, u16, &str) {
+        let (ports, proto) = self.0.split_once('/').unwrap_or((&self.0, "tcp"));
+        let parts: Vec<&str> = ports.rsplitn(3, ':').collect();
+        let port = parts.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        (parts.get(2).copied(), port, proto)
+    }
+}
+
+/// `/host/dir:/container/dir[:ro]`, both absolute.
+fn check_volume_map(s: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        format!("`{s}` is not a volume such as /var/lib/maculaos/myservice:/app/data[:ro]: {why}")
+    };
+    let mut parts = s.split(':');
+    let (Some(host), Some(inside)) = (parts.next(), parts.next()) else {
+        return Err(bad("a host path and a container path, separated by ':'"));
+    };
+    match parts.next() {
+        None | Some("ro") | Some("rw") => {}
+        Some(_) => return Err(bad("the only options are ro and rw")),
+    }
+    if parts.next().is_some() {
+        return Err(bad("too many ':'"));
+    }
+    check_abs_path(host).map_err(|e| bad(&e))?;
+    check_abs_path(inside).map_err(|e| bad(&e))?;
+    if !host.starts_with("/var/") {
+        return Err(bad(
+            "the host path must be under /var (the only place that persists; the root is read-only)",
+        ));
+    }
+    Ok(())
+}
+
+checked_string!(
+    /// A volume: a directory under /var mounted into the container.
+    VolumeMap,
+    check_volume_map,
+    "a volume HOST_DIR:CONTAINER_DIR[:ro]"
+);
+
+impl VolumeMap {
+    /// The directory on the node.
+    pub fn host_dir(&self) -> &str {
+        self.0.split(':').next().unwrap_or_default()
+    }
+}

@@ -8,7 +8,8 @@
 //!   for support) and the names inside `labels` (label names are public
 //!   and often contain `key`);
 //! * the `content` of every `write_files` entry replaced (files written at
-//!   boot carry passwords, certificates' keys, tokens);
+//!   boot carry passwords, certificates' keys, tokens), and every value of
+//!   a service's `env` (its credentials, under any name);
 //! * inside any string: `--token=…`/`K3S_TOKEN=…`, the word after a
 //!   `--token`-like flag (also as the next list item, as in k3s `args`),
 //!   after `Bearer`, and the user:password of a URL.
@@ -157,6 +158,26 @@ fn redact_mapping(m: &mut Mapping) {
                     redact_value(v);
                 }
             }
+            "services" => {
+                // A service's environment is where its credentials go,
+                // under any name: every value is hidden, the names stay.
+                if let Value::Mapping(services) = v {
+                    for (_, svc) in services.iter_mut() {
+                        if let Value::Mapping(svc) = svc {
+                            if let Some(Value::Mapping(env)) = svc.get_mut("env") {
+                                for (_, ev) in env.iter_mut() {
+                                    if !is_empty(ev) {
+                                        *ev = secret_value();
+                                    }
+                                }
+                            }
+                        }
+                        redact_value(svc);
+                    }
+                } else {
+                    redact_value(v);
+                }
+            }
             _ => redact_value(v),
         }
     }
@@ -268,6 +289,7 @@ mod tests {
         "bearertok",
         "flagtok",
         "wifipass",
+        "svc-db-pass",
     ];
 
     const CONFIG: &str = r#"
@@ -308,6 +330,11 @@ write_files:
     permissions: "0600"
     content: |
       password=hunter2
+services:
+  web:
+    image: localhost/web:1
+    env:
+      DATABASE: svc-db-pass
 run_cmd:
   - curl -H "Authorization: Bearer bearertok" https://x.example.com
   - [k3s, agent, --token, flagtok]
@@ -329,6 +356,8 @@ run_cmd:
             "--node-label=zone=a",
             "https://<redacted>@updates.example.com/",
             "ssid: site",
+            "image: localhost/web:1",
+            "DATABASE: <redacted>",
         ] {
             assert!(out.contains(kept), "{kept} missing:\n{out}");
         }

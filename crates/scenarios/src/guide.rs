@@ -5,9 +5,9 @@
 //! checks the exit status and the words of each, and reports every
 //! mismatch at once.
 //!
-//! Commands of features not built yet (the service manager, the firewall,
-//! the embedded services) are listed in the README's feature table, not
-//! here: this list grows with them.
+//! Commands of features not built yet (the firewall, the embedded
+//! services) are listed in the README's feature table, not here: this list
+//! grows with them.
 
 use crate::harness::{ensure, Ctx, CMD_TIMEOUT};
 use anyhow::Result;
@@ -38,6 +38,22 @@ const GUIDE: &[(&str, Want)] = &[
     ("maculaos upgrade --check", Want::Fails("upgrade.url")),
     ("maculaos upgrade --download", Want::Fails("upgrade.url")),
     ("maculaos upgrade --apply", Want::Fails("upgrade.url")),
+    // Service Deployment: no registry answers here, the archive is not
+    // there, and no service is deployed (services-deploy does that).
+    (
+        "maculaos deploy ghcr.io/mycompany/myservice:latest",
+        Want::Fails("cannot pull ghcr.io/mycompany/myservice:latest"),
+    ),
+    (
+        "maculaos deploy /path/to/myservice.tar.gz",
+        Want::Fails("/path/to/myservice.tar.gz: no such file"),
+    ),
+    ("maculaos services", Want::Ok("no services")),
+    ("maculaos logs myservice", Want::Ok("No entries")),
+    (
+        "maculaos stop myservice",
+        Want::Fails("no service myservice"),
+    ),
     // Data Backup (a stick is mounted on /mnt first).
     (
         "maculaos backup /mnt/usb/backup.tar.gz",
@@ -73,6 +89,15 @@ const GUIDE: &[(&str, Want)] = &[
         Want::Fails("mesh"),
     ),
     ("maculaos logs network", Want::Ok("systemd-networkd")),
+    (
+        "maculaos service status myservice",
+        Want::Fails("no service myservice"),
+    ),
+    ("maculaos logs myservice", Want::Ok("No entries")),
+    (
+        "maculaos restart myservice",
+        Want::Fails("no service myservice"),
+    ),
 ];
 
 /// Whether `out` is what `want` asks for.

@@ -21,6 +21,7 @@ mod mesh;
 mod nats;
 mod pool;
 mod recovery;
+mod services;
 mod slots;
 mod suite;
 mod support;
@@ -101,6 +102,7 @@ const FIRST: &[&str] = &[
     "upgrade-http",
     "upgrade-power-cut",
     "agent-backup-diag",
+    "services-deploy",
     "factory-reset",
     "mesh-realm",
     "mesh-gateway",

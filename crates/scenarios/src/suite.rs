@@ -141,6 +141,12 @@ pub fn all() -> Vec<Scenario> {
             pool: true,
         },
         Scenario {
+            name: "services-deploy",
+            about: "an image made in the test (busybox httpd: podman import, podman save) deployed from its archive with a port and a volume: the host's curl gets the volume's page; services and service status say running, logs shows it; a corrupt archive, a bad reference, an unreachable registry and a port in use are each refused with the reason, the running service untouched; stop, start, restart; running again after a reboot; remove takes the unit and keeps the data",
+            run: crate::services::services_deploy,
+            pool: true,
+        },
+        Scenario {
             name: "guide-commands",
             about: "every node command of the user guide's code blocks, typed as written by the admin user: each does its job (backup to and restore from /mnt/usb, shell, logs network, network status) or fails only for a reason it states (no update server, empty slot B, repair outside recovery mode, factory without a terminal to ask); factory --yes --no-reboot is asked for and withdrawn",
             run: crate::guide::guide_commands,

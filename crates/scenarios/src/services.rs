@@ -1,0 +1,197 @@
+//! The service manager (guide "Service Deployment"): an image made in the
+//! test from busybox (`podman import`, then `podman save` to an archive),
+//! deployed from the archive with a published port and a volume; reached
+//! by curl on the host through a forward; listed, stopped, started,
+//! restarted; refused cleanly for a corrupt archive, a bad reference, an
+//! unreachable registry and a port in use, each leaving the running
+//! service alone; running again after a reboot with its volume's data;
+//! removed, its data kept.
+
+use crate::harness::{ensure, wait_until, Ctx, CMD_TIMEOUT};
+use anyhow::{Context, Result};
+use maculaos_runner::Cmd;
+use maculaos_vm::Ssh;
+use std::time::Duration;
+
+/// The archive the scenario makes in the guest.
+const ARCHIVE: &str = "/var/tmp/web.tar";
+/// What the volume serves.
+const PAGE: &str = "served-from-the-volume";
+
+/// An image of busybox's httpd, saved to [`ARCHIVE`] and removed from the
+/// store again (so `deploy` has to load it).
+fn make_archive(ssh: &Ssh) -> Result<()> {
+    ssh.check_timeout(
+        "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/www; cp /bin/busybox $d/bin/; \
+         for c in sh httpd; do ln -s busybox $d/bin/$c; done; \
+         sudo tar -C $d -cf /var/tmp/root.tar .; \
+         sudo podman import --quiet --change 'CMD=[\"/bin/httpd\",\"-f\",\"-p\",\"80\",\"-h\",\"/www\"]' \
+           /var/tmp/root.tar localhost/web:1 >/dev/null; \
+         sudo podman save --quiet -o /var/tmp/web.tar localhost/web:1; \
+         sudo podman rmi --force localhost/web:1 >/dev/null; sudo rm /var/tmp/root.tar",
+        CMD_TIMEOUT,
+    )?;
+    Ok(())
+}
+
+/// The page at the forwarded port, or why not.
+fn page(port: u16) -> Result<String> {
+    Cmd::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .quiet()
+        .output()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Wait until the host's curl gets the page.
+fn wait_page(ctx: &mut Ctx, port: u16, what: &str) -> Result<()> {
+    wait_until(ctx.vm()?, what, Duration::from_secs(90), || {
+        Ok(page(port).is_ok_and(|p| p.contains(PAGE)))
+    })
+}
+
+/// `maculaos services --json`, as JSON.
+fn services(ssh: &Ssh) -> Result<serde_json::Value> {
+    let out = ssh.check("maculaos services --json")?;
+    serde_json::from_str(&out).with_context(|| format!("`services --json`: {out}"))
+}
+
+/// The state `services --json` gives `name`.
+fn state_of(ssh: &Ssh, name: &str) -> Result<String> {
+    let all = services(ssh)?;
+    Ok(all
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .and_then(|s| s["state"].as_str())
+        .unwrap_or("absent")
+        .to_string())
+}
+
+/// A command that must fail, naming `why`.
+fn refused(ssh: &Ssh, cmd: &str, why: &str) -> Result<()> {
+    let out = ssh.run_timeout(cmd, CMD_TIMEOUT)?;
+    let text = format!("{}{}", out.stdout, out.stderr);
+    ensure(!out.success() && text.contains(why), || {
+        format!(
+            "`{cmd}` was not refused naming {why:?} (exit {}):\n{text}",
+            out.status
+        )
+    })
+}
+
+pub fn services_deploy(ctx: &mut Ctx) -> Result<()> {
+    let ssh = ctx.restore_with(1, |spec| spec.extra_forwards.push(8080))?;
+    let port = ctx
+        .vm()?
+        .forwarded_port(8080)
+        .context("no forward for the service's port")?;
+    make_archive(&ssh)?;
+    let none = ssh.check("maculaos services")?;
+    ensure(none.contains("no services"), || {
+        format!("`services` before any deploy:\n{none}")
+    })?;
+
+    // The volume's page first: the service serves what is on the node.
+    ssh.check(&format!(
+        "sudo mkdir -p /var/lib/maculaos/web && echo {PAGE} | sudo tee /var/lib/maculaos/web/index.html >/dev/null"
+    ))?;
+    let deployed = ssh.check_timeout(
+        &format!(
+            "maculaos deploy {ARCHIVE} --port 8080:80 --volume /var/lib/maculaos/web:/www 2>&1"
+        ),
+        CMD_TIMEOUT,
+    )?;
+    ensure(deployed.contains("web runs"), || {
+        format!("`deploy {ARCHIVE}` did not say the service runs:\n{deployed}")
+    })?;
+    wait_page(ctx, port, "the host's curl gets the service's page")?;
+    let listed = ssh.check("maculaos services")?;
+    ensure(
+        listed
+            .lines()
+            .any(|l| l.starts_with("web ") && l.contains("running") && l.contains("8080:80")),
+        || format!("`services` does not list web running on 8080:\n{listed}"),
+    )?;
+    let status = ssh.check("maculaos service status web")?;
+    ensure(status.contains("State:     running"), || {
+        format!("`service status web`:\n{status}")
+    })?;
+    let logs = ssh.check("maculaos logs web")?;
+    ensure(logs.contains("maculaos-svc-web"), || {
+        format!("`logs web` shows nothing of the service:\n{logs}")
+    })?;
+
+    // Bad input: each refused with its reason, the running service untouched.
+    ssh.check(&format!(
+        "head -c 100000 {ARCHIVE} | gzip | sudo tee /var/tmp/broken.tar.gz >/dev/null"
+    ))?;
+    refused(
+        &ssh,
+        "maculaos deploy /var/tmp/broken.tar.gz --name broken",
+        "is not an image archive podman can load",
+    )?;
+    refused(
+        &ssh,
+        "maculaos deploy 'Not A Reference!'",
+        "not an OCI image reference",
+    )?;
+    refused(
+        &ssh,
+        "maculaos deploy 127.0.0.1:9/nothing/here:1",
+        "cannot pull 127.0.0.1:9/nothing/here:1",
+    )?;
+    refused(
+        &ssh,
+        &format!("maculaos deploy {ARCHIVE} --name web2 --port 8080:80"),
+        "port 8080/tcp is already in use",
+    )?;
+    ensure(state_of(&ssh, "web2")? == "absent", || {
+        "the refused web2 was left in the configuration".into()
+    })?;
+    ensure(page(port)?.contains(PAGE), || {
+        "the running service stopped answering after the refused deploys".into()
+    })?;
+
+    // stop / start / restart.
+    ssh.check("maculaos stop web")?;
+    ensure(page(port).is_err(), || {
+        "the page still answers after `maculaos stop web`".into()
+    })?;
+    ensure(state_of(&ssh, "web")? == "stopped", || {
+        "`services` does not say web is stopped".into()
+    })?;
+    ssh.check_timeout("maculaos start web", CMD_TIMEOUT)?;
+    wait_page(ctx, port, "the page answers after `maculaos start web`")?;
+    ssh.check_timeout("maculaos restart web", CMD_TIMEOUT)?;
+    wait_page(ctx, port, "the page answers after `maculaos restart web`")?;
+
+    // A reboot: the unit is written again by the boot's apply, and the
+    // image and the volume are on the data partition.
+    let ssh = ctx.reboot(&ssh, "reboot with a deployed service")?;
+    wait_page(ctx, port, "the page answers after a reboot")?;
+    ensure(state_of(&ssh, "web")? == "running", || {
+        "`services` does not say web runs after the reboot".into()
+    })?;
+
+    // remove: the service goes, its data stays.
+    let removed = ssh.check_timeout("maculaos remove web", CMD_TIMEOUT)?;
+    ensure(removed.contains("web is removed"), || {
+        format!("`remove web`:\n{removed}")
+    })?;
+    ensure(state_of(&ssh, "web")? == "absent", || {
+        "web is still listed after `remove`".into()
+    })?;
+    ensure(page(port).is_err(), || {
+        "the page still answers after `remove web`".into()
+    })?;
+    let kept = ssh.check("sudo cat /var/lib/maculaos/web/index.html")?;
+    ensure(kept.contains(PAGE), || {
+        "the volume's data went with `remove`".into()
+    })?;
+    let units = ssh.check("ls /etc/systemd/system/ | grep -c maculaos-svc- || true")?;
+    ensure(units.trim() == "0", || {
+        format!("units of removed services are left: {units}")
+    })?;
+    Ok(())
+}
