@@ -16,7 +16,7 @@ use crate::watchdog::systemd_runs;
 use maculaos_config::Config;
 use maculaos_runner::Cmd;
 use maculaos_services::{
-    env_file, env_problems, env_text, service_of_unit, unit_name, unit_text, STOPPED_DIR, UNIT_DIR,
+    env_file, env_text, problems, service_of_unit, unit_name, unit_text, STOPPED_DIR, UNIT_DIR,
 };
 use std::collections::BTreeSet;
 
@@ -27,21 +27,33 @@ pub fn stopped_marker(name: &str) -> String {
     format!("{STOPPED_DIR}/{name}.stopped")
 }
 
+/// systemd's ActiveState of `unit` (`active`, `activating`, `failed`,
+/// `inactive`…); empty when systemctl cannot tell.
+fn active_state(unit: &str) -> String {
+    Cmd::new("systemctl")
+        .args(["show", "-p", "ActiveState", "--value", unit])
+        .quiet()
+        .output()
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     let mut files_changed = false;
     let mut changed: BTreeSet<String> = BTreeSet::new();
     let mut good: Vec<String> = Vec::new();
     for (name, svc) in &config.services {
-        let problems = env_problems(name, svc);
-        if !problems.is_empty() {
-            for p in problems {
+        let wrong = problems(name, svc);
+        if !wrong.is_empty() {
+            for p in wrong {
                 a.error(AREA, p);
             }
             continue;
         }
         for v in &svc.volumes {
             let dir = a.path(v.host_dir());
-            if !dir.is_dir() {
+            // A file or a directory someone put there is left as it is.
+            if !dir.exists() {
                 a.act(AREA, ("make", "made"), v.host_dir(), || {
                     std::fs::create_dir_all(&dir).map_err(|e| io_msg("making", &dir, &e))
                 });
@@ -94,12 +106,16 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     gone.sort();
     let live = systemd_runs(a);
     for unit in &gone {
-        if live && systemctl_ok(&["is-active", "--quiet", unit]) {
+        // Whatever its state (running, pulling, waiting to restart after a
+        // crash): stopped before its file goes, or it would go on without one.
+        if live && !matches!(active_state(unit).as_str(), "inactive" | "") {
             a.act(AREA, ("stop", "stopped"), unit, || {
                 run(Cmd::new("systemctl").args(["stop", unit]))
             });
+            let _ = run(Cmd::new("systemctl").args(["reset-failed", unit]));
         }
         let name = service_of_unit(unit).unwrap_or_default().to_string();
+        a.remove_file(AREA, &stopped_marker(&name))?;
         a.remove_file(AREA, &format!("{UNIT_DIR}/multi-user.target.wants/{unit}"))?;
         a.remove_file(AREA, &format!("{UNIT_DIR}/{unit}"))?;
         a.remove_file(AREA, &env_file(&name))?;

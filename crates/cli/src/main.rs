@@ -209,6 +209,11 @@ fn needs_root(command: &Command) -> bool {
 /// password) decide, and nothing else is tried as a user.
 fn through_sudo() -> Result<ExitCode> {
     use std::os::unix::process::CommandExt;
+    // Already started by sudo and still not root (sudo's target user is
+    // someone else): going round again would never end.
+    if std::env::var_os("SUDO_UID").is_some() {
+        anyhow::bail!("this needs root, and sudo did not make this command root: run it as root");
+    }
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let me = std::env::current_exe().unwrap_or_else(|_| "/usr/bin/maculaos".into());
     let shown: Vec<String> = args

@@ -21,6 +21,8 @@ const CONFIG_D: &str = "/var/lib/maculaos/config.d";
 
 /// How long `deploy`, `start` and `restart` wait for the container to run.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long it must run without a restart to count as running.
+const STEADY: Duration = Duration::from_secs(3);
 
 #[derive(clap::Args)]
 pub struct DeployArgs {
@@ -37,9 +39,15 @@ pub struct DeployArgs {
     /// for more). Default: none; the guide's place is /var/lib/maculaos/NAME.
     #[arg(short, long = "volume", value_name = "HOST_DIR:DIR")]
     volumes: Vec<VolumeMap>,
-    /// An environment variable KEY=VALUE (repeat for more).
+    /// An environment variable KEY=VALUE (repeat for more). Not for
+    /// secrets: a command line shows in the process list and in sudo's log;
+    /// use --env-file for those.
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Environment variables from a file of KEY=VALUE lines (blank lines
+    /// and lines starting with # skipped): the place for secrets.
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf>,
     /// Memory limit (256M, 1G).
     #[arg(long)]
     memory: Option<Size>,
@@ -202,19 +210,29 @@ fn apply() -> Result<bool> {
     Ok(status.success())
 }
 
-/// Wait until `name`'s unit runs; an error with its last log lines when it
-/// fails or does not start in time.
+/// Wait until `name`'s unit runs and keeps running (active, and no restart
+/// for [`STEADY`]: a container that crashes at once is not "running"); an
+/// error with its last log lines when it fails or does not start in time.
 fn wait_running(name: &ServiceName) -> Result<()> {
     let unit = unit_name(name);
     let started = Instant::now();
+    let mut steady_since: Option<(Instant, u64)> = None;
     loop {
         let state = unit_state(&unit);
-        match state.active.as_str() {
-            "active" => return Ok(()),
-            "failed" => break,
-            _ if started.elapsed() > START_TIMEOUT => break,
-            _ => std::thread::sleep(Duration::from_millis(500)),
+        match (state.active.as_str(), steady_since) {
+            ("active", Some((since, restarts))) if restarts == state.restarts => {
+                if since.elapsed() >= STEADY {
+                    return Ok(());
+                }
+            }
+            ("active", _) => steady_since = Some((Instant::now(), state.restarts)),
+            ("failed", _) => break,
+            _ => steady_since = None,
         }
+        if started.elapsed() > START_TIMEOUT {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
     let log = Cmd::new("journalctl")
         .args(["--no-pager", "-n", "15", "-u", &unit])
@@ -245,13 +263,26 @@ pub fn deploy(args: &DeployArgs) -> Result<ExitCode> {
         })?,
     };
     let mut env = BTreeMap::new();
-    for e in &args.env {
+    let from_file = match &args.env_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading --env-file {}", f.display()))?,
+        None => String::new(),
+    };
+    let lines = from_file
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| ("--env-file", l))
+        .chain(args.env.iter().map(|e| ("--env", e.as_str())));
+    for (flag, e) in lines {
+        // The value is never repeated in an error: it may be a secret.
         let (k, v) = e
             .split_once('=')
-            .with_context(|| format!("--env {e}: write it KEY=VALUE"))?;
+            .with_context(|| format!("{flag}: a line without '=': write KEY=VALUE"))?;
         let k: EnvName = k
+            .trim()
             .parse()
-            .map_err(|e: String| anyhow::anyhow!("--env: {e}"))?;
+            .map_err(|e: String| anyhow::anyhow!("{flag}: {e}"))?;
         env.insert(k, v.to_string());
     }
     let svc = Service {
@@ -269,9 +300,16 @@ pub fn deploy(args: &DeployArgs) -> Result<ExitCode> {
             Restart::No => RestartPolicy::No,
         },
     };
-    let problems = maculaos_services::env_problems(&name, &svc);
+    let problems = maculaos_services::problems(&name, &svc);
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));
+    }
+    let elsewhere = declared_elsewhere(name.as_str());
+    if !elsewhere.is_empty() {
+        bail!(
+            "services.{name} is declared in {}: change it there, or deploy under another --name; nothing was changed",
+            elsewhere.join(", ")
+        );
     }
     let before = configured();
     let own = before.get(&name);
@@ -279,20 +317,74 @@ pub fn deploy(args: &DeployArgs) -> Result<ExitCode> {
         bail!("{why}");
     }
     let mut doc = BTreeMap::new();
-    doc.insert(name.clone(), svc);
+    doc.insert(name.clone(), svc.clone());
     let yaml = serde_yaml_ng::to_string(&serde_json::json!({ "services": doc }))?;
     let path = definition_path(name.as_str());
     let text =
         format!("# Written by `maculaos deploy`; `maculaos remove {name}` takes it away.\n{yaml}");
+    let old = std::fs::read_to_string(&path).ok();
     write_definition(&path, &text)?;
+    // The whole configuration must take it: a problem anywhere would make
+    // apply fall back to the last good one, without this service.
+    let loaded = maculaos_config::load(&maculaos_config::Paths::system());
+    if loaded.using != maculaos_config::Using::Current
+        || loaded.config.services.get(&name) != Some(&svc)
+    {
+        match &old {
+            Some(text) => write_definition(&path, text)?,
+            None => std::fs::remove_file(&path)
+                .with_context(|| format!("removing {}", path.display()))?,
+        }
+        let why: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
+        bail!(
+            "the configuration does not take services.{name}{}; {} is as it was",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", why.join("; "))
+            },
+            path.display()
+        );
+    }
     let _ = std::fs::remove_file(Path::new(STOPPED_DIR).join(format!("{name}.stopped")));
     println!("{}: services.{name} written", path.display());
     if !apply()? {
         eprintln!("maculaos apply reported errors (above)");
     }
-    wait_running(&name)?;
+    // Started afresh whatever apply saw: the same reference may name a new
+    // image (a new `latest`, an archive loaded again), and a unit that had
+    // failed is given a clean slate.
+    let unit = unit_name(&name);
+    let _ = Cmd::new("systemctl")
+        .args(["reset-failed", &unit])
+        .quiet()
+        .run();
+    if let Err(e) = Cmd::new("systemctl").args(["restart", &unit]).quiet().run() {
+        eprintln!("systemctl restart {unit}: {}", one_line(&e.to_string()));
+    }
+    wait_running(&name).with_context(|| {
+        format!("it stays configured: fix it and deploy again, or `maculaos remove {name}`")
+    })?;
     println!("{name} runs ({image}); `maculaos services` lists it");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration files other than `deploy`'s own that declare
+/// `services.NAME` (or part of it).
+fn declared_elsewhere(name: &str) -> Vec<String> {
+    let loaded = maculaos_config::load(&maculaos_config::Paths::system());
+    let own = format!("70-service-{name}.yaml");
+    let key = format!("services.{name}");
+    let mut out: Vec<String> = loaded
+        .provenance
+        .iter()
+        .filter(|(path, _)| *path == &key || path.starts_with(&format!("{key}.")))
+        .map(|(_, source)| source.clone())
+        .filter(|source| !source.ends_with(&own))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Write `text` to `path` (0600: environment values may be secrets).
@@ -384,6 +476,7 @@ fn row(name: &ServiceName, svc: &Service) -> Row {
     // is killed): the operator's stop is what counts then.
     let state = match (st.active.as_str(), stopped) {
         ("active", _) => "running",
+        ("activating", _) if st.sub == "auto-restart" => "restarting",
         ("activating", _) | ("reloading", _) => "starting",
         (_, true) => "stopped",
         ("failed", _) => "failed",
@@ -543,22 +636,16 @@ pub fn control(verb: &str, name: &str) -> Result<ExitCode> {
 pub fn remove(name: &str) -> Result<ExitCode> {
     let (n, _) = find(name)?;
     let path = definition_path(n.as_str());
-    if !path.exists() {
+    let elsewhere = declared_elsewhere(n.as_str());
+    if !path.exists() || !elsewhere.is_empty() {
         bail!(
-            "services.{n} is not from `maculaos deploy` ({} does not exist): \
-             remove it from the configuration file that declares it (`maculaos config show --sources`)",
-            path.display()
+            "services.{n} is declared in {}: remove it there; nothing was changed",
+            elsewhere.join(", ")
         );
     }
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     let _ = std::fs::remove_file(Path::new(STOPPED_DIR).join(format!("{n}.stopped")));
     println!("{}: removed", path.display());
-    if configured().contains_key(&n) {
-        bail!(
-            "services.{n} is declared by another configuration file too, so it stays \
-             (`maculaos config show --sources`)"
-        );
-    }
     let ok = apply()?;
     println!("{n} is removed; its image and its volumes' data stay (podman image prune removes unused images)");
     Ok(if ok {

@@ -68,6 +68,9 @@ impl UpgradeArgs {
 }
 
 pub fn upgrade_cmd(args: &UpgradeArgs) -> Result<ExitCode> {
+    if args.json && !(args.status || args.check) {
+        anyhow::bail!("--json goes with --status or --check");
+    }
     if args.status {
         return status_cmd(args.json);
     }

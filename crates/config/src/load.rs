@@ -667,8 +667,26 @@ pub fn save_last_good(paths: &Paths, loaded: &Loaded) -> std::io::Result<bool> {
 /// Keys whose values are secrets: shown as `<redacted>` unless asked.
 const SECRET_KEYS: &[&str] = &["token", "password", "secret", "private_key"];
 
-/// A copy of `value` with secrets replaced.
+/// A copy of `value` (the whole configuration) with secrets replaced:
+/// keys named like secrets anywhere, and every value of a service's `env`
+/// (its credentials, under any name).
 pub fn redact(value: &Value) -> Value {
+    let mut out = redact_keys(value);
+    if let Some(Value::Mapping(services)) = out.get_mut("services") {
+        for (_, svc) in services.iter_mut() {
+            if let Some(Value::Mapping(env)) = svc.get_mut("env") {
+                for (_, v) in env.iter_mut() {
+                    if !v.is_null() {
+                        *v = Value::String("<redacted>".into());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn redact_keys(value: &Value) -> Value {
     match value {
         Value::Mapping(m) => Value::Mapping(
             m.iter()
@@ -677,13 +695,13 @@ pub fn redact(value: &Value) -> Value {
                     let v = if secret && !v.is_null() {
                         Value::String("<redacted>".into())
                     } else {
-                        redact(v)
+                        redact_keys(v)
                     };
                     (k.clone(), v)
                 })
                 .collect(),
         ),
-        Value::Sequence(s) => Value::Sequence(s.iter().map(redact).collect()),
+        Value::Sequence(s) => Value::Sequence(s.iter().map(redact_keys).collect()),
         other => other.clone(),
     }
 }
@@ -1219,6 +1237,11 @@ mod tests {
         let v: Value = serde_yaml_ng::from_str("k3s:\n  token: abc\n  args: [x]\n").unwrap();
         let r = serde_yaml_ng::to_string(&redact(&v)).unwrap();
         assert!(r.contains("<redacted>") && !r.contains("abc"), "{r}");
+        let v: Value =
+            serde_yaml_ng::from_str("services:\n  web:\n    image: a\n    env: {DB: pw1}\n")
+                .unwrap();
+        let r = serde_yaml_ng::to_string(&redact(&v)).unwrap();
+        assert!(r.contains("DB: <redacted>") && !r.contains("pw1"), "{r}");
     }
 
     #[test]

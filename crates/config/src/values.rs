@@ -1452,10 +1452,17 @@ fn check_volume_map(s: &str) -> Result<(), String> {
     }
     check_abs_path(host).map_err(|e| bad(&e))?;
     check_abs_path(inside).map_err(|e| bad(&e))?;
-    if !host.starts_with("/var/") {
+    if !host.starts_with("/var/")
+        || ["/var/run", "/var/lock"]
+            .iter()
+            .any(|r| host == *r || host.starts_with(&format!("{r}/")))
+    {
         return Err(bad(
-            "the host path must be under /var (the only place that persists; the root is read-only)",
+            "the host path must be under /var, not /var/run or /var/lock (the only place that persists; the root is read-only)",
         ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(bad("no control characters"));
     }
     Ok(())
 }

@@ -49,7 +49,6 @@ const GUIDE: &[(&str, Want)] = &[
         Want::Fails("/path/to/myservice.tar.gz: no such file"),
     ),
     ("maculaos services", Want::Ok("no services")),
-    ("maculaos logs myservice", Want::Ok("No entries")),
     (
         "maculaos stop myservice",
         Want::Fails("no service myservice"),

@@ -15,6 +15,10 @@ use std::time::Duration;
 
 /// The archive the scenario makes in the guest.
 const ARCHIVE: &str = "/var/tmp/web.tar";
+/// `deploy`, `start`, `restart`, `remove` wait up to 2 minutes for the
+/// container themselves, and print its log when it does not run: the test
+/// waits longer than they do.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
 /// What the volume serves.
 const PAGE: &str = "served-from-the-volume";
 
@@ -32,6 +36,38 @@ fn make_archive(ssh: &Ssh) -> Result<()> {
         CMD_TIMEOUT,
     )?;
     Ok(())
+}
+
+/// Deploy the test service on a node (for the update scenarios): the
+/// archive made, the page in its volume, `web` on port 8080.
+pub fn deploy_web(ssh: &Ssh) -> Result<()> {
+    make_archive(ssh)?;
+    ssh.check(&format!(
+        "sudo mkdir -p /var/lib/maculaos/web && echo {PAGE} | sudo tee /var/lib/maculaos/web/index.html >/dev/null"
+    ))?;
+    ssh.check_timeout(
+        &format!("maculaos deploy {ARCHIVE} --port 8080:80 --volume /var/lib/maculaos/web:/www"),
+        DEPLOY_TIMEOUT,
+    )?;
+    expect_web(ssh, "after deploying it")
+}
+
+/// The test service answers on the node with its volume's page (polled
+/// in the guest for up to 90 s: after a boot it starts with the boot's apply).
+pub fn expect_web(ssh: &Ssh, when: &str) -> Result<()> {
+    let out = ssh.run_timeout(
+        &format!(
+            "for i in $(seq 90); do curl -sf -m 5 http://127.0.0.1:8080/ | grep -qx {PAGE} && exit 0; sleep 1; done; \
+             maculaos services; exit 1"
+        ),
+        CMD_TIMEOUT,
+    )?;
+    ensure(out.success(), || {
+        format!(
+            "the deployed service does not answer with its volume's page {when}:\n{}{}",
+            out.stdout, out.stderr
+        )
+    })
 }
 
 /// The page at the forwarded port, or why not.
@@ -70,7 +106,7 @@ fn state_of(ssh: &Ssh, name: &str) -> Result<String> {
 
 /// A command that must fail, naming `why`.
 fn refused(ssh: &Ssh, cmd: &str, why: &str) -> Result<()> {
-    let out = ssh.run_timeout(cmd, CMD_TIMEOUT)?;
+    let out = ssh.run_timeout(cmd, DEPLOY_TIMEOUT)?;
     let text = format!("{}{}", out.stdout, out.stderr);
     ensure(!out.success() && text.contains(why), || {
         format!(
@@ -100,7 +136,7 @@ pub fn services_deploy(ctx: &mut Ctx) -> Result<()> {
         &format!(
             "maculaos deploy {ARCHIVE} --port 8080:80 --volume /var/lib/maculaos/web:/www 2>&1"
         ),
-        CMD_TIMEOUT,
+        DEPLOY_TIMEOUT,
     )?;
     ensure(deployed.contains("web runs"), || {
         format!("`deploy {ARCHIVE}` did not say the service runs:\n{deployed}")
@@ -161,9 +197,9 @@ pub fn services_deploy(ctx: &mut Ctx) -> Result<()> {
     ensure(state_of(&ssh, "web")? == "stopped", || {
         "`services` does not say web is stopped".into()
     })?;
-    ssh.check_timeout("maculaos start web", CMD_TIMEOUT)?;
+    ssh.check_timeout("maculaos start web", DEPLOY_TIMEOUT)?;
     wait_page(ctx, port, "the page answers after `maculaos start web`")?;
-    ssh.check_timeout("maculaos restart web", CMD_TIMEOUT)?;
+    ssh.check_timeout("maculaos restart web", DEPLOY_TIMEOUT)?;
     wait_page(ctx, port, "the page answers after `maculaos restart web`")?;
 
     // A reboot: the unit is written again by the boot's apply, and the
@@ -175,7 +211,7 @@ pub fn services_deploy(ctx: &mut Ctx) -> Result<()> {
     })?;
 
     // remove: the service goes, its data stays.
-    let removed = ssh.check_timeout("maculaos remove web", CMD_TIMEOUT)?;
+    let removed = ssh.check_timeout("maculaos remove web", DEPLOY_TIMEOUT)?;
     ensure(removed.contains("web is removed"), || {
         format!("`remove web`:\n{removed}")
     })?;
@@ -192,6 +228,32 @@ pub fn services_deploy(ctx: &mut Ctx) -> Result<()> {
     let units = ssh.check("ls /etc/systemd/system/ | grep -c maculaos-svc- || true")?;
     ensure(units.trim() == "0", || {
         format!("units of removed services are left: {units}")
+    })?;
+
+    // Declared in the configuration instead: apply runs it (the image is
+    // still in the store); deploy and remove leave another file's service
+    // alone, and say where it is.
+    ssh.check(
+        "printf 'services:\n  other:\n    image: localhost/web:1\n    pull: never\n    ports: [\"8080:80\"]\n    volumes: [/var/lib/maculaos/web:/www]\n' \
+         | sudo tee /var/lib/maculaos/config.d/50-other.yaml >/dev/null && sudo maculaos apply >/dev/null",
+    )?;
+    wait_page(
+        ctx,
+        port,
+        "the page answers from a service declared in config.d",
+    )?;
+    refused(
+        &ssh,
+        &format!("maculaos deploy {ARCHIVE} --name other"),
+        "services.other is declared in /var/lib/maculaos/config.d/50-other.yaml",
+    )?;
+    refused(
+        &ssh,
+        "maculaos remove other",
+        "services.other is declared in /var/lib/maculaos/config.d/50-other.yaml",
+    )?;
+    ensure(state_of(&ssh, "other")? == "running", || {
+        "a refused deploy or remove touched the declared service".into()
     })?;
     Ok(())
 }

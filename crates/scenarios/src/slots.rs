@@ -422,6 +422,10 @@ pub fn upgrade_usb(ctx: &mut Ctx) -> Result<()> {
     ensure(before == after, || {
         format!("refused bundles changed slot B or GRUB's state:\nbefore {before}\nafter {after}")
     })?;
+    // A service deployed on v1 runs on v2, after the rollback to v1 and
+    // forward again, with its volume's data: images, volumes and its
+    // definition live on the data partition.
+    crate::services::deploy_web(&ssh)?;
     let out = ssh
         .check_timeout("sudo maculaos upgrade --apply --from /mnt/usb/", CMD_LONG)
         .context("maculaos upgrade --apply")?;
@@ -446,6 +450,7 @@ pub fn upgrade_usb(ctx: &mut Ctx) -> Result<()> {
     let started = std::time::Instant::now();
     let ssh = ctx.reboot(&ssh, "v2 on trial")?;
     expect_running(&ssh, "B", V2, "after the update")?;
+    crate::services::expect_web(&ssh, "on v2")?;
     let st = ssh.check("sudo maculaos upgrade --status")?;
     ensure(
         st.lines()
@@ -473,6 +478,7 @@ pub fn upgrade_usb(ctx: &mut Ctx) -> Result<()> {
         )?;
         ssh = ctx.reboot(&ssh, &format!("rolled back to slot {slot}"))?;
         expect_running(&ssh, slot, version, "after `maculaos rollback`")?;
+        crate::services::expect_web(&ssh, &format!("after the rollback to slot {slot}"))?;
         let st = ssh.check("sudo maculaos upgrade --status")?;
         ensure(
             st.contains("last rollback: rolled back by the operator"),

@@ -76,7 +76,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "upgrade-usb",
-            about: "a signed v2 bundle on a stick plugged into a running node: --apply, reboot into v2 on trial, marked good; re-apply refused",
+            about: "a signed v2 bundle on a stick plugged into a running node: --apply, reboot into v2 on trial, marked good; re-apply refused; a service deployed on v1 answers with its volume's data on v2, after a rollback to v1 and forward again",
             run: crate::slots::upgrade_usb,
             pool: true,
         },
@@ -142,7 +142,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "services-deploy",
-            about: "an image made in the test (busybox httpd: podman import, podman save) deployed from its archive with a port and a volume: the host's curl gets the volume's page; services and service status say running, logs shows it; a corrupt archive, a bad reference, an unreachable registry and a port in use are each refused with the reason, the running service untouched; stop, start, restart; running again after a reboot; remove takes the unit and keeps the data",
+            about: "an image made in the test (busybox httpd: podman import, podman save) deployed from its archive with a port and a volume: the host's curl gets the volume's page; services and service status say running, logs shows it; a corrupt archive, a bad reference, an unreachable registry and a port in use are each refused with the reason, the running service untouched; stop, start, restart; running again after a reboot; remove takes the unit and keeps the data; a service declared in config.d runs, and deploy and remove refuse to touch it",
             run: crate::services::services_deploy,
             pool: true,
         },

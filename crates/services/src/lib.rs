@@ -50,7 +50,7 @@ pub fn env_file(name: &str) -> String {
 
 /// The environment file's text: `KEY=value` lines, as podman's
 /// `--env-file` reads them (one line each: a value with a newline is cut
-/// there, and that is said by [`env_problems`]).
+/// there, and that is said by [`problems`]).
 pub fn env_text(svc: &Service) -> String {
     svc.env
         .iter()
@@ -58,14 +58,21 @@ pub fn env_text(svc: &Service) -> String {
         .collect()
 }
 
-/// What in `svc` podman cannot take as it is.
-pub fn env_problems(name: &ServiceName, svc: &Service) -> Vec<String> {
+/// What in `svc` podman or a unit file cannot take as it is.
+pub fn problems(name: &ServiceName, svc: &Service) -> Vec<String> {
     let mut out: Vec<String> = svc
         .env
         .iter()
-        .filter(|(_, v)| v.contains('\n'))
+        .filter(|(_, v)| v.contains(['\n', '\r', '\0']))
         .map(|(k, _)| format!("services.{name}.env.{k}: a value must be one line"))
         .collect();
+    for (i, w) in svc.command.iter().enumerate() {
+        if w.chars().any(char::is_control) {
+            out.push(format!(
+                "services.{name}.command.{i}: no control characters (newlines, tabs) in a command's words"
+            ));
+        }
+    }
     if let Some(c) = svc.cpus {
         if !(c > 0.0 && c <= 1024.0) {
             out.push(format!(
@@ -117,32 +124,43 @@ pub fn run_args(name: &ServiceName, svc: &Service) -> Vec<String> {
 /// space, quote or backslash goes in double quotes with C escapes.
 /// Our own specifiers (`%t`, `%n` in [`run_args`]) are kept.
 fn exec_word(w: &str, keep_specifiers: bool) -> String {
-    let mut s = if keep_specifiers {
+    let s = if keep_specifiers {
         w.replace('$', "$$")
     } else {
         w.replace('%', "%%").replace('$', "$$")
     };
-    if s.is_empty() || s.contains([' ', '\t', '"', '\'', '\\', ';']) {
-        s = format!(
-            "\"{}\"",
-            s.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\t', "\\t")
-        );
+    let plain = !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_control() || matches!(c, ' ' | '"' | '\'' | '\\' | ';'));
+    if plain {
+        return s;
     }
-    s
+    // Inside double quotes systemd undoes C escapes; a control character
+    // (a newline would start a new line of the unit) goes as \xNN.
+    let mut q = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '\\' => q.push_str("\\\\"),
+            '"' => q.push_str("\\\""),
+            c if c.is_control() && (c as u32) < 0x80 => q.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => q.push(' '),
+            c => q.push(c),
+        }
+    }
+    q.push('"');
+    q
 }
 
 /// The unit that runs `name`.
 pub fn unit_text(name: &ServiceName, svc: &Service) -> String {
     let args = run_args(name, svc);
-    let fixed = args.len() - svc.command.len();
     let words: Vec<String> = args
         .iter()
         .enumerate()
-        // Only the arguments we make carry specifiers; the operator's
-        // command and values are taken literally.
-        .map(|(i, w)| exec_word(w, i < fixed && w.contains("%t/%n")))
+        // Only the container id file's argument (the first) carries
+        // specifiers; everything else is taken literally.
+        .map(|(i, w)| exec_word(w, i == 0))
         .collect();
     format!(
         "# Written by maculaos apply from services.{name} of the configuration:
@@ -152,6 +170,9 @@ Description=MaculaOS service {name} ({image})
 Wants=network-online.target
 After=network-online.target
 RequiresMountsFor=/var/lib/containers
+# A container that keeps failing is started again every RestartSec, never
+# given up on (systemd's start limit would leave it failed for good).
+StartLimitIntervalSec=0
 
 [Service]
 Environment=PODMAN_SYSTEMD_UNIT=%n
@@ -237,10 +258,25 @@ mod tests {
 
     #[test]
     fn values_podman_cannot_take_are_named() {
-        let svc = service(r#"{"image": "a", "cpus": 0, "env": {"K": "two\nlines"}}"#);
-        let p = env_problems(&name("a"), &svc);
-        assert_eq!(p.len(), 2, "{p:?}");
+        let svc = service(
+            r#"{"image": "a", "cpus": 0, "env": {"K": "two\nlines"},
+                "command": ["sh", "-c", "x\nExecStartPost=/bin/evil"]}"#,
+        );
+        let p = problems(&name("a"), &svc);
+        assert_eq!(p.len(), 3, "{p:?}");
         assert!(p[0].contains("services.a.env.K"));
-        assert!(p[1].contains("services.a.cpus"));
+        assert!(p[1].contains("services.a.command.2"));
+        assert!(p[2].contains("services.a.cpus"));
+    }
+
+    #[test]
+    fn a_control_character_cannot_start_a_new_unit_line() {
+        let svc = service(r#"{"image": "a", "command": ["x\nExecStartPost=/bin/evil", "t\tb"]}"#);
+        let unit = unit_text(&name("a"), &svc);
+        assert!(!unit.contains("\nExecStartPost"), "{unit}");
+        assert!(
+            unit.contains(r#""x\x0aExecStartPost=/bin/evil" "t\x09b""#),
+            "{unit}"
+        );
     }
 }
