@@ -69,9 +69,10 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(60);
 /// How often the built-in checks `data-space`, `time-sync` and `network` run.
 pub const BUILT_IN_EVERY: Duration = Duration::from_secs(60);
 /// How often the built-in `mdns-name` check runs: once a name conflict on
-/// the LAN is over, the node gets its name back within about a minute (up
-/// to 30 s until the check sees it, then a claim, which avahi-daemon probes
-/// for about a second). The check is cheap: one D-Bus call.
+/// the LAN is over, the node gets its name back within about a minute and a
+/// half (a claim is made by the second failing run in a row, up to 60 s
+/// after the conflict is over; avahi-daemon probes for about a second). The
+/// check is cheap: one D-Bus call.
 pub const MDNS_NAME_EVERY: Duration = Duration::from_secs(30);
 /// avahi-daemon is told to claim the hostname again at most once a run of
 /// the `mdns-name` check (so once in [`MDNS_NAME_EVERY`]) and at most this
@@ -346,6 +347,9 @@ pub struct Scheduler {
     /// [`MDNS_CLAIM_WINDOW`]. Never told of a pass either: two hosts that
     /// take the name from each other in turn are not worth more claims.
     name_claims: RestartPolicy,
+    /// When the `mdns-name` check's current run of failures began (the
+    /// start of its first failing run); `None` while it passes.
+    mdns_failing_since: Option<Instant>,
     started: Instant,
     uptime_at_start: Duration,
 }
@@ -365,6 +369,7 @@ impl Scheduler {
             network_down_since: None,
             network_restarts: RestartPolicy::new(NETWORK_RESTARTS, NETWORK_RESTART_WINDOW),
             name_claims: RestartPolicy::new(MDNS_CLAIMS, MDNS_CLAIM_WINDOW),
+            mdns_failing_since: None,
             started: now,
             uptime_at_start: uptime,
         };
@@ -605,8 +610,19 @@ impl Scheduler {
     fn heal_mdns(&mut self, check: &Check, started: Instant) -> Vec<Action> {
         // Pass, or avahi-daemon not running (Warn): nothing to claim.
         let (State::Fail, Some(names)) = (check.state, &check.mdns) else {
+            self.mdns_failing_since = None;
             return Vec::new();
         };
+        // Only a mismatch seen by two runs, a check interval apart, is
+        // claimed. One run may fall in a rename under way (apply setting a
+        // new hostname, avahi-daemon probing for it), and a claim then would
+        // probe again within a second of the other host's answer, which
+        // avahi-daemon does not repeat that soon: the claim would win the
+        // name from the host that holds it.
+        let since = *self.mdns_failing_since.get_or_insert(started);
+        if started.saturating_duration_since(since) < MDNS_NAME_EVERY {
+            return Vec::new();
+        }
         let rested = self
             .name_claims
             .last_restart()
@@ -1860,15 +1876,21 @@ mod tests {
         let mut s = Scheduler::new(&Maculaos::default(), t0, Duration::ZERO);
         let mdns = CheckId::MdnsName;
         let renamed = announced_as("macula-0b02-2", "macula-0b02");
+        // The first failing run only reports: it may see a rename under way.
         let a = run_one(&mut s, &mdns, &renamed, t0);
         assert_eq!(
             a,
+            vec![Action::Log(Event::new(
+                EventKind::CheckFailed,
+                "check mdns-name failed (announced as macula-0b02-2.local: the name \
+                 macula-0b02.local is taken by another host on the LAN)"
+            ))]
+        );
+        // The next one, a check interval later, claims.
+        let a = run_one(&mut s, &mdns, &renamed, t0 + 30 * S);
+        assert_eq!(
+            a,
             vec![
-                Action::Log(Event::new(
-                    EventKind::CheckFailed,
-                    "check mdns-name failed (announced as macula-0b02-2.local: the name \
-                     macula-0b02.local is taken by another host on the LAN)"
-                )),
                 Action::Log(Event::new(
                     EventKind::Mdns,
                     "announced as macula-0b02-2.local, not macula-0b02.local (a name conflict \
@@ -1878,19 +1900,19 @@ mod tests {
             ]
         );
         assert_eq!(
-            events(&a)[1],
+            events(&a)[0],
             "event: mdns: announced as macula-0b02-2.local, not macula-0b02.local (a name \
              conflict on the LAN); claiming macula-0b02.local again"
         );
         // The check runs every 30 s: one claim per run while it fails…
-        assert_eq!(s.next_due(), Some(t0 + 30 * S));
-        for i in 1..MDNS_CLAIMS {
+        assert_eq!(s.next_due(), Some(t0 + 60 * S));
+        for i in 2..=MDNS_CLAIMS {
             let a = run_one(&mut s, &mdns, &renamed, t0 + 30 * S * i);
             assert_eq!(claims(&a), ["macula-0b02"], "run {i}: {a:?}");
             assert_eq!(events(&a).len(), 1, "no new check-failed: {a:?}");
         }
-        // …ten within the hour (the tenth at 270 s): then no more, said once…
-        let a = run_one(&mut s, &mdns, &renamed, t0 + 300 * S);
+        // …ten within the hour (the tenth at 300 s): then no more, said once…
+        let a = run_one(&mut s, &mdns, &renamed, t0 + 330 * S);
         assert_eq!(
             events(&a),
             [
@@ -1905,18 +1927,18 @@ mod tests {
             &mut s,
             &mdns,
             &announced_as("macula-0b02", "macula-0b02"),
-            t0 + 330 * S,
+            t0 + 360 * S,
         );
         assert_eq!(
             events(&a),
             ["event: check-recovered: check mdns-name passes again (announced as macula-0b02.local)"]
         );
-        for at in (360..3870).step_by(30) {
+        for at in (390..3900).step_by(30) {
             let a = run_one(&mut s, &mdns, &renamed, t0 + at * S);
             assert!(claims(&a).is_empty(), "at {at} s: {a:?}");
         }
-        // An hour after the last claim (at 270 s): claims again.
-        let a = run_one(&mut s, &mdns, &renamed, t0 + 3870 * S);
+        // An hour after the last claim (at 300 s): claims again.
+        let a = run_one(&mut s, &mdns, &renamed, t0 + 3900 * S);
         assert_eq!(claims(&a), ["macula-0b02"], "{a:?}");
     }
 
@@ -1925,21 +1947,24 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Scheduler::new(&Maculaos::default(), t0, Duration::ZERO);
         let renamed = announced_as("edge-2", "edge");
-        assert_eq!(claims(&s.heal_mdns(&renamed, t0)), ["edge"]);
-        // A result of a run started sooner than an interval later (it
-        // cannot come from the schedule, but the limit holds anyway).
-        assert_eq!(s.heal_mdns(&renamed, t0 + 10 * S), NONE);
+        // Seen once: not yet; seen again an interval later: claimed.
+        assert_eq!(s.heal_mdns(&renamed, t0), NONE);
         assert_eq!(s.heal_mdns(&renamed, t0 + 29 * S), NONE);
         assert_eq!(claims(&s.heal_mdns(&renamed, t0 + 30 * S)), ["edge"]);
+        // A result of a run started sooner than an interval later (it
+        // cannot come from the schedule, but the limit holds anyway).
+        assert_eq!(s.heal_mdns(&renamed, t0 + 40 * S), NONE);
+        assert_eq!(s.heal_mdns(&renamed, t0 + 59 * S), NONE);
+        assert_eq!(claims(&s.heal_mdns(&renamed, t0 + 60 * S)), ["edge"]);
         // The time is the run's start, not its end: a run started 30 s
         // after the last one claims even when the last one took longer.
-        let due = s.due(t0 + 60 * S);
-        let d = due.iter().find(|d| d.id == CheckId::MdnsName).unwrap();
-        let a = s.record(&d.id, d.generation, &renamed, t0 + 62 * S);
-        assert_eq!(claims(&a), ["edge"]);
         let due = s.due(t0 + 90 * S);
         let d = due.iter().find(|d| d.id == CheckId::MdnsName).unwrap();
-        let a = s.record(&d.id, d.generation, &renamed, t0 + 90 * S + S / 10);
+        let a = s.record(&d.id, d.generation, &renamed, t0 + 92 * S);
+        assert_eq!(claims(&a), ["edge"]);
+        let due = s.due(t0 + 120 * S);
+        let d = due.iter().find(|d| d.id == CheckId::MdnsName).unwrap();
+        let a = s.record(&d.id, d.generation, &renamed, t0 + 120 * S + S / 10);
         assert_eq!(claims(&a), ["edge"], "{a:?}");
     }
 
@@ -1960,9 +1985,12 @@ mod tests {
         let a = run_one(&mut s, &mdns, &broken, t0 + 60 * S);
         assert_eq!(events(&a).len(), 1, "{a:?}");
         assert!(claims(&a).is_empty());
-        // avahi-daemon kept an old name: claimed with what it is.
+        // avahi-daemon kept an old name: claimed with what it is, once a
+        // second run still sees it.
         let stale = announced_as("macula-0b02", "edge-one");
         let a = run_one(&mut s, &mdns, &stale, t0 + 90 * S);
+        assert!(claims(&a).is_empty(), "{a:?}");
+        let a = run_one(&mut s, &mdns, &stale, t0 + 120 * S);
         assert_eq!(
             events(&a),
             [
@@ -1988,9 +2016,11 @@ mod tests {
                 "only reported: {a:?}"
             );
         }
-        // Turned on: the next failing run claims.
+        // Turned on: the second failing run from then claims.
         s.reload(&Maculaos::default(), t0 + 140 * S);
         let a = run_one(&mut s, &mdns, &renamed, t0 + 150 * S);
+        assert!(claims(&a).is_empty(), "{a:?}");
+        let a = run_one(&mut s, &mdns, &renamed, t0 + 180 * S);
         assert_eq!(claims(&a), ["macula-0b02"]);
     }
 

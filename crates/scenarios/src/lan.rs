@@ -148,7 +148,21 @@ pub fn mdns_conflict(ctx: &mut Ctx) -> Result<()> {
             Ok(last.as_deref() == Some(renamed.as_str()))
         },
     );
-    wait.with_context(|| format!("node 1's mdns_name: {last:?}"))?;
+    if let Err(e) = wait {
+        // What each side's avahi saw: the probe, the conflict (or not).
+        let log = |i: usize| {
+            lan.nodes[i]
+                .ssh
+                .run("sudo journalctl -o short-monotonic --no-pager -n 60 _COMM=avahi-daemon + _COMM=maculaos + _COMM=avahi-set-host-n; maculaos info | grep -i mdns")
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        };
+        return Err(e.context(format!(
+            "node 1's mdns_name: {last:?}\nnode 0's avahi:\n{}\nnode 1's avahi:\n{}",
+            log(0),
+            log(1)
+        )));
+    }
     // The agent tries its name again every 30 s, and avahi announces the
     // name it probes meanwhile: each view is polled until it shows the
     // conflict, rather than read once at a moment that may be a retry.

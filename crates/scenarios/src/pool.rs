@@ -312,7 +312,25 @@ impl Ctx {
         for (i, spec) in NODES.iter().enumerate().take(count) {
             let (port, hub_port) = hub.port()?;
             let run_dir = self.dir.join(format!("node-{i}"));
-            let (vm, ssh) = restore(self, i, run_dir, hub_port, |_| {})?;
+            let (mut vm, ssh) = restore(self, i, run_dir, hub_port, |_| {})?;
+            // The hub learns where a VM is from the first frame it sends.
+            // A restored node may send nothing on its own for minutes (the
+            // saved one had announced everything already), and until then
+            // every frame for it is lost: another node's mDNS probe for
+            // its name went unanswered, so both kept the name. One ping to
+            // all-nodes on each link, until the hub has heard from it.
+            wait_until(
+                &mut vm,
+                &format!("{}'s first frame on the LAN", spec.hostname),
+                Duration::from_secs(60),
+                || {
+                    ssh.run(
+                        "for n in $(ls /sys/class/net); do [ \"$n\" = lo ] || \
+                         sudo ping -6 -q -c 1 -W 1 -I \"$n\" ff02::1 >/dev/null 2>&1; done; true",
+                    )?;
+                    Ok(hub.frames_from(port)? > 0)
+                },
+            )?;
             nodes.push(Node {
                 hostname: spec.hostname,
                 vm,
