@@ -112,7 +112,9 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
             a.act(AREA, ("stop", "stopped"), unit, || {
                 run(Cmd::new("systemctl").args(["stop", unit]))
             });
-            let _ = run(Cmd::new("systemctl").args(["reset-failed", unit]));
+            if !a.dry_run() {
+                let _ = run(Cmd::new("systemctl").args(["reset-failed", unit]));
+            }
         }
         let name = service_of_unit(unit).unwrap_or_default().to_string();
         a.remove_file(AREA, &stopped_marker(&name))?;

@@ -198,7 +198,8 @@ fn needs_root(command: &Command) -> bool {
         | Command::Start { .. }
         | Command::Restart { .. }
         | Command::Remove { .. } => true,
-        Command::Upgrade(a) => a.changes_the_system(),
+        // `--json` alone is refused by upgrade itself, without sudo first.
+        Command::Upgrade(a) => a.changes_the_system() && !a.json_alone(),
         Command::Backup(a) => a.changes_the_system(),
         _ => false,
     }
@@ -209,9 +210,12 @@ fn needs_root(command: &Command) -> bool {
 /// password) decide, and nothing else is tried as a user.
 fn through_sudo() -> Result<ExitCode> {
     use std::os::unix::process::CommandExt;
-    // Already started by sudo and still not root (sudo's target user is
-    // someone else): going round again would never end.
-    if std::env::var_os("SUDO_UID").is_some() {
+    // This very command already started by sudo and still not root
+    // (sudo's target user is someone else): going round would never end.
+    let me_text = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if std::env::var("SUDO_COMMAND").is_ok_and(|c| !me_text.is_empty() && c.starts_with(&me_text)) {
         anyhow::bail!("this needs root, and sudo did not make this command root: run it as root");
     }
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();

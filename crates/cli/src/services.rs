@@ -370,19 +370,23 @@ pub fn deploy(args: &DeployArgs) -> Result<ExitCode> {
 }
 
 /// The configuration files other than `deploy`'s own that declare
-/// `services.NAME` (or part of it).
+/// `services.NAME` (or part of it), read one by one: the merged view only
+/// names the last file to set each key, and after a broken edit anywhere
+/// it is the last good configuration's.
 fn declared_elsewhere(name: &str) -> Vec<String> {
-    let loaded = maculaos_config::load(&maculaos_config::Paths::system());
-    let own = format!("70-service-{name}.yaml");
-    let key = format!("services.{name}");
-    let mut out: Vec<String> = loaded
-        .provenance
+    let (sources, _) = maculaos_config::load::read_sources(&maculaos_config::Paths::system());
+    let own = definition_path(name);
+    let mut out: Vec<String> = sources
         .iter()
-        .filter(|(path, _)| *path == &key || path.starts_with(&format!("{key}.")))
-        .map(|(_, source)| source.clone())
-        .filter(|source| !source.ends_with(&own))
+        .filter(|src| Path::new(&src.name) != own)
+        .filter(|src| {
+            src.value
+                .get("services")
+                .and_then(|s| s.get(name))
+                .is_some()
+        })
+        .map(|src| src.name.clone())
         .collect();
-    out.sort();
     out.dedup();
     out
 }

@@ -65,10 +65,15 @@ impl UpgradeArgs {
     pub fn changes_the_system(&self) -> bool {
         !(self.status || self.check)
     }
+
+    /// `--json` without `--status` or `--check`: refused.
+    pub fn json_alone(&self) -> bool {
+        self.json && !(self.status || self.check)
+    }
 }
 
 pub fn upgrade_cmd(args: &UpgradeArgs) -> Result<ExitCode> {
-    if args.json && !(args.status || args.check) {
+    if args.json_alone() {
         anyhow::bail!("--json goes with --status or --check");
     }
     if args.status {

@@ -1452,6 +1452,15 @@ fn check_volume_map(s: &str) -> Result<(), String> {
     }
     check_abs_path(host).map_err(|e| bad(&e))?;
     check_abs_path(inside).map_err(|e| bad(&e))?;
+    let parts: Vec<&str> = host.split('/').skip(1).collect();
+    if parts.iter().any(|p| p.is_empty() || *p == ".") {
+        return Err(bad(
+            "write the host path plainly (no `//`, no `.` parts, no trailing `/`)",
+        ));
+    }
+    if parts.len() < 2 {
+        return Err(bad("a directory under /var, not /var itself"));
+    }
     if !host.starts_with("/var/")
         || ["/var/run", "/var/lock"]
             .iter()
@@ -1478,5 +1487,43 @@ impl VolumeMap {
     /// The directory on the node.
     pub fn host_dir(&self) -> &str {
         self.0.split(':').next().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod service_value_tests {
+    use super::*;
+
+    #[test]
+    fn service_names_ports_and_volumes() {
+        assert!("web-1".parse::<ServiceName>().is_ok());
+        for bad in ["", "Web", "1web", "web-", "a/b", "a b"] {
+            assert!(bad.parse::<ServiceName>().is_err(), "{bad:?}");
+        }
+        for good in ["8080:80", "8080:80/udp", "127.0.0.1:8080:80"] {
+            assert!(good.parse::<PortMap>().is_ok(), "{good}");
+        }
+        for bad in ["80", "0:80", "8080:80/sctp", "x:8080:80", "70000:80"] {
+            assert!(bad.parse::<PortMap>().is_err(), "{bad}");
+        }
+        let p: PortMap = "127.0.0.1:8080:80/udp".parse().unwrap();
+        assert_eq!(p.host(), (Some("127.0.0.1"), 8080, "udp"));
+        assert!("/var/lib/maculaos/web:/data:ro"
+            .parse::<VolumeMap>()
+            .is_ok());
+        for bad in [
+            "/etc:/data",
+            "/var:/data",
+            "/var/run/x:/data",
+            "/var/lock:/data",
+            "/var//run/x:/data",
+            "/var/./run:/data",
+            "/var/lib/x/:/data",
+            "/var/lib/x:/data:rx",
+            "/var/lib/x:data",
+            "/var/lib/../etc:/data",
+        ] {
+            assert!(bad.parse::<VolumeMap>().is_err(), "{bad}");
+        }
     }
 }

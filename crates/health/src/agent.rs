@@ -562,6 +562,15 @@ impl Scheduler {
         if *id == CheckId::Network {
             actions.extend(self.heal_network(check, now));
         }
+        if *id == CheckId::MdnsName {
+            // The run of failures is counted with auto_heal on or off: a
+            // pass (or a run that cannot tell) ends it.
+            if matches!((check.state, &check.mdns), (State::Fail, Some(_))) {
+                self.mdns_failing_since.get_or_insert(started);
+            } else {
+                self.mdns_failing_since = None;
+            }
+        }
         if !self.auto_heal.enabled {
             return actions;
         }
@@ -610,7 +619,6 @@ impl Scheduler {
     fn heal_mdns(&mut self, check: &Check, started: Instant) -> Vec<Action> {
         // Pass, or avahi-daemon not running (Warn): nothing to claim.
         let (State::Fail, Some(names)) = (check.state, &check.mdns) else {
-            self.mdns_failing_since = None;
             return Vec::new();
         };
         // Only a mismatch seen by two runs, a check interval apart, is
@@ -2016,12 +2024,36 @@ mod tests {
                 "only reported: {a:?}"
             );
         }
-        // Turned on: the second failing run from then claims.
+        // Turned on: runs have seen the mismatch since 0 s, so the next
+        // failing run claims.
         s.reload(&Maculaos::default(), t0 + 140 * S);
         let a = run_one(&mut s, &mdns, &renamed, t0 + 150 * S);
-        assert!(claims(&a).is_empty(), "{a:?}");
-        let a = run_one(&mut s, &mdns, &renamed, t0 + 180 * S);
         assert_eq!(claims(&a), ["macula-0b02"]);
+    }
+
+    #[test]
+    fn a_pass_between_failures_starts_the_count_again_with_auto_heal_off_too() {
+        let t0 = Instant::now();
+        let mdns = CheckId::MdnsName;
+        let renamed = announced_as("macula-0b02-2", "macula-0b02");
+        let same = announced_as("macula-0b02", "macula-0b02");
+        let mut s = Scheduler::new(&Maculaos::default(), t0, Duration::ZERO);
+        assert!(claims(&run_one(&mut s, &mdns, &renamed, t0)).is_empty());
+        // auto_heal off: a pass, then failures again.
+        s.reload(
+            &config("maculaos:\n  auto_heal: {enabled: false}\n"),
+            t0 + 10 * S,
+        );
+        assert!(claims(&run_one(&mut s, &mdns, &same, t0 + 30 * S)).is_empty());
+        assert!(claims(&run_one(&mut s, &mdns, &renamed, t0 + 60 * S)).is_empty());
+        // Back on: the first failing run after the pass started the count
+        // at 60 s, so 90 s claims and an immediate claim never happens.
+        s.reload(&Maculaos::default(), t0 + 70 * S);
+        let a = run_one(&mut s, &mdns, &renamed, t0 + 90 * S);
+        assert_eq!(claims(&a), ["macula-0b02"], "{a:?}");
+        // A pass then a failure with auto_heal on: no claim on that failure.
+        assert!(claims(&run_one(&mut s, &mdns, &same, t0 + 120 * S)).is_empty());
+        assert!(claims(&run_one(&mut s, &mdns, &renamed, t0 + 150 * S)).is_empty());
     }
 
     #[test]

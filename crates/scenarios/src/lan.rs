@@ -153,7 +153,7 @@ pub fn mdns_conflict(ctx: &mut Ctx) -> Result<()> {
         let log = |i: usize| {
             lan.nodes[i]
                 .ssh
-                .run("sudo journalctl -o short-monotonic --no-pager -n 60 _COMM=avahi-daemon + _COMM=maculaos + _COMM=avahi-set-host-n; maculaos info | grep -i mdns")
+                .run("sudo journalctl -o short-monotonic --no-pager -n 60 _COMM=avahi-daemon + _COMM=maculaos + _COMM=avahi-set-host-; maculaos info | grep -i mdns")
                 .map(|o| o.stdout)
                 .unwrap_or_default()
         };

@@ -144,7 +144,7 @@ fn exec_word(w: &str, keep_specifiers: bool) -> String {
             '\\' => q.push_str("\\\\"),
             '"' => q.push_str("\\\""),
             c if c.is_control() && (c as u32) < 0x80 => q.push_str(&format!("\\x{:02x}", c as u32)),
-            c if c.is_control() => q.push(' '),
+            c if c.is_control() => q.push_str(&format!("\\u{:04x}", c as u32)),
             c => q.push(c),
         }
     }
