@@ -16,16 +16,11 @@ use crate::watchdog::systemd_runs;
 use maculaos_config::Config;
 use maculaos_runner::Cmd;
 use maculaos_services::{
-    env_file, env_text, problems, service_of_unit, unit_name, unit_text, STOPPED_DIR, UNIT_DIR,
+    env_file, env_text, problems, service_of_unit, stopped_marker, unit_name, unit_text, UNIT_DIR,
 };
 use std::collections::BTreeSet;
 
 const AREA: &str = "services";
-
-/// Whether the operator stopped `name` (`maculaos stop`).
-pub fn stopped_marker(name: &str) -> String {
-    format!("{STOPPED_DIR}/{name}.stopped")
-}
 
 /// systemd's ActiveState of `unit` (`active`, `activating`, `failed`,
 /// `inactive`…); empty when systemctl cannot tell.

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use maculaos_config::values::{EnvName, ImageRef, PortMap, ServiceName, Size, VolumeMap};
 use maculaos_config::{PullPolicy, RestartPolicy, Service};
 use maculaos_runner::Cmd;
-use maculaos_services::{container_name, unit_name, STOPPED_DIR};
+use maculaos_services::{container_name, stopped_marker, unit_name, STOPPED_DIR};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -346,7 +346,7 @@ pub fn deploy(args: &DeployArgs) -> Result<ExitCode> {
             path.display()
         );
     }
-    let _ = std::fs::remove_file(Path::new(STOPPED_DIR).join(format!("{name}.stopped")));
+    let _ = std::fs::remove_file(Path::new(&stopped_marker(name.as_str())));
     println!("{}: services.{name} written", path.display());
     if !apply()? {
         eprintln!("maculaos apply reported errors (above)");
@@ -473,9 +473,7 @@ fn uptime_now_us() -> u64 {
 fn row(name: &ServiceName, svc: &Service) -> Row {
     let unit = unit_name(name);
     let st = unit_state(&unit);
-    let stopped = Path::new(STOPPED_DIR)
-        .join(format!("{name}.stopped"))
-        .exists();
+    let stopped = Path::new(&stopped_marker(name.as_str())).exists();
     // A stop can leave the unit failed (a container that ignores SIGTERM
     // is killed): the operator's stop is what counts then.
     let state = match (st.active.as_str(), stopped) {
@@ -614,7 +612,7 @@ pub fn status(name: &str, json: bool) -> Result<ExitCode> {
 pub fn control(verb: &str, name: &str) -> Result<ExitCode> {
     let (n, _) = find(name)?;
     let unit = unit_name(&n);
-    let marker = Path::new(STOPPED_DIR).join(format!("{n}.stopped"));
+    let marker = PathBuf::from(stopped_marker(n.as_str()));
     if verb == "stop" {
         std::fs::create_dir_all(STOPPED_DIR).with_context(|| format!("making {STOPPED_DIR}"))?;
         std::fs::write(&marker, b"stopped by maculaos stop\n")
@@ -648,7 +646,7 @@ pub fn remove(name: &str) -> Result<ExitCode> {
         );
     }
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-    let _ = std::fs::remove_file(Path::new(STOPPED_DIR).join(format!("{n}.stopped")));
+    let _ = std::fs::remove_file(Path::new(&stopped_marker(n.as_str())));
     println!("{}: removed", path.display());
     let ok = apply()?;
     println!("{n} is removed; its image and its volumes' data stay (podman image prune removes unused images)");

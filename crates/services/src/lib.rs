@@ -28,6 +28,11 @@ pub const STOPPED_DIR: &str = "/var/lib/maculaos/services";
 /// Containers carry this label with their service's name.
 pub const LABEL: &str = "io.maculaos.service";
 
+/// `STOPPED_DIR/NAME.stopped`: the mark `maculaos stop NAME` leaves.
+pub fn stopped_marker(name: &str) -> String {
+    format!("{STOPPED_DIR}/{name}.stopped")
+}
+
 /// `maculaos-svc-NAME.service`.
 pub fn unit_name(name: &ServiceName) -> String {
     format!("{UNIT_PREFIX}{name}.service")
