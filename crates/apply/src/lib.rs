@@ -26,7 +26,8 @@ mod kernel;
 pub mod mdns;
 pub mod mesh;
 mod network;
-pub mod services;
+mod registry;
+mod services;
 mod ssh;
 mod users;
 mod watchdog;
@@ -122,6 +123,7 @@ const STEPS: &[(&str, Step)] = &[
     ("mesh", mesh::apply),
     ("boot_cmd", commands::boot_cmd),
     ("run_cmd", commands::run_cmd),
+    ("registry", registry::apply),
     ("services", services::apply),
     ("k3s", k3s::apply),
 ];

@@ -383,6 +383,31 @@ mod tests {
     }
 
     #[test]
+    fn deploy_takes_one_health_check() {
+        assert!(parse(&["deploy", "a:1", "--health-url", "http://127.0.0.1:8080/"]).is_ok());
+        assert!(parse(&[
+            "deploy",
+            "a:1",
+            "--health-cmd",
+            "wget -q http://127.0.0.1/",
+            "--health-interval",
+            "5s"
+        ])
+        .is_ok());
+        assert!(parse(&[
+            "deploy",
+            "a:1",
+            "--health-url",
+            "http://x/",
+            "--health-tcp",
+            "80"
+        ])
+        .is_err());
+        assert!(parse(&["deploy", "a:1", "--health-interval", "5s"]).is_err());
+        assert!(parse(&["deploy", "a:1", "--health-url", "ftp://x/"]).is_err());
+    }
+
+    #[test]
     fn factory_full_keeps_nothing() {
         assert!(parse(&["factory", "--full", "--keep-network"]).is_err());
         assert!(parse(&["factory", "--cancel", "--yes"]).is_err());

@@ -6,8 +6,9 @@
 //! updates and rollbacks like the rest of the configuration.
 
 use anyhow::{bail, Context, Result};
-use maculaos_config::values::{EnvName, ImageRef, PortMap, ServiceName, Size, VolumeMap};
-use maculaos_config::{PullPolicy, RestartPolicy, Service};
+use maculaos_config::values::{EnvName, HttpUrl, ImageRef, PortMap, ServiceName, Size, VolumeMap};
+use maculaos_config::{CheckType, PullPolicy, RestartPolicy, Service, ServiceHealth};
+use maculaos_health::{latest_results, State};
 use maculaos_runner::Cmd;
 use maculaos_services::{container_name, stopped_marker, unit_name, STOPPED_DIR};
 use serde::Serialize;
@@ -36,9 +37,10 @@ pub struct DeployArgs {
     #[arg(short, long = "port", value_name = "HOST:CONTAINER")]
     ports: Vec<PortMap>,
     /// Mount a directory under /var: HOST_DIR:CONTAINER_DIR[:ro] (repeat
-    /// for more). Default: none; the guide's place is /var/lib/maculaos/NAME.
-    #[arg(short, long = "volume", value_name = "HOST_DIR:DIR")]
-    volumes: Vec<VolumeMap>,
+    /// for more); a bare CONTAINER_DIR mounts the service's own data
+    /// directory, /var/lib/maculaos/NAME.
+    #[arg(short, long = "volume", value_name = "[HOST_DIR:]DIR")]
+    volumes: Vec<String>,
     /// An environment variable KEY=VALUE (repeat for more). Not for
     /// secrets: a command line shows in the process list and in sudo's log;
     /// use --env-file for those.
@@ -57,6 +59,21 @@ pub struct DeployArgs {
     /// When systemd starts it again.
     #[arg(long, value_enum, default_value = "always")]
     restart: Restart,
+    /// Health check: an HTTP GET of this URL on the node must answer 2xx or
+    /// 3xx (http://127.0.0.1:8080/health). The health agent restarts the
+    /// service when it fails.
+    #[arg(long, value_name = "URL", group = "check")]
+    health_url: Option<HttpUrl>,
+    /// Health check: this port on the node (127.0.0.1) must accept a TCP connection.
+    #[arg(long, value_name = "PORT", group = "check")]
+    health_tcp: Option<u16>,
+    /// Health check: a command run in the container must exit 0 (its words
+    /// split at spaces; for quoting, declare the service in config.yaml).
+    #[arg(long, value_name = "COMMAND", group = "check")]
+    health_cmd: Option<String>,
+    /// How often the health check runs (30s).
+    #[arg(long, value_name = "DURATION", requires = "check", value_parser = maculaos_config::values::Duration::parse)]
+    health_interval: Option<maculaos_config::values::Duration>,
     /// The command to run instead of the image's (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
@@ -67,6 +84,74 @@ enum Restart {
     Always,
     OnFailure,
     No,
+}
+
+/// The health check of `deploy`'s flags, if one is asked for.
+fn health_of(args: &DeployArgs) -> Option<ServiceHealth> {
+    let (kind, url, port, command) = if let Some(u) = &args.health_url {
+        (CheckType::Http, Some(u.clone()), None, Vec::new())
+    } else if let Some(p) = args.health_tcp {
+        (CheckType::Tcp, None, Some(p), Vec::new())
+    } else {
+        let words = args
+            .health_cmd
+            .as_deref()?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        (CheckType::Command, None, None, words)
+    };
+    // Every other key as if the check had been written in YAML.
+    let mut h: ServiceHealth = serde_json::from_value(serde_json::json!({ "type": kind }))
+        .expect("a check needs only its type to be read");
+    h.url = url;
+    h.port = port;
+    h.command = command;
+    if let Some(i) = args.health_interval {
+        h.interval = i;
+    }
+    Some(h)
+}
+
+/// `--volume`s, a bare container directory given the service's data
+/// directory (the guide's "Persistent Data" place).
+fn volumes_of(args: &[String], name: &ServiceName) -> Result<Vec<VolumeMap>> {
+    let own = format!("/var/lib/maculaos/{name}");
+    let bare = args.iter().filter(|v| !v.contains(':')).count();
+    // MaculaOS's own state: never a container's by default.
+    const OURS: &[&str] = &[
+        "credentials",
+        "mesh",
+        "nats",
+        "run",
+        "services",
+        "ssh",
+        "updates",
+        "backups",
+    ];
+    if bare > 0 && OURS.contains(&name.as_str()) {
+        bail!(
+            "--volume: {own} holds MaculaOS's own state, not a service's data; \
+             give HOST_DIR:DIR, or deploy under another --name"
+        );
+    }
+    if bare > 1 {
+        bail!(
+            "--volume: only one bare directory can take the service's data directory {own}; \
+             give HOST_DIR:DIR for the others"
+        );
+    }
+    args.iter()
+        .map(|v| {
+            let full = if v.contains(':') {
+                v.clone()
+            } else {
+                format!("{own}:{v}")
+            };
+            full.parse()
+                .map_err(|e: String| anyhow::anyhow!("--volume {v}: {e}"))
+        })
+        .collect()
 }
 
 /// The file `deploy` writes for `name`.
@@ -291,7 +376,7 @@ pub fn deploy(args: &DeployArgs) -> Result<ExitCode> {
         command: args.command.clone(),
         env,
         ports: args.ports.clone(),
-        volumes: args.volumes.clone(),
+        volumes: volumes_of(&args.volumes, &name)?,
         memory: args.memory.clone(),
         cpus: args.cpus,
         restart: match args.restart {
@@ -299,6 +384,7 @@ pub fn deploy(args: &DeployArgs) -> Result<ExitCode> {
             Restart::OnFailure => RestartPolicy::OnFailure,
             Restart::No => RestartPolicy::No,
         },
+        health: health_of(args),
     };
     let problems = maculaos_services::problems(&name, &svc);
     if !problems.is_empty() {
@@ -458,6 +544,11 @@ struct Row {
     uptime_s: Option<u64>,
     restarts: u64,
     ports: Vec<String>,
+    /// healthy, unhealthy, "not checked" (not running, or no result yet),
+    /// or "-" (no `health` check).
+    health: String,
+    /// The check's latest message.
+    health_message: Option<String>,
     /// Until the mesh announces services.
     discovery: &'static str,
 }
@@ -470,7 +561,27 @@ fn uptime_now_us() -> u64 {
         .unwrap_or(0)
 }
 
-fn row(name: &ServiceName, svc: &Service) -> Row {
+/// What the health agent last found of `name`'s check.
+fn health_of_row(
+    name: &ServiceName,
+    svc: &Service,
+    results: &BTreeMap<String, (State, String)>,
+) -> (String, Option<String>) {
+    if svc.health.is_none() {
+        return ("-".into(), None);
+    }
+    match results.get(&maculaos_services::check_name(name.as_str())) {
+        Some((State::Pass, m)) => ("healthy".into(), Some(m.clone())),
+        Some((State::Fail, m)) => ("unhealthy".into(), Some(m.clone())),
+        Some((_, m)) => ("not checked".into(), Some(m.clone())),
+        None => (
+            "not checked".into(),
+            Some("the health agent has not run it yet".into()),
+        ),
+    }
+}
+
+fn row(name: &ServiceName, svc: &Service, results: &BTreeMap<String, (State, String)>) -> Row {
     let unit = unit_name(name);
     let st = unit_state(&unit);
     let stopped = Path::new(&stopped_marker(name.as_str())).exists();
@@ -495,6 +606,7 @@ fn row(name: &ServiceName, svc: &Service) -> Row {
                 .filter(|s| !s.is_empty())
         })
         .flatten();
+    let (health, health_message) = health_of_row(name, svc, results);
     Row {
         name: name.to_string(),
         image: svc.image.to_string(),
@@ -504,6 +616,8 @@ fn row(name: &ServiceName, svc: &Service) -> Row {
             .then(|| uptime_now_us().saturating_sub(st.since_monotonic_us) / 1_000_000),
         restarts: st.restarts,
         ports: svc.ports.iter().map(|p| p.to_string()).collect(),
+        health,
+        health_message,
         discovery: "not announced yet: the mesh does not carry services",
     }
 }
@@ -518,7 +632,11 @@ fn human_uptime(s: u64) -> String {
 }
 
 pub fn list(json: bool) -> Result<ExitCode> {
-    let rows: Vec<Row> = configured().iter().map(|(n, s)| row(n, s)).collect();
+    let results = latest_results(&maculaos_config::Paths::system());
+    let rows: Vec<Row> = configured()
+        .iter()
+        .map(|(n, s)| row(n, s, &results))
+        .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
@@ -528,14 +646,15 @@ pub fn list(json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<16} {:<10} {:>8} {:>8}  {:<18} IMAGE",
-        "NAME", "STATE", "UPTIME", "RESTARTS", "PORTS"
+        "{:<16} {:<10} {:<11} {:>8} {:>8}  {:<18} IMAGE",
+        "NAME", "STATE", "HEALTH", "UPTIME", "RESTARTS", "PORTS"
     );
     for r in &rows {
         println!(
-            "{:<16} {:<10} {:>8} {:>8}  {:<18} {}{}",
+            "{:<16} {:<10} {:<11} {:>8} {:>8}  {:<18} {}{}",
             r.name,
             r.state,
+            r.health,
             r.uptime_s.map(human_uptime).unwrap_or_else(|| "-".into()),
             r.restarts,
             if r.ports.is_empty() {
@@ -572,12 +691,16 @@ fn find(name: &str) -> Result<(ServiceName, Service)> {
 
 pub fn status(name: &str, json: bool) -> Result<ExitCode> {
     let (n, svc) = find(name)?;
-    let r = row(&n, &svc);
+    let r = row(&n, &svc, &latest_results(&maculaos_config::Paths::system()));
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!("Service:   {}", r.name);
         println!("State:     {}", r.state);
+        match &r.health_message {
+            Some(m) => println!("Health:    {} ({m})", r.health),
+            None => println!("Health:    - (no health check)"),
+        }
         println!("Image:     {}", r.image);
         if let Some(id) = &r.image_id {
             println!("Image ID:  {id}");
@@ -660,6 +783,18 @@ pub fn remove(name: &str) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_volume_is_the_services_data_directory() {
+        let name: ServiceName = "web".parse().unwrap();
+        let v = volumes_of(&["/data".into(), "/var/lib/x:/x:ro".into()], &name).unwrap();
+        assert_eq!(v[0].to_string(), "/var/lib/maculaos/web:/data");
+        assert_eq!(v[1].to_string(), "/var/lib/x:/x:ro");
+        assert!(volumes_of(&["/a".into(), "/b".into()], &name).is_err());
+        assert!(volumes_of(&["/etc:/x".into()], &name).is_err());
+        let ssh: ServiceName = "ssh".parse().unwrap();
+        assert!(volumes_of(&["/data".into()], &ssh).is_err());
+    }
 
     #[test]
     fn files_and_references_are_told_apart() {

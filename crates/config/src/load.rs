@@ -10,7 +10,7 @@
 //! 5. the kernel command line (`maculaos.hostname=…`)
 
 use crate::error::Problem;
-use crate::schema::{Backup, CheckType, Config, Health, K3sRole, MeshRole, Watchdog};
+use crate::schema::{Backup, CheckType, Config, Health, HealthCheck, K3sRole, MeshRole, Watchdog};
 use crate::sources::{self, Format, Source};
 use crate::values::{HostPort, Hostname};
 use maculaos_boot::Cmdline;
@@ -392,6 +392,7 @@ pub fn check(config: &Config, prov: &Provenance) -> Vec<Problem> {
         );
     }
     check_health(&config.maculaos.health, &mut bad);
+    check_service_health(config, &mut bad);
     check_watchdog(&config.maculaos.watchdog, &mut bad);
     check_backup(&config.maculaos.backup, &mut bad);
     out
@@ -418,6 +419,50 @@ fn check_health(health: &Health, bad: &mut impl FnMut(&str, String)) {
         } else {
             seen.push(&c.name);
         }
+        check_keys(&at, c, bad);
+    }
+}
+
+/// The `services:` health checks: the keys of their type, as for
+/// `maculaos.health.checks` (a service's check restarts the service).
+fn check_service_health(config: &Config, bad: &mut impl FnMut(&str, String)) {
+    for (name, svc) in &config.services {
+        let Some(h) = &svc.health else { continue };
+        let at = format!("services.{name}.health");
+        if !matches!(
+            h.kind,
+            CheckType::Http | CheckType::Tcp | CheckType::Command
+        ) {
+            bad(
+                &at,
+                format!(
+                    "a service's check is of type http, tcp or command, not {}",
+                    h.kind
+                ),
+            );
+            continue;
+        }
+        if h.kind == CheckType::Tcp {
+            let why = match (h.port, &h.address) {
+                (Some(_), Some(_)) => "give `port` or `address`, not both",
+                (None, None) => "`port` is missing: the port on the node to connect to (or `address: HOST:PORT`)",
+                (Some(0), None) => "`port` 0 is not a port",
+                _ => "",
+            };
+            if !why.is_empty() {
+                bad(&at, why.into());
+                continue;
+            }
+        }
+        let check = h.check(name.as_str(), "service.service", &["podman", "exec"]);
+        check_keys(&at, &check, bad);
+    }
+}
+
+/// The keys a check of its type needs, and none of another type's.
+fn check_keys(at: &str, c: &HealthCheck, bad: &mut impl FnMut(&str, String)) {
+    {
+        let at = at.to_string();
         let who = format!("check `{}` (type {})", c.name, c.kind);
         let mut missing = |field: &str, what: &str| {
             bad(&at, format!("{who}: `{field}` is missing: {what}"));
@@ -461,13 +506,23 @@ fn check_health(health: &Health, bad: &mut impl FnMut(&str, String)) {
                     missing("path", "a path on the filesystem to watch, such as /var");
                 }
             }
+            CheckType::Command => {
+                if c.command.is_empty() {
+                    missing(
+                        "command",
+                        "the program and its arguments, such as [curl, -fs, http://localhost/]",
+                    );
+                }
+            }
         }
         // Keys of another type: most likely a mistake, never silently ignored.
         let mut foreign = Vec::new();
         let http = c.kind == CheckType::Http;
         let tcp = c.kind == CheckType::Tcp;
         let disk = c.kind == CheckType::Disk;
+        let command = c.kind == CheckType::Command;
         for (set, key, ok) in [
+            (!c.command.is_empty(), "command", command),
             (c.url.is_some(), "url", http),
             (c.host.is_some(), "host", tcp),
             (c.port.is_some(), "port", tcp),
@@ -492,7 +547,7 @@ fn check_health(health: &Health, bad: &mut impl FnMut(&str, String)) {
                 ),
             );
         }
-        if c.restart_on_failure && (http || tcp) && c.unit.is_none() {
+        if c.restart_on_failure && (http || tcp || command) && c.unit.is_none() {
             bad(
                 &at,
                 format!("{who}: `restart_on_failure` needs `unit`, the systemd unit to restart"),
@@ -1002,6 +1057,37 @@ mod tests {
     }
 
     const AT: &str = "/var/lib/maculaos/config.yaml: ";
+
+    #[test]
+    fn service_checks_need_the_keys_of_their_type() {
+        let n = Node::new();
+        n.write(
+            "var/lib/maculaos/config.yaml",
+            "services:
+  a: {image: busybox, health: {type: tcp}}
+  b: {image: busybox, health: {type: command}}
+  c: {image: busybox, health: {type: disk}}
+  d: {image: busybox, health: {type: http, url: 'http://127.0.0.1:8080/', port: 80}}
+  ok1: {image: busybox, health: {type: tcp, port: 8080}}
+  ok2: {image: busybox, health: {type: command, command: [wget, -q, 'http://127.0.0.1/']}}
+",
+        );
+        let p: Vec<String> = load(&n.paths())
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            p,
+            [
+                "services.a.health: `port` is missing: the port on the node to connect to (or `address: HOST:PORT`)",
+                "services.b.health: check `b` (type command): `command` is missing: the program and its arguments, such as [curl, -fs, http://localhost/]",
+                "services.c.health: a service's check is of type http, tcp or command, not disk",
+                "services.d.health: check `d` (type http): `port` not used by a http check",
+            ]
+            .map(|m| format!("{AT}{m}"))
+        );
+    }
 
     #[test]
     fn health_checks_need_the_keys_of_their_type() {

@@ -8,8 +8,9 @@
 
 use crate::values::{
     AbsPath, AgeRecipient, BackupTarget, Cidr, Duration, EnvName, FileMode, Host, HostPort,
-    Hostname, HttpUrl, ImageRef, IpAddr, ModuleName, Owner, Percent, PortMap, Schedule,
-    ServiceName, Size, SshKey, SysctlKey, SysctlValue, UnitName, UpgradeUrl, VolumeMap,
+    Hostname, HttpUrl, ImageRef, IpAddr, ModuleName, Owner, Percent, PortMap, RegistryEndpoint,
+    RegistryHost, Schedule, ServiceName, Size, SshKey, SysctlKey, SysctlValue, UnitName,
+    UpgradeUrl, VolumeMap,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,34 @@ pub struct Maculaos {
     pub backup: Backup,
     /// The local health dashboard of the agent (guide "Health Dashboard").
     pub dashboard: Dashboard,
+    /// Where podman pulls the images of `services:` from (plan §4.9.2).
+    pub registry: Registry,
+}
+
+/// `maculaos.registry`: mirrors, registries without TLS, credentials.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Registry {
+    /// Mirrors of a registry, tried in order before the registry itself
+    /// (`docker.io: [http://10.0.0.5:5000]`; `http://` for plain HTTP).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub mirrors: BTreeMap<RegistryHost, Vec<RegistryEndpoint>>,
+    /// Registries reached over plain HTTP, or over TLS without checking
+    /// the certificate (`10.0.0.5:5000`): only on a network you trust.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub insecure: Vec<RegistryHost>,
+    /// Credentials by registry (`ghcr.io: {username: me, password: TOKEN}`),
+    /// kept in a file only root can read.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub auth: BTreeMap<RegistryHost, RegistryAuth>,
+}
+
+/// `maculaos.registry.auth.HOST`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
 }
 
 /// Network interfaces.
@@ -421,6 +450,10 @@ pub struct HealthCheck {
     /// `disk`: `alert` (default) or `cleanup` (also run the disk cleanup of `auto_heal`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<DiskAction>,
+    /// `command`: the program and its arguments; it passes when it exits 0
+    /// within `timeout` (it is killed after that).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
     /// How often the check runs.
     #[serde(default = "HealthCheck::default_interval")]
     pub interval: Duration,
@@ -436,6 +469,12 @@ pub struct HealthCheck {
     /// After giving up, wait this long since the last restart before trying again.
     #[serde(default = "HealthCheck::default_cooldown")]
     pub cooldown: Duration,
+    /// Run the probe only while `unit` is active, else skip it: set for the
+    /// checks of `services:` (a service stopped on purpose is not failing,
+    /// and one that crashed is systemd's to start again). Not a key.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub only_while_active: bool,
 }
 
 impl HealthCheck {
@@ -498,6 +537,8 @@ pub enum CheckType {
     Tcp,
     /// A filesystem is less full than `threshold`.
     Disk,
+    /// A command exits 0 within `timeout`.
+    Command,
 }
 
 impl std::fmt::Display for CheckType {
@@ -508,6 +549,7 @@ impl std::fmt::Display for CheckType {
             CheckType::Http => "http",
             CheckType::Tcp => "tcp",
             CheckType::Disk => "disk",
+            CheckType::Command => "command",
         })
     }
 }
@@ -748,6 +790,82 @@ pub struct Service {
     /// When systemd starts it again: `always` (default), `on-failure`, `no`.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// A check the health agent runs while the service runs; when it fails,
+    /// the agent restarts the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<ServiceHealth>,
+}
+
+/// `services.NAME.health`: an HTTP GET, a TCP connection, or a command run
+/// inside the container (`podman exec`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceHealth {
+    /// `http`, `tcp` or `command`.
+    #[serde(rename = "type")]
+    pub kind: CheckType,
+    /// `http`: the URL to GET on the node (`http://127.0.0.1:8080/health`);
+    /// 2xx and 3xx pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<HttpUrl>,
+    /// `tcp`: a port on the node (127.0.0.1) that must accept a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `tcp`: `host:port`, instead of `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<HostPort>,
+    /// `command`: run in the container; it passes when it exits 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// How often the check runs.
+    #[serde(default = "HealthCheck::default_interval")]
+    pub interval: Duration,
+    /// How long the check may take.
+    #[serde(default = "HealthCheck::default_timeout")]
+    pub timeout: Duration,
+    /// Restarts within `cooldown` before giving up.
+    #[serde(default = "HealthCheck::default_max_restarts")]
+    pub max_restarts: u32,
+    /// After giving up, wait this long since the last restart before trying again.
+    #[serde(default = "HealthCheck::default_cooldown")]
+    pub cooldown: Duration,
+}
+
+impl ServiceHealth {
+    /// The health agent's check for it: named `name`, restarting `unit`; a
+    /// command runs after `exec` (`podman exec CONTAINER`).
+    pub fn check(&self, name: &str, unit: &str, exec: &[&str]) -> HealthCheck {
+        let command = if self.command.is_empty() {
+            Vec::new()
+        } else {
+            exec.iter()
+                .map(|s| s.to_string())
+                .chain(self.command.iter().cloned())
+                .collect()
+        };
+        let host = (self.kind == CheckType::Tcp && self.port.is_some() && self.address.is_none())
+            .then(|| "127.0.0.1".parse().ok())
+            .flatten();
+        HealthCheck {
+            name: name.to_string(),
+            kind: self.kind,
+            unit: unit.parse().ok(),
+            url: self.url.clone(),
+            host,
+            port: self.port,
+            address: self.address.clone(),
+            path: None,
+            threshold: None,
+            action: None,
+            command,
+            interval: self.interval,
+            timeout: self.timeout,
+            restart_on_failure: true,
+            max_restarts: self.max_restarts,
+            cooldown: self.cooldown,
+            only_while_active: true,
+        }
+    }
 }
 
 /// `services.NAME.pull`.

@@ -1388,6 +1388,73 @@ checked_string!(
     "an OCI image reference (registry/name:tag or @sha256:digest)"
 );
 
+/// A registry's host with an optional port (`docker.io`, `10.0.0.5:5000`),
+/// as podman's registries.conf names it.
+fn check_registry_host(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && !s.starts_with(['-', '.', ':'])
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a registry host such as docker.io or 10.0.0.5:5000 (no scheme, no path)"
+        ))
+    }
+}
+
+checked_string!(
+    /// A registry's host and optional port (`docker.io`, `10.0.0.5:5000`).
+    RegistryHost,
+    check_registry_host,
+    "a registry host such as docker.io or 10.0.0.5:5000"
+);
+
+/// `[http://|https://]HOST[:PORT][/PATH]`: where a mirror answers.
+fn check_registry_endpoint(s: &str) -> Result<(), String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .unwrap_or(s);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let path_ok = path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
+    if check_registry_host(host).is_ok() && path_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a mirror such as https://mirror.example.com or http://10.0.0.5:5000              (http:// for a mirror without TLS)"
+        ))
+    }
+}
+
+checked_string!(
+    /// A mirror: `https://mirror.example.com`, `http://10.0.0.5:5000`
+    /// (plain HTTP), or `HOST[:PORT][/PATH]` (HTTPS).
+    RegistryEndpoint,
+    check_registry_endpoint,
+    "a registry mirror such as https://mirror.example.com or http://10.0.0.5:5000"
+);
+
+impl RegistryEndpoint {
+    /// The location without its scheme, and whether it is plain HTTP.
+    pub fn location(&self) -> (&str, bool) {
+        match self.0.strip_prefix("http://") {
+            Some(l) => (l.trim_end_matches('/'), true),
+            None => (
+                self.0
+                    .strip_prefix("https://")
+                    .unwrap_or(&self.0)
+                    .trim_end_matches('/'),
+                false,
+            ),
+        }
+    }
+}
+
 /// `HOST:CONTAINER[/tcp|/udp]` or `ADDR:HOST:CONTAINER[/…]`, each port 1-65535.
 fn check_port_map(s: &str) -> Result<(), String> {
     let bad = || {

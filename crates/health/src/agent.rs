@@ -65,7 +65,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// How often the configuration is read again.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(60);
+pub const RELOAD_EVERY: Duration = Duration::from_secs(10);
 /// How often the built-in checks `data-space`, `time-sync` and `network` run.
 pub const BUILT_IN_EVERY: Duration = Duration::from_secs(60);
 /// How often the built-in `mdns-name` check runs: once a name conflict on
@@ -194,6 +194,9 @@ pub enum Action {
         check: String,
         generation: u64,
         unit: String,
+        /// Only if it still runs (`systemctl try-restart`): the check of a
+        /// service, which may have been stopped since the check started.
+        if_running: bool,
     },
     /// Vacuum the journal to `journal_max` bytes and remove old update
     /// bundles; `reason` says which check asked for it.
@@ -533,6 +536,7 @@ impl Scheduler {
                         check: name.to_string(),
                         generation,
                         unit,
+                        if_running: spec.only_while_active,
                     });
                     slot.restarting = true;
                 }
@@ -1088,9 +1092,14 @@ fn execute(root: &Path, action: Action) {
     let not_live = || format!("not run: {} is not the running system", root.display());
     match action {
         Action::Log(e) => emit(&e.to_string()),
-        Action::RestartUnit { check, unit, .. } => {
+        Action::RestartUnit {
+            check,
+            unit,
+            if_running,
+            ..
+        } => {
             let result = if live {
-                systemctl_restart(&unit)
+                systemctl_restart(&unit, if_running)
             } else {
                 Err(not_live())
             };
@@ -1182,7 +1191,7 @@ fn execute(root: &Path, action: Action) {
 /// is an event of `kind`.
 fn restart_built_in(live: bool, not_live: &dyn Fn() -> String, unit: &str, kind: EventKind) {
     let result = if live {
-        systemctl_restart(unit)
+        systemctl_restart(unit, false)
     } else {
         Err(not_live())
     };
@@ -1191,9 +1200,10 @@ fn restart_built_in(live: bool, not_live: &dyn Fn() -> String, unit: &str, kind:
     }
 }
 
-fn systemctl_restart(unit: &str) -> Result<(), String> {
+fn systemctl_restart(unit: &str, if_running: bool) -> Result<(), String> {
+    let verb = if if_running { "try-restart" } else { "restart" };
     Cmd::new("systemctl")
-        .args(["restart", unit])
+        .args([verb, unit])
         .quiet()
         .run()
         .map_err(|e| one_line(&e.to_string()))
@@ -1261,7 +1271,9 @@ pub fn run(paths: &Paths, observer: &dyn Observer) -> anyhow::Result<()> {
     );
     let now = Instant::now();
     let loaded = maculaos_config::load(paths);
-    let mut scheduler = Scheduler::new(&loaded.config.maculaos, now, uptime(&root));
+    let mut watching = crate::watched(&loaded.config);
+    let mut scheduler = Scheduler::new(&watching, now, uptime(&root));
+    let mut results = Results::new(&root);
     let (tx, rx) = mpsc::channel::<Message>();
     let actions = start_executor(root.clone(), tx.clone())?;
 
@@ -1278,7 +1290,7 @@ pub fn run(paths: &Paths, observer: &dyn Observer) -> anyhow::Result<()> {
             .unwrap_or_default()
     ));
     arm_watchdog(&loaded.config, &root);
-    observer.configured(&loaded.config.maculaos, &scheduler.names());
+    observer.configured(&watching, &scheduler.names());
     let mut status = format!("starting: {n} checks");
     systemd.send(&notify_message(&[("READY", "1"), ("STATUS", &status)]));
 
@@ -1288,12 +1300,14 @@ pub fn run(paths: &Paths, observer: &dyn Observer) -> anyhow::Result<()> {
         let now = Instant::now();
         if now >= next_reload {
             let loaded = maculaos_config::load(paths);
-            let changes = scheduler.reload(&loaded.config.maculaos, now);
+            watching = crate::watched(&loaded.config);
+            let changes = scheduler.reload(&watching, now);
             if !changes.is_empty() {
                 emit(&format!(
                     "maculaos agent: configuration reloaded: {changes}"
                 ));
-                observer.configured(&loaded.config.maculaos, &scheduler.names());
+                observer.configured(&watching, &scheduler.names());
+                results.keep_only(&scheduler.names());
             }
             next_reload = now + RELOAD_EVERY;
         }
@@ -1324,6 +1338,7 @@ pub fn run(paths: &Paths, observer: &dyn Observer) -> anyhow::Result<()> {
                 check,
             }) => {
                 observer.checked(&check);
+                results.record(&check);
                 let todo = scheduler.record(&id, generation, &check, Instant::now());
                 for action in todo {
                     match action {
@@ -1345,6 +1360,59 @@ pub fn run(paths: &Paths, observer: &dyn Observer) -> anyhow::Result<()> {
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 bail!("the channel of check results closed")
             }
+        }
+    }
+}
+
+/// The latest result of each check, kept in [`crate::RESULTS_PATH`] for
+/// `maculaos services` (written when one changes; /run is gone at boot).
+struct Results {
+    path: std::path::PathBuf,
+    latest: BTreeMap<String, Check>,
+}
+
+impl Results {
+    fn new(root: &Path) -> Results {
+        Results {
+            path: root.join(crate::RESULTS_PATH.trim_start_matches('/')),
+            latest: BTreeMap::new(),
+        }
+    }
+
+    fn record(&mut self, check: &Check) {
+        if self.latest.get(&check.name) != Some(check) {
+            self.latest.insert(check.name.clone(), check.clone());
+            self.write();
+        }
+    }
+
+    fn keep_only(&mut self, names: &[String]) {
+        let before = self.latest.len();
+        self.latest.retain(|n, _| names.contains(n));
+        if self.latest.len() != before {
+            self.write();
+        }
+    }
+
+    /// Written whole and renamed into place, so that a reader never sees
+    /// half of it; a failure is said once per result, never fatal.
+    fn write(&self) {
+        let rows: Vec<&Check> = self.latest.values().collect();
+        let tmp = self.path.with_extension("json.tmp");
+        let written = serde_json::to_vec(&rows)
+            .map_err(std::io::Error::other)
+            .and_then(|text| {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::write(&tmp, text)?;
+                std::fs::rename(&tmp, &self.path)
+            });
+        if let Err(e) = written {
+            emit(&format!(
+                "maculaos agent: cannot write {}: {e}",
+                self.path.display()
+            ));
         }
     }
 }
@@ -1544,7 +1612,8 @@ mod tests {
                 Action::RestartUnit {
                     check: "web".into(),
                     generation: 5,
-                    unit: "demo-web.service".into()
+                    unit: "demo-web.service".into(),
+                    if_running: false,
                 },
             ]
         );

@@ -30,9 +30,10 @@ use maculaos_discover::{host_label, Announced, NameError};
 use maculaos_runner::RunError;
 use probes::{is_running_system, not_running_system, under};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Pass,
@@ -412,11 +413,44 @@ pub fn boot_checks() -> Vec<Check> {
     BOOT_UNITS.iter().map(|u| unit_check(u)).collect()
 }
 
-/// The built-in checks, then those of `maculaos.health.checks` in their order.
+/// `maculaos:` with the checks of `services:` (`services.NAME.health`)
+/// after its own: what the agent and `maculaos health` run.
+pub fn watched(config: &maculaos_config::Config) -> maculaos_config::Maculaos {
+    let mut m = config.maculaos.clone();
+    m.health
+        .checks
+        .extend(maculaos_services::health_checks(&config.services));
+    m
+}
+
+/// Where the agent keeps the latest result of each of its checks (JSON: a
+/// list of name, state, message), for `maculaos services`.
+pub const RESULTS_PATH: &str = "/run/maculaos/checks.json";
+
+/// The agent's latest results, by check name (empty when it has none yet).
+pub fn latest_results(paths: &Paths) -> BTreeMap<String, (State, String)> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        name: String,
+        state: State,
+        message: String,
+    }
+    let path = paths.root.join(RESULTS_PATH.trim_start_matches('/'));
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<Row>>(&b).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.name, (r.state, r.message)))
+        .collect()
+}
+
+/// The built-in checks, then those of `maculaos.health.checks` in their
+/// order, then those of `services:`.
 pub fn run(paths: &Paths) -> Vec<Check> {
     let loaded = maculaos_config::load(paths);
     let root = paths.root.as_path();
-    let config = &loaded.config.maculaos;
+    let config = &watched(&loaded.config);
     let mut checks = vec![
         config_check(&loaded),
         k3s_check(root),

@@ -39,6 +39,13 @@ pub fn configured_check(root: &Path, check: &HealthCheck) -> Check {
         )
     };
     let timeout = check.timeout.get();
+    if check.only_while_active {
+        if let Some(unit) = check.unit_name() {
+            if let Some(skip) = unit_not_running(root, name, &unit) {
+                return skip;
+            }
+        }
+    }
     match check.kind {
         CheckType::Process | CheckType::Unit => match check.unit_name() {
             Some(unit) => systemd_unit_check(root, name, &unit),
@@ -56,6 +63,57 @@ pub fn configured_check(root: &Path, check: &HealthCheck) -> Check {
             Some(path) => disk_check(root, name, path.as_path(), check.disk_threshold()),
             None => misconfigured("`path`"),
         },
+        CheckType::Command => match check.command.split_first() {
+            Some((program, args)) => command_check(root, name, program, args, timeout),
+            None => misconfigured("`command`"),
+        },
+    }
+}
+
+/// A skipped check when `unit` is not active: stopped on purpose, or being
+/// started again by systemd (its own restarts come first). `None` when it
+/// runs, or when that cannot be told (then the probe runs).
+fn unit_not_running(root: &Path, name: &str, unit: &str) -> Option<Check> {
+    if !is_running_system(root) {
+        return Some(not_running_system(name, root));
+    }
+    let state = maculaos_runner::Cmd::new("systemctl")
+        .args(["show", "-p", "ActiveState", "--value", unit])
+        .quiet()
+        .output()
+        .ok()?;
+    let state = state.trim();
+    (state != "active" && !state.is_empty())
+        .then(|| Check::new(name, State::Skip, format!("not checked: {unit} is {state}")))
+}
+
+/// A command exits 0 within `timeout` (it is killed after that). Only its
+/// exit is shown, not its output or arguments, which may hold secrets.
+pub fn command_check(
+    root: &Path,
+    name: &str,
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+) -> Check {
+    if !is_running_system(root) {
+        return not_running_system(name, root);
+    }
+    let answer = maculaos_runner::Cmd::new(program)
+        .args(args)
+        .quiet()
+        .run_within(timeout);
+    match answer {
+        Ok(()) => Check::new(name, State::Pass, "the command exited 0"),
+        Err(RunError::Failed { status, .. }) => {
+            Check::new(name, State::Fail, format!("the command failed ({status})"))
+        }
+        Err(RunError::NotFound { program, .. }) => Check::new(
+            name,
+            State::Fail,
+            format!("the command cannot run: `{program}` is not installed"),
+        ),
+        Err(e) => Check::new(name, State::Fail, format!("the command cannot run: {e}")),
     }
 }
 

@@ -64,6 +64,8 @@ pub const TEST: &[Tool] = &[
     // The mesh crate's tests check its configurations with nats-server
     // itself and run a realm of three servers on loopback.
     t("/usr/sbin/nats-server", "nats-server"),
+    // services-registry pushes to and deploys from a registry on the host.
+    t("docker-registry", "docker-registry"),
 ];
 
 /// The Debian packages whose tools are missing, deduplicated, in order.

@@ -198,6 +198,45 @@ impl Cmd {
     /// a failure is an error as with [`Cmd::output`].
     pub fn output_for(&self, how_long: std::time::Duration) -> Result<String, RunError> {
         tracing::debug!(command = %self.display(), ?how_long, "running for a while");
+        let Ended(status, out, err) = self.run_until(how_long)?;
+        match status {
+            Some(s) if !s.success() => Err(self.failed(s, &err)),
+            _ => Ok(String::from_utf8_lossy(&out).into_owned()),
+        }
+    }
+
+    /// Run to completion within `how_long`: one that has not exited by then
+    /// is killed, and that is a failure (a probe that hangs is not healthy).
+    pub fn run_within(&self, how_long: std::time::Duration) -> Result<(), RunError> {
+        tracing::debug!(command = %self.display(), ?how_long, "running with a deadline");
+        let Ended(status, _, err) = self.run_until(how_long)?;
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => Err(self.failed(s, &err)),
+            None => Err(RunError::Failed {
+                command: self.display(),
+                status: format!("killed: still running after {how_long:?}"),
+                tail: tail(&String::from_utf8_lossy(&err), TAIL_LINES),
+                log: None,
+            }),
+        }
+    }
+
+    fn failed(&self, s: ExitStatus, err: &[u8]) -> RunError {
+        RunError::Failed {
+            command: self.display(),
+            status: describe(s),
+            tail: tail(&String::from_utf8_lossy(err), TAIL_LINES),
+            log: None,
+        }
+    }
+
+    /// Run with stdout and stderr captured until it exits or `how_long`
+    /// has passed (then it is killed: no status).
+    fn run_until(
+        &self,
+        how_long: std::time::Duration,
+    ) -> Result<Ended, RunError> {
         let mut c = self.command();
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -219,15 +258,7 @@ impl Cmd {
         };
         let out = out_thread.join().unwrap_or_default();
         let err = err_thread.join().unwrap_or_default();
-        match status {
-            Some(s) if !s.success() => Err(RunError::Failed {
-                command: self.display(),
-                status: describe(s),
-                tail: tail(&String::from_utf8_lossy(&err), TAIL_LINES),
-                log: None,
-            }),
-            _ => Ok(String::from_utf8_lossy(&out).into_owned()),
-        }
+        Ok(Ended(status, out, err))
     }
 
     fn exec(&self, capture_stdout: bool) -> Result<Vec<u8>, RunError> {
@@ -338,6 +369,10 @@ impl RunError {
         }
     }
 }
+
+/// How a run with a deadline ended: its status (`None`: killed at the
+/// deadline), stdout and stderr.
+struct Ended(Option<ExitStatus>, Vec<u8>, Vec<u8>);
 
 fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
@@ -519,6 +554,23 @@ mod tests {
     #[test]
     fn tail_keeps_last_lines() {
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+    }
+
+    #[test]
+    fn run_within_fails_on_a_bad_exit_and_on_a_hang() {
+        let t = std::time::Duration::from_secs(5);
+        assert!(Cmd::new("true").run_within(t).is_ok());
+        let e = Cmd::new("sh")
+            .args(["-c", "echo why >&2; exit 3"])
+            .run_within(t);
+        assert!(matches!(e, Err(RunError::Failed { ref tail, .. }) if tail.contains("why")));
+        let hang = Cmd::new("sleep")
+            .arg("30")
+            .run_within(std::time::Duration::from_millis(200));
+        match hang {
+            Err(RunError::Failed { status, .. }) => assert!(status.contains("killed"), "{status}"),
+            other => panic!("a hung command passed: {other:?}"),
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod mesh;
 mod nats;
 mod pool;
 mod recovery;
+mod registry;
 mod services;
 mod slots;
 mod suite;
@@ -103,6 +104,7 @@ const FIRST: &[&str] = &[
     "upgrade-power-cut",
     "agent-backup-diag",
     "services-deploy",
+    "services-registry",
     "factory-reset",
     "mesh-realm",
     "mesh-gateway",

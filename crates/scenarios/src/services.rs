@@ -18,21 +18,33 @@ const ARCHIVE: &str = "/var/tmp/web.tar";
 /// `deploy`, `start`, `restart`, `remove` wait up to 2 minutes for the
 /// container themselves, and print its log when it does not run: the test
 /// waits longer than they do.
-const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
 /// What the volume serves.
-const PAGE: &str = "served-from-the-volume";
+pub const PAGE: &str = "served-from-the-volume";
 
-/// An image of busybox's httpd, saved to [`ARCHIVE`] and removed from the
-/// store again (so `deploy` has to load it).
-fn make_archive(ssh: &Ssh) -> Result<()> {
+/// An image of busybox's httpd made from scratch in the guest as `tag`
+/// (`podman import` of a root with busybox and its links), in root's store.
+pub fn build_image(ssh: &Ssh, tag: &str) -> Result<()> {
     ssh.check_timeout(
-        "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/www; cp /bin/busybox $d/bin/; \
-         for c in sh httpd; do ln -s busybox $d/bin/$c; done; \
-         sudo tar -C $d -cf /var/tmp/root.tar .; \
-         sudo podman import --quiet --change 'CMD=[\"/bin/httpd\",\"-f\",\"-p\",\"80\",\"-h\",\"/www\"]' \
-           /var/tmp/root.tar localhost/web:1 >/dev/null; \
-         sudo podman save --quiet -o /var/tmp/web.tar localhost/web:1; \
-         sudo podman rmi --force localhost/web:1 >/dev/null; sudo rm /var/tmp/root.tar",
+        &format!(
+            "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/www; cp /bin/busybox $d/bin/; \
+             for c in sh httpd sleep killall wget; do ln -s busybox $d/bin/$c; done; \
+             sudo tar -C $d -cf /var/tmp/root.tar .; rm -rf $d; \
+             sudo podman import --quiet --change 'CMD=[\"/bin/httpd\",\"-f\",\"-p\",\"80\",\"-h\",\"/www\"]' \
+               /var/tmp/root.tar {tag} >/dev/null; sudo rm /var/tmp/root.tar"
+        ),
+        CMD_TIMEOUT,
+    )?;
+    Ok(())
+}
+
+/// The test image saved to [`ARCHIVE`] and removed from the store again
+/// (so `deploy` has to load it).
+fn make_archive(ssh: &Ssh) -> Result<()> {
+    build_image(ssh, "localhost/web:1")?;
+    ssh.check_timeout(
+        "sudo podman save --quiet -o /var/tmp/web.tar localhost/web:1; \
+         sudo podman rmi --force localhost/web:1 >/dev/null",
         CMD_TIMEOUT,
     )?;
     Ok(())
@@ -71,7 +83,7 @@ pub fn expect_web(ssh: &Ssh, when: &str) -> Result<()> {
 }
 
 /// The page at the forwarded port, or why not.
-fn page(port: u16) -> Result<String> {
+pub fn page(port: u16) -> Result<String> {
     Cmd::new("curl")
         .args(["-sS", "--max-time", "10"])
         .arg(format!("http://127.0.0.1:{port}/"))
@@ -81,27 +93,32 @@ fn page(port: u16) -> Result<String> {
 }
 
 /// Wait until the host's curl gets the page.
-fn wait_page(ctx: &mut Ctx, port: u16, what: &str) -> Result<()> {
+pub fn wait_page(ctx: &mut Ctx, port: u16, what: &str) -> Result<()> {
     wait_until(ctx.vm()?, what, Duration::from_secs(90), || {
         Ok(page(port).is_ok_and(|p| p.contains(PAGE)))
     })
 }
 
 /// `maculaos services --json`, as JSON.
-fn services(ssh: &Ssh) -> Result<serde_json::Value> {
+pub fn services(ssh: &Ssh) -> Result<serde_json::Value> {
     let out = ssh.check("maculaos services --json")?;
     serde_json::from_str(&out).with_context(|| format!("`services --json`: {out}"))
 }
 
-/// The state `services --json` gives `name`.
-fn state_of(ssh: &Ssh, name: &str) -> Result<String> {
+/// The `field` `services --json` gives `name` ("absent" when not listed).
+pub fn field_of(ssh: &Ssh, name: &str, field: &str) -> Result<String> {
     let all = services(ssh)?;
     Ok(all
         .as_array()
         .and_then(|a| a.iter().find(|s| s["name"] == name))
-        .and_then(|s| s["state"].as_str())
+        .and_then(|s| s[field].as_str())
         .unwrap_or("absent")
         .to_string())
+}
+
+/// The state `services --json` gives `name`.
+fn state_of(ssh: &Ssh, name: &str) -> Result<String> {
+    field_of(ssh, name, "state")
 }
 
 /// A command that must fail, naming `why`.
@@ -132,6 +149,7 @@ pub fn services_deploy(ctx: &mut Ctx) -> Result<()> {
     ssh.check(&format!(
         "sudo mkdir -p /var/lib/maculaos/web && echo {PAGE} | sudo tee /var/lib/maculaos/web/index.html >/dev/null"
     ))?;
+    let t = std::time::Instant::now();
     let deployed = ssh.check_timeout(
         &format!(
             "maculaos deploy {ARCHIVE} --port 8080:80 --volume /var/lib/maculaos/web:/www 2>&1"
@@ -141,6 +159,7 @@ pub fn services_deploy(ctx: &mut Ctx) -> Result<()> {
     ensure(deployed.contains("web runs"), || {
         format!("`deploy {ARCHIVE}` did not say the service runs:\n{deployed}")
     })?;
+    ctx.record("deploy from an archive", t.elapsed().as_secs_f64());
     wait_page(ctx, port, "the host's curl gets the service's page")?;
     let listed = ssh.check("maculaos services")?;
     ensure(

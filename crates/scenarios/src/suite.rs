@@ -147,6 +147,12 @@ pub fn all() -> Vec<Scenario> {
             pool: true,
         },
         Scenario {
+            name: "services-registry",
+            about: "an image made in the test pushed to docker-registry on the host (password, plain HTTP) once maculaos.registry gives the credentials (root-only, hidden by config show); deployed by reference with a health check; the agent restarts it when its httpd dies inside a running container, skips it when stopped; a docker.io reference pulled from the configured mirror",
+            run: crate::registry::services_registry,
+            pool: true,
+        },
+        Scenario {
             name: "guide-commands",
             about: "every node command of the user guide's code blocks, typed as written by the admin user: each does its job (backup to and restore from /mnt/usb, shell, logs network, network status) or fails only for a reason it states (no update server, empty slot B, repair outside recovery mode, factory without a terminal to ask); factory --yes --no-reboot is asked for and withdrawn",
             run: crate::guide::guide_commands,

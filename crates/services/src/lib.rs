@@ -14,7 +14,8 @@
 //! command line (visible in `ps`).
 
 use maculaos_config::values::ServiceName;
-use maculaos_config::Service;
+use maculaos_config::{HealthCheck, Service};
+use std::collections::BTreeMap;
 
 /// Units of services are named `maculaos-svc-NAME.service`.
 pub const UNIT_PREFIX: &str = "maculaos-svc-";
@@ -46,6 +47,29 @@ pub fn service_of_unit(unit: &str) -> Option<&str> {
 /// `maculaos-NAME`: the container's name.
 pub fn container_name(name: &ServiceName) -> String {
     format!("maculaos-{name}")
+}
+
+/// `service:NAME`: the health agent's check of a service's `health`.
+pub fn check_name(name: &str) -> String {
+    format!("service:{name}")
+}
+
+/// The health agent's checks of `services` that have a `health`: each
+/// restarts its service's unit when it fails, and is skipped while the
+/// service does not run; a `command` runs in the container.
+pub fn health_checks(services: &BTreeMap<ServiceName, Service>) -> Vec<HealthCheck> {
+    services
+        .iter()
+        .filter_map(|(name, svc)| {
+            let h = svc.health.as_ref()?;
+            let container = container_name(name);
+            Some(h.check(
+                &check_name(name.as_str()),
+                &unit_name(name),
+                &["podman", "exec", &container],
+            ))
+        })
+        .collect()
 }
 
 /// `ENV_DIR/NAME.env`.
@@ -252,6 +276,43 @@ mod tests {
             unit.contains(r#"busybox sh -c "echo 100%% $$HOME \"x\"""#),
             "{unit}"
         );
+    }
+
+    #[test]
+    fn a_services_check_restarts_its_unit_and_runs_in_its_container() {
+        let mut all = BTreeMap::new();
+        all.insert(
+            name("web"),
+            service(
+                r#"{"image": "a", "health": {"type": "command", "command": ["wget", "-q", "http://127.0.0.1/"],
+                    "interval": "10s"}}"#,
+            ),
+        );
+        all.insert(name("plain"), service(r#"{"image": "a"}"#));
+        all.insert(
+            name("db"),
+            service(r#"{"image": "a", "health": {"type": "tcp", "port": 5432}}"#),
+        );
+        let checks = health_checks(&all);
+        assert_eq!(checks.len(), 2);
+        let db = &checks[0];
+        assert_eq!(db.name, "service:db");
+        assert_eq!(db.tcp_target(), Some(("127.0.0.1".to_string(), 5432)));
+        let web = &checks[1];
+        assert_eq!(web.unit_name().as_deref(), Some("maculaos-svc-web.service"));
+        assert!(web.restart_on_failure && web.only_while_active);
+        assert_eq!(
+            web.command,
+            [
+                "podman",
+                "exec",
+                "maculaos-web",
+                "wget",
+                "-q",
+                "http://127.0.0.1/"
+            ]
+        );
+        assert_eq!(web.interval.get(), std::time::Duration::from_secs(10));
     }
 
     #[test]
