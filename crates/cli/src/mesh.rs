@@ -7,8 +7,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use maculaos_config::values::ServiceName;
 use maculaos_config::{Config, MeshRole, Paths};
-use maculaos_mesh::client::{self, Client, Pong};
+use maculaos_mesh::client::{self, Client, Offer, Pong};
 use maculaos_mesh::conf::MONITOR;
 use maculaos_mesh::join::{self, Token, JOIN_PORT};
 use maculaos_mesh::known::KnownNode;
@@ -89,6 +90,17 @@ pub enum Command {
         /// PROCEDURE is a whole NATS subject.
         #[arg(long)]
         subject: bool,
+    },
+    /// The nodes of the realm that run service SERVICE (`maculaos deploy`,
+    /// `services:`): each answers on `macula.discover.<realm>.SERVICE`
+    /// while it runs there.
+    Discover {
+        service: ServiceName,
+        /// Seconds to wait for answers.
+        #[arg(long, default_value_t = 2)]
+        wait: u64,
+        #[arg(long)]
+        json: bool,
     },
     /// Join tokens (on the bootstrap node that holds the realm CA).
     #[command(subcommand)]
@@ -309,6 +321,11 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         Command::Token(TokenCommand::Create { ttl, replace, json }) => {
             token_create(&ttl, replace, json)
         }
+        Command::Discover {
+            service,
+            wait,
+            json,
+        } => discover(&service, wait, json),
         Command::Kv(kv) => kv_cmd(kv),
         Command::Revoke { node, json } => revoke(&node, json),
         Command::Roster { check, json } => roster(check, json),
@@ -317,6 +334,69 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         Command::Renew { json } => renew_cmd(json),
         Command::Serve => serve(),
     }
+}
+
+/// `mesh discover SERVICE`: every node's answer, sorted by node; exit
+/// code 1 when none runs it.
+fn discover(service: &ServiceName, wait: u64, json: bool) -> Result<ExitCode> {
+    let realm = realm()?;
+    let subject = client::discover_subject(&realm, service.as_str());
+    let answers = connect()?.gather(&subject, b"", Duration::from_secs(wait.max(1)))?;
+    let mut offers: Vec<Offer> = answers
+        .iter()
+        .filter_map(|m| serde_json::from_str(&m.payload).ok())
+        .collect();
+    offers.sort_by(|a, b| a.node.cmp(&b.node));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&offers)?);
+    } else if offers.is_empty() {
+        eprintln!("no node of realm {realm} runs {service} (asked on {subject})");
+    } else {
+        for o in &offers {
+            println!(
+                "{:<20} {:<24} ports {:<16} {}",
+                o.node,
+                o.host,
+                if o.ports.is_empty() {
+                    "-".to_string()
+                } else {
+                    o.ports.join(",")
+                },
+                o.image
+            );
+        }
+    }
+    Ok(if offers.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// maculaos-meshd: answer `macula.discover.<realm>.NAME` for each service
+/// of this node's configuration that runs (the configuration is read at
+/// each request: deploy and remove need no restart of meshd).
+fn spawn_service_directory(realm: String, node: String) {
+    std::thread::spawn(move || {
+        let subject = client::discover_subject(&realm, "*");
+        loop {
+            match Client::connect(&client::local_url(), "maculaos-meshd-discover", TIMEOUT) {
+                Ok(c) => {
+                    println!("maculaos-meshd: answering for this node's services on {subject}");
+                    let r = c.serve_subjects(&subject, |subj, _| {
+                        let name = subj.rsplit('.').next()?;
+                        let offer = crate::services::offer(name, &node)?;
+                        serde_json::to_vec(&offer).ok()
+                    });
+                    if let Err(e) = r {
+                        eprintln!("maculaos-meshd: services: {e}");
+                    }
+                }
+                Err(e) => eprintln!("maculaos-meshd: services: {e}"),
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
 }
 
 fn kv_cmd(cmd: KvCommand) -> Result<ExitCode> {
@@ -1283,6 +1363,7 @@ fn serve() -> Result<ExitCode> {
             spawn_roster_follower(st.clone(), realm.clone(), listener);
         }
     }
+    spawn_service_directory(realm.clone(), node.clone());
     let version = fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|t| maculaos_info::os_release_value(&t, "VERSION_ID"))

@@ -549,8 +549,8 @@ struct Row {
     health: String,
     /// The check's latest message.
     health_message: Option<String>,
-    /// Until the mesh announces services.
-    discovery: &'static str,
+    /// Whether the realm finds it (`maculaos mesh discover NAME`), or why not.
+    discovery: String,
 }
 
 fn uptime_now_us() -> u64 {
@@ -581,7 +581,23 @@ fn health_of_row(
     }
 }
 
-fn row(name: &ServiceName, svc: &Service, results: &BTreeMap<String, (State, String)>) -> Row {
+/// What `services` and `service status` read once for every row: the
+/// health agent's results, and the realm services are announced in.
+struct Seen {
+    results: BTreeMap<String, (State, String)>,
+    mesh: Result<String, &'static str>,
+}
+
+impl Seen {
+    fn now(config: &maculaos_config::Config) -> Seen {
+        Seen {
+            results: latest_results(&maculaos_config::Paths::system()),
+            mesh: mesh_of(config),
+        }
+    }
+}
+
+fn row(name: &ServiceName, svc: &Service, seen: &Seen) -> Row {
     let unit = unit_name(name);
     let st = unit_state(&unit);
     let stopped = Path::new(&stopped_marker(name.as_str())).exists();
@@ -606,7 +622,7 @@ fn row(name: &ServiceName, svc: &Service, results: &BTreeMap<String, (State, Str
                 .filter(|s| !s.is_empty())
         })
         .flatten();
-    let (health, health_message) = health_of_row(name, svc, results);
+    let (health, health_message) = health_of_row(name, svc, &seen.results);
     Row {
         name: name.to_string(),
         image: svc.image.to_string(),
@@ -618,8 +634,48 @@ fn row(name: &ServiceName, svc: &Service, results: &BTreeMap<String, (State, Str
         ports: svc.ports.iter().map(|p| p.to_string()).collect(),
         health,
         health_message,
-        discovery: "not announced yet: the mesh does not carry services",
+        discovery: discovery(name, state == "running", &seen.mesh),
     }
+}
+
+/// The realm this node's meshd announces services in, or why none.
+fn mesh_of(config: &maculaos_config::Config) -> Result<String, &'static str> {
+    if !config.maculaos.nats.enabled {
+        return Err("the NATS server is disabled");
+    }
+    config
+        .maculaos
+        .mesh
+        .realm
+        .clone()
+        .ok_or("no mesh realm configured")
+}
+
+fn discovery(name: &ServiceName, running: bool, mesh: &Result<String, &'static str>) -> String {
+    match (mesh, running) {
+        (Ok(realm), true) => format!(
+            "announced on {}",
+            maculaos_mesh::client::discover_subject(realm, name.as_str())
+        ),
+        (Ok(_), false) => "not announced: it does not run".into(),
+        (Err(why), _) => format!("not announced: {why}"),
+    }
+}
+
+/// What maculaos-meshd answers for service `name` of this node: `None`
+/// unless it is configured here and runs.
+pub fn offer(name: &str, node: &str) -> Option<maculaos_mesh::client::Offer> {
+    let (n, svc) = configured().into_iter().find(|(n, _)| n.as_str() == name)?;
+    if unit_state(&unit_name(&n)).active != "active" {
+        return None;
+    }
+    Some(maculaos_mesh::client::Offer {
+        node: node.to_string(),
+        service: n.to_string(),
+        image: svc.image.to_string(),
+        ports: svc.ports.iter().map(|p| p.to_string()).collect(),
+        host: format!("{node}.local"),
+    })
 }
 
 fn human_uptime(s: u64) -> String {
@@ -632,10 +688,12 @@ fn human_uptime(s: u64) -> String {
 }
 
 pub fn list(json: bool) -> Result<ExitCode> {
-    let results = latest_results(&maculaos_config::Paths::system());
-    let rows: Vec<Row> = configured()
+    let config = maculaos_config::load(&maculaos_config::Paths::system()).config;
+    let seen = Seen::now(&config);
+    let rows: Vec<Row> = config
+        .services
         .iter()
-        .map(|(n, s)| row(n, s, &results))
+        .map(|(n, s)| row(n, s, &seen))
         .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -669,7 +727,13 @@ pub fn list(json: bool) -> Result<ExitCode> {
                 .unwrap_or_default()
         );
     }
-    println!("(mesh discovery of services is not built yet)");
+    if let Some(r) = rows.first() {
+        if let Some(why) = r.discovery.strip_prefix("not announced: ") {
+            if !why.contains("does not run") {
+                println!("(not announced on the mesh: {why})");
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -691,7 +755,8 @@ fn find(name: &str) -> Result<(ServiceName, Service)> {
 
 pub fn status(name: &str, json: bool) -> Result<ExitCode> {
     let (n, svc) = find(name)?;
-    let r = row(&n, &svc, &latest_results(&maculaos_config::Paths::system()));
+    let config = maculaos_config::load(&maculaos_config::Paths::system()).config;
+    let r = row(&n, &svc, &Seen::now(&config));
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -61,6 +61,27 @@ pub fn ping_subject(realm: &str, node: &str) -> String {
     rpc_subject(realm, &format!("node.{node}.ping"))
 }
 
+/// Where the nodes that run service `name` answer (plan §4.9.5's
+/// discovery, `macula.discover.<realm>.<name>`); `*` for every name.
+pub fn discover_subject(realm: &str, name: &str) -> String {
+    format!("macula.discover.{realm}.{name}")
+}
+
+/// The most answers [`Client::gather`] keeps.
+pub const GATHER_MAX: usize = 1000;
+
+/// What a node answers for a service of its own that runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    pub node: String,
+    pub service: String,
+    pub image: String,
+    /// Published ports as `services.NAME.ports` writes them (`8080:80`).
+    pub ports: Vec<String>,
+    /// Where the node is reached on its LAN (`NODE.local`).
+    pub host: String,
+}
+
 /// What a node answers a ping with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pong {
@@ -258,16 +279,61 @@ impl Client {
         subject: &str,
         mut answer: impl FnMut(&[u8]) -> Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
+        self.serve_subjects(subject, |_, payload| answer(payload))
+    }
+
+    /// [`Client::serve`] for a subject with wildcards: `answer` is given
+    /// the subject each request came on.
+    pub fn serve_subjects(
+        &self,
+        subject: &str,
+        mut answer: impl FnMut(&str, &[u8]) -> Option<Vec<u8>>,
+    ) -> Result<(), ClientError> {
         let what = format!("answering on {subject}");
         self.rt.block_on(async {
             let mut sub = self.subscription(subject, &what).await?;
             while let Some(msg) = sub.next().await {
-                if let (Some(reply), Some(body)) = (msg.reply, answer(&msg.payload)) {
+                if let (Some(reply), Some(body)) = (msg.reply, answer(&msg.subject, &msg.payload)) {
                     // A requester that left is not our problem.
                     let _ = self.nats.publish(reply, body.into()).await;
                 }
             }
             Err(ClientError(format!("{what}: the connection closed")))
+        })
+    }
+}
+
+impl Client {
+    /// Ask on `subject` and gather every answer that comes within `wait`
+    /// (a request that many may answer: no answer at all is an empty list),
+    /// at most [`GATHER_MAX`].
+    pub fn gather(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        wait: Duration,
+    ) -> Result<Vec<Received>, ClientError> {
+        let what = format!("asking on {subject}");
+        self.rt.block_on(async {
+            let inbox = self.nats.new_inbox();
+            let mut sub = self.subscription(&inbox, &what).await?;
+            self.nats
+                .publish_with_reply(subject.to_string(), inbox, Bytes::copy_from_slice(payload))
+                .await
+                .map_err(|e| fail(&what)(&e))?;
+            self.nats.flush().await.map_err(|e| fail(&what)(&e))?;
+            let deadline = tokio::time::Instant::now() + wait;
+            let mut out = Vec::new();
+            while out.len() < GATHER_MAX {
+                let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await else {
+                    break;
+                };
+                out.push(Received {
+                    subject: msg.subject.to_string(),
+                    payload: String::from_utf8_lossy(&msg.payload).into_owned(),
+                });
+            }
+            Ok(out)
         })
     }
 }

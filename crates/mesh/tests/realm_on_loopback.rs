@@ -230,6 +230,17 @@ fn responder(s: &Server, node: &str) {
     });
 }
 
+/// Answers discovery requests for service `web` only, as `node`.
+fn web_offerer(s: &Server, node: &str) {
+    let (url, node) = (s.url(), node.to_string());
+    std::thread::spawn(move || {
+        let c = Client::connect(&url, "offer", Duration::from_secs(5)).unwrap();
+        let _ = c.serve_subjects(&client::discover_subject(REALM, "*"), |subject, _| {
+            subject.ends_with(".web").then(|| node.clone().into_bytes())
+        });
+    });
+}
+
 #[test]
 fn two_bootstrap_nodes_and_a_peer_form_one_realm() {
     let dir = tempfile::tempdir().unwrap();
@@ -290,6 +301,27 @@ fn two_bootstrap_nodes_and_a_peer_form_one_realm() {
     wait_for("b2's ping to be answered by p", || {
         ping(&b2c, "p").is_ok_and(|pong| pong.node == "p")
     });
+
+    // Service discovery: each node that runs `web` answers, the asker
+    // gathers every answer; a service nobody runs gets none.
+    web_offerer(&p, "p");
+    web_offerer(b1_ref, "b1");
+    let ask = |name: &str| {
+        let mut nodes: Vec<String> = b2c
+            .gather(
+                &client::discover_subject(REALM, name),
+                b"",
+                Duration::from_secs(1),
+            )
+            .unwrap()
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    wait_for("both offers of web", || ask("web") == ["b1", "p"]);
+    assert!(ask("db").is_empty());
 
     // The realm's key-value store from the peer: its JetStream API goes to
     // the bootstrap nodes through the realm's domain. The bucket is kept

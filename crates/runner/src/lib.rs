@@ -233,10 +233,7 @@ impl Cmd {
 
     /// Run with stdout and stderr captured until it exits or `how_long`
     /// has passed (then it is killed: no status).
-    fn run_until(
-        &self,
-        how_long: std::time::Duration,
-    ) -> Result<Ended, RunError> {
+    fn run_until(&self, how_long: std::time::Duration) -> Result<Ended, RunError> {
         let mut c = self.command();
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())

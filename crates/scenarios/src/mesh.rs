@@ -262,6 +262,52 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
         "mesh: requests answered both ways, ours and async-nats (wall)",
         t.elapsed().as_secs_f64(),
     );
+
+    // A service running on the peer is found from a bootstrap node; a name
+    // no node runs finds nothing.
+    let t = Instant::now();
+    crate::services::build_image(&lan.nodes[2].ssh, "localhost/web:1")?;
+    crate::config::put_file(
+        &lan.nodes[2].ssh,
+        "/var/lib/maculaos/config.d/60-web.yaml",
+        "services:\n  web:\n    image: localhost/web:1\n    pull: never\n    ports: [\"8080:80\"]\n",
+    )?;
+    lan.nodes[2]
+        .ssh
+        .check_timeout("sudo maculaos apply >/dev/null", CMD_TIMEOUT)?;
+    let mut found = String::new();
+    lan.wait_until(
+        0,
+        "node 0 to find the peer's service web",
+        CMD_TIMEOUT,
+        |ssh| {
+            found = ssh
+                .run_timeout("maculaos mesh discover web --json", CMD_TIMEOUT)?
+                .stdout;
+            Ok(found.contains(&format!("\"node\": \"{}\"", n[2])))
+        },
+    )?;
+    let offers: Value = serde_json::from_str(&found)?;
+    ensure(
+        offers[0]["host"] == format!("{}.local", n[2]) && offers[0]["ports"][0] == "8080:80",
+        || format!("the peer's offer of web: {offers:#}"),
+    )?;
+    let listed = lan.nodes[2].ssh.check("maculaos services --json")?;
+    ensure(
+        listed.contains(&format!("announced on macula.discover.{REALM}.web")),
+        || format!("`services` on the peer does not say web is announced:\n{listed}"),
+    )?;
+    let none = lan.nodes[0]
+        .ssh
+        .run_timeout("maculaos mesh discover nothing-runs-this", CMD_TIMEOUT)?;
+    ensure(
+        !none.success() && none.stderr.contains("no node of realm"),
+        || format!("a service no node runs was found: {none:?}"),
+    )?;
+    ctx.record(
+        "mesh: a service on the peer found from a bootstrap node (wall)",
+        t.elapsed().as_secs_f64(),
+    );
     // Benchmarks for the report (not checks): round trips over the
     // leafnode and on the node's own server, messages through the mesh,
     // the servers' memory.

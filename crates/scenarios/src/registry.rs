@@ -3,7 +3,7 @@
 //! (password-protected, plain HTTP, reached through a guest forward) and
 //! deployed by reference with the credentials and the registry's settings
 //! from `maculaos.registry`; the health agent restarts the service when its
-//! health check fails; a `docker.io` reference is pulled from the mirror
+//! health check fails; it runs again after a reboot with its data; a `docker.io` reference is pulled from the mirror
 //! configured for docker.io (the real one cannot be reached).
 
 use crate::harness::{ensure, Ctx, CMD_TIMEOUT};
@@ -211,6 +211,17 @@ pub fn services_registry(ctx: &mut Ctx) -> Result<()> {
         || format!("the agent's log does not say it restarted web:\n{log}"),
     )?;
     wait_health(ctx, &ssh, "healthy", "web healthy again after the restart")?;
+
+    // A reboot: the pulled image is in the store on the data partition
+    // (`pull: missing` does not ask the registry again), the data directory
+    // keeps its page.
+    let ssh = ctx.reboot(&ssh, "reboot with a pulled service")?;
+    wait_page(
+        ctx,
+        port,
+        "the pulled service's page answers after a reboot",
+    )?;
+    wait_health(ctx, &ssh, "healthy", "web healthy after the reboot")?;
 
     // Stopped on purpose: its check is skipped, not acted on.
     ssh.check("maculaos stop web")?;

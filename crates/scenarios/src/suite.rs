@@ -148,7 +148,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "services-registry",
-            about: "an image made in the test pushed to docker-registry on the host (password, plain HTTP) once maculaos.registry gives the credentials (root-only, hidden by config show); deployed by reference with a health check; the agent restarts it when its httpd dies inside a running container, skips it when stopped; a docker.io reference pulled from the configured mirror",
+            about: "an image made in the test pushed to docker-registry on the host (password, plain HTTP) once maculaos.registry gives the credentials (root-only, hidden by config show); deployed by reference with a health check; the agent restarts it when its httpd dies inside a running container; it runs after a reboot; its check is skipped when stopped; a docker.io reference pulled from the configured mirror",
             run: crate::registry::services_registry,
             pool: true,
         },
