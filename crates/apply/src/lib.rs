@@ -20,6 +20,7 @@ mod backup_timer;
 mod commands;
 mod dropins;
 mod environment;
+mod firewall;
 mod hostname;
 mod k3s;
 mod kernel;
@@ -125,6 +126,7 @@ const STEPS: &[(&str, Step)] = &[
     ("run_cmd", commands::run_cmd),
     ("registry", registry::apply),
     ("services", services::apply),
+    ("firewall", firewall::apply),
     ("k3s", k3s::apply),
 ];
 
@@ -220,6 +222,7 @@ boot_cmd: ['echo boot >> boot.log']
         "etc/environment",
         "etc/motd.d/hello",
         "etc/systemd/system.conf.d/90-maculaos-watchdog.conf",
+        "etc/maculaos/firewall.nft",
         "etc/rancher/k3s/config.yaml",
     ];
 

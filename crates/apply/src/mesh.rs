@@ -189,6 +189,40 @@ pub fn plan_and_tag(config: &Config, node: &str, state: &State) -> (ServerPlan, 
     (plan, tag)
 }
 
+/// The ports the firewall opens for the mesh: those the node's server takes
+/// from other nodes, each with the role that needs it, and the join port
+/// on the node that holds the realm CA (maculaos-meshd listens there).
+pub(crate) fn firewall_ports(config: &Config, a: &Applier) -> (Vec<(u16, String)>, Option<u16>) {
+    if !config.maculaos.nats.enabled {
+        return (Vec::new(), None);
+    }
+    let state = State::under(&a.opts.root);
+    let (p, _) = plan_and_tag(config, &node_name(config, a), &state);
+    let ports = p
+        .listens_beyond_loopback()
+        .into_iter()
+        .map(|port| {
+            let role = if port == p.cluster_port {
+                "routes between bootstrap nodes"
+            } else if p.bootstrap {
+                "leafnodes to this bootstrap node"
+            } else {
+                "leafnodes to this gateway"
+            };
+            (port, role.to_string())
+        })
+        .collect();
+    let join = config
+        .maculaos
+        .mesh
+        .realm
+        .as_deref()
+        .filter(|r| state.joined(r))
+        .filter(|_| state.identity().is_ok_and(|i| i.ca_holder))
+        .map(|_| maculaos_mesh::join::JOIN_PORT);
+    (ports, join)
+}
+
 pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     // No nats-server in this root (a test tree, an image stage): nothing to run.
     if !a.path(NATS_SERVER).exists() {

@@ -6,6 +6,7 @@ mod backup;
 mod config;
 mod diag;
 mod fetch;
+mod firewall;
 mod firstboot;
 mod install;
 mod mesh;
@@ -112,6 +113,9 @@ enum Command {
     /// The network's state: `maculaos network status`.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// The firewall: `show` what is open and why, `allow 8080/tcp`, `deny`.
+    #[command(subcommand)]
+    Firewall(firewall::Command),
     /// Diagnose the network, storage or mesh (✓/✗ lines), or write a
     /// support bundle with --full -o FILE.
     Diag(diag::Args),
@@ -193,6 +197,7 @@ fn needs_root(command: &Command) -> bool {
         | Command::Restore { .. } => true,
         // Read the configuration, which holds secrets and is root's only.
         Command::Health { .. } | Command::Services { .. } | Command::Service(_) => true,
+        Command::Firewall(c) => firewall::needs_root(c),
         Command::Deploy(_)
         | Command::Stop { .. }
         | Command::Start { .. }
@@ -271,6 +276,7 @@ fn main() -> Result<ExitCode> {
             identity,
         }),
         Command::Deploy(args) => services::deploy(&args),
+        Command::Firewall(c) => firewall::run(c),
         Command::Services { json } => services::list(json),
         Command::Service(ServiceCommand::Status { name, json }) => services::status(&name, json),
         Command::Stop { name } => services::control("stop", &name),
@@ -361,6 +367,8 @@ mod tests {
             "stop myservice",
             "service status myservice",
             "restart myservice",
+            "firewall show",
+            "firewall allow 8080/tcp",
         ] {
             let args: Vec<&str> = line.split(' ').collect();
             if let Err(e) = parse(&args) {

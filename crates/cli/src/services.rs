@@ -286,7 +286,7 @@ fn configured() -> BTreeMap<ServiceName, Service> {
 }
 
 /// Run `maculaos apply`; its lines are shown.
-fn apply() -> Result<bool> {
+pub(crate) fn apply() -> Result<bool> {
     let me = std::env::current_exe().unwrap_or_else(|_| "/usr/bin/maculaos".into());
     let status = std::process::Command::new(me)
         .arg("apply")
@@ -478,7 +478,7 @@ fn declared_elsewhere(name: &str) -> Vec<String> {
 }
 
 /// Write `text` to `path` (0600: environment values may be secrets).
-fn write_definition(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_definition(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("/"));

@@ -7,10 +7,10 @@
 //! [`crate::values`]: their errors carry the file, line and column.
 
 use crate::values::{
-    AbsPath, AgeRecipient, BackupTarget, Cidr, Duration, EnvName, FileMode, Host, HostPort,
-    Hostname, HttpUrl, ImageRef, IpAddr, ModuleName, Owner, Percent, PortMap, RegistryEndpoint,
-    RegistryHost, Schedule, ServiceName, Size, SshKey, SysctlKey, SysctlValue, UnitName,
-    UpgradeUrl, VolumeMap,
+    AbsPath, AgeRecipient, BackupTarget, Cidr, Duration, EnvName, FileMode, FirewallPort, Host,
+    HostPort, Hostname, HttpUrl, ImageRef, IpAddr, ModuleName, Owner, Percent, PortMap,
+    RegistryEndpoint, RegistryHost, Schedule, ServiceName, Size, SshKey, SysctlKey, SysctlValue,
+    UnitName, UpgradeUrl, VolumeMap,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -86,6 +86,99 @@ pub struct Maculaos {
     pub dashboard: Dashboard,
     /// Where podman pulls the images of `services:` from (plan §4.9.2).
     pub registry: Registry,
+    /// Network security (plan §4.9.4).
+    pub security: Security,
+}
+
+/// `maculaos.security` (plan §4.9.4).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// The node's firewall (nftables).
+    pub firewall: Firewall,
+}
+
+/// `maculaos.security.firewall`: what may reach the node. Besides what is
+/// listed here, answers to the node's own traffic, ICMP, DHCP and mDNS
+/// come in, and the ports `services:` publish.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Firewall {
+    /// Load the firewall (default true); false removes it.
+    pub enabled: bool,
+    /// What happens to the rest: `drop` (default) or `accept`.
+    pub default_policy: FirewallPolicy,
+    /// Open the mesh's ports the node's roles need (bootstrap: 4433 and
+    /// 6222, gateway: 4433, the realm CA's holder: 4434 for joins).
+    pub allow_mesh: bool,
+    /// Open SSH (22/tcp, new connections rate-limited per address).
+    pub allow_ssh: bool,
+    /// More ports: `8080/tcp`, or `{port: 8080/tcp, from: [10.0.0.0/8]}`.
+    pub allow: Vec<AllowRule>,
+}
+
+impl Default for Firewall {
+    fn default() -> Firewall {
+        Firewall {
+            enabled: true,
+            default_policy: FirewallPolicy::Drop,
+            allow_mesh: true,
+            allow_ssh: true,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// `maculaos.security.firewall.default_policy`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallPolicy {
+    #[default]
+    Drop,
+    Accept,
+}
+
+/// One entry of `maculaos.security.firewall.allow`: a port, and the
+/// networks that may reach it (none listed: anyone). Written as
+/// `8080/tcp` alone or as a map.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct AllowRule {
+    pub port: FirewallPort,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<Cidr>,
+}
+
+impl<'de> Deserialize<'de> for AllowRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AllowRule, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            port: FirewallPort,
+            #[serde(default)]
+            from: Vec<Cidr>,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AllowRule;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a port such as 8080/tcp, or {port: 8080/tcp, from: [10.0.0.0/8]}")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<AllowRule, E> {
+                Ok(AllowRule {
+                    port: s.parse().map_err(E::custom)?,
+                    from: Vec::new(),
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<AllowRule, A::Error> {
+                let f = Full::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(AllowRule {
+                    port: f.port,
+                    from: f.from,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `maculaos.registry`: mirrors, registries without TLS, credentials.

@@ -156,6 +156,64 @@ checked_string!(
     "an address with a prefix length (192.168.1.10/24)"
 );
 
+impl Cidr {
+    /// The address and the prefix length.
+    pub fn split(&self) -> (std::net::IpAddr, u8) {
+        let (a, p) = self.0.split_once('/').unwrap_or((&self.0, "0"));
+        (
+            a.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+            p.parse().unwrap_or(0),
+        )
+    }
+}
+
+/// `tcp` or `udp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// `PORT/PROTO` or `LOW-HIGH/PROTO`: ports 1-65535, `tcp` or `udp`.
+fn parse_firewall_port(s: &str) -> Result<(u16, u16, Proto), String> {
+    let bad = || {
+        format!(
+            "`{s}` is not a port such as 8080/tcp, 53/udp or 9000-9010/tcp (1-65535, tcp or udp)"
+        )
+    };
+    let (ports, proto) = s.split_once('/').ok_or_else(bad)?;
+    let proto = match proto {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        _ => return Err(bad()),
+    };
+    let (lo, hi) = ports.split_once('-').unwrap_or((ports, ports));
+    let lo: u16 = lo.parse().map_err(|_| bad())?;
+    let hi: u16 = hi.parse().map_err(|_| bad())?;
+    if lo == 0 || hi < lo {
+        return Err(bad());
+    }
+    Ok((lo, hi, proto))
+}
+
+fn check_firewall_port(s: &str) -> Result<(), String> {
+    parse_firewall_port(s).map(|_| ())
+}
+
+checked_string!(
+    /// A port or a range with its protocol (`8080/tcp`, `9000-9010/udp`).
+    FirewallPort,
+    check_firewall_port,
+    "a port with its protocol, such as 8080/tcp"
+);
+
+impl FirewallPort {
+    /// The first and last port, and the protocol.
+    pub fn range(&self) -> (u16, u16, Proto) {
+        parse_firewall_port(&self.0).unwrap_or((1, 1, Proto::Tcp))
+    }
+}
+
 /// Key types OpenSSH accepts in authorized_keys.
 pub const SSH_KEY_TYPES: &[&str] = &[
     "ssh-ed25519",

@@ -5,8 +5,7 @@
 //! checks the exit status and the words of each, and reports every
 //! mismatch at once.
 //!
-//! Commands of features not built yet (the firewall, the embedded
-//! services) are listed in the README's feature table, not here: this list
+//! Commands of features not built yet (the embedded services) are listed in the README's feature table, not here: this list
 //! grows with them.
 
 use crate::harness::{ensure, Ctx, CMD_TIMEOUT};
@@ -96,6 +95,12 @@ const GUIDE: &[(&str, Want)] = &[
     (
         "maculaos restart myservice",
         Want::Fails("no service myservice"),
+    ),
+    // Security: Firewall.
+    ("maculaos firewall show", Want::Ok("22/tcp")),
+    (
+        "maculaos firewall allow 8080/tcp",
+        Want::Ok("allowed 8080/tcp from anyone"),
     ),
 ];
 

@@ -12,6 +12,7 @@
 //! timings go to `<out>/scenarios/report.json`, never into assertions.
 
 mod config;
+mod firewall;
 mod firstboot;
 mod guide;
 mod harness;
@@ -22,6 +23,7 @@ mod nats;
 mod pool;
 mod recovery;
 mod registry;
+pub mod scan;
 mod services;
 mod slots;
 mod suite;
@@ -105,6 +107,7 @@ const FIRST: &[&str] = &[
     "agent-backup-diag",
     "services-deploy",
     "services-registry",
+    "firewall",
     "factory-reset",
     "mesh-realm",
     "mesh-gateway",

@@ -153,6 +153,12 @@ pub fn all() -> Vec<Scenario> {
             pool: true,
         },
         Scenario {
+            name: "firewall",
+            about: "a default node scanned from another node on the LAN (every TCP port, a UDP sample) shows only SSH though a web server listens on 8080; firewall allow 8080/tcp opens it, still after a reboot; deny drops it again; a bad network in firewall.allow is refused by the CLI, and in a file it is a configuration error apply and health name, the rules in force staying",
+            run: crate::firewall::firewall,
+            pool: true,
+        },
+        Scenario {
             name: "guide-commands",
             about: "every node command of the user guide's code blocks, typed as written by the admin user: each does its job (backup to and restore from /mnt/usb, shell, logs network, network status) or fails only for a reason it states (no update server, empty slot B, repair outside recovery mode, factory without a terminal to ask); factory --yes --no-reboot is asked for and withdrawn",
             run: crate::guide::guide_commands,

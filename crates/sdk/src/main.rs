@@ -69,6 +69,9 @@ enum Command {
     },
     /// Run the unit tests and the scenario suite.
     Test(maculaos_scenarios::TestArgs),
+    /// Scan a node's ports (the firewall scenario runs it on another node).
+    #[command(hide = true)]
+    Scan(maculaos_scenarios::scan::ScanArgs),
     /// Make a minisign key pair for signing update bundles.
     Keygen(bundle::KeygenArgs),
     /// Make a signed update bundle (.mos) from a built slot image.
@@ -106,6 +109,7 @@ fn main() {
         Command::BuildImage(args) => maculaos_image::build(&args.options()).map(|_| 0),
         Command::Vm { command } => devvm::run(command).map(|_| 0),
         Command::Keygen(args) => bundle::keygen(&args).map(|_| 0),
+        Command::Scan(args) => maculaos_scenarios::scan::scan(&args).map(|_| 0),
         Command::Bundle(args) => bundle::run(&args).map(|_| 0),
         Command::Publish(args) => publish::run(&args).map(|_| 0),
         Command::Test(args) => {

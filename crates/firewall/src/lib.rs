@@ -1,0 +1,319 @@
+//! The node's firewall (guide "Security: Firewall", plan §4.4 "firewall
+//! rules based on roles", §4.9.4): a list of openings — a port, who may
+//! reach it and why — made from the configuration and what the node is,
+//! and the one nftables ruleset that lets exactly those in.
+//!
+//! The ruleset is one table, `inet maculaos`, replaced whole in one `nft -f`
+//! transaction (so there is never a moment with half a ruleset), checked
+//! with `nft -c` before. Input and forward drop by default; let in are
+//! answers to what the node sent, loopback, ICMP (echo rate-limited),
+//! DHCP and mDNS, then the openings. Forwarding is only for containers:
+//! what they send, and what comes to a port a service publishes (podman
+//! rewrites its destination, so it is forwarded, not taken in).
+
+use maculaos_config::values::{Cidr, FirewallPort, Proto};
+use maculaos_config::Config;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// The nftables table MaculaOS owns; nothing else in it is kept.
+pub const TABLE: &str = "maculaos";
+/// Where apply writes the ruleset it loaded.
+pub const RULESET_PATH: &str = "/etc/maculaos/firewall.nft";
+/// What apply loaded, for `maculaos firewall show` (JSON: [`Applied`]).
+pub const STATE_PATH: &str = "/run/maculaos/firewall.json";
+/// New SSH connections per minute from one address before more wait.
+pub const SSH_PER_MINUTE: u32 = 120;
+
+/// One way in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opening {
+    /// `22/tcp`, `4433/tcp`, `8000-8010/udp`.
+    pub port: FirewallPort,
+    /// Source networks; empty: anyone.
+    pub from: Vec<Cidr>,
+    /// What opened it: `ssh`, `mesh bootstrap role`, `firewall.allow`, ….
+    pub why: String,
+    /// Rate-limited new connections (per source address, per minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_per_minute: Option<u32>,
+}
+
+/// What the node is, besides its configuration: decided by apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// Ports the mesh's NATS server takes from other nodes, with the role
+    /// that needs each (`4433`: bootstrap or gateway, `6222`: bootstrap).
+    pub mesh_ports: Vec<(u16, String)>,
+    /// This node holds the realm CA and takes joins on this port.
+    pub join_port: Option<u16>,
+    /// The node is not paired yet: the first-boot wizard listens on port 80.
+    pub unconfigured: bool,
+}
+
+/// What apply loaded: the openings, and the policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub enabled: bool,
+    /// `drop` or `accept`: what happens to the rest.
+    pub policy: String,
+    pub openings: Vec<Opening>,
+}
+
+fn port(s: &str) -> FirewallPort {
+    s.parse().expect("a built-in port is valid")
+}
+
+/// The openings of `config` on a node with `facts`, in the order shown.
+pub fn openings(config: &Config, facts: &Facts) -> Vec<Opening> {
+    let fw = &config.maculaos.security.firewall;
+    let mut out = Vec::new();
+    let mut open = |p: String, why: &str, limit: Option<u32>| {
+        out.push(Opening {
+            port: port(&p),
+            from: Vec::new(),
+            why: why.to_string(),
+            limit_per_minute: limit,
+        })
+    };
+    if fw.allow_ssh {
+        open("22/tcp".into(), "ssh (allow_ssh)", Some(SSH_PER_MINUTE));
+    }
+    if facts.unconfigured {
+        open(
+            "80/tcp".into(),
+            "the first-boot wizard (until the node is paired)",
+            None,
+        );
+    }
+    if fw.allow_mesh {
+        for (p, role) in &facts.mesh_ports {
+            open(format!("{p}/tcp"), &format!("mesh: {role}"), None);
+        }
+        if let Some(p) = facts.join_port {
+            open(
+                format!("{p}/tcp"),
+                "mesh: joins (this node holds the realm CA)",
+                None,
+            );
+        }
+    }
+    let dash = &config.maculaos.dashboard;
+    if dash.enabled && !dash.listen.ip().is_loopback() {
+        open(
+            format!("{}/tcp", dash.listen.port()),
+            "dashboard.listen",
+            None,
+        );
+    }
+    for a in &fw.allow {
+        out.push(Opening {
+            port: a.port.clone(),
+            from: a.from.clone(),
+            why: "firewall.allow".into(),
+            limit_per_minute: None,
+        });
+    }
+    out
+}
+
+/// `192.168.1.10/24` as a network nft takes (`192.168.1.0/24`), and
+/// whether it is IPv6.
+fn network(c: &Cidr) -> (String, bool) {
+    let (addr, len) = c.split();
+    match addr {
+        std::net::IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            (
+                format!("{}/{len}", std::net::Ipv4Addr::from(bits & mask)),
+                false,
+            )
+        }
+        std::net::IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
+            (
+                format!("{}/{len}", std::net::Ipv6Addr::from(bits & mask)),
+                true,
+            )
+        }
+    }
+}
+
+/// The rule lines for one opening.
+fn rules(o: &Opening) -> Vec<String> {
+    let (lo, hi, proto) = o.port.range();
+    let ports = if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    };
+    let proto = match proto {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    };
+    let comment = o.why.replace(['"', '\\'], "'");
+    let tail = |family: &str| {
+        match o.limit_per_minute {
+        // A meter per source address: one busy client does not lock out
+        // the others.
+        Some(n) => format!(
+            "ct state new meter {proto}_{lo}_{family} {{ {family} saddr limit rate {n}/minute burst {n} packets }} accept comment \"{comment}\""
+        ),
+        None => format!("accept comment \"{comment}\""),
+    }
+    };
+    if o.from.is_empty() {
+        return match o.limit_per_minute {
+            Some(_) => vec![
+                format!("meta nfproto ipv4 {proto} dport {ports} {}", tail("ip")),
+                format!("meta nfproto ipv6 {proto} dport {ports} {}", tail("ip6")),
+            ],
+            None => vec![format!("{proto} dport {ports} {}", tail("ip"))],
+        };
+    }
+    o.from
+        .iter()
+        .map(|c| {
+            let (net, v6) = network(c);
+            let family = if v6 { "ip6" } else { "ip" };
+            format!(
+                "{family} saddr {net} {proto} dport {ports} {}",
+                tail(family)
+            )
+        })
+        .collect()
+}
+
+/// The whole ruleset: `nft -f` replaces the table in one transaction.
+pub fn ruleset(policy_drop: bool, openings: &[Opening]) -> String {
+    let policy = if policy_drop { "drop" } else { "accept" };
+    let mut s = String::from(
+        "# Written by maculaos apply from maculaos.security.firewall, the node's
+# roles and services: change those, not this file (`maculaos firewall show`).
+",
+    );
+    // Declared first so that the delete never fails on a fresh boot.
+    let _ = writeln!(s, "table inet {TABLE}\ndelete table inet {TABLE}");
+    let _ = writeln!(s, "table inet {TABLE} {{");
+    let _ = writeln!(
+        s,
+        "  chain input {{
+    type filter hook input priority filter; policy {policy};
+    ct state established,related accept
+    ct state invalid drop
+    iif lo accept
+    # ICMPv6 carries neighbour discovery and router adverts: IPv6 needs it.
+    icmpv6 type echo-request limit rate 10/second burst 20 packets accept
+    icmpv6 type != echo-request accept
+    icmp type echo-request limit rate 10/second burst 20 packets accept
+    icmp type {{ destination-unreachable, time-exceeded, parameter-problem }} accept
+    udp dport 68 accept comment \"DHCP\"
+    udp dport 546 accept comment \"DHCPv6\"
+    udp dport 5353 accept comment \"mDNS: <name>.local and the node's announcement\""
+    );
+    for o in openings {
+        for r in rules(o) {
+            let _ = writeln!(s, "    {r}");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "  }}
+  chain forward {{
+    type filter hook forward priority filter; policy {policy};
+    ct state established,related accept
+    # Containers (podman's bridge) reach out; the ports services publish
+    # come in, their destination rewritten by podman.
+    iifname \"podman*\" accept
+    ct status dnat accept
+  }}
+}}"
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> Config {
+        serde_yaml_ng::from_str(yaml).expect("a configuration")
+    }
+
+    #[test]
+    fn a_default_node_opens_ssh_only() {
+        let o = openings(&Config::default(), &Facts::default());
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].port.to_string(), "22/tcp");
+        let r = ruleset(true, &o);
+        assert!(r.contains("policy drop;"));
+        assert!(r.contains(
+            "meta nfproto ipv4 tcp dport 22 ct state new meter tcp_22_ip { ip saddr limit rate 120/minute burst 120 packets } accept"
+        ));
+        assert!(r.starts_with("# Written by maculaos apply"));
+    }
+
+    #[test]
+    fn roles_the_wizard_the_dashboard_and_allow_open_their_ports() {
+        let c = config(
+            "maculaos:
+  dashboard: {listen: '0.0.0.0:9090'}
+  security:
+    firewall:
+      allow:
+        - 8080/tcp
+        - {port: 9000-9010/udp, from: [10.1.2.3/8, 'fd00::1/64']}
+",
+        );
+        let facts = Facts {
+            mesh_ports: vec![(4433, "bootstrap".into()), (6222, "bootstrap".into())],
+            join_port: Some(4434),
+            unconfigured: true,
+        };
+        let o = openings(&c, &facts);
+        let ports: Vec<String> = o.iter().map(|o| o.port.to_string()).collect();
+        assert_eq!(
+            ports,
+            [
+                "22/tcp",
+                "80/tcp",
+                "4433/tcp",
+                "6222/tcp",
+                "4434/tcp",
+                "9090/tcp",
+                "8080/tcp",
+                "9000-9010/udp"
+            ]
+        );
+        let r = ruleset(true, &o);
+        assert!(
+            r.contains("ip saddr 10.0.0.0/8 udp dport 9000-9010 accept"),
+            "{r}"
+        );
+        assert!(
+            r.contains("ip6 saddr fd00::/64 udp dport 9000-9010 accept"),
+            "{r}"
+        );
+        assert!(
+            r.contains("tcp dport 8080 accept comment \"firewall.allow\""),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn the_mesh_and_ssh_can_be_closed() {
+        let c =
+            config("maculaos:\n  security:\n    firewall: {allow_ssh: false, allow_mesh: false}\n");
+        let facts = Facts {
+            mesh_ports: vec![(4433, "gateway".into())],
+            ..Facts::default()
+        };
+        assert!(openings(&c, &facts).is_empty());
+    }
+}
