@@ -73,6 +73,11 @@ must_exist /usr/lib/systemd/system/podman.socket /usr/lib/systemd/system/podman-
     /usr/lib/systemd/system/podman-auto-update.timer
 systemctl mask --quiet podman.socket podman.service podman-restart.service \
     podman-auto-update.timer podman-auto-update.service
+# Podman runs on netavark; the package's CNI network file names plugins the
+# image does not have, and podman warned about it on an operator's first
+# command.
+must_exist /etc/cni/net.d/87-podman-bridge.conflist
+rm /etc/cni/net.d/87-podman-bridge.conflist
 # Nothing on a node installs or updates packages (the root is read-only and
 # an update replaces it whole), and there is no LVM for e2scrub to check:
 # these would only spend CPU at every boot and on their schedules.

@@ -71,33 +71,36 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     let open = openings(config, &facts);
     let text = ruleset(policy == "drop", &open);
     if nft_here(a) {
-        // Checked before it replaces anything: a ruleset nft refuses must
-        // leave the one in force (and the file it came from) alone.
-        let tmp = a.path("/run/maculaos/firewall.nft.new");
-        if let Some(dir) = tmp.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io_msg("making", dir, &e))?;
-        }
-        std::fs::write(&tmp, &text).map_err(|e| io_msg("writing", &tmp, &e))?;
-        let checked = Cmd::new("nft").arg("-c").arg("-f").arg(&tmp).quiet().run();
-        let _ = std::fs::remove_file(&tmp);
-        if let Err(e) = checked {
-            return Err(format!(
-                "nft refused the new ruleset, so the rules in force stay: {}",
-                crate::applier::why(&e)
-            ));
+        // Checked, then loaded, from a file of its own; only a ruleset in
+        // force is written to RULESET_PATH (which the next apply compares
+        // with): one nft refuses, or that fails to load, leaves the rules
+        // in force and is tried again at the next apply.
+        let same = std::fs::read_to_string(a.path(RULESET_PATH)).is_ok_and(|t| t == text);
+        if !same || !table_loaded() {
+            let tmp = a.path("/run/maculaos/firewall.nft.new");
+            if let Some(dir) = tmp.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| io_msg("making", dir, &e))?;
+            }
+            std::fs::write(&tmp, &text).map_err(|e| io_msg("writing", &tmp, &e))?;
+            let checked = Cmd::new("nft").arg("-c").arg("-f").arg(&tmp).quiet().run();
+            if let Err(e) = checked {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(format!(
+                    "nft refused the new ruleset, so the rules in force stay: {}",
+                    crate::applier::why(&e)
+                ));
+            }
+            let what = format!("the firewall ({} ports open, policy {policy})", open.len());
+            let loaded = a.act(AREA, ("load", "loaded"), &what, || {
+                run(Cmd::new("nft").arg("-f").arg(&tmp))
+            });
+            let _ = std::fs::remove_file(&tmp);
+            if !loaded {
+                return Ok(());
+            }
         }
     }
-    let changed = a.put_file(AREA, RULESET_PATH, text.as_bytes(), 0o644, ROOT_OWNER)?;
-    if nft_here(a) && (changed || !table_loaded()) {
-        let what = format!("the firewall ({} ports open, policy {policy})", open.len());
-        let path = a.path(RULESET_PATH);
-        let ok = a.act(AREA, ("load", "loaded"), &what, || {
-            run(Cmd::new("nft").arg("-f").arg(&path))
-        });
-        if !ok {
-            return Ok(());
-        }
-    }
+    a.put_file(AREA, RULESET_PATH, text.as_bytes(), 0o644, ROOT_OWNER)?;
     record(
         a,
         &Applied {

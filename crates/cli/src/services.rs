@@ -121,6 +121,7 @@ fn volumes_of(args: &[String], name: &ServiceName) -> Result<Vec<VolumeMap>> {
     // MaculaOS's own state: never a container's by default.
     const OURS: &[&str] = &[
         "credentials",
+        "datasource",
         "mesh",
         "nats",
         "run",
@@ -653,6 +654,12 @@ fn mesh_of(config: &maculaos_config::Config) -> Result<String, &'static str> {
 
 fn discovery(name: &ServiceName, running: bool, mesh: &Result<String, &'static str>) -> String {
     match (mesh, running) {
+        (Ok(realm), true) if !maculaos_mesh::state::State::under(Path::new("/")).joined(realm) => {
+            format!("not announced: this node has not joined realm {realm} yet")
+        }
+        (Ok(_), true) if unit_state("maculaos-meshd.service").active != "active" => {
+            "not announced: maculaos-meshd is not running".into()
+        }
         (Ok(realm), true) => format!(
             "announced on {}",
             maculaos_mesh::client::discover_subject(realm, name.as_str())

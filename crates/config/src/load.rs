@@ -393,6 +393,14 @@ pub fn check(config: &Config, prov: &Provenance) -> Vec<Problem> {
     }
     check_health(&config.maculaos.health, &mut bad);
     check_service_health(config, &mut bad);
+    for (host, a) in &config.maculaos.registry.auth {
+        if a.username.is_empty() || a.username.contains(':') {
+            bad(
+                &format!("maculaos.registry.auth.{host}.username"),
+                "a user name is not empty and has no ':'".into(),
+            );
+        }
+    }
     check_watchdog(&config.maculaos.watchdog, &mut bad);
     check_backup(&config.maculaos.backup, &mut bad);
     out
@@ -1057,6 +1065,18 @@ mod tests {
     }
 
     const AT: &str = "/var/lib/maculaos/config.yaml: ";
+
+    #[test]
+    fn a_registry_user_name_has_no_colon() {
+        let p =
+            cross_key("  registry:\n    auth:\n      ghcr.io: {username: 'a:b', password: x}\n");
+        assert_eq!(
+            p,
+            [format!(
+                "{AT}maculaos.registry.auth.ghcr.io.username: a user name is not empty and has no ':'"
+            )]
+        );
+    }
 
     #[test]
     fn service_checks_need_the_keys_of_their_type() {

@@ -141,11 +141,33 @@ pub enum FirewallPolicy {
 /// One entry of `maculaos.security.firewall.allow`: a port, and the
 /// networks that may reach it (none listed: anyone). Written as
 /// `8080/tcp` alone or as a map.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AllowRule {
     pub port: FirewallPort,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<Cidr>,
+}
+
+impl JsonSchema for AllowRule {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AllowRule".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let port = g.subschema_for::<FirewallPort>();
+        let from = g.subschema_for::<Vec<Cidr>>();
+        schemars::json_schema!({
+            "description": "A port (`8080/tcp`), or `{port: 8080/tcp, from: [10.0.0.0/8]}`",
+            "anyOf": [
+                port,
+                {
+                    "type": "object",
+                    "properties": { "port": port, "from": from },
+                    "required": ["port"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for AllowRule {

@@ -145,6 +145,32 @@ fn network(c: &Cidr) -> (String, bool) {
     }
 }
 
+/// The name of the set that counts an opening's new connections per
+/// source (`limit_tcp_22_4`, `_6`).
+fn limit_set(o: &Opening, v6: bool) -> String {
+    let (lo, _, proto) = o.port.range();
+    let proto = match proto {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    };
+    format!("limit_{proto}_{lo}_{}", if v6 { 6 } else { 4 })
+}
+
+/// The sets the rate limits need: entries expire, so the sets never fill
+/// for good.
+fn sets(openings: &[Opening]) -> Vec<String> {
+    let mut out = Vec::new();
+    for o in openings.iter().filter(|o| o.limit_per_minute.is_some()) {
+        for (v6, ty) in [(false, "ipv4_addr"), (true, "ipv6_addr")] {
+            out.push(format!(
+                "set {} {{ type {ty}; size 65535; flags dynamic,timeout; timeout 2m; }}",
+                limit_set(o, v6)
+            ));
+        }
+    }
+    out
+}
+
 /// The rule lines for one opening.
 fn rules(o: &Opening) -> Vec<String> {
     let (lo, hi, proto) = o.port.range();
@@ -158,34 +184,33 @@ fn rules(o: &Opening) -> Vec<String> {
         Proto::Udp => "udp",
     };
     let comment = o.why.replace(['"', '\\'], "'");
-    let tail = |family: &str| {
-        match o.limit_per_minute {
-        // A meter per source address: one busy client does not lock out
-        // the others.
-        Some(n) => format!(
-            "ct state new meter {proto}_{lo}_{family} {{ {family} saddr limit rate {n}/minute burst {n} packets }} accept comment \"{comment}\""
-        ),
-        None => format!("accept comment \"{comment}\""),
-    }
-    };
+    let accept = format!("accept comment \"{comment}\"");
     if o.from.is_empty() {
-        return match o.limit_per_minute {
-            Some(_) => vec![
-                format!("meta nfproto ipv4 {proto} dport {ports} {}", tail("ip")),
-                format!("meta nfproto ipv6 {proto} dport {ports} {}", tail("ip6")),
-            ],
-            None => vec![format!("{proto} dport {ports} {}", tail("ip"))],
-        };
+        let mut out = Vec::new();
+        if let Some(n) = o.limit_per_minute {
+            // New connections over the limit from one address (an IPv6
+            // /64: one host has all of it) are dropped. When the set is
+            // full the drop rule does not match and the port stays open:
+            // a flood of addresses cannot lock the operator out.
+            for (v6, family, key) in [
+                (false, "ipv4", "ip saddr"),
+                (true, "ipv6", "ip6 saddr and ffff:ffff:ffff:ffff::"),
+            ] {
+                out.push(format!(
+                    "meta nfproto {family} {proto} dport {ports} ct state new update @{} {{ {key} limit rate over {n}/minute burst {n} packets }} drop",
+                    limit_set(o, v6)
+                ));
+            }
+        }
+        out.push(format!("{proto} dport {ports} {accept}"));
+        return out;
     }
     o.from
         .iter()
         .map(|c| {
             let (net, v6) = network(c);
             let family = if v6 { "ip6" } else { "ip" };
-            format!(
-                "{family} saddr {net} {proto} dport {ports} {}",
-                tail(family)
-            )
+            format!("{family} saddr {net} {proto} dport {ports} {accept}")
         })
         .collect()
 }
@@ -201,6 +226,9 @@ pub fn ruleset(policy_drop: bool, openings: &[Opening]) -> String {
     // Declared first so that the delete never fails on a fresh boot.
     let _ = writeln!(s, "table inet {TABLE}\ndelete table inet {TABLE}");
     let _ = writeln!(s, "table inet {TABLE} {{");
+    for set in sets(openings) {
+        let _ = writeln!(s, "  {set}");
+    }
     let _ = writeln!(
         s,
         "  chain input {{
@@ -254,8 +282,13 @@ mod tests {
         let r = ruleset(true, &o);
         assert!(r.contains("policy drop;"));
         assert!(r.contains(
-            "meta nfproto ipv4 tcp dport 22 ct state new meter tcp_22_ip { ip saddr limit rate 120/minute burst 120 packets } accept"
-        ));
+            "meta nfproto ipv4 tcp dport 22 ct state new update @limit_tcp_22_4 { ip saddr limit rate over 120/minute burst 120 packets } drop"
+        ), "{r}");
+        assert!(r.contains("set limit_tcp_22_6 { type ipv6_addr; size 65535; flags dynamic,timeout; timeout 2m; }"), "{r}");
+        assert!(
+            r.contains("tcp dport 22 accept comment \"ssh (allow_ssh)\""),
+            "{r}"
+        );
         assert!(r.starts_with("# Written by maculaos apply"));
     }
 

@@ -502,6 +502,12 @@ impl Scheduler {
             return Vec::new();
         }
         slot.running = false;
+        // A service's check skipped while its unit does not run (stopped,
+        // or being restarted by systemd) is neither a pass nor a failure:
+        // it must not reset the restart count, nor log a recovery.
+        if check.state == State::Skip && slot.spec.as_ref().is_some_and(|s| s.only_while_active) {
+            return Vec::new();
+        }
         let started = slot.started;
         let name = id.name();
         let failed = check.state == State::Fail;
@@ -1405,7 +1411,17 @@ impl Results {
                 if let Some(dir) = self.path.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                std::fs::write(&tmp, text)?;
+                // Root's only: a check's message may quote a URL with a
+                // token in it.
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let _ = std::fs::remove_file(&tmp);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(&text)?;
                 std::fs::rename(&tmp, &self.path)
             });
         if let Err(e) = written {
@@ -1566,6 +1582,41 @@ mod tests {
             ]
         );
         assert_eq!(s.status(), "6 checks, 1 failing: web");
+    }
+
+    #[test]
+    fn a_skipped_service_check_neither_passes_nor_resets_its_restarts() {
+        let t0 = Instant::now();
+        let c: Config = serde_yaml_ng::from_str(
+            "services:\n  web:\n    image: a\n    health: {type: tcp, port: 8080, interval: 10s, max_restarts: 2}\n",
+        )
+        .unwrap();
+        let mut s = Scheduler::new(&crate::watched(&c), t0, Duration::ZERO);
+        let id = CheckId::Configured("service:web".into());
+        let bad = fail("service:web", "connection refused");
+        let skip = Check::new("service:web", State::Skip, "not checked: it is activating");
+        let mut restarts = Vec::new();
+        for (at, check) in [(0, &bad), (12, &skip), (24, &bad), (36, &skip), (48, &bad)] {
+            let now = t0 + at * S;
+            let a = run_one(&mut s, &id, check, now);
+            if check.state == State::Skip {
+                assert_eq!(a, NONE, "a skip logs nothing and restarts nothing");
+            }
+            for act in &a {
+                if let Action::RestartUnit {
+                    unit, if_running, ..
+                } = act
+                {
+                    assert_eq!(unit, "maculaos-svc-web.service");
+                    assert!(if_running, "a service is only try-restarted");
+                    restarts.push(at);
+                }
+            }
+            restarted(&mut s, &a, now + S);
+        }
+        // Two restarts, then it gives up: the skips between did not count
+        // as passes.
+        assert_eq!(restarts, [0, 24]);
     }
 
     #[test]

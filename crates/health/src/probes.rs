@@ -113,7 +113,12 @@ pub fn command_check(
             State::Fail,
             format!("the command cannot run: `{program}` is not installed"),
         ),
-        Err(e) => Check::new(name, State::Fail, format!("the command cannot run: {e}")),
+        // Not the error's text: it quotes the whole command line.
+        Err(RunError::Io { source, .. }) => Check::new(
+            name,
+            State::Fail,
+            format!("the command cannot run ({})", source.kind()),
+        ),
     }
 }
 

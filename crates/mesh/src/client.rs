@@ -314,27 +314,39 @@ impl Client {
         wait: Duration,
     ) -> Result<Vec<Received>, ClientError> {
         let what = format!("asking on {subject}");
-        self.rt.block_on(async {
-            let inbox = self.nats.new_inbox();
-            let mut sub = self.subscription(&inbox, &what).await?;
-            self.nats
-                .publish_with_reply(subject.to_string(), inbox, Bytes::copy_from_slice(payload))
-                .await
-                .map_err(|e| fail(&what)(&e))?;
-            self.nats.flush().await.map_err(|e| fail(&what)(&e))?;
-            let deadline = tokio::time::Instant::now() + wait;
-            let mut out = Vec::new();
-            while out.len() < GATHER_MAX {
-                let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await else {
-                    break;
-                };
-                out.push(Received {
-                    subject: msg.subject.to_string(),
-                    payload: String::from_utf8_lossy(&msg.payload).into_owned(),
-                });
-            }
-            Ok(out)
-        })
+        // Bounded as a whole: with the server gone, the publish and the
+        // flush wait for a reconnect.
+        let limit = wait + self.timeout;
+        // The timer is made inside the runtime (it needs its clock).
+        let all = self.rt.block_on(async {
+            tokio::time::timeout(limit, async {
+                let inbox = self.nats.new_inbox();
+                let mut sub = self.subscription(&inbox, &what).await?;
+                self.nats
+                    .publish_with_reply(subject.to_string(), inbox, Bytes::copy_from_slice(payload))
+                    .await
+                    .map_err(|e| fail(&what)(&e))?;
+                self.nats.flush().await.map_err(|e| fail(&what)(&e))?;
+                let deadline = tokio::time::Instant::now() + wait;
+                let mut out = Vec::new();
+                while out.len() < GATHER_MAX {
+                    let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await else {
+                        break;
+                    };
+                    out.push(Received {
+                        subject: msg.subject.to_string(),
+                        payload: String::from_utf8_lossy(&msg.payload).into_owned(),
+                    });
+                }
+                Ok(out)
+            })
+            .await
+        });
+        all.map_err(|_| {
+            ClientError(format!(
+                "{what}: no answer from the server within {limit:?}"
+            ))
+        })?
     }
 }
 

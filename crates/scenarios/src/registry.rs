@@ -231,8 +231,28 @@ pub fn services_registry(ctx: &mut Ctx) -> Result<()> {
         "not checked",
         "the stopped service's check skipped",
     )?;
-    ensure(page(port).is_err(), || {
-        "the agent started a service stopped with `maculaos stop`".into()
+    // Watched for five of its intervals: the agent leaves it stopped.
+    let restarts = |ssh: &Ssh| -> Result<usize> {
+        Ok(ssh
+            .check("journalctl -b -u maculaos-agent --no-pager -o cat")?
+            .lines()
+            .filter(|l| l.contains("restarting maculaos-svc-web"))
+            .count())
+    };
+    let before = restarts(&ssh)?;
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(10) {
+        let state = ssh.run("systemctl is-active maculaos-svc-web")?.stdout;
+        ensure(state.trim() != "active" && page(port).is_err(), || {
+            format!(
+                "a service stopped with `maculaos stop` runs again ({})",
+                state.trim()
+            )
+        })?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    ensure(restarts(&ssh)? == before, || {
+        "the agent restarted a service stopped with `maculaos stop`".into()
     })?;
 
     // docker.io is out of reach: its mirror (the test registry, which has
