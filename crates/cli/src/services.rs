@@ -101,9 +101,7 @@ fn health_of(args: &DeployArgs) -> Option<ServiceHealth> {
             .collect();
         (CheckType::Command, None, None, words)
     };
-    // Every other key as if the check had been written in YAML.
-    let mut h: ServiceHealth = serde_json::from_value(serde_json::json!({ "type": kind }))
-        .expect("a check needs only its type to be read");
+    let mut h = ServiceHealth::new(kind);
     h.url = url;
     h.port = port;
     h.command = command;
@@ -586,7 +584,7 @@ fn health_of_row(
 /// health agent's results, and the realm services are announced in.
 struct Seen {
     results: BTreeMap<String, (State, String)>,
-    mesh: Result<String, &'static str>,
+    mesh: Result<String, String>,
 }
 
 impl Seen {
@@ -639,27 +637,29 @@ fn row(name: &ServiceName, svc: &Service, seen: &Seen) -> Row {
     }
 }
 
-/// The realm this node's meshd announces services in, or why none.
-fn mesh_of(config: &maculaos_config::Config) -> Result<String, &'static str> {
+/// The realm this node's meshd announces services in, or why none (read
+/// once for all the rows).
+fn mesh_of(config: &maculaos_config::Config) -> Result<String, String> {
     if !config.maculaos.nats.enabled {
-        return Err("the NATS server is disabled");
+        return Err("the NATS server is disabled".into());
     }
-    config
+    let realm = config
         .maculaos
         .mesh
         .realm
         .clone()
-        .ok_or("no mesh realm configured")
+        .ok_or("no mesh realm configured")?;
+    if !maculaos_mesh::state::State::under(Path::new("/")).joined(&realm) {
+        return Err(format!("this node has not joined realm {realm} yet"));
+    }
+    if unit_state("maculaos-meshd.service").active != "active" {
+        return Err("maculaos-meshd is not running".into());
+    }
+    Ok(realm)
 }
 
-fn discovery(name: &ServiceName, running: bool, mesh: &Result<String, &'static str>) -> String {
+fn discovery(name: &ServiceName, running: bool, mesh: &Result<String, String>) -> String {
     match (mesh, running) {
-        (Ok(realm), true) if !maculaos_mesh::state::State::under(Path::new("/")).joined(realm) => {
-            format!("not announced: this node has not joined realm {realm} yet")
-        }
-        (Ok(_), true) if unit_state("maculaos-meshd.service").active != "active" => {
-            "not announced: maculaos-meshd is not running".into()
-        }
         (Ok(realm), true) => format!(
             "announced on {}",
             maculaos_mesh::client::discover_subject(realm, name.as_str())

@@ -947,6 +947,22 @@ pub struct ServiceHealth {
 }
 
 impl ServiceHealth {
+    /// A check of `kind` with the defaults of every other key (as if only
+    /// its `type` had been written).
+    pub fn new(kind: CheckType) -> ServiceHealth {
+        ServiceHealth {
+            kind,
+            url: None,
+            port: None,
+            address: None,
+            command: Vec::new(),
+            interval: HealthCheck::default_interval(),
+            timeout: HealthCheck::default_timeout(),
+            max_restarts: HealthCheck::default_max_restarts(),
+            cooldown: HealthCheck::default_cooldown(),
+        }
+    }
+
     /// The health agent's check for it: named `name`, restarting `unit`; a
     /// command runs after `exec` (`podman exec CONTAINER`).
     pub fn check(&self, name: &str, unit: &str, exec: &[&str]) -> HealthCheck {
@@ -1095,6 +1111,12 @@ mod tests {
     use super::*;
     use crate::error::Problem;
     use std::time::Duration as StdDuration;
+
+    #[test]
+    fn a_service_check_made_in_code_is_one_read_with_its_type_only() {
+        let read: ServiceHealth = serde_yaml_ng::from_str("type: tcp").unwrap();
+        assert_eq!(ServiceHealth::new(CheckType::Tcp), read);
+    }
 
     fn parse(text: &str) -> Config {
         serde_yaml_ng::from_str(text).unwrap()
