@@ -58,6 +58,7 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
                 enabled: false,
                 policy: "accept".into(),
                 openings: Vec::new(),
+                overlay: None,
             },
         );
         return Ok(());
@@ -69,7 +70,8 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
         unconfigured: !a.path(CONFIGURED_FLAG).exists(),
     };
     let open = openings(config, &facts);
-    let text = ruleset(policy == "drop", &open);
+    let overlay = maculaos_firewall::overlay(config);
+    let text = ruleset(policy == "drop", &open, overlay.as_deref());
     if nft_here(a) {
         // Checked, then loaded, from a file of its own; only a ruleset in
         // force is written to RULESET_PATH (which the next apply compares
@@ -107,6 +109,7 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
             enabled: true,
             policy: policy.into(),
             openings: open,
+            overlay,
         },
     );
     Ok(())

@@ -32,6 +32,7 @@ mod services;
 mod ssh;
 mod users;
 mod watchdog;
+mod wireguard;
 mod write_files;
 
 use applier::Applier;
@@ -122,6 +123,7 @@ const STEPS: &[(&str, Step)] = &[
     ("watchdog", watchdog::apply),
     ("backup", backup_timer::apply),
     ("mesh", mesh::apply),
+    ("wireguard", wireguard::apply),
     ("boot_cmd", commands::boot_cmd),
     ("run_cmd", commands::run_cmd),
     ("registry", registry::apply),

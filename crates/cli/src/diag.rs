@@ -71,15 +71,23 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     })
 }
 
-/// `maculaos network status`: the network checks of `diag network`, under
-/// the user guide's name.
+/// `maculaos network status`: interfaces, routes, DNS, the WireGuard
+/// overlay and its peers, the firewall, and the checks of `diag network`;
+/// exit code 1 when a check fails.
 pub fn network_status(resolve: Option<&str>, json: bool) -> Result<ExitCode> {
-    run(&Args {
-        area: Some(Area::Network),
-        full: false,
-        output: None,
-        resolve: resolve.map(str::to_string),
-        json,
+    let s = maculaos_diag::network_status(Path::new("/"), resolve);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        print!("{}", maculaos_diag::render_status(&s, now));
+    }
+    Ok(if maculaos_diag::any_failed(&s.checks) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

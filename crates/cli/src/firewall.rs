@@ -162,6 +162,13 @@ fn show(json: bool) -> Result<ExitCode> {
             .unwrap_or_default();
         println!("{:<16} {:<24} {}{limit}", o.port.to_string(), from, o.why);
     }
+    if let Some(i) = &applied.overlay {
+        println!(
+            "{:<16} {:<24} mesh: the WireGuard overlay (its peers are the keys maculaos.mesh.wireguard.peers lists)",
+            format!("all on {i}"),
+            "its peers"
+        );
+    }
     println!(
         "Always let in: answers to the node's own traffic, loopback, ICMP (echo \
          rate-limited), DHCP, mDNS (5353/udp), and the ports services publish \

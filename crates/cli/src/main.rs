@@ -198,6 +198,8 @@ fn needs_root(command: &Command) -> bool {
         // Read the configuration, which holds secrets and is root's only.
         Command::Health { .. } | Command::Services { .. } | Command::Service(_) => true,
         Command::Firewall(c) => firewall::needs_root(c),
+        // `wg show` (the overlay's peers and handshakes) is root's.
+        Command::Network(_) => true,
         Command::Deploy(_)
         | Command::Stop { .. }
         | Command::Start { .. }

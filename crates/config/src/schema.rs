@@ -8,9 +8,9 @@
 
 use crate::values::{
     AbsPath, AgeRecipient, BackupTarget, Cidr, Duration, EnvName, FileMode, FirewallPort, Host,
-    HostPort, Hostname, HttpUrl, ImageRef, IpAddr, ModuleName, Owner, Percent, PortMap,
+    HostPort, Hostname, HttpUrl, IfName, ImageRef, IpAddr, ModuleName, Owner, Percent, PortMap,
     RegistryEndpoint, RegistryHost, Schedule, ServiceName, Size, SshKey, SysctlKey, SysctlValue,
-    UnitName, UpgradeUrl, VolumeMap,
+    UnitName, UpgradeUrl, VolumeMap, WgKey,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -325,6 +325,64 @@ pub struct Mesh {
     /// Gateway TURN port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub turn_port: Option<u16>,
+    /// The encrypted overlay between nodes (guide "WireGuard (VPN)").
+    pub wireguard: Wireguard,
+}
+
+/// `maculaos.mesh.wireguard`: a WireGuard interface (`wg-macula`) whose
+/// peers are the other nodes. Each node has an address on the overlay
+/// made from its public key (see `maculaos_wireguard`), so no two nodes
+/// need to agree on one beforehand.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Wireguard {
+    /// Bring the interface up (default false: it opens a UDP port).
+    pub enabled: bool,
+    /// The interface's name (also accepted as `mesh_interface`, plan §4.9.4).
+    #[serde(alias = "mesh_interface")]
+    pub interface: IfName,
+    /// The UDP port it listens on (opened in the firewall while enabled).
+    pub port: u16,
+    /// The node's private key; left out, the node makes one and keeps it
+    /// (`/var/lib/maculaos/wireguard/private.key`, never shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<WgKey>,
+    /// The node's address on the overlay, with its prefix (default: the
+    /// one its public key gives, in the realm's /64).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<Cidr>,
+    /// The other ends.
+    pub peers: Vec<WireguardPeer>,
+}
+
+impl Default for Wireguard {
+    fn default() -> Wireguard {
+        Wireguard {
+            enabled: false,
+            interface: IfName::known("wg-macula"),
+            port: 51820,
+            private_key: None,
+            address: None,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// A node at the other end of the overlay.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WireguardPeer {
+    /// Its public key (`wg pubkey`; `maculaos network status` shows a node's).
+    pub public_key: WgKey,
+    /// Where to reach it (`host:port`); left out, it must reach this node first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<HostPort>,
+    /// What it may send from and is sent to (default: its overlay address).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<Cidr>,
+    /// Seconds between keepalives, for a peer behind NAT (0 or left out: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_keepalive: Option<u16>,
 }
 
 impl Mesh {

@@ -1125,9 +1125,94 @@ checked_string!(
     "an age recipient (age1…, or an ssh-ed25519 or ssh-rsa public key)"
 );
 
+fn check_wg_key(s: &str) -> Result<(), String> {
+    use base64::Engine;
+    match base64::engine::general_purpose::STANDARD.decode(s) {
+        Ok(k) if k.len() == 32 => Ok(()),
+        _ => Err(format!(
+            "`{s}` is not a WireGuard key (44 characters of base64, as `wg genkey` and \
+             `wg pubkey` print)"
+        )),
+    }
+}
+
+checked_string!(
+    /// A WireGuard key: 32 bytes in base64 (`wg genkey`, `wg pubkey`).
+    WgKey,
+    check_wg_key,
+    "a WireGuard key (44 characters of base64)"
+);
+
+impl WgKey {
+    /// The key's 32 bytes.
+    pub fn bytes(&self) -> [u8; 32] {
+        use base64::Engine;
+        let mut out = [0u8; 32];
+        if let Ok(k) = base64::engine::general_purpose::STANDARD.decode(&self.0) {
+            if k.len() == 32 {
+                out.copy_from_slice(&k);
+            }
+        }
+        out
+    }
+}
+
+fn check_ifname(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a network interface name (1 to 15 letters, digits, '-', '_' or '.')"
+        ))
+    }
+}
+
+checked_string!(
+    /// A network interface name (`wg-macula`): what the kernel takes.
+    IfName,
+    check_ifname,
+    "a network interface name (at most 15 characters)"
+);
+
+impl IfName {
+    pub(crate) fn known(s: &str) -> IfName {
+        IfName(s.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wireguard_keys_and_interface_names() {
+        let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+        assert!(check_wg_key(key).is_ok());
+        assert_eq!(key.parse::<WgKey>().unwrap().bytes()[0], 0xc8);
+        for bad in [
+            "",
+            "${WIREGUARD_PRIVATE_KEY}",
+            "abc",
+            "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3f",
+        ] {
+            assert!(
+                check_wg_key(bad)
+                    .unwrap_err()
+                    .contains("not a WireGuard key"),
+                "{bad}"
+            );
+        }
+        assert!(check_ifname("wg-macula").is_ok());
+        for bad in ["", "wg macula", "a/b", "0123456789abcdef", ".."] {
+            assert!(check_ifname(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn hostnames() {

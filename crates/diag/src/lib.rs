@@ -23,6 +23,7 @@ mod config;
 mod mesh;
 mod network;
 mod redact;
+mod status;
 mod storage;
 mod tools;
 
@@ -37,6 +38,9 @@ pub use network::{
     parse_getent_hosts, parse_ip_addr, parse_ntp_synchronized, parse_resolv_conf, IfAddrs, Route,
 };
 pub use redact::{redact, redact_file, REDACTED};
+pub use status::{
+    network_status, parse_routes, render_status, NetworkStatus, RouteEntry, WgStatus,
+};
 pub use storage::{disk_of_partition, parse_smartctl, storage, usage_percent, SmartHealth};
 
 /// One check of a diagnostic report.

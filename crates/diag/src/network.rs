@@ -36,10 +36,10 @@ const INTERNET_MAX_ADDRESSES: usize = 2;
 /// systemd-resolved's stub listeners: /etc/resolv.conf points at them, and
 /// the servers they ask are in [`RESOLVED_UPSTREAM`].
 const RESOLVED_STUBS: &[&str] = &["127.0.0.53", "127.0.0.54"];
-const RESOLVED_UPSTREAM: &str = "run/systemd/resolve/resolv.conf";
+pub(crate) const RESOLVED_UPSTREAM: &str = "run/systemd/resolve/resolv.conf";
 
 /// One interface as `ip -j addr` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct IfAddrs {
     pub name: String,
     /// `UP`, `DOWN`, `UNKNOWN`…

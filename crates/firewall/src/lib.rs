@@ -58,6 +58,17 @@ pub struct Applied {
     /// `drop` or `accept`: what happens to the rest.
     pub policy: String,
     pub openings: Vec<Opening>,
+    /// The mesh's WireGuard interface, whose traffic is let in whole (it
+    /// comes from peers the configuration lists, authenticated by their keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<String>,
+}
+
+/// The WireGuard interface whose traffic is let in: the mesh's, when it is
+/// on and `allow_mesh` is.
+pub fn overlay(config: &Config) -> Option<String> {
+    let wg = &config.maculaos.mesh.wireguard;
+    (wg.enabled && config.maculaos.security.firewall.allow_mesh).then(|| wg.interface.to_string())
 }
 
 fn port(s: &str) -> FirewallPort {
@@ -89,6 +100,10 @@ pub fn openings(config: &Config, facts: &Facts) -> Vec<Opening> {
     if fw.allow_mesh {
         for (p, role) in &facts.mesh_ports {
             open(format!("{p}/tcp"), &format!("mesh: {role}"), None);
+        }
+        let wg = &config.maculaos.mesh.wireguard;
+        if wg.enabled {
+            open(format!("{}/udp", wg.port), "mesh: WireGuard overlay", None);
         }
         if let Some(p) = facts.join_port {
             open(
@@ -216,7 +231,7 @@ fn rules(o: &Opening) -> Vec<String> {
 }
 
 /// The whole ruleset: `nft -f` replaces the table in one transaction.
-pub fn ruleset(policy_drop: bool, openings: &[Opening]) -> String {
+pub fn ruleset(policy_drop: bool, openings: &[Opening], overlay: Option<&str>) -> String {
     let policy = if policy_drop { "drop" } else { "accept" };
     let mut s = String::from(
         "# Written by maculaos apply from maculaos.security.firewall, the node's
@@ -245,6 +260,13 @@ pub fn ruleset(policy_drop: bool, openings: &[Opening]) -> String {
     udp dport 546 accept comment \"DHCPv6\"
     udp dport 5353 accept comment \"mDNS: <name>.local and the node's announcement\""
     );
+    if let Some(i) = overlay {
+        let i = i.replace(['"', '\\'], "");
+        let _ = writeln!(
+            s,
+            "    iifname \"{i}\" accept comment \"mesh: the WireGuard overlay's peers\""
+        );
+    }
     for o in openings {
         for r in rules(o) {
             let _ = writeln!(s, "    {r}");
@@ -279,7 +301,7 @@ mod tests {
         let o = openings(&Config::default(), &Facts::default());
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].port.to_string(), "22/tcp");
-        let r = ruleset(true, &o);
+        let r = ruleset(true, &o, None);
         assert!(r.contains("policy drop;"));
         assert!(r.contains(
             "meta nfproto ipv4 tcp dport 22 ct state new update @limit_tcp_22_4 { ip saddr limit rate over 120/minute burst 120 packets } drop"
@@ -290,6 +312,26 @@ mod tests {
             "{r}"
         );
         assert!(r.starts_with("# Written by maculaos apply"));
+    }
+
+    #[test]
+    fn the_wireguard_overlay_opens_its_port_and_its_interface() {
+        let c = config("maculaos:\n  mesh:\n    wireguard: {enabled: true, port: 51999}\n");
+        let o = openings(&c, &Facts::default());
+        assert!(o.iter().any(|o| o.port.to_string() == "51999/udp"), "{o:?}");
+        assert_eq!(overlay(&c).as_deref(), Some("wg-macula"));
+        let r = ruleset(true, &o, overlay(&c).as_deref());
+        assert!(r.contains("udp dport 51999 accept"), "{r}");
+        assert!(r.contains("iifname \"wg-macula\" accept"), "{r}");
+        // allow_mesh: false closes both.
+        let c = config(
+            "maculaos:\n  mesh:\n    wireguard: {enabled: true}\n  security:\n    firewall: {allow_mesh: false}\n",
+        );
+        assert!(!openings(&c, &Facts::default())
+            .iter()
+            .any(|o| o.port.to_string() == "51820/udp"));
+        assert_eq!(overlay(&c), None);
+        assert_eq!(overlay(&Config::default()), None);
     }
 
     #[test]
@@ -324,7 +366,7 @@ mod tests {
                 "9000-9010/udp"
             ]
         );
-        let r = ruleset(true, &o);
+        let r = ruleset(true, &o, None);
         assert!(
             r.contains("ip saddr 10.0.0.0/8 udp dport 9000-9010 accept"),
             "{r}"

@@ -110,7 +110,7 @@ fn fetch(ssh: &Ssh, addr: &str) -> Result<i32> {
 }
 
 /// `name.local`'s IPv4 address, as `ssh`'s node resolves it.
-fn resolve(ssh: &Ssh, name: &str) -> Result<String> {
+pub(crate) fn resolve(ssh: &Ssh, name: &str) -> Result<String> {
     let addr = ssh
         .check(&format!(
             "getent ahostsv4 {name}.local | awk '{{print $1}}' | head -1"

@@ -28,6 +28,7 @@ mod services;
 mod slots;
 mod suite;
 mod support;
+mod wireguard;
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -108,6 +109,7 @@ const FIRST: &[&str] = &[
     "services-deploy",
     "services-registry",
     "firewall",
+    "wireguard",
     "factory-reset",
     "mesh-realm",
     "mesh-gateway",

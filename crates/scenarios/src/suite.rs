@@ -159,6 +159,12 @@ pub fn all() -> Vec<Scenario> {
             pool: true,
         },
         Scenario {
+            name: "wireguard",
+            about: "two nodes turn maculaos.mesh.wireguard on (keys made, root's only, never shown), take each other as peers and ping each other's overlay address; captured on the LAN's wire that ping is WireGuard UDP only while the same ping over the plain LAN shows its payload; network status --json checked field by field; a node that drops the other from its peers is no longer reached over the overlay; 16 MiB fetched over the overlay and over the plain LAN",
+            run: crate::wireguard::wireguard,
+            pool: true,
+        },
+        Scenario {
             name: "guide-commands",
             about: "every node command of the user guide's code blocks, typed as written by the admin user: each does its job (backup to and restore from /mnt/usb, shell, logs network, network status) or fails only for a reason it states (no update server, empty slot B, repair outside recovery mode, factory without a terminal to ask); factory --yes --no-reboot is asked for and withdrawn",
             run: crate::guide::guide_commands,

@@ -30,10 +30,23 @@ struct Port {
     received: AtomicU64,
 }
 
+/// The most frames one capture keeps (later ones are counted, not kept).
+const MAX_CAPTURED: usize = 200_000;
+
+/// What the hub saw while capturing: every frame it repeated, as it went
+/// over the wire (what `tcpdump` on the LAN would show).
+#[derive(Default)]
+struct Capture {
+    on: bool,
+    frames: Vec<Vec<u8>>,
+    missed: u64,
+}
+
 /// A hub: [`Hub::port`] hands each VM its own 127.0.0.1 UDP port.
 pub struct Hub {
     ports: Arc<Mutex<Vec<Arc<Port>>>>,
     stop: Arc<AtomicBool>,
+    capture: Arc<Mutex<Capture>>,
 }
 
 impl Hub {
@@ -41,6 +54,7 @@ impl Hub {
         Hub {
             ports: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
+            capture: Arc::new(Mutex::new(Capture::default())),
         }
     }
 
@@ -69,10 +83,10 @@ impl Hub {
             ports.push(port.clone());
             ports.len() - 1
         };
-        let (all, stop) = (self.ports.clone(), self.stop.clone());
+        let (all, stop, capture) = (self.ports.clone(), self.stop.clone(), self.capture.clone());
         std::thread::Builder::new()
             .name(format!("lan-hub-{}", addr.port()))
-            .spawn(move || repeat(&port, &all, &stop))
+            .spawn(move || repeat(&port, &all, &stop, &capture))
             .map_err(crate::io_err(
                 "starting the LAN hub thread for",
                 "127.0.0.1",
@@ -91,6 +105,24 @@ impl Hub {
             what: "a LAN hub port".to_string(),
             detail: format!("the hub has {} ports, no port {index}", ports.len()),
         })
+    }
+
+    /// Start keeping every frame the hub repeats (a capture on the wire).
+    pub fn start_capture(&self) -> Result<()> {
+        let mut c = self.capture.lock().map_err(|_| poisoned())?;
+        *c = Capture {
+            on: true,
+            ..Capture::default()
+        };
+        Ok(())
+    }
+
+    /// Stop capturing: the frames kept since [`Hub::start_capture`], in
+    /// the order the hub repeated them, and how many more it could not keep.
+    pub fn take_capture(&self) -> Result<(Vec<Vec<u8>>, u64)> {
+        let mut c = self.capture.lock().map_err(|_| poisoned())?;
+        let taken = std::mem::take(&mut *c);
+        Ok((taken.frames, taken.missed))
     }
 
     /// Cut port `index` off the segment (`true`) or connect it again.
@@ -121,7 +153,12 @@ fn poisoned() -> VmError {
 
 /// One port's loop: every frame its VM sends goes out of every other
 /// connected port, to that port's VM.
-fn repeat(me: &Arc<Port>, all: &Mutex<Vec<Arc<Port>>>, stop: &AtomicBool) {
+fn repeat(
+    me: &Arc<Port>,
+    all: &Mutex<Vec<Arc<Port>>>,
+    stop: &AtomicBool,
+    capture: &Mutex<Capture>,
+) {
     let mut buf = vec![0u8; MAX_FRAME];
     while !stop.load(Ordering::SeqCst) {
         let (n, from) = match me.socket.recv_from(&mut buf) {
@@ -135,6 +172,13 @@ fn repeat(me: &Arc<Port>, all: &Mutex<Vec<Arc<Port>>>, stop: &AtomicBool) {
             let Ok(ports) = all.lock().map(|p| p.clone()) else {
                 return;
             };
+            if let Ok(mut c) = capture.lock() {
+                if c.on && c.frames.len() < MAX_CAPTURED {
+                    c.frames.push(buf[..n].to_vec());
+                } else if c.on {
+                    c.missed += 1;
+                }
+            }
             for other in ports.iter().filter(|p| !Arc::ptr_eq(p, me)) {
                 if other.cut.load(Ordering::SeqCst) {
                     continue;
@@ -213,6 +257,29 @@ mod tests {
         b.send(b"frame-from-b").unwrap();
         assert_eq!(recv(&a), b"frame-from-b");
         assert_eq!(recv(&c), b"frame-from-b");
+    }
+
+    #[test]
+    fn a_capture_keeps_what_went_over_the_wire_while_it_ran() {
+        let hub = Hub::new();
+        let (_, pa) = hub.port().unwrap();
+        let (ib, pb) = hub.port().unwrap();
+        let (a, b) = (vm_socket(pa), vm_socket(pb));
+        hello(&hub, &[&a, &b]);
+        a.send(b"before").unwrap();
+        assert_eq!(recv(&b), b"before");
+        hub.start_capture().unwrap();
+        a.send(b"during").unwrap();
+        assert_eq!(recv(&b), b"during");
+        b.send(b"reply").unwrap();
+        assert_eq!(recv(&a), b"reply");
+        let (frames, missed) = hub.take_capture().unwrap();
+        assert_eq!(frames, [b"during".to_vec(), b"reply".to_vec()]);
+        assert_eq!(missed, 0);
+        // Stopped: nothing more is kept.
+        b.send(b"after").unwrap();
+        taken(&hub, ib, 3);
+        assert!(hub.take_capture().unwrap().0.is_empty());
     }
 
     #[test]
