@@ -9,8 +9,12 @@
 use crate::applier::{run, Applier, ROOT_OWNER};
 use maculaos_config::values::WgKey;
 use maculaos_config::Config;
+use maculaos_mesh::overlay::{in_roster, Own, OWN_FILE};
+use maculaos_mesh::state::State;
 use maculaos_runner::Cmd;
-use maculaos_wireguard::{conf_path, new_private_key, own_address, peers, render, KEY_PATH};
+use maculaos_wireguard::{
+    conf_path, new_private_key, own_address, peers, render, RealmPeer, KEY_PATH,
+};
 use std::net::ToSocketAddrs;
 
 const AREA: &str = "wireguard";
@@ -78,12 +82,48 @@ fn addresses_of(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The nodes of the node's realm that announced their overlay (kept by
+/// maculaos-meshd) and that the realm roster still lets in: a node revoked
+/// since is no peer from the apply the new roster brings.
+fn realm_peers(config: &Config, a: &Applier) -> Vec<RealmPeer> {
+    let st = State::under(&a.path("/"));
+    let Some((_, roster)) = st.read_roster() else {
+        return Vec::new();
+    };
+    if config.maculaos.mesh.realm.as_deref() != Some(roster.realm.as_str()) {
+        return Vec::new();
+    }
+    in_roster(&st.overlay_peers(), &roster)
+        .into_iter()
+        .filter_map(|p| {
+            Some(RealmPeer {
+                public_key: p.public_key.parse().ok()?,
+                node: p.node,
+                endpoint: p.endpoint,
+            })
+        })
+        .collect()
+}
+
+/// Tell maculaos-meshd what to announce to the realm (no secret in it).
+fn announce(a: &mut Applier, name: &str, public: &WgKey, port: u16) -> Result<(), String> {
+    let own = Own {
+        interface: name.to_string(),
+        public_key: public.to_string(),
+        port,
+    };
+    let text = serde_json::to_vec_pretty(&own).unwrap_or_default();
+    a.put_file(AREA, OWN_FILE, &text, 0o644, ROOT_OWNER)?;
+    Ok(())
+}
+
 pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     let wg = &config.maculaos.mesh.wireguard;
     let name = wg.interface.as_str();
     let conf = conf_path(name);
     if !wg.enabled {
         a.remove_file(AREA, &conf)?;
+        a.remove_file(AREA, OWN_FILE)?;
         if a.live() && !a.dry_run() && link_exists(a, name) {
             a.act(
                 AREA,
@@ -115,10 +155,11 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
         .map_err(|e| format!("wg pubkey: {}", crate::applier::why(&e)))?
         .trim()
         .parse()?;
-    let (peers, notes) = peers(config, &public, resolve);
+    let (peers, notes) = peers(config, &public, resolve, &realm_peers(config, a));
     for n in notes {
         a.note(AREA, n);
     }
+    announce(a, name, &public, wg.port)?;
     let text = render(&private, wg.port, &peers);
     let changed = a.put_file(AREA, &conf, text.as_bytes(), 0o600, ROOT_OWNER)?;
     let created = !link_exists(a, name);

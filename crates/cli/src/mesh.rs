@@ -399,6 +399,162 @@ fn spawn_service_directory(realm: String, node: String) {
     });
 }
 
+/// How often meshd asks the realm for overlay announcements: often while
+/// it has just started (nodes of a site tend to come up together), then
+/// less.
+const OVERLAY_EARLY: Duration = Duration::from_secs(10);
+const OVERLAY_LATER: Duration = Duration::from_secs(60);
+const OVERLAY_EARLY_FOR: Duration = Duration::from_secs(600);
+/// How long the answers to one ask are waited for.
+const OVERLAY_WAIT: Duration = Duration::from_secs(3);
+
+/// This node's overlay announcement, signed, while its overlay is on.
+fn own_announcement(st: &State, realm: &str, node: &str, host: &str) -> Option<Vec<u8>> {
+    use maculaos_mesh::overlay::{Announcement, Own, OWN_FILE};
+    let own: Own = serde_json::from_str(&fs::read_to_string(OWN_FILE).ok()?).ok()?;
+    let cert = fs::read_to_string(st.node_cert()).ok()?;
+    let key = st.key_pem().ok()?;
+    let a = Announcement {
+        realm: realm.to_string(),
+        node: node.to_string(),
+        public_key: own.public_key,
+        port: own.port,
+        host: host.to_string(),
+    };
+    serde_json::to_vec(&a.sign(&key, &cert).ok()?).ok()
+}
+
+/// `host:port` as `ip:port`, IPv4 first; `None` when it does not resolve.
+fn resolve_endpoint(host: &str, port: u16) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<std::net::SocketAddr> = (host, port).to_socket_addrs().ok()?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .map(ToString::to_string)
+}
+
+/// maculaos-meshd, on a node of a realm: answer the realm's overlay asks
+/// with this node's signed announcement (while its overlay is on), and ask
+/// the realm for everyone's, keeping those the realm CA and roster vouch
+/// for (see `maculaos_mesh::overlay`): each change makes apply set the
+/// WireGuard peers. A node that stops answering stays a peer; a node
+/// revoked leaves with the roster.
+fn spawn_overlay(st: State, realm: String, node: String, host: String) {
+    let subject = client::overlay_subject(&realm);
+    {
+        let (st, realm, node, host, subject) = (
+            st.clone(),
+            realm.clone(),
+            node.clone(),
+            host.clone(),
+            subject.clone(),
+        );
+        std::thread::spawn(move || loop {
+            match Client::connect(&client::local_url(), "maculaos-meshd-overlay", TIMEOUT) {
+                Ok(c) => {
+                    println!(
+                        "maculaos-meshd: answering for this node's WireGuard overlay on {subject}"
+                    );
+                    let r = c.serve(&subject, |_| own_announcement(&st, &realm, &node, &host));
+                    if let Err(e) = r {
+                        eprintln!("maculaos-meshd: overlay: {e}");
+                    }
+                }
+                Err(e) => eprintln!("maculaos-meshd: overlay: {e}"),
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        });
+    }
+    std::thread::spawn(move || {
+        use maculaos_mesh::overlay::{in_roster, OverlayPeer, Signed, OWN_FILE};
+        let started = std::time::Instant::now();
+        let mut client: Option<Client> = None;
+        let mut refused: Vec<String> = Vec::new();
+        loop {
+            std::thread::sleep(if started.elapsed() < OVERLAY_EARLY_FOR {
+                OVERLAY_EARLY
+            } else {
+                OVERLAY_LATER
+            });
+            // Off, or not in the realm yet: nothing to ask.
+            let roster = st.read_roster().map(|(_, r)| r);
+            let ca = fs::read_to_string(st.ca_cert()).ok();
+            let (Some(roster), Some(ca), true) = (roster, ca, Path::new(OWN_FILE).exists()) else {
+                continue;
+            };
+            if client.is_none() {
+                client = Client::connect(&client::local_url(), "maculaos-meshd-overlay", TIMEOUT)
+                    .map_err(|e| eprintln!("maculaos-meshd: overlay: {e}"))
+                    .ok();
+            }
+            let Some(c) = &client else { continue };
+            let answers = match c.gather(&subject, b"", OVERLAY_WAIT) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("maculaos-meshd: overlay: {e}");
+                    client = None;
+                    continue;
+                }
+            };
+            let mut peers = in_roster(&st.overlay_peers(), &roster);
+            let mut now_refused = Vec::new();
+            for m in &answers {
+                let opened = serde_json::from_str::<Signed>(&m.payload)
+                    .map_err(|e| format!("an overlay answer does not parse: {e}"))
+                    .and_then(|s| s.open(&ca, &roster));
+                let (a, spki) = match opened {
+                    Ok(x) => x,
+                    Err(e) => {
+                        now_refused.push(e);
+                        continue;
+                    }
+                };
+                if a.node == node {
+                    continue;
+                }
+                let before = peers.iter().position(|p| p.node == a.node);
+                let endpoint = resolve_endpoint(&a.host, a.port).or_else(|| {
+                    // Not resolved this time: the last address found stays.
+                    before.and_then(|i| peers[i].endpoint.clone())
+                });
+                let p = OverlayPeer {
+                    node: a.node,
+                    public_key: a.public_key,
+                    spki_sha256: spki,
+                    endpoint,
+                };
+                match before {
+                    Some(i) => peers[i] = p,
+                    None => peers.push(p),
+                }
+            }
+            // Each refusal once, not every round.
+            for e in now_refused.iter().filter(|e| !refused.contains(e)) {
+                eprintln!("maculaos-meshd: overlay: refused: {e}");
+            }
+            refused = now_refused;
+            match st.keep_overlay_peers(peers) {
+                Ok(true) => println!(
+                    "maculaos-meshd: the realm's WireGuard peers changed: {}",
+                    st.overlay_peers()
+                        .iter()
+                        .map(|p| format!(
+                            "{} at {}",
+                            p.node,
+                            p.endpoint.as_deref().unwrap_or("(unresolved)")
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Ok(false) => {}
+                Err(e) => eprintln!("maculaos-meshd: overlay: keeping the peers: {e}"),
+            }
+        }
+    });
+}
+
 fn kv_cmd(cmd: KvCommand) -> Result<ExitCode> {
     let realm = realm()?;
     let c = connect()?;
@@ -1159,8 +1315,13 @@ fn spawn_roster_follower(st: State, realm: String, listener: bool) {
         let pushed = client::sub_subject(&realm, client::ROSTER_TOPIC);
         let take = |text: &str| match maculaos_mesh::roster::Signed::from_json(text)
             .map_err(|e| e.to_string())
-            .and_then(|s| st.accept_roster(&s, listener).map_err(|e| e.to_string()))
-        {
+            .and_then(|s| {
+                // A listener pins the roster's keys; a node whose overlay
+                // is on drops a revoked node's WireGuard peer: both apply.
+                let overlay = Path::new(maculaos_mesh::overlay::OWN_FILE).exists();
+                st.accept_roster(&s, listener || overlay)
+                    .map_err(|e| e.to_string())
+            }) {
             Ok(Some(r)) => println!("maculaos-meshd: new roster, {}", r.summary()),
             Ok(None) => {}
             Err(e) => eprintln!("maculaos-meshd: a roster was refused: {e}"),
@@ -1364,6 +1525,10 @@ fn serve() -> Result<ExitCode> {
         }
     }
     spawn_service_directory(realm.clone(), node.clone());
+    if st.joined(&realm) {
+        let host = maculaos_apply::mesh::advertise_host(&config, &node);
+        spawn_overlay(st.clone(), realm.clone(), node.clone(), host);
+    }
     let version = fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|t| maculaos_info::os_release_value(&t, "VERSION_ID"))

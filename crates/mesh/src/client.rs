@@ -52,6 +52,12 @@ pub fn renew_subject(realm: &str) -> String {
     rpc_subject(realm, "realm.renew")
 }
 
+/// Where every node of the realm whose WireGuard overlay is on answers
+/// with its signed overlay announcement (see [`crate::overlay`]).
+pub fn overlay_subject(realm: &str) -> String {
+    rpc_subject(realm, "realm.overlay")
+}
+
 /// The topic a new roster is published on (`macula.pub.<realm>.realm.roster`,
 /// received on `macula.sub.<realm>.realm.roster`).
 pub const ROSTER_TOPIC: &str = "realm.roster";

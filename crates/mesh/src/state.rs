@@ -686,6 +686,34 @@ impl State {
         Ok(Some(roster))
     }
 
+    /// The overlay peers meshd took from the realm (none when it took none).
+    pub fn overlay_peers(&self) -> Vec<crate::overlay::OverlayPeer> {
+        self.read(crate::overlay::PEERS_FILE)
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    /// Keep `peers` (sorted by node) as the overlay's realm peers; when they
+    /// differ from those kept, ask for an apply (which makes them
+    /// WireGuard peers). Returns whether they changed.
+    pub fn keep_overlay_peers(
+        &self,
+        mut peers: Vec<crate::overlay::OverlayPeer>,
+    ) -> Result<bool, StateError> {
+        peers.sort_by(|a, b| a.node.cmp(&b.node));
+        self.locked(|| {
+            if self.overlay_peers() == peers {
+                return Ok(false);
+            }
+            let text = serde_json::to_vec_pretty(&peers).unwrap_or_default();
+            self.write(crate::overlay::PEERS_FILE, &text, 0o644)?;
+            self.mark_pending()?;
+            Ok(true)
+        })
+    }
+
     /// The roster this node keeps, signed and opened, if its CA's signature
     /// holds and it is for this node's realm.
     pub fn read_roster(&self) -> Option<(Signed, Roster)> {

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 const REALM: &str = "io.macula.test";
 const DROPIN: &str = "/var/lib/maculaos/config.d/60-mesh.yaml";
+/// The WireGuard overlay, on for every node of the realm: no peer listed,
+/// the realm's nodes become peers through the mesh.
+const OVERLAY: &str = "    wireguard: {enabled: true}\n";
 
 /// `maculaos mesh status --json` on a node.
 fn status(ssh: &Ssh) -> Result<Value> {
@@ -111,7 +114,7 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
     configure(
         &lan,
         0,
-        &format!("maculaos:\n  mesh:\n    realm: {REALM}\n    role: bootstrap\n"),
+        &format!("maculaos:\n  mesh:\n    realm: {REALM}\n    role: bootstrap\n{OVERLAY}"),
     )?;
     let s0 = wait_status(&mut lan, 0, "node 0 to serve its new realm", |s| {
         s["state"] == "serving"
@@ -124,7 +127,7 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
         &lan,
         1,
         &format!(
-            "maculaos:\n  mesh:\n    realm: {REALM}\n    role: bootstrap\n    bootstrap_peers: [{}.local]\n",
+            "maculaos:\n  mesh:\n    realm: {REALM}\n    role: bootstrap\n    bootstrap_peers: [{}.local]\n{OVERLAY}",
             n[0]
         ),
     )?;
@@ -132,7 +135,7 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
         &lan,
         2,
         &format!(
-            "maculaos:\n  mesh:\n    realm: {REALM}\n    bootstrap_peers: ['{}.local:4433', '{}.local:4433']\n",
+            "maculaos:\n  mesh:\n    realm: {REALM}\n    bootstrap_peers: ['{}.local:4433', '{}.local:4433']\n{OVERLAY}",
             n[0], n[1]
         ),
     )?;
@@ -173,6 +176,39 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
     ctx.record(
         "mesh: 3 nodes from restore to one realm (wall)",
         started.elapsed().as_secs_f64(),
+    );
+
+    // The overlay: no node lists a peer, yet each takes the others' keys
+    // from the realm (signed announcements over the mesh) and pings them.
+    let t = Instant::now();
+    let mut overlay = Vec::new();
+    for node in &lan.nodes {
+        let s = crate::wireguard::status(&node.ssh)?;
+        overlay.push(crate::wireguard::key_and_address(&s));
+    }
+    for (from, to) in [(0, 2), (2, 1)] {
+        let addr = overlay[to].1.clone();
+        lan.wait_until(
+            from,
+            &format!("node {from} to ping node {to} over the overlay ({addr})"),
+            BOOT_TIMEOUT,
+            |ssh| crate::wireguard::pings(ssh, &addr),
+        )?;
+    }
+    let s0 = crate::wireguard::status(&lan.nodes[0].ssh)?;
+    let keys = crate::wireguard::peer_keys(&s0);
+    ensure(
+        keys.len() == 2 && keys.contains(&overlay[1].0) && keys.contains(&overlay[2].0),
+        || {
+            format!(
+                "node 0's overlay peers, from the realm: {:#}",
+                s0["wireguard"]
+            )
+        },
+    )?;
+    ctx.record(
+        "mesh: realm of 3 to every overlay ping passing (wall)",
+        t.elapsed().as_secs_f64(),
     );
 
     // A publication on the peer reaches subscribers on both bootstrap
@@ -495,6 +531,20 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
     ensure(!pings(&lan.nodes[1].ssh, n[2])?, || {
         format!("node 1 still reaches the revoked node: {s2:#}")
     })?;
+    // Out of the overlay too: no longer a peer of either bootstrap node.
+    for i in [0, 1] {
+        let (key2, addr2) = overlay[2].clone();
+        lan.wait_until(
+            i,
+            &format!("node {i} to drop the revoked node's overlay peer"),
+            CMD_TIMEOUT,
+            |ssh| {
+                let s = crate::wireguard::status(ssh)?;
+                Ok(!crate::wireguard::peer_keys(&s).contains(&key2)
+                    && !crate::wireguard::pings(ssh, &addr2)?)
+            },
+        )?;
+    }
 
     // Node 2 makes a realm of its own (another CA), then dials node 1 with
     // that certificate: refused, and its status says so.

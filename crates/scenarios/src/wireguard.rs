@@ -49,7 +49,7 @@ fn configure(ssh: &Ssh, yaml: &str) -> Result<()> {
     })
 }
 
-fn status(ssh: &Ssh) -> Result<Value> {
+pub(crate) fn status(ssh: &Ssh) -> Result<Value> {
     // Exit code 1 is a failed check (no way to the Internet here): the JSON
     // is what is looked at.
     let out = ssh.run_timeout("maculaos network status --json", CMD_TIMEOUT)?;
@@ -57,10 +57,8 @@ fn status(ssh: &Ssh) -> Result<Value> {
         .with_context(|| format!("`network status --json`: {}{}", out.stdout, out.stderr))
 }
 
-/// What a node says of itself: (public key, overlay address), with every
-/// field of `network status --json` checked on the way.
-fn own(ssh: &Ssh, name: &str) -> Result<(String, String)> {
-    let s = status(ssh)?;
+/// The overlay's public key and address in a `network status --json`.
+pub(crate) fn key_and_address(s: &Value) -> (String, String) {
     let wg = &s["wireguard"];
     let key = wg["public_key"].as_str().unwrap_or_default().to_string();
     let addr = wg["addresses"][0]
@@ -68,6 +66,25 @@ fn own(ssh: &Ssh, name: &str) -> Result<(String, String)> {
         .and_then(|a| a.split_once('/'))
         .map(|(a, _)| a.to_string())
         .unwrap_or_default();
+    (key, addr)
+}
+
+/// The public keys of the overlay's peers in a `network status --json`.
+pub(crate) fn peer_keys(s: &Value) -> Vec<String> {
+    s["wireguard"]["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["public_key"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// What a node says of itself: (public key, overlay address), with every
+/// field of `network status --json` checked on the way.
+fn own(ssh: &Ssh, name: &str) -> Result<(String, String)> {
+    let s = status(ssh)?;
+    let wg = &s["wireguard"];
+    let (key, addr) = key_and_address(&s);
     let interfaces: Vec<&str> = s["interfaces"]
         .as_array()
         .into_iter()
@@ -115,7 +132,7 @@ fn own(ssh: &Ssh, name: &str) -> Result<(String, String)> {
 }
 
 /// Whether `from` gets an answer from `addr` (`-6` or `-4`) in time.
-fn pings(from: &Ssh, addr: &str) -> Result<bool> {
+pub(crate) fn pings(from: &Ssh, addr: &str) -> Result<bool> {
     let v = if addr.contains(':') { "-6" } else { "-4" };
     Ok(from
         .run_timeout(&format!("ping {v} -c 1 -W 2 {addr}"), CMD_TIMEOUT)?
@@ -245,6 +262,18 @@ pub fn wireguard(ctx: &mut Ctx) -> Result<()> {
     ensure(key_a != key_b && mesh_a != mesh_b, || {
         "the two nodes have the same key or overlay address".into()
     })?;
+    // How long loading the node's ruleset takes (checked, then loaded, as
+    // apply does), timed inside the node.
+    let ns = a.check(
+        "s=$(date +%s%N); sudo nft -c -f /etc/maculaos/firewall.nft && sudo nft -f /etc/maculaos/firewall.nft; \
+         e=$(date +%s%N); echo $((e - s))",
+    )?;
+    if let Ok(ns) = ns.trim().parse::<f64>() {
+        ctx.record(
+            "firewall: nft -c and nft -f of the ruleset, in the node (s)",
+            ns / 1e9,
+        );
+    }
     let mode = a.check("sudo stat -c %a:%U /var/lib/maculaos/wireguard/private.key")?;
     ensure(mode.trim() == "600:root", || {
         format!("the node's private key file is {mode}")

@@ -77,14 +77,26 @@ pub struct Peer {
     pub keepalive: Option<u16>,
 }
 
+/// A node of the realm that announced its overlay over the mesh (its
+/// endpoint already resolved, by maculaos-meshd).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealmPeer {
+    pub node: String,
+    pub public_key: WgKey,
+    pub endpoint: Option<String>,
+}
+
 /// The configured peers, each with its allowed IPs (its overlay address
 /// when none are given) and its endpoint as `resolve` turns it into
-/// `ip:port` (`None`: not resolved now; the peer waits to be reached).
-/// A peer listed twice, or this node's own key, is left out and said.
+/// `ip:port` (`None`: not resolved now; the peer waits to be reached);
+/// then the realm's nodes not configured already, at their overlay
+/// address. A peer listed twice, or this node's own key, is left out and
+/// said.
 pub fn peers(
     config: &Config,
     own_key: &WgKey,
     resolve: impl Fn(&str) -> Option<String>,
+    realm_peers: &[RealmPeer],
 ) -> (Vec<Peer>, Vec<String>) {
     let wg: &Wireguard = &config.maculaos.mesh.wireguard;
     let realm = config.maculaos.mesh.realm.as_deref();
@@ -120,6 +132,17 @@ pub fn peers(
             endpoint,
             allowed_ips,
             keepalive: p.persistent_keepalive.filter(|k| *k > 0),
+        });
+    }
+    for r in realm_peers {
+        if &r.public_key == own_key || out.iter().any(|o| o.public_key == r.public_key) {
+            continue;
+        }
+        out.push(Peer {
+            public_key: r.public_key.clone(),
+            endpoint: r.endpoint.clone(),
+            allowed_ips: vec![format!("{}/128", mesh_address(realm, &r.public_key))],
+            keepalive: None,
         });
     }
     (out, notes)
@@ -215,6 +238,7 @@ mod tests {
 
     const A: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
     const B: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+    const C: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
 
     fn key(s: &str) -> WgKey {
         s.parse().unwrap()
@@ -263,10 +287,37 @@ mod tests {
              \x20       - public_key: {A2}\n          endpoint: nowhere.invalid:51820\n          allowed_ips: [10.1.0.0/16]\n          persistent_keepalive: 25\n",
             A2 = "WAmgVYXkbT2bCtdcDwolI88/iVi/aV3/PHcUBTQSYmo="
         ));
-        let (p, notes) = peers(&c, &key(A), |h| {
-            (h == "peer1.example.com:51820").then(|| "192.0.2.7:51820".to_string())
-        });
-        assert_eq!(p.len(), 2, "{p:?}");
+        let realm = [
+            RealmPeer {
+                node: "b".into(),
+                public_key: key(B),
+                endpoint: Some("10.0.0.2:51820".into()),
+            },
+            RealmPeer {
+                node: "a".into(),
+                public_key: key(A),
+                endpoint: None,
+            },
+            RealmPeer {
+                node: "c".into(),
+                public_key: key(C),
+                endpoint: Some("10.0.0.3:51820".into()),
+            },
+        ];
+        let (p, notes) = peers(
+            &c,
+            &key(A),
+            |h| (h == "peer1.example.com:51820").then(|| "192.0.2.7:51820".to_string()),
+            &realm,
+        );
+        assert_eq!(p.len(), 3, "configured B and A2, and the realm's C: {p:?}");
+        assert_eq!(p[2].public_key, key(C));
+        assert_eq!(p[2].endpoint.as_deref(), Some("10.0.0.3:51820"));
+        assert_eq!(
+            p[2].allowed_ips,
+            [format!("{}/128", mesh_address(Some("io.macula"), &key(C)))]
+        );
+        let p: Vec<Peer> = p.into_iter().take(2).collect();
         assert_eq!(
             p[0].allowed_ips,
             [format!("{}/128", mesh_address(Some("io.macula"), &key(B)))]
