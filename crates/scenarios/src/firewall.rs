@@ -239,6 +239,12 @@ pub fn firewall(ctx: &mut Ctx) -> Result<()> {
         !health.success() && health.stdout.contains("90-bad.yaml"),
         || format!("`maculaos health` does not name the bad file: {health:?}"),
     )?;
+    // The login banners (ssh's motd, the console's issue) name it too.
+    let banners =
+        a.check("cat /run/motd.d/50-maculaos-config /etc/issue.d/50-maculaos-config.issue")?;
+    ensure(banners.matches("90-bad.yaml").count() >= 2, || {
+        format!("the login banners do not name the bad file:\n{banners}")
+    })?;
     let rules = a.check("sudo nft list table inet maculaos")?;
     ensure(
         rules.contains("dport 22") && !rules.contains("10.0.0"),
