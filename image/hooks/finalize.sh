@@ -14,6 +14,9 @@ systemctl enable --quiet systemd-networkd.service systemd-resolved.service ssh.s
     avahi-daemon.service
 # Not maculaos-backup.timer: `maculaos apply` enables it when
 # maculaos.backup.enabled is true.
+# The embedded services' own units, which their packages enable: `maculaos
+# apply` enables each one the configuration switches on, at every boot.
+systemctl disable --quiet prometheus-node-exporter.service
 systemctl set-default --quiet multi-user.target
 # The root is read-only at run time: the mount point the guide uses for an
 # update stick (`maculaos upgrade --from /mnt/usb/`) must exist in the image.

@@ -3,17 +3,12 @@
 //! `maculaos.backup.schedule`.
 //!
 //! With `maculaos.backup.enabled`, the schedule goes into a drop-in of the
-//! timer, and on the running node the timer is enabled and started.
-//! `systemctl enable` links it into /etc, which is rebuilt at every boot:
-//! this step links it again at every boot. Disabled: the drop-in goes, and
-//! the timer is disabled and stopped if it was on. systemctl is run only
-//! live with systemd running the system under the root (see
-//! `crate::watchdog`).
+//! timer, and on the running node the timer is enabled and started (see
+//! `crate::units`). Disabled: the drop-in goes, and the timer is disabled
+//! and stopped if it was on.
 
-use crate::applier::{run, systemctl_ok, Applier, HEADER, ROOT_OWNER};
-use crate::watchdog::systemd_runs;
+use crate::applier::{Applier, HEADER};
 use maculaos_config::Config;
-use maculaos_runner::Cmd;
 
 const AREA: &str = "backup";
 pub(crate) const DROPIN: &str = "/etc/systemd/system/maculaos-backup.timer.d/schedule.conf";
@@ -29,71 +24,17 @@ pub(crate) fn dropin_text(on_calendar: &str) -> String {
 
 pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     let b = &config.maculaos.backup;
-    if b.enabled {
-        let text = dropin_text(b.schedule.on_calendar());
-        let changed = a.put_file(AREA, DROPIN, text.as_bytes(), 0o644, ROOT_OWNER)?;
-        if !systemd_runs(a) {
-            return Ok(());
-        }
-        if !systemctl_ok(&["is-enabled", "--quiet", TIMER]) {
-            // `enable` also reloads systemd, which reads the new drop-in.
-            systemctl(
-                a,
-                ("enable and start", "enabled and started"),
-                &["enable", "--now"],
-            );
-            return Ok(());
-        }
-        if changed {
-            daemon_reload(a);
-        }
-        if !systemctl_ok(&["is-active", "--quiet", TIMER]) {
-            systemctl(a, ("start", "started"), &["start"]);
-        }
-    } else {
-        let removed = a.remove_file(AREA, DROPIN)?;
-        if !systemd_runs(a) {
-            return Ok(());
-        }
-        let on = systemctl_ok(&["is-enabled", "--quiet", TIMER])
-            || systemctl_ok(&["is-active", "--quiet", TIMER]);
-        if on {
-            // Reloads systemd too.
-            systemctl(
-                a,
-                ("disable and stop", "disabled and stopped"),
-                &["disable", "--now"],
-            );
-        } else if removed {
-            daemon_reload(a);
-        }
-    }
-    Ok(())
-}
-
-/// `systemctl ARGS --no-block maculaos-backup.timer`. `--no-block`: at boot
-/// this runs before sysinit.target, which a timer's start waits for.
-fn systemctl(a: &mut Applier, verbs: (&str, &str), args: &[&str]) {
-    let what = verbs.0;
-    a.act(AREA, verbs, TIMER, || {
-        run(Cmd::new("systemctl")
-            .args(args)
-            .arg("--no-block")
-            .arg(TIMER))
-        .map_err(|e| format!("could not {what} {TIMER}: {e}"))
-    });
-}
-
-fn daemon_reload(a: &mut Applier) {
-    a.act(
-        AREA,
-        ("reload", "reloaded"),
-        "systemd's units (the schedule changed)",
-        || {
-            run(Cmd::new("systemctl").arg("daemon-reload"))
-                .map_err(|e| format!("systemctl daemon-reload failed: {e}"))
+    let text = b.enabled.then(|| dropin_text(b.schedule.on_calendar()));
+    crate::units::switch(
+        a,
+        &crate::units::Switch {
+            area: AREA,
+            unit: TIMER,
+            dropin: DROPIN,
+            on: text.as_deref(),
+            restart_on_change: false,
         },
-    );
+    )
 }
 
 #[cfg(test)]

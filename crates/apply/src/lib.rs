@@ -3,7 +3,7 @@
 //! [`apply`] runs one applicator per part of the configuration, in a fixed
 //! order (hostname, mDNS announcement, SSH keys, network, DNS, NTP, modules, sysctl,
 //! environment, write_files, watchdog, backup, mesh, boot_cmd, run_cmd,
-//! services, k3s).
+//! services, embedded services, firewall, k3s).
 //! Each is independent: one that fails is reported in [`Report::errors`]
 //! and the others still run.
 //! Each is idempotent: a second run with the same configuration reports no
@@ -19,6 +19,7 @@ mod applier;
 mod backup_timer;
 mod commands;
 mod dropins;
+mod embedded;
 mod environment;
 mod firewall;
 mod hostname;
@@ -30,6 +31,7 @@ mod network;
 mod registry;
 mod services;
 mod ssh;
+mod units;
 mod users;
 mod watchdog;
 mod wireguard;
@@ -128,6 +130,7 @@ const STEPS: &[(&str, Step)] = &[
     ("run_cmd", commands::run_cmd),
     ("registry", registry::apply),
     ("services", services::apply),
+    ("embedded", embedded::apply),
     ("firewall", firewall::apply),
     ("k3s", k3s::apply),
 ];

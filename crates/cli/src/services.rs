@@ -560,6 +560,41 @@ fn uptime_now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// A unit's state in the words of `maculaos services`.
+fn state_word(st: &UnitState, stopped: bool) -> &'static str {
+    // A stop can leave the unit failed (a container that ignores SIGTERM
+    // is killed): the operator's stop is what counts then.
+    match (st.active.as_str(), stopped) {
+        ("active", _) => "running",
+        ("activating", _) if st.sub == "auto-restart" => "restarting",
+        ("activating", _) | ("reloading", _) => "starting",
+        (_, true) => "stopped",
+        ("failed", _) => "failed",
+        _ => "inactive",
+    }
+}
+
+/// An embedded service the configuration switches on (`metrics`), as a
+/// row: its Debian unit for an image, its ports, its built-in check.
+fn embedded_row(e: &maculaos_embedded::Embedded, seen: &Seen) -> Row {
+    let st = unit_state(e.unit);
+    let state = state_word(&st, false);
+    let (health, health_message) = health_word(seen.results.get(e.name));
+    Row {
+        name: e.name.to_string(),
+        image: format!("built in: {}", e.unit.trim_end_matches(".service")),
+        image_id: None,
+        state: state.to_string(),
+        uptime_s: (state == "running" && st.since_monotonic_us > 0)
+            .then(|| uptime_now_us().saturating_sub(st.since_monotonic_us) / 1_000_000),
+        restarts: st.restarts,
+        ports: e.ports.iter().map(|p| p.port.to_string()).collect(),
+        health,
+        health_message,
+        discovery: format!("not announced: built in ({})", e.key),
+    }
+}
+
 /// What the health agent last found of `name`'s check.
 fn health_of_row(
     name: &ServiceName,
@@ -569,7 +604,12 @@ fn health_of_row(
     if svc.health.is_none() {
         return ("-".into(), None);
     }
-    match results.get(&maculaos_services::check_name(name.as_str())) {
+    health_word(results.get(&maculaos_services::check_name(name.as_str())))
+}
+
+/// A check's latest result in the words of `maculaos services`.
+fn health_word(result: Option<&(State, String)>) -> (String, Option<String>) {
+    match result {
         Some((State::Pass, m)) => ("healthy".into(), Some(m.clone())),
         Some((State::Fail, m)) => ("unhealthy".into(), Some(m.clone())),
         Some((_, m)) => ("not checked".into(), Some(m.clone())),
@@ -600,16 +640,7 @@ fn row(name: &ServiceName, svc: &Service, seen: &Seen) -> Row {
     let unit = unit_name(name);
     let st = unit_state(&unit);
     let stopped = Path::new(&stopped_marker(name.as_str())).exists();
-    // A stop can leave the unit failed (a container that ignores SIGTERM
-    // is killed): the operator's stop is what counts then.
-    let state = match (st.active.as_str(), stopped) {
-        ("active", _) => "running",
-        ("activating", _) if st.sub == "auto-restart" => "restarting",
-        ("activating", _) | ("reloading", _) => "starting",
-        (_, true) => "stopped",
-        ("failed", _) => "failed",
-        _ => "inactive",
-    };
+    let state = state_word(&st, stopped);
     let image_id = (state == "running")
         .then(|| {
             Cmd::new("podman")
@@ -697,11 +728,17 @@ fn human_uptime(s: u64) -> String {
 pub fn list(json: bool) -> Result<ExitCode> {
     let config = maculaos_config::load(&maculaos_config::Paths::system()).config;
     let seen = Seen::now(&config);
-    let rows: Vec<Row> = config
+    let mut rows: Vec<Row> = config
         .services
         .iter()
         .map(|(n, s)| row(n, s, &seen))
         .collect();
+    let deployed = rows.len();
+    rows.extend(
+        maculaos_embedded::enabled(&config)
+            .iter()
+            .map(|e| embedded_row(e, &seen)),
+    );
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
@@ -734,7 +771,7 @@ pub fn list(json: bool) -> Result<ExitCode> {
                 .unwrap_or_default()
         );
     }
-    if let Some(r) = rows.first() {
+    if let Some(r) = rows.first().filter(|_| deployed > 0) {
         if let Some(why) = r.discovery.strip_prefix("not announced: ") {
             if !why.contains("does not run") {
                 println!("(not announced on the mesh: {why})");

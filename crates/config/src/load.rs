@@ -403,7 +403,45 @@ pub fn check(config: &Config, prov: &Provenance) -> Vec<Problem> {
     }
     check_watchdog(&config.maculaos.watchdog, &mut bad);
     check_backup(&config.maculaos.backup, &mut bad);
+    check_monitoring(config, &mut bad);
     out
+}
+
+/// The metrics' port (node-exporter runs as its own user: no port below
+/// 1024), and their name, which their health check and their row in
+/// `maculaos services` use while they are enabled.
+fn check_monitoring(config: &Config, bad: &mut impl FnMut(&str, String)) {
+    let p = &config.maculaos.monitoring.prometheus;
+    if p.port < 1024 {
+        bad(
+            "maculaos.monitoring.prometheus.port",
+            format!(
+                "{}: node-exporter does not run as root and cannot listen below 1024; \
+                 the usual port is 9100",
+                p.port
+            ),
+        );
+    }
+    if !p.enabled {
+        return;
+    }
+    const NAME: &str = "metrics";
+    let why = "is the name of the built-in metrics service while \
+               `monitoring.prometheus` is enabled; choose another";
+    for (i, c) in config.maculaos.health.checks.iter().enumerate() {
+        if c.name.trim() == NAME {
+            bad(
+                &format!("maculaos.health.checks.{i}"),
+                format!("check `{NAME}` {why}"),
+            );
+        }
+    }
+    if config.services.keys().any(|n| n.as_str() == NAME) {
+        bad(
+            &format!("services.{NAME}"),
+            format!("service `{NAME}` {why}"),
+        );
+    }
 }
 
 /// The keys a check of each type needs, and those it may have.
@@ -1244,6 +1282,23 @@ mod tests {
             p[0].contains("cluster routes come with the bootstrap role"),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn monitoring_checks() {
+        let p = cross_key("  monitoring:\n    prometheus: {port: 80}\n");
+        assert!(p[0].contains("cannot listen below 1024"), "{p:?}");
+        let p = cross_key(
+            "  monitoring:\n    prometheus: {enabled: true}\n  health:\n    checks:\n      - {name: metrics, type: unit, unit: x}\n",
+        );
+        assert!(
+            p[0].contains("check `metrics` is the name of the built-in"),
+            "{p:?}"
+        );
+        assert!(cross_key(
+            "  monitoring:\n    prometheus: {enabled: false}\n  health:\n    checks:\n      - {name: metrics, type: unit, unit: x}\n",
+        )
+        .is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::values::{
     AbsPath, AgeRecipient, BackupTarget, Cidr, Duration, EnvName, FileMode, FirewallPort, Host,
     HostPort, Hostname, HttpUrl, IfName, ImageRef, IpAddr, ModuleName, Owner, Percent, PortMap,
     RegistryEndpoint, RegistryHost, Schedule, ServiceName, Size, SshKey, SysctlKey, SysctlValue,
-    UnitName, UpgradeUrl, VolumeMap, WgKey,
+    UnitName, UpgradeUrl, UrlPath, VolumeMap, WgKey,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,14 @@ pub struct Config {
     /// The same as `maculaos.network` (plan §4.3 puts it here); `maculaos.network` wins.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
+    /// `maculaos.mesh` where the guide writes it ("Mesh Roles"): moved there
+    /// when the file is read (a file may not have both).
+    #[serde(skip_serializing)]
+    pub mesh: Option<Mesh>,
+    /// `maculaos.monitoring` where the guide writes it ("Remote
+    /// Monitoring"): moved there when the file is read.
+    #[serde(skip_serializing)]
+    pub monitoring: Option<Monitoring>,
     /// SSH public keys for the admin user `macula`, added to those of `maculaos.ssh.authorized_keys`.
     pub ssh_authorized_keys: Vec<SshKey>,
     /// Files written at every boot (before `boot_cmd`).
@@ -88,6 +96,47 @@ pub struct Maculaos {
     pub registry: Registry,
     /// Network security (plan §4.9.4).
     pub security: Security,
+    /// The node's metrics for a Prometheus server (guide "Remote Monitoring").
+    pub monitoring: Monitoring,
+}
+
+/// `maculaos.monitoring` (guide "Remote Monitoring"; the guide writes it at
+/// the top level, which is read as if it were here).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Monitoring {
+    /// Metrics in Prometheus's format.
+    pub prometheus: Prometheus,
+}
+
+/// `maculaos.monitoring.prometheus`: Debian's prometheus-node-exporter
+/// serves the machine's metrics and MaculaOS's own (`maculaos_*`: version,
+/// slot, updates, health checks, mesh). Not authenticated: the metrics are
+/// read-only; `allow_from` says who may reach them.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Prometheus {
+    /// Serve the metrics (default false).
+    pub enabled: bool,
+    /// TCP port (default 9100), opened in the firewall while enabled.
+    pub port: u16,
+    /// Where the metrics are served (default `/metrics`).
+    pub path: UrlPath,
+    /// Networks that may reach the port through the firewall; empty (the
+    /// default): any address that reaches the node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<Cidr>,
+}
+
+impl Default for Prometheus {
+    fn default() -> Prometheus {
+        Prometheus {
+            enabled: false,
+            port: 9100,
+            path: UrlPath::known("/metrics"),
+            allow_from: Vec::new(),
+        }
+    }
 }
 
 /// `maculaos.security` (plan §4.9.4).

@@ -2,7 +2,7 @@
 //! the schema on its own so that an error names the file it is in.
 
 use crate::error::Problem;
-use crate::schema::{Command, Config, K3s, Maculaos, WriteFile};
+use crate::schema::{Command, Config, K3s, Maculaos, Mesh, Monitoring, WriteFile};
 use crate::values::{Hostname, SshKey};
 use maculaos_boot::Cmdline;
 use serde::Deserialize;
@@ -55,9 +55,38 @@ fn yaml_map(name: &str, text: &str) -> Result<Mapping, Problem> {
 }
 
 fn parse_maculaos(name: &str, text: &str) -> Result<Value, Problem> {
-    let map = yaml_map(name, text)?;
+    let mut map = yaml_map(name, text)?;
     serde_yaml_ng::from_str::<Config>(text).map_err(|e| Problem::from_yaml(name, &e))?;
+    hoist_guide_sections(name, &mut map)?;
     Ok(Value::Mapping(map))
+}
+
+/// Sections the user guide writes at the top level (`mesh:`, `monitoring:`)
+/// that belong under `maculaos:`: moved there, so that the guide's examples
+/// work as written and every other reader sees one place.
+const GUIDE_SECTIONS: &[&str] = &["mesh", "monitoring"];
+
+fn hoist_guide_sections(name: &str, map: &mut Mapping) -> Result<(), Problem> {
+    for key in GUIDE_SECTIONS {
+        let Some(v) = map.remove(*key) else {
+            continue;
+        };
+        let under = map
+            .get("maculaos")
+            .and_then(Value::as_mapping)
+            .is_some_and(|m| m.contains_key(*key));
+        if under {
+            return Err(Problem::new(
+                name,
+                format!(
+                    "both `{key}:` and `maculaos.{key}:` are set in this file: they are the \
+                     same section, keep one"
+                ),
+            ));
+        }
+        set_path(map, &["maculaos", key], v, true);
+    }
+    Ok(())
 }
 
 /// The `#cloud-config` keys MaculaOS honours (cloud-init's names).
@@ -79,6 +108,10 @@ struct CloudConfig {
     maculaos: Maculaos,
     #[serde(default)]
     k3s: K3s,
+    #[serde(default)]
+    mesh: Option<Mesh>,
+    #[serde(default)]
+    monitoring: Option<Monitoring>,
 }
 
 fn parse_user_data(name: &str, text: &str) -> Result<Value, Problem> {
@@ -105,6 +138,7 @@ fn parse_user_data(name: &str, text: &str) -> Result<Value, Problem> {
     if let Some(h) = map.remove("hostname") {
         set_path(&mut map, &["maculaos", "hostname"], h, false);
     }
+    hoist_guide_sections(name, &mut map)?;
     Ok(Value::Mapping(map))
 }
 
@@ -276,6 +310,31 @@ mod tests {
     }
 
     #[test]
+    fn guide_sections_at_the_top_level_move_under_maculaos() {
+        let text = "mesh:\n  role: bootstrap\nmonitoring:\n  prometheus:\n    enabled: true\n";
+        let s = parse("f", text, Format::Maculaos).unwrap();
+        assert_eq!(get(&s.value, "maculaos.mesh.role").unwrap(), "bootstrap");
+        assert_eq!(
+            get(&s.value, "maculaos.monitoring.prometheus.enabled").unwrap(),
+            &Value::Bool(true)
+        );
+        assert!(get(&s.value, "mesh").is_none() && get(&s.value, "monitoring").is_none());
+        let text = "maculaos:\n  hostname: a\n  mesh:\n    realm: r\nmesh:\n  role: peer\n";
+        let p = parse("f", text, Format::Maculaos).unwrap_err();
+        assert!(
+            p.to_string().contains("both `mesh:` and `maculaos.mesh:`"),
+            "{p}"
+        );
+        let p = parse(
+            "f",
+            "monitoring:\n  prometheus:\n    port: x\n",
+            Format::Maculaos,
+        )
+        .unwrap_err();
+        assert!(p.to_string().starts_with("f:3:"), "{p}");
+    }
+
+    #[test]
     fn cloud_config_maps_to_our_names() {
         let text = "#cloud-config\nhostname: node-7\nruncmd:\n  - echo hi\nbootcmd:\n  - [touch, /x]\nssh_authorized_keys:\n  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB me\nmaculaos:\n  modules: [dummy]\n";
         let s = parse("user-data", text, Format::UserData).unwrap();
@@ -293,6 +352,16 @@ mod tests {
         let text = "#cloud-config\nhostname: a\nmaculaos:\n  hostname: b\n";
         let s = parse("u", text, Format::UserData).unwrap();
         assert_eq!(get(&s.value, "maculaos.hostname").unwrap(), "b");
+    }
+
+    #[test]
+    fn cloud_config_takes_the_guide_sections_too() {
+        let text = "#cloud-config\nmonitoring:\n  prometheus:\n    enabled: true\n";
+        let s = parse("user-data", text, Format::UserData).unwrap();
+        assert_eq!(
+            get(&s.value, "maculaos.monitoring.prometheus.enabled").unwrap(),
+            &Value::Bool(true)
+        );
     }
 
     #[test]

@@ -506,6 +506,37 @@ impl AbsPath {
     }
 }
 
+fn check_url_path(s: &str) -> Result<(), String> {
+    let ok = s.len() > 1
+        && s.len() <= 200
+        && s.starts_with('/')
+        && !s.contains("//")
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '.' | '_' | '~'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a URL path such as /metrics (a '/' then letters, digits and \
+             '/-._~', no query, not `/` alone)"
+        ))
+    }
+}
+
+checked_string!(
+    /// The path part of a URL (`/metrics`).
+    UrlPath,
+    check_url_path,
+    "a URL path (/metrics)"
+);
+
+impl UrlPath {
+    /// A path known to be good (the defaults).
+    pub(crate) fn known(s: &str) -> UrlPath {
+        UrlPath(s.to_string())
+    }
+}
+
 /// Suffixes of systemd unit types: a name without one is a service.
 const UNIT_SUFFIXES: &[&str] = &[
     ".service",
@@ -1129,9 +1160,17 @@ fn check_wg_key(s: &str) -> Result<(), String> {
     use base64::Engine;
     match base64::engine::general_purpose::STANDARD.decode(s) {
         Ok(k) if k.len() == 32 => Ok(()),
+        // The value is not repeated: it may be a private key mistyped.
+        _ if s.starts_with("${") => Err(
+            "a variable such as ${WIREGUARD_PRIVATE_KEY} is not a WireGuard key: \
+             config.yaml does not expand variables; write the key itself (`wg genkey` \
+             prints one), or leave `private_key` out and the node makes its own"
+                .into(),
+        ),
         _ => Err(format!(
-            "`{s}` is not a WireGuard key (44 characters of base64, as `wg genkey` and \
-             `wg pubkey` print)"
+            "this value ({} characters) is not a WireGuard key (44 characters of base64, \
+             as `wg genkey` and `wg pubkey` print)",
+            s.chars().count()
         )),
     }
 }
@@ -1191,6 +1230,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn url_paths() {
+        for good in ["/metrics", "/a/b-c.d_e~f"] {
+            assert!(check_url_path(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "", "/", "metrics", "/a b", "/a?b", "/a#b", "/a//b", "/a%20", "/$x", "/a\"b", "/a'b",
+        ] {
+            assert!(
+                check_url_path(bad).unwrap_err().contains("not a URL path"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn wireguard_keys_and_interface_names() {
         let key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
         assert!(check_wg_key(key).is_ok());
@@ -1201,13 +1255,17 @@ mod tests {
             "abc",
             "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3f",
         ] {
+            let e = check_wg_key(bad).unwrap_err();
+            assert!(e.contains("not a WireGuard key"), "{bad}: {e}");
+            // A bad key, perhaps a private one, is never repeated.
             assert!(
-                check_wg_key(bad)
-                    .unwrap_err()
-                    .contains("not a WireGuard key"),
-                "{bad}"
+                bad.len() < 4 || bad.starts_with("${") || !e.contains(bad),
+                "{e}"
             );
         }
+        assert!(check_wg_key("${WIREGUARD_PRIVATE_KEY}")
+            .unwrap_err()
+            .contains("does not expand variables"));
         assert!(check_ifname("wg-macula").is_ok());
         for bad in ["", "wg macula", "a/b", "0123456789abcdef", ".."] {
             assert!(check_ifname(bad).is_err(), "{bad}");

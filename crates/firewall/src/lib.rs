@@ -121,6 +121,16 @@ pub fn openings(config: &Config, facts: &Facts) -> Vec<Opening> {
             None,
         );
     }
+    for e in maculaos_embedded::enabled(config) {
+        for p in e.ports {
+            out.push(Opening {
+                port: p.port,
+                from: p.from,
+                why: format!("{} ({})", e.name, e.key),
+                limit_per_minute: None,
+            });
+        }
+    }
     for a in &fw.allow {
         out.push(Opening {
             port: a.port.clone(),
@@ -379,6 +389,25 @@ mod tests {
             r.contains("tcp dport 8080 accept comment \"firewall.allow\""),
             "{r}"
         );
+    }
+
+    #[test]
+    fn an_embedded_service_opens_its_port_while_enabled() {
+        let c = config(
+            "maculaos:\n  monitoring:\n    prometheus: {enabled: true, allow_from: [192.168.7.0/24]}\n",
+        );
+        let o = openings(&c, &Facts::default());
+        let m = o.iter().find(|o| o.port.to_string() == "9100/tcp").unwrap();
+        assert_eq!(m.why, "metrics (maculaos.monitoring.prometheus)");
+        let r = ruleset(true, &o, None);
+        assert!(
+            r.contains("ip saddr 192.168.7.0/24 tcp dport 9100 accept comment \"metrics (maculaos.monitoring.prometheus)\""),
+            "{r}"
+        );
+        let c = config("maculaos:\n  monitoring:\n    prometheus: {enabled: false}\n");
+        assert!(!openings(&c, &Facts::default())
+            .iter()
+            .any(|o| o.port.to_string() == "9100/tcp"));
     }
 
     #[test]

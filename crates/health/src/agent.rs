@@ -1296,6 +1296,7 @@ pub fn run(paths: &Paths, observer: &dyn Observer) -> anyhow::Result<()> {
             .unwrap_or_default()
     ));
     arm_watchdog(&loaded.config, &root);
+    start_metrics(paths.clone());
     observer.configured(&watching, &scheduler.names());
     let mut status = format!("starting: {n} checks");
     systemd.send(&notify_message(&[("READY", "1"), ("STATUS", &status)]));
@@ -1367,6 +1368,56 @@ pub fn run(paths: &Paths, observer: &dyn Observer) -> anyhow::Result<()> {
                 bail!("the channel of check results closed")
             }
         }
+    }
+}
+
+/// MaculaOS's own metrics for node-exporter (`maculaos.monitoring.prometheus`),
+/// on a thread of their own (asking NATS may take up to its timeout): this
+/// boot counted once, then every [`maculaos_metrics::EVERY`] the textfile
+/// written while metrics are enabled, and removed once they are not. A
+/// failure is said once until it changes, never fatal.
+fn start_metrics(paths: Paths) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            let root = paths.root.clone();
+            let boots = maculaos_metrics::count_boot(&root);
+            let mut said = String::new();
+            loop {
+                let config = maculaos_config::load(&paths).config;
+                let done = if config.maculaos.monitoring.prometheus.enabled {
+                    let checks = crate::latest_results(&paths)
+                        .into_iter()
+                        .filter_map(|(name, (state, _))| match state {
+                            State::Pass | State::Warn => Some((name, true)),
+                            State::Fail => Some((name, false)),
+                            State::Skip => None,
+                        })
+                        .collect();
+                    let facts = maculaos_metrics::gather(&root, &config, checks, boots);
+                    let text = maculaos_metrics::render(&maculaos_metrics::families(&facts));
+                    maculaos_metrics::write(&root, &text)
+                } else {
+                    maculaos_metrics::remove(&root)
+                };
+                let now = match done {
+                    Ok(()) => String::new(),
+                    Err(e) => format!(
+                        "maculaos agent: cannot write {}: {e}",
+                        maculaos_metrics::file(&root).display()
+                    ),
+                };
+                if now != said && !now.is_empty() {
+                    emit(&now);
+                }
+                said = now;
+                std::thread::sleep(maculaos_metrics::EVERY);
+            }
+        });
+    if let Err(e) = spawned {
+        emit(&format!(
+            "maculaos agent: no metrics: cannot start their thread: {e}"
+        ));
     }
 }
 

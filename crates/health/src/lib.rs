@@ -414,12 +414,18 @@ pub fn boot_checks() -> Vec<Check> {
 }
 
 /// `maculaos:` with the checks of `services:` (`services.NAME.health`)
-/// after its own: what the agent and `maculaos health` run.
+/// after its own, then those of the embedded services that are enabled
+/// (`metrics`): what the agent and `maculaos health` run.
 pub fn watched(config: &maculaos_config::Config) -> maculaos_config::Maculaos {
     let mut m = config.maculaos.clone();
     m.health
         .checks
         .extend(maculaos_services::health_checks(&config.services));
+    m.health.checks.extend(
+        maculaos_embedded::enabled(config)
+            .into_iter()
+            .map(|e| e.check),
+    );
     m
 }
 

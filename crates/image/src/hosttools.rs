@@ -66,6 +66,12 @@ pub const TEST: &[Tool] = &[
     t("/usr/sbin/nats-server", "nats-server"),
     // services-registry pushes to and deploys from a registry on the host.
     t("docker-registry", "docker-registry"),
+    // metrics reads what a node serves with the Prometheus client library's
+    // own parser of the text format.
+    t(
+        "/usr/lib/python3/dist-packages/prometheus_client/parser.py",
+        "python3-prometheus-client",
+    ),
 ];
 
 /// The Debian packages whose tools are missing, deduplicated, in order.

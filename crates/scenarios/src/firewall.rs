@@ -92,7 +92,7 @@ fn listen(ssh: &Ssh) -> Result<()> {
 
 /// curl's exit status for the page at `addr:port` from `ssh`'s node: 0
 /// served, 7 refused (nothing listens, or a reset), 28 timed out (dropped).
-fn fetch_port(ssh: &Ssh, addr: &str, port: u16) -> Result<i32> {
+pub(crate) fn fetch_port(ssh: &Ssh, addr: &str, port: u16) -> Result<i32> {
     let out = ssh.run_timeout(
         &format!("curl -s -m 4 -o /dev/null http://{addr}:{port}/; echo \"exit=$?\""),
         CMD_TIMEOUT,

@@ -19,6 +19,7 @@ mod harness;
 mod install;
 mod lan;
 mod mesh;
+mod metrics;
 mod nats;
 mod pool;
 mod recovery;
@@ -110,6 +111,7 @@ const FIRST: &[&str] = &[
     "services-registry",
     "firewall",
     "wireguard",
+    "metrics",
     "factory-reset",
     "mesh-realm",
     "mesh-gateway",
@@ -546,8 +548,8 @@ fn timing_lines(timings: &[Timing]) -> String {
         .iter()
         .map(|t| {
             // Most are seconds; a few are benchmarks whose name ends in
-            // their unit: "(MiB)", "(ms)", "(msgs/s)".
-            let unit = if ["(MiB)", "(ms)", "(msgs/s)"]
+            // their unit: "(MiB)", "(KiB)", "(ms)", "(msgs/s)".
+            let unit = if ["(MiB)", "(KiB)", "(ms)", "(msgs/s)"]
                 .iter()
                 .any(|u| t.what.ends_with(u))
             {

@@ -165,6 +165,12 @@ pub fn all() -> Vec<Scenario> {
             pool: true,
         },
         Scenario {
+            name: "metrics",
+            about: "the guide's monitoring.prometheus block, at the top level as the guide writes it, starts node-exporter; another node on the LAN scrapes it and the Prometheus client library's parser reads the machine's metrics and MaculaOS's own (version and slot as `info` says, boots, health checks: the agent's `metrics` check passing); services, health and firewall show list it; a bad path is refused naming the file; without the block the service stops and the port is dropped again, as before it was enabled",
+            run: crate::metrics::metrics,
+            pool: true,
+        },
+        Scenario {
             name: "guide-commands",
             about: "every node command of the user guide's code blocks, typed as written by the admin user: each does its job (backup to and restore from /mnt/usb, shell, logs network, network status) or fails only for a reason it states (no update server, empty slot B, repair outside recovery mode, factory without a terminal to ask); factory --yes --no-reboot is asked for and withdrawn",
             run: crate::guide::guide_commands,

@@ -1,0 +1,96 @@
+//! Units of the image that the configuration switches on and off (the
+//! backup timer, the embedded services): a drop-in holds the settings, and
+//! on the running node the unit is enabled and started, or disabled and
+//! stopped. `systemctl enable` links the unit into /etc, which is rebuilt
+//! at every boot: the step that calls this links it again at every boot.
+//! systemctl is run only live with systemd running the system under the
+//! root (see `crate::watchdog`), with `--no-block`: at boot this runs
+//! before sysinit.target, which the unit's start waits for.
+
+use crate::applier::{run, systemctl_ok, Applier, ROOT_OWNER};
+use crate::watchdog::systemd_runs;
+use maculaos_runner::Cmd;
+
+/// What to do with a unit.
+pub(crate) struct Switch<'a> {
+    pub area: &'a str,
+    pub unit: &'a str,
+    pub dropin: &'a str,
+    /// The drop-in's text when the unit is wanted; `None`: off.
+    pub on: Option<&'a str>,
+    /// Restart the running unit when its drop-in changed (a service reads
+    /// its settings when it starts; a timer's are read by the reload).
+    pub restart_on_change: bool,
+}
+
+pub(crate) fn switch(a: &mut Applier, s: &Switch) -> Result<(), String> {
+    let Some(text) = s.on else {
+        let removed = a.remove_file(s.area, s.dropin)?;
+        if !systemd_runs(a) {
+            return Ok(());
+        }
+        let on = systemctl_ok(&["is-enabled", "--quiet", s.unit])
+            || systemctl_ok(&["is-active", "--quiet", s.unit]);
+        if on {
+            // Reloads systemd too.
+            systemctl(
+                a,
+                s,
+                ("disable and stop", "disabled and stopped"),
+                &["disable", "--now"],
+            );
+        } else if removed {
+            daemon_reload(a, s.area);
+        }
+        return Ok(());
+    };
+    let changed = a.put_file(s.area, s.dropin, text.as_bytes(), 0o644, ROOT_OWNER)?;
+    if !systemd_runs(a) {
+        return Ok(());
+    }
+    let active = systemctl_ok(&["is-active", "--quiet", s.unit]);
+    if !systemctl_ok(&["is-enabled", "--quiet", s.unit]) {
+        // `enable` also reloads systemd, which reads the new drop-in.
+        systemctl(
+            a,
+            s,
+            ("enable and start", "enabled and started"),
+            &["enable", "--now"],
+        );
+        if active && changed && s.restart_on_change {
+            systemctl(a, s, ("restart", "restarted"), &["restart"]);
+        }
+        return Ok(());
+    }
+    if changed {
+        daemon_reload(a, s.area);
+    }
+    if !active {
+        systemctl(a, s, ("start", "started"), &["start"]);
+    } else if changed && s.restart_on_change {
+        systemctl(a, s, ("restart", "restarted"), &["restart"]);
+    }
+    Ok(())
+}
+
+/// `systemctl ARGS --no-block UNIT`.
+fn systemctl(a: &mut Applier, s: &Switch, verbs: (&str, &str), args: &[&str]) {
+    let what = verbs.0;
+    let unit = s.unit;
+    a.act(s.area, verbs, unit, || {
+        run(Cmd::new("systemctl").args(args).arg("--no-block").arg(unit))
+            .map_err(|e| format!("could not {what} {unit}: {e}"))
+    });
+}
+
+fn daemon_reload(a: &mut Applier, area: &str) {
+    a.act(
+        area,
+        ("reload", "reloaded"),
+        "systemd's units (a drop-in changed)",
+        || {
+            run(Cmd::new("systemctl").arg("daemon-reload"))
+                .map_err(|e| format!("systemctl daemon-reload failed: {e}"))
+        },
+    );
+}
