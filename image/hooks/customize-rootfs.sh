@@ -10,6 +10,14 @@ chroot "$root" useradd --create-home --shell /bin/bash --groups sudo,systemd-jou
 chroot "$root" passwd --lock macula >/dev/null
 chroot "$root" passwd --lock root >/dev/null
 
+# The git server's account (maculaos.gitops, `ssh://git@NODE:23231/REPO.git`):
+# its own sshd lets it in by key only and runs nothing but git for it; the
+# main sshd denies it. No password (`*`, not locked: sshd without PAM
+# refuses keys of a locked account).
+chroot "$root" useradd --system --user-group --no-create-home --home-dir /var/lib/git \
+    --shell /bin/sh --comment "MaculaOS git server" git
+chroot "$root" usermod --password '*' git
+
 # Host keys are per machine: maculaos-init creates them on first boot under
 # /var/lib/maculaos/ssh. Keys baked into an image would be shared by every node.
 rm -f "$root"/etc/ssh/ssh_host_*

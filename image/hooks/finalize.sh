@@ -12,11 +12,12 @@ systemctl enable --quiet systemd-networkd.service systemd-resolved.service ssh.s
     maculaos-install.service maculaos-agent.service maculaos-firstboot.service \
     maculaos-nats.service maculaos-meshd.service maculaos-mesh-apply.path \
     avahi-daemon.service
+# Nor maculaos-git.service: apply enables it while maculaos.gitops is on.
 # Not maculaos-backup.timer: `maculaos apply` enables it when
 # maculaos.backup.enabled is true.
 # The embedded services' own units, which their packages enable: `maculaos
 # apply` enables each one the configuration switches on, at every boot.
-systemctl disable --quiet prometheus-node-exporter.service
+systemctl disable --quiet prometheus-node-exporter.service mosquitto.service
 systemctl set-default --quiet multi-user.target
 # The root is read-only at run time: the mount point the guide uses for an
 # update stick (`maculaos upgrade --from /mnt/usb/`) must exist in the image.

@@ -33,6 +33,7 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
             dropin: DROPIN,
             on: text.as_deref(),
             restart_on_change: false,
+            files_changed: false,
         },
     )
 }

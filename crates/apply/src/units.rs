@@ -21,6 +21,9 @@ pub(crate) struct Switch<'a> {
     /// Restart the running unit when its drop-in changed (a service reads
     /// its settings when it starts; a timer's are read by the reload).
     pub restart_on_change: bool,
+    /// Files the unit reads changed (written by the caller): restart it
+    /// too, when `restart_on_change`.
+    pub files_changed: bool,
 }
 
 pub(crate) fn switch(a: &mut Applier, s: &Switch) -> Result<(), String> {
@@ -44,7 +47,8 @@ pub(crate) fn switch(a: &mut Applier, s: &Switch) -> Result<(), String> {
         }
         return Ok(());
     };
-    let changed = a.put_file(s.area, s.dropin, text.as_bytes(), 0o644, ROOT_OWNER)?;
+    let dropin_changed = a.put_file(s.area, s.dropin, text.as_bytes(), 0o644, ROOT_OWNER)?;
+    let changed = dropin_changed || s.files_changed;
     if !systemd_runs(a) {
         return Ok(());
     }
@@ -62,7 +66,7 @@ pub(crate) fn switch(a: &mut Applier, s: &Switch) -> Result<(), String> {
         }
         return Ok(());
     }
-    if changed {
+    if dropin_changed {
         daemon_reload(a, s.area);
     }
     if !active {

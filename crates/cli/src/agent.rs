@@ -1,5 +1,6 @@
 //! `maculaos agent`: the health agent (maculaos-health) with the dashboard
-//! (maculaos-dashboard) on its own thread, fed by the agent.
+//! (maculaos-dashboard) on its own thread, fed by the agent, and the
+//! alerts (maculaos-alerts) on another.
 
 use anyhow::Result;
 use maculaos_config::Paths;
@@ -20,6 +21,10 @@ pub fn run() -> Result<()> {
             Ok(_) => println!("event: dashboard: serving http://{listen}/"),
             Err(e) => println!("event: dashboard: {e:#}"),
         }
+    }
+    // Without alerts the agent still has checks to run.
+    if let Err(e) = maculaos_alerts::spawn(paths.clone()) {
+        println!("event: alerts: cannot start their thread: {e}");
     }
     maculaos_health::agent::run(&paths, &feed)
 }

@@ -143,6 +143,11 @@ enum Command {
     /// intervals, restarts failed units, cleans up a full disk, feeds
     /// systemd's watchdog; events go to the journal (`maculaos logs maculaos-agent`).
     Agent,
+    /// The git server's forced command (`maculaos.gitops`): sshd runs it
+    /// for every session of the user git; it serves fetch and push of the
+    /// repositories under ROOT and nothing else.
+    #[command(hide = true)]
+    GitServe { root: String },
     /// Run the node's checks; exit code 0 only when none fails.
     Health {
         /// Machine-readable output.
@@ -308,6 +313,7 @@ fn main() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::GitServe { root } => git_serve(&root),
         Command::Health { json, boot: true } => slots::boot_check(json),
         Command::Health { json, boot: false } => {
             let checks = maculaos_health::run(&maculaos_config::Paths::system());
@@ -323,6 +329,71 @@ fn main() -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// Serves the git request sshd passed in `SSH_ORIGINAL_COMMAND` from the
+/// repositories under `root` (a push creates a repository that does not
+/// exist).
+fn git_serve(root: &str) -> Result<ExitCode> {
+    use maculaos_embedded::git;
+    use std::os::unix::process::CommandExt;
+    let asked = std::env::var("SSH_ORIGINAL_COMMAND").ok();
+    let req = match git::parse(asked.as_deref()) {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!("maculaos: {why}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let dir = req.dir(root);
+    if std::path::Path::new(&dir).join("HEAD").exists() {
+        let err = std::process::Command::new(req.op.program())
+            .arg(&dir)
+            .exec();
+        return Err(anyhow::anyhow!("running {}: {err}", req.op.program()));
+    }
+    if req.op != git::Op::ReceivePack {
+        eprintln!(
+            "maculaos: no repository `{}` on this node (a push creates it)",
+            req.repo
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let made = std::process::Command::new("git")
+        .args(["init", "--quiet", "--bare", "--initial-branch=main", &dir])
+        .status()?;
+    if !made.success() {
+        eprintln!("maculaos: could not create the repository `{}`", req.repo);
+        return Ok(ExitCode::FAILURE);
+    }
+    let pushed = std::process::Command::new(req.op.program())
+        .arg(&dir)
+        .status()?;
+    // The first push names the default branch (`main` unless it pushed
+    // only another one), so that a clone checks it out.
+    let branches = std::process::Command::new("git")
+        .args([
+            "-C",
+            &dir,
+            "for-each-ref",
+            "--format=%(refname)",
+            "refs/heads/",
+        ])
+        .output()?;
+    let branches = String::from_utf8_lossy(&branches.stdout);
+    let branches: Vec<&str> = branches.lines().collect();
+    if !branches.contains(&"refs/heads/main") {
+        if let Some(first) = branches.first() {
+            let _ = std::process::Command::new("git")
+                .args(["-C", &dir, "symbolic-ref", "HEAD", first])
+                .status();
+        }
+    }
+    Ok(if pushed.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]

@@ -404,12 +404,23 @@ pub fn check(config: &Config, prov: &Provenance) -> Vec<Problem> {
     check_watchdog(&config.maculaos.watchdog, &mut bad);
     check_backup(&config.maculaos.backup, &mut bad);
     check_monitoring(config, &mut bad);
+    check_mqtt(config, &mut bad);
+    check_gitops(config, &mut bad);
+    let mut names = Vec::new();
+    for (i, a) in config.maculaos.alerts.iter().enumerate() {
+        if names.contains(&a.name.as_str()) {
+            bad(
+                &format!("maculaos.alerts.{i}.name"),
+                format!("alert `{}` is listed twice", a.name),
+            );
+        }
+        names.push(a.name.as_str());
+    }
     out
 }
 
 /// The metrics' port (node-exporter runs as its own user: no port below
-/// 1024), and their name, which their health check and their row in
-/// `maculaos services` use while they are enabled.
+/// 1024).
 fn check_monitoring(config: &Config, bad: &mut impl FnMut(&str, String)) {
     let p = &config.maculaos.monitoring.prometheus;
     if p.port < 1024 {
@@ -422,24 +433,105 @@ fn check_monitoring(config: &Config, bad: &mut impl FnMut(&str, String)) {
             ),
         );
     }
-    if !p.enabled {
-        return;
+    if p.enabled {
+        reserve_name(config, "metrics", "monitoring.prometheus", bad);
     }
-    const NAME: &str = "metrics";
-    let why = "is the name of the built-in metrics service while \
-               `monitoring.prometheus` is enabled; choose another";
-    for (i, c) in config.maculaos.health.checks.iter().enumerate() {
-        if c.name.trim() == NAME {
+}
+
+/// The broker's users: each named once, with a password; a broker that
+/// nobody could use is refused.
+fn check_mqtt(config: &Config, bad: &mut impl FnMut(&str, String)) {
+    let m = &config.maculaos.edge.mqtt;
+    let mut seen = Vec::new();
+    for (i, u) in m.users.iter().enumerate() {
+        if seen.contains(&u.name.as_str()) {
             bad(
-                &format!("maculaos.health.checks.{i}"),
-                format!("check `{NAME}` {why}"),
+                &format!("maculaos.edge.mqtt.users.{i}.name"),
+                format!("user `{}` is listed twice", u.name),
+            );
+        }
+        seen.push(u.name.as_str());
+        if u.password.is_empty() {
+            bad(
+                &format!("maculaos.edge.mqtt.users.{i}.password"),
+                format!("user `{}` has an empty password", u.name),
             );
         }
     }
-    if config.services.keys().any(|n| n.as_str() == NAME) {
+    if m.websocket_port == Some(m.port) {
         bad(
-            &format!("services.{NAME}"),
-            format!("service `{NAME}` {why}"),
+            "maculaos.edge.mqtt.websocket_port",
+            format!("{}: the same port as `port`; the usual one is 9001", m.port),
+        );
+    }
+    if !m.enabled {
+        return;
+    }
+    if m.users.is_empty() && !m.allow_anonymous {
+        bad(
+            "maculaos.edge.mqtt",
+            "enabled with no `users` and `allow_anonymous: false`: no client could connect; \
+             add users (`users: [{name: sensor, password: ...}]`) or allow anonymous clients"
+                .into(),
+        );
+    }
+    reserve_name(config, "mqtt", "edge.mqtt", bad);
+}
+
+/// The git server's port (not SSH's own), and someone who may use it.
+fn check_gitops(config: &Config, bad: &mut impl FnMut(&str, String)) {
+    let g = &config.maculaos.gitops;
+    if g.port == 22 || g.port == 0 {
+        bad(
+            "maculaos.gitops.port",
+            format!(
+                "{}: not a port the git server can have (SSH has 22); the usual one is 23231",
+                g.port
+            ),
+        );
+    }
+    // /var/lib/maculaos is root's only: the user git could not reach it.
+    if g.data_path.as_str().starts_with("/var/lib/maculaos/") {
+        bad(
+            "maculaos.gitops.data_path",
+            format!(
+                "`{}`: /var/lib/maculaos is root's only and the git server runs as the user \
+                 git; use another directory under /var, such as /var/lib/git",
+                g.data_path
+            ),
+        );
+    }
+    if !g.enabled {
+        return;
+    }
+    if config.git_keys().is_empty() {
+        bad(
+            "maculaos.gitops",
+            "enabled with no key that may use it: add `authorized_keys`, or give the admin \
+             user keys (`maculaos.ssh.authorized_keys`)"
+                .into(),
+        );
+    }
+    reserve_name(config, "git", "gitops", bad);
+}
+
+/// An enabled embedded service's name, which its health check and its row
+/// in `maculaos services` use: a check or a service of the same name would
+/// be mistaken for it.
+fn reserve_name(config: &Config, name: &str, key: &str, bad: &mut impl FnMut(&str, String)) {
+    let why = format!("is the name of the built-in service `maculaos.{key}` runs; choose another");
+    for (i, c) in config.maculaos.health.checks.iter().enumerate() {
+        if c.name.trim() == name {
+            bad(
+                &format!("maculaos.health.checks.{i}"),
+                format!("check `{name}` {why}"),
+            );
+        }
+    }
+    if config.services.keys().any(|n| n.as_str() == name) {
+        bad(
+            &format!("services.{name}"),
+            format!("service `{name}` {why}"),
         );
     }
 }
@@ -1299,6 +1391,129 @@ mod tests {
             "  monitoring:\n    prometheus: {enabled: false}\n  health:\n    checks:\n      - {name: metrics, type: unit, unit: x}\n",
         )
         .is_empty());
+    }
+
+    #[test]
+    fn mqtt_checks() {
+        let p = cross_key("  edge:\n    mqtt: {enabled: true}\n");
+        assert_eq!(
+            p,
+            [format!("{AT}maculaos.edge.mqtt: enabled with no `users` and `allow_anonymous: false`: no client could connect; add users (`users: [{{name: sensor, password: ...}}]`) or allow anonymous clients")]
+        );
+        assert!(
+            cross_key("  edge:\n    mqtt: {enabled: true, allow_anonymous: true}\n").is_empty()
+        );
+        let p = cross_key(
+            "  edge:\n    mqtt:\n      enabled: true\n      websocket_port: 1883\n      users:\n        - {name: a, password: x}\n        - {name: a, password: ''}\n",
+        );
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p[0].contains("users.1.name: user `a` is listed twice"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].contains("users.1.password: user `a` has an empty password"),
+            "{p:?}"
+        );
+        assert!(
+            p[2].contains("websocket_port: 1883: the same port as `port`"),
+            "{p:?}"
+        );
+        // A name the YAML reader refuses, at its line.
+        let n = Node::new();
+        n.write(
+            "var/lib/maculaos/config.yaml",
+            "maculaos:\n  edge:\n    mqtt:\n      users:\n        - {name: 'a:b', password: x}\n",
+        );
+        let l = load(&n.paths());
+        assert!(
+            l.problems[0]
+                .to_string()
+                .contains("`a:b` is not an MQTT user name"),
+            "{:?}",
+            l.problems
+        );
+        let p = cross_key(
+            "  edge:\n    mqtt: {enabled: true, allow_anonymous: true}\n  health:\n    checks:\n      - {name: mqtt, type: unit, unit: x}\n",
+        );
+        assert!(
+            p[0].contains("check `mqtt` is the name of the built-in service `maculaos.edge.mqtt`"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn alerts_as_the_guide_writes_them() {
+        let n = Node::new();
+        const GUIDE: &str = "alerts:\n  - name: disk_full\n    condition: disk_usage > 90%\n    topic: io.mycompany.alerts.disk_full\n";
+        n.write("var/lib/maculaos/config.yaml", GUIDE);
+        let l = load(&n.paths());
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        let a = &l.config.maculaos.alerts;
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].condition.as_str(), "disk_usage > 90%");
+        assert_eq!(
+            a[0].topic.as_ref().map(|t| t.as_str()),
+            Some("io.mycompany.alerts.disk_full")
+        );
+        n.write(
+            "var/lib/maculaos/config.yaml",
+            &format!("{GUIDE}  - {{name: disk_full, condition: load > 3}}\n"),
+        );
+        let l = load(&n.paths());
+        let p: Vec<String> = l.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            p,
+            [format!(
+                "{AT}maculaos.alerts.1.name: alert `disk_full` is listed twice"
+            )]
+        );
+        n.write(
+            "var/lib/maculaos/config.yaml",
+            "alerts:\n  - {name: x, condition: disk_usage > 90 percent}\n",
+        );
+        let l = load(&n.paths());
+        assert!(
+            l.problems[0]
+                .to_string()
+                .contains("is not an alert condition such as `disk_usage > 90%`"),
+            "{:?}",
+            l.problems
+        );
+    }
+
+    #[test]
+    fn gitops_checks() {
+        let p = cross_key("  gitops: {enabled: true}\n");
+        assert!(
+            p[0].contains("maculaos.gitops: enabled with no key that may use it"),
+            "{p:?}"
+        );
+        // The admin's keys are enough.
+        assert!(cross_key(
+            "  gitops: {enabled: true}\n  ssh:\n    authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb2Q3M5dG7d8m1oQ6pP0c3W0uW2mGq0mY8m6r8b9Vq3 op']\n",
+        )
+        .is_empty());
+        let p = cross_key("  gitops: {data_path: /var/lib/maculaos/git}\n");
+        assert!(p[0].contains("/var/lib/maculaos is root's only"), "{p:?}");
+        let p = cross_key("  gitops: {port: 22}\n");
+        assert!(
+            p[0].contains("maculaos.gitops.port: 22: not a port the git server can have"),
+            "{p:?}"
+        );
+        let n = Node::new();
+        n.write(
+            "var/lib/maculaos/config.yaml",
+            "maculaos:\n  gitops:\n    data_path: /etc/git\n",
+        );
+        let l = load(&n.paths());
+        assert!(
+            l.problems[0]
+                .to_string()
+                .contains("`/etc/git` is not a directory under /var"),
+            "{:?}",
+            l.problems
+        );
     }
 
     #[test]

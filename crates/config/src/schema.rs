@@ -6,12 +6,14 @@
 //! file modes…) are checked while they are read, through the newtypes in
 //! [`crate::values`]: their errors carry the file, line and column.
 
+pub use crate::values::MqttUser;
 use crate::values::{
     AbsPath, AgeRecipient, BackupTarget, Cidr, Duration, EnvName, FileMode, FirewallPort, Host,
     HostPort, Hostname, HttpUrl, IfName, ImageRef, IpAddr, ModuleName, Owner, Percent, PortMap,
     RegistryEndpoint, RegistryHost, Schedule, ServiceName, Size, SshKey, SysctlKey, SysctlValue,
-    UnitName, UpgradeUrl, UrlPath, VolumeMap, WgKey,
+    UnitName, UpgradeUrl, UrlPath, VarDir, VolumeMap, WgKey,
 };
+pub use crate::values::{AlertCondition, AlertMetric, AlertName, AlertOp, MeshTopic};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,6 +37,10 @@ pub struct Config {
     /// Monitoring"): moved there when the file is read.
     #[serde(skip_serializing)]
     pub monitoring: Option<Monitoring>,
+    /// `maculaos.alerts` where the guide writes it ("Alerting"): moved
+    /// there when the file is read.
+    #[serde(skip_serializing)]
+    pub alerts: Option<Vec<Alert>>,
     /// SSH public keys for the admin user `macula`, added to those of `maculaos.ssh.authorized_keys`.
     pub ssh_authorized_keys: Vec<SshKey>,
     /// Files written at every boot (before `boot_cmd`).
@@ -98,6 +104,128 @@ pub struct Maculaos {
     pub security: Security,
     /// The node's metrics for a Prometheus server (guide "Remote Monitoring").
     pub monitoring: Monitoring,
+    /// Edge services (plan §4.9.6): the MQTT broker.
+    pub edge: Edge,
+    /// The local git server (plan §4.9.1, guide "Embedded Services").
+    pub gitops: Gitops,
+    /// Conditions over the node's metrics that the health agent watches
+    /// (guide "Alerting").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Alert>,
+}
+
+/// One alert (guide "Alerting"): while `condition` holds for `for`, it
+/// fires; once it has not held for `for`, it is resolved. Both events go
+/// to the journal, and to the mesh on `topic` when the node has a realm.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    pub name: AlertName,
+    /// `METRIC OP VALUE`: `disk_usage > 90%`, `memory_usage >= 80%`,
+    /// `cpu_usage > 95%`, `load > 4`, `failing_checks > 0`.
+    pub condition: AlertCondition,
+    /// Where the events are published (`macula.pub.<realm>.TOPIC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<MeshTopic>,
+    /// How long the condition must hold before the alert fires, and be
+    /// gone before it is resolved (default 1m): no flapping.
+    #[serde(default = "Alert::default_hold", rename = "for")]
+    pub hold: Duration,
+}
+
+impl Alert {
+    fn default_hold() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+/// `maculaos.edge` (plan §4.9.6).
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Edge {
+    /// An MQTT broker for the LAN's devices.
+    pub mqtt: Mqtt,
+}
+
+/// `maculaos.edge.mqtt`: Debian's mosquitto. Clients authenticate with a
+/// user and password from `users` (kept hashed on the node); anonymous
+/// clients only when `allow_anonymous` says so.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mqtt {
+    /// Run the broker (default false).
+    pub enabled: bool,
+    /// MQTT's TCP port (default 1883), opened in the firewall while enabled.
+    pub port: u16,
+    /// MQTT over WebSocket, for browsers (default 9001; `null`: none).
+    pub websocket_port: Option<u16>,
+    /// Clients that may connect, by name and password.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<MqttAccount>,
+    /// Let clients connect without a user (default false).
+    pub allow_anonymous: bool,
+    /// Networks that may reach the ports through the firewall; empty (the
+    /// default): any address that reaches the node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<Cidr>,
+}
+
+impl Default for Mqtt {
+    fn default() -> Mqtt {
+        Mqtt {
+            enabled: false,
+            port: 1883,
+            websocket_port: Some(9001),
+            users: Vec::new(),
+            allow_anonymous: false,
+            allow_from: Vec::new(),
+        }
+    }
+}
+
+/// `maculaos.edge.mqtt.users[]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttAccount {
+    pub name: MqttUser,
+    /// Its password; the node keeps only a salted hash (PBKDF2-SHA512, as
+    /// mosquitto_passwd makes it).
+    pub password: String,
+}
+
+/// `maculaos.gitops`: a git server over SSH (the guide's
+/// `git clone ssh://git@NODE:23231/REPO.git`), run by a second sshd that
+/// lets the user `git` do nothing but fetch and push repositories. A push
+/// to a repository that does not exist creates it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gitops {
+    /// Run the git server (default false).
+    pub enabled: bool,
+    /// Its SSH port (default 23231), opened in the firewall while enabled.
+    pub port: u16,
+    /// Where the repositories are kept (default /var/lib/git).
+    pub data_path: VarDir,
+    /// Keys that may fetch and push; empty: the admin's keys
+    /// (`maculaos.ssh.authorized_keys` and `ssh_authorized_keys`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub authorized_keys: Vec<SshKey>,
+    /// Networks that may reach the port through the firewall; empty (the
+    /// default): any address that reaches the node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<Cidr>,
+}
+
+impl Default for Gitops {
+    fn default() -> Gitops {
+        Gitops {
+            enabled: false,
+            port: 23231,
+            data_path: VarDir::known("/var/lib/git"),
+            authorized_keys: Vec::new(),
+            allow_from: Vec::new(),
+        }
+    }
 }
 
 /// `maculaos.monitoring` (guide "Remote Monitoring"; the guide writes it at
@@ -1190,6 +1318,21 @@ impl Config {
             .iter()
             .chain(self.ssh_authorized_keys.iter())
         {
+            if !out.iter().any(|o| o == k.as_str()) {
+                out.push(k.as_str().to_string());
+            }
+        }
+        out
+    }
+    /// The keys that may use the git server: `maculaos.gitops.authorized_keys`,
+    /// or the admin's when it lists none.
+    pub fn git_keys(&self) -> Vec<String> {
+        let own = &self.maculaos.gitops.authorized_keys;
+        if own.is_empty() {
+            return self.ssh_keys();
+        }
+        let mut out: Vec<String> = Vec::new();
+        for k in own {
             if !out.iter().any(|o| o == k.as_str()) {
                 out.push(k.as_str().to_string());
             }

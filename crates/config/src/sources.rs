@@ -64,7 +64,7 @@ fn parse_maculaos(name: &str, text: &str) -> Result<Value, Problem> {
 /// Sections the user guide writes at the top level (`mesh:`, `monitoring:`)
 /// that belong under `maculaos:`: moved there, so that the guide's examples
 /// work as written and every other reader sees one place.
-const GUIDE_SECTIONS: &[&str] = &["mesh", "monitoring"];
+const GUIDE_SECTIONS: &[&str] = &["mesh", "monitoring", "alerts"];
 
 fn hoist_guide_sections(name: &str, map: &mut Mapping) -> Result<(), Problem> {
     for key in GUIDE_SECTIONS {

@@ -537,6 +537,239 @@ impl UrlPath {
     }
 }
 
+fn check_mqtt_user(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not an MQTT user name: 1 to 64 letters, digits and '-._@'"
+        ))
+    }
+}
+
+checked_string!(
+    /// The name of an MQTT broker's user (`sensor-1`).
+    MqttUser,
+    check_mqtt_user,
+    "an MQTT user name (letters, digits, '-._@')"
+);
+
+fn check_var_dir(s: &str) -> Result<(), String> {
+    let ok = s.len() > "/var/".len()
+        && s.len() <= 200
+        && s.starts_with("/var/")
+        && !s.ends_with('/')
+        && !s.contains("//")
+        && !s.split('/').any(|part| part == "." || part == "..")
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '.' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a directory under /var (such as /var/lib/git): only /var \
+             survives updates; letters, digits and '/-._', no `..`"
+        ))
+    }
+}
+
+checked_string!(
+    /// A directory on the data partition (`/var/lib/git`).
+    VarDir,
+    check_var_dir,
+    "a directory under /var (/var/lib/git)"
+);
+
+impl VarDir {
+    /// A directory known to be good (the defaults).
+    pub(crate) fn known(s: &str) -> VarDir {
+        VarDir(s.to_string())
+    }
+}
+
+fn check_alert_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not an alert name: 1 to 64 letters, digits, '-' and '_' (disk_full)"
+        ))
+    }
+}
+
+checked_string!(
+    /// An alert's name (`disk_full`).
+    AlertName,
+    check_alert_name,
+    "an alert name (letters, digits, '-', '_')"
+);
+
+fn check_mesh_topic(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 200
+        && s.split('.').all(|t| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}` is not a mesh topic such as io.mycompany.alerts.disk_full: words of \
+             letters, digits, '-' and '_' joined by '.', no wildcards"
+        ))
+    }
+}
+
+checked_string!(
+    /// A topic of the mesh's pub/sub (`io.mycompany.alerts.disk_full`),
+    /// published on `macula.pub.<realm>.<topic>`.
+    MeshTopic,
+    check_mesh_topic,
+    "a mesh topic (io.mycompany.alerts.disk_full)"
+);
+
+/// What an alert condition looks at (guide "Alerting").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertMetric {
+    /// The data partition (/var), percent used.
+    DiskUsage,
+    /// Memory in use (not available without swapping), percent.
+    MemoryUsage,
+    /// The CPUs' busy time since the previous evaluation, percent.
+    CpuUsage,
+    /// The 1-minute load average.
+    Load,
+    /// How many health checks fail.
+    FailingChecks,
+}
+
+impl AlertMetric {
+    pub const ALL: [(&'static str, AlertMetric); 5] = [
+        ("disk_usage", AlertMetric::DiskUsage),
+        ("memory_usage", AlertMetric::MemoryUsage),
+        ("cpu_usage", AlertMetric::CpuUsage),
+        ("load", AlertMetric::Load),
+        ("failing_checks", AlertMetric::FailingChecks),
+    ];
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("?", |(n, _)| n)
+    }
+    /// Whether its values are percentages (`90%`).
+    pub fn percent(self) -> bool {
+        matches!(
+            self,
+            AlertMetric::DiskUsage | AlertMetric::MemoryUsage | AlertMetric::CpuUsage
+        )
+    }
+}
+
+/// A comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertOp {
+    Above,
+    AtLeast,
+    Below,
+    AtMost,
+}
+
+impl AlertOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            AlertOp::Above => ">",
+            AlertOp::AtLeast => ">=",
+            AlertOp::Below => "<",
+            AlertOp::AtMost => "<=",
+        }
+    }
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            AlertOp::Above => value > threshold,
+            AlertOp::AtLeast => value >= threshold,
+            AlertOp::Below => value < threshold,
+            AlertOp::AtMost => value <= threshold,
+        }
+    }
+}
+
+/// `disk_usage > 90%`: a metric, a comparison and a threshold.
+fn parse_alert_condition(s: &str) -> Result<(AlertMetric, AlertOp, f64), String> {
+    let names: Vec<&str> = AlertMetric::ALL.iter().map(|(n, _)| *n).collect();
+    let bad = |why: String| {
+        format!(
+            "`{s}` is not an alert condition such as `disk_usage > 90%`: {why} (metrics: {}; \
+             comparisons: > >= < <=)",
+            names.join(", ")
+        )
+    };
+    let t = s.trim();
+    let end = t
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(t.len());
+    let (metric, rest) = t.split_at(end);
+    let metric = AlertMetric::ALL
+        .iter()
+        .find(|(n, _)| *n == metric)
+        .map(|(_, m)| *m)
+        .ok_or_else(|| bad(format!("no metric `{metric}`")))?;
+    let rest = rest.trim_start();
+    let (op, rest) = [
+        (">=", AlertOp::AtLeast),
+        ("<=", AlertOp::AtMost),
+        (">", AlertOp::Above),
+        ("<", AlertOp::Below),
+    ]
+    .iter()
+    .find_map(|(sym, op)| rest.strip_prefix(sym).map(|r| (*op, r.trim())))
+    .ok_or_else(|| bad("no comparison after the metric".into()))?;
+    let (number, pct) = match rest.strip_suffix('%') {
+        Some(n) => (n.trim(), true),
+        None => (rest, false),
+    };
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .ok_or_else(|| bad(format!("`{rest}` is not a number")))?;
+    if pct && !metric.percent() {
+        return Err(bad(format!("{} is not a percentage", metric.name())));
+    }
+    if metric.percent() && !(0.0..=100.0).contains(&value) {
+        return Err(bad(format!("{value}% is not between 0 and 100")));
+    }
+    Ok((metric, op, value))
+}
+
+checked_string!(
+    /// An alert's condition (`disk_usage > 90%`).
+    AlertCondition,
+    check_alert_condition,
+    "an alert condition (disk_usage > 90%)"
+);
+
+fn check_alert_condition(s: &str) -> Result<(), String> {
+    parse_alert_condition(s).map(|_| ())
+}
+
+impl AlertCondition {
+    /// Its metric, comparison and threshold (checked when it was read).
+    pub fn parts(&self) -> (AlertMetric, AlertOp, f64) {
+        parse_alert_condition(&self.0).unwrap_or((AlertMetric::Load, AlertOp::Above, f64::INFINITY))
+    }
+}
+
 /// Suffixes of systemd unit types: a name without one is a service.
 const UNIT_SUFFIXES: &[&str] = &[
     ".service",
@@ -1792,6 +2025,42 @@ mod service_value_tests {
             "/var/lib/../etc:/data",
         ] {
             assert!(bad.parse::<VolumeMap>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn alert_conditions() {
+        let c: AlertCondition = "disk_usage > 90%".parse().unwrap();
+        assert_eq!(c.parts(), (AlertMetric::DiskUsage, AlertOp::Above, 90.0));
+        let c: AlertCondition = "load>=2.5".parse().unwrap();
+        assert_eq!(c.parts(), (AlertMetric::Load, AlertOp::AtLeast, 2.5));
+        let c: AlertCondition = "memory_usage <= 50".parse().unwrap();
+        assert_eq!(c.parts(), (AlertMetric::MemoryUsage, AlertOp::AtMost, 50.0));
+        assert_eq!(
+            "failing_checks > 0"
+                .parse::<AlertCondition>()
+                .unwrap()
+                .parts()
+                .0,
+            AlertMetric::FailingChecks
+        );
+        for (bad, why) in [
+            ("disk > 90%", "no metric `disk`"),
+            ("disk_usage = 90%", "no comparison"),
+            ("disk_usage > lots", "`lots` is not a number"),
+            ("load > 2%", "load is not a percentage"),
+            ("cpu_usage > 120%", "120% is not between 0 and 100"),
+            ("disk_usage > NaN", "is not a number"),
+        ] {
+            let e = bad.parse::<AlertCondition>().unwrap_err();
+            assert!(
+                e.contains(why) && e.contains("such as `disk_usage > 90%`"),
+                "{bad}: {e}"
+            );
+        }
+        assert!("io.mycompany.alerts.disk_full".parse::<MeshTopic>().is_ok());
+        for bad in ["", "a..b", "a.*", "a.>", "a b"] {
+            assert!(bad.parse::<MeshTopic>().is_err(), "{bad}");
         }
     }
 }

@@ -365,7 +365,8 @@ fn disks(ctx: &Collector, notes: &mut Vec<String>) -> Vec<Disk> {
         .collect()
 }
 
-fn disk(path: &Path, mountpoint: &str) -> nix::Result<Disk> {
+/// The filesystem at `path` (shown as `mountpoint`): size, use, read-only.
+pub fn disk(path: &Path, mountpoint: &str) -> nix::Result<Disk> {
     let st = nix::sys::statvfs::statvfs(path)?;
     // libc's types: u64 on 64-bit Linux, narrower elsewhere.
     let (frsize, blocks, free, avail) = (

@@ -1,14 +1,18 @@
 //! The node's embedded services (plan §4.9; guide "Embedded Services"):
 //! programs of the image that stay off until the configuration switches
-//! them on. Each is a Debian package's own systemd unit, run with the
-//! settings MaculaOS writes in a drop-in (its arguments, and sandboxing
-//! added to the package's), so the package's unit and user stay as Debian
-//! made them.
+//! them on. Each is a systemd unit of the image (a Debian package's own,
+//! or MaculaOS's where Debian has none), run with the settings MaculaOS
+//! writes in a drop-in (its arguments, and sandboxing added to the
+//! package's) and in configuration files of its own, so the package's
+//! unit, files and user stay as Debian made them.
 //!
 //! One description per service, read by everything that acts on it:
 //! `maculaos apply` (the drop-in, enable or disable), the firewall (its
 //! ports, only while it is enabled, from whom), the health agent (its
 //! check, restarting the unit) and `maculaos services` (its row).
+
+pub mod git;
+pub mod mqtt;
 
 use maculaos_config::values::{Cidr, Duration, FirewallPort, HttpUrl};
 use maculaos_config::{CheckType, Config, HealthCheck};
@@ -32,6 +36,9 @@ pub struct Embedded {
     /// The drop-in's text (`maculaos apply` adds its header): how MaculaOS
     /// runs the unit.
     pub dropin: String,
+    /// Files the service reads, written before it starts (a change
+    /// restarts it) and removed when it is off.
+    pub files: Vec<File>,
     /// What it serves, opened in the firewall while it is enabled.
     pub ports: Vec<Port>,
     /// How the health agent checks it (on the node itself, while the unit
@@ -47,6 +54,26 @@ pub struct Port {
     pub from: Vec<Cidr>,
 }
 
+/// A file an embedded service reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct File {
+    pub path: &'static str,
+    pub mode: u32,
+    /// `user:group` (the group lets the service read a file only root writes).
+    pub owner: &'static str,
+    pub content: Content,
+}
+
+/// What a file holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// This text, after apply's header (`# Written by maculaos apply …`).
+    Text(String),
+    /// mosquitto's password file for these users and passwords: see
+    /// [`mqtt::passwords`] (no header: the format has no comments).
+    MqttPasswords(Vec<(String, String)>),
+}
+
 /// The drop-in of `unit`: `/etc/systemd/system/UNIT.d/50-maculaos.conf`
 /// (/etc is rebuilt at every boot; `maculaos apply` writes it again).
 pub fn dropin_path(unit: &str) -> String {
@@ -55,7 +82,7 @@ pub fn dropin_path(unit: &str) -> String {
 
 /// Every embedded service MaculaOS knows, enabled or not.
 pub fn all(config: &Config) -> Vec<Embedded> {
-    vec![metrics(config)]
+    vec![metrics(config), mqtt(config), git(config)]
 }
 
 /// Those the configuration switches on.
@@ -85,17 +112,138 @@ fn metrics(config: &Config) -> Embedded {
         about: "Prometheus metrics (prometheus-node-exporter)",
         enabled: p.enabled,
         dropin,
+        files: Vec::new(),
         // Port 0 is refused by the configuration's checks; were it to come
         // through, the service would have no port to open, not a panic.
-        ports: format!("{}/tcp", p.port)
-            .parse()
-            .map(|port| Port {
-                port,
-                from: p.allow_from.clone(),
-            })
-            .into_iter()
-            .collect(),
+        ports: tcp_ports(&[p.port], &p.allow_from),
         check: http_check("metrics", unit, &url),
+    }
+}
+
+/// mosquitto's configuration and password files.
+const MQTT_CONF: &str = "/etc/mosquitto/maculaos.conf";
+const MQTT_PASSWD: &str = "/etc/mosquitto/maculaos.passwd";
+
+/// `maculaos.edge.mqtt`: Debian's mosquitto.
+fn mqtt(config: &Config) -> Embedded {
+    let m = &config.maculaos.edge.mqtt;
+    let unit = "mosquitto.service";
+    // The package's file includes conf.d and logs to a file; MaculaOS's
+    // own file says everything. The broker starts as root, reads its files
+    // and drops to the user mosquitto, whose state directory this makes
+    // (a node installed before the broker was in the image has none).
+    let dropin = format!(
+        "[Service]
+ExecStart=
+ExecStart=/usr/sbin/mosquitto -c {MQTT_CONF}
+         ExecStartPre=/usr/bin/install -d -o mosquitto -g mosquitto -m 0750 /var/lib/mosquitto
+         NoNewPrivileges=yes
+PrivateTmp=yes
+"
+    );
+    // Both files always (the password file empty without users), so that
+    // both are removed when the broker is switched off.
+    let files = vec![
+        File {
+            path: MQTT_CONF,
+            mode: 0o644,
+            owner: "root:root",
+            content: Content::Text(mqtt::conf(m, MQTT_PASSWD)),
+        },
+        File {
+            path: MQTT_PASSWD,
+            // Hashes only, yet not for everyone: the broker reads it as
+            // the user mosquitto.
+            mode: 0o640,
+            owner: "root:mosquitto",
+            content: Content::MqttPasswords(
+                m.users
+                    .iter()
+                    .map(|u| (u.name.to_string(), u.password.clone()))
+                    .collect(),
+            ),
+        },
+    ];
+    let ports: Vec<u16> = std::iter::once(m.port).chain(m.websocket_port).collect();
+    Embedded {
+        name: "mqtt",
+        unit,
+        key: "maculaos.edge.mqtt",
+        about: "MQTT broker (mosquitto)",
+        enabled: m.enabled,
+        dropin,
+        files,
+        ports: tcp_ports(&ports, &m.allow_from),
+        check: unit_check("mqtt", unit),
+    }
+}
+
+/// `maculaos.gitops`: git over SSH from a second sshd (see [`git`]).
+fn git(config: &Config) -> Embedded {
+    let g = &config.maculaos.gitops;
+    let unit = "maculaos-git.service";
+    // The repositories' directory and the user git's home (sshd starts
+    // sessions there), the user git's, made before sshd starts (`+`: as
+    // root, whatever the unit's sandbox).
+    let mut dirs = vec![git::HOME];
+    if g.data_path.as_str() != git::HOME {
+        dirs.push(g.data_path.as_str());
+    }
+    let dropin = format!(
+        "[Service]\nExecStartPre=+/usr/bin/install -d -o {user} -g {user} -m 0750 {dirs}\n",
+        user = git::USER,
+        dirs = dirs.join(" "),
+    );
+    let keys: String = config.git_keys().iter().map(|k| format!("{k}\n")).collect();
+    Embedded {
+        name: "git",
+        unit,
+        key: "maculaos.gitops",
+        about: "git server over SSH",
+        enabled: g.enabled,
+        dropin,
+        files: vec![
+            File {
+                path: git::SSHD_CONFIG,
+                mode: 0o644,
+                owner: "root:root",
+                content: Content::Text(git::sshd_config(g, "/usr/bin/maculaos git-serve")),
+            },
+            File {
+                path: git::AUTHORIZED_KEYS,
+                mode: 0o644,
+                owner: "root:root",
+                content: Content::Text(keys),
+            },
+        ],
+        ports: tcp_ports(&[g.port], &g.allow_from),
+        check: unit_check("git", unit),
+    }
+}
+
+/// `ports` over TCP, each open to `from`. Port 0 is refused by the
+/// configuration's checks; were it to come through, it would be left out,
+/// not a panic.
+fn tcp_ports(ports: &[u16], from: &[Cidr]) -> Vec<Port> {
+    ports
+        .iter()
+        .filter_map(|p| format!("{p}/tcp").parse().ok())
+        .map(|port| Port {
+            port,
+            from: from.to_vec(),
+        })
+        .collect()
+}
+
+/// `unit` running, every 30 s. Not a connection to the service's port:
+/// sshd and mosquitto log each connection that closes without a word (two
+/// lines every 30 s); both exit when they cannot listen, and mosquitto
+/// tells systemd it runs only once its listeners are open.
+fn unit_check(name: &str, unit: &str) -> HealthCheck {
+    HealthCheck {
+        kind: CheckType::Unit,
+        url: None,
+        ..http_check(name, unit, "http://127.0.0.1/")
     }
 }
 
@@ -171,5 +319,45 @@ mod tests {
             dropin_path(m.unit),
             "/etc/systemd/system/prometheus-node-exporter.service.d/50-maculaos.conf"
         );
+    }
+
+    #[test]
+    fn mqtt_and_git_follow_their_keys() {
+        let c = config(
+            "maculaos:\n  edge:\n    mqtt: {enabled: true, allow_anonymous: true, websocket_port: null, allow_from: [10.0.0.0/8]}\n  gitops: {enabled: true, port: 2222, data_path: /var/git}\n  ssh: {authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb2Q3M5dG7d8m1oQ6pP0c3W0uW2mGq0mY8m6r8b9Vq3 op']}\n",
+        );
+        let e = enabled(&c);
+        let names: Vec<&str> = e.iter().map(|e| e.name).collect();
+        assert_eq!(names, ["mqtt", "git"]);
+        let (m, g) = (&e[0], &e[1]);
+        // No WebSocket listener: one port, narrowed.
+        assert_eq!(m.ports.len(), 1);
+        assert_eq!(m.ports[0].port.to_string(), "1883/tcp");
+        assert_eq!(m.ports[0].from[0].to_string(), "10.0.0.0/8");
+        let Content::Text(conf) = &m.files[0].content else {
+            panic!("{:?}", m.files[0])
+        };
+        assert!(conf.contains("allow_anonymous true\n") && !conf.contains("websockets"));
+        assert!(!conf.contains("password_file"), "{conf}");
+        assert_eq!(m.check.kind, CheckType::Unit);
+        // The git server takes the admin's keys and its own directory.
+        assert_eq!(g.ports[0].port.to_string(), "2222/tcp");
+        assert!(
+            g.dropin.contains("-m 0750 /var/lib/git /var/git\n"),
+            "{}",
+            g.dropin
+        );
+        let Content::Text(keys) = &g.files[1].content else {
+            panic!("{:?}", g.files[1])
+        };
+        assert!(keys.ends_with(" op\n"), "{keys}");
+        let Content::Text(sshd) = &g.files[0].content else {
+            panic!("{:?}", g.files[0])
+        };
+        assert!(
+            sshd.contains("ForceCommand /usr/bin/maculaos git-serve /var/git\n"),
+            "{sshd}"
+        );
+        assert_eq!(g.check.kind, CheckType::Unit);
     }
 }

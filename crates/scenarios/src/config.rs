@@ -28,6 +28,19 @@ pub fn nocloud_seed(dir: &Path, user_data: &str, meta_data: &str) -> Result<Path
 }
 
 /// Write `text` to `path` in the guest as root.
+/// Writes `text` to `path` and checks that `sudo maculaos apply` refuses
+/// it, naming the file and saying `why`.
+pub(crate) fn apply_refuses(ssh: &Ssh, path: &str, text: &str, why: &str) -> Result<()> {
+    put_file(ssh, path, text)?;
+    let applied = ssh.run_timeout("sudo maculaos apply", crate::harness::CMD_TIMEOUT)?;
+    let said = format!("{}{}", applied.stdout, applied.stderr);
+    let file = path.rsplit('/').next().unwrap_or(path);
+    crate::harness::ensure(
+        !applied.success() && said.contains(file) && said.contains(why),
+        || format!("apply of {file} did not fail naming it and saying `{why}`: {applied:?}"),
+    )
+}
+
 pub(crate) fn put_file(ssh: &Ssh, path: &str, text: &str) -> Result<()> {
     let dir = Path::new(path)
         .parent()

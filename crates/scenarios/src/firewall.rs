@@ -124,7 +124,7 @@ pub(crate) fn resolve(ssh: &Ssh, name: &str) -> Result<String> {
 }
 
 /// Power node `i` off cleanly and boot it again.
-fn reboot(lan: &mut Nodes, i: usize) -> Result<()> {
+pub(crate) fn reboot(lan: &mut Nodes, i: usize) -> Result<()> {
     let _ = lan.nodes[i].ssh.run("sudo systemctl poweroff");
     let deadline = Instant::now() + Duration::from_secs(120);
     while lan.nodes[i].vm.is_running()? {

@@ -12,6 +12,7 @@
 //! timings go to `<out>/scenarios/report.json`, never into assertions.
 
 mod config;
+mod edge;
 mod firewall;
 mod firstboot;
 mod guide;
@@ -112,6 +113,7 @@ const FIRST: &[&str] = &[
     "firewall",
     "wireguard",
     "metrics",
+    "edge-services",
     "factory-reset",
     "mesh-realm",
     "mesh-gateway",

@@ -80,6 +80,86 @@ fn value(s: &Samples, name: &str, label: (&str, &str)) -> Option<f64> {
         .map(|(_, v)| *v)
 }
 
+const ALERTS_FILE: &str = "/var/lib/maculaos/config.d/61-alerts.yaml";
+const REALM_FILE: &str = "/var/lib/maculaos/config.d/61-realm.yaml";
+const TOPIC: &str = "io.mycompany.alerts.memory";
+/// What the subscriber got (`maculaos mesh sub`'s JSON lines).
+const SUBSCRIBED: &str = "/var/tmp/alerts.jsonl";
+
+/// The guide's alert block with `condition` and a hold of 1 s. (Memory,
+/// not the guide's disk: a fresh data partition is 0.0% used.)
+fn alert_yaml(condition: &str) -> String {
+    format!(
+        "alerts:\n  - name: memory_used\n    condition: {condition}\n    topic: {TOPIC}\n    for: 1s\n"
+    )
+}
+
+/// Waits until `a`'s journal of the agent has `line` and the subscriber's
+/// file has a message with `state`; returns how long it took.
+fn wait_alert(a: &Ssh, line: &str, state: &str) -> Result<f64> {
+    let t = Instant::now();
+    a.check_timeout(
+        &format!(
+            "for i in $(seq 90); do journalctl -q -b -u maculaos-agent | grep -qF '{line}' && \
+             grep -F 'memory_used' {SUBSCRIBED} | grep -qF '{state}' && exit 0; sleep 1; done; \
+             echo 'no {state} event within 90 s'; journalctl -q -b -u maculaos-agent | tail -5; \
+             cat {SUBSCRIBED}; exit 1"
+        ),
+        CMD_TIMEOUT,
+    )?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The guide's alerts: on a realm of its own, the agent's firing and
+/// resolved events reach a subscriber of the topic and the journal.
+fn alerts(ctx: &mut Ctx, a: &Ssh) -> Result<()> {
+    crate::config::put_file(
+        a,
+        REALM_FILE,
+        "mesh:\n  realm: io.alerts.test\n  role: bootstrap\n",
+    )?;
+    a.check_timeout("sudo maculaos apply", CMD_TIMEOUT)?;
+    // The subscriber, on the node's own server; ready once it gets a probe.
+    a.check(&format!(
+        "sudo rm -f {SUBSCRIBED}; for i in $(seq 60); do maculaos mesh pub probe x 2>/dev/null && break; \
+         sleep 1; done; sudo systemd-run --quiet --unit=alert-sub -p StandardOutput=file:{SUBSCRIBED} \
+         maculaos mesh sub {TOPIC} --timeout 240 && \
+         for i in $(seq 60); do maculaos mesh pub {TOPIC} probe; grep -q probe {SUBSCRIBED} && exit 0; \
+         sleep 1; done; echo 'the subscriber got no probe'; exit 1"
+    ))?;
+    // A bad condition is refused, naming the file.
+    crate::config::apply_refuses(
+        a,
+        ALERTS_FILE,
+        &alert_yaml("memory_usage > 1 percent"),
+        "not an alert condition",
+    )?;
+    // Fires: more than 1% of the memory is in use.
+    crate::config::put_file(a, ALERTS_FILE, &alert_yaml("memory_usage > 1%"))?;
+    a.check_timeout("sudo maculaos apply", CMD_TIMEOUT)?;
+    let took = wait_alert(a, "alert memory_used firing: memory_usage is", "firing")?;
+    ctx.record(
+        "metrics: alert written to its firing event on the mesh (s)",
+        took,
+    );
+    // Resolved once its new condition no longer holds.
+    crate::config::put_file(a, ALERTS_FILE, &alert_yaml("memory_usage > 99%"))?;
+    let took = wait_alert(a, "alert memory_used resolved: memory_usage is", "resolved")?;
+    ctx.record(
+        "metrics: condition changed to its resolved event on the mesh (s)",
+        took,
+    );
+    let got = a.check(&format!("cat {SUBSCRIBED}"))?;
+    ensure(
+        got.contains("macula-") && got.contains("memory_usage > 1%") && got.contains("value"),
+        || format!("the events on the mesh lack the node, condition or value:\n{got}"),
+    )?;
+    a.check(&format!(
+        "sudo rm {ALERTS_FILE} {REALM_FILE}; sudo systemctl stop alert-sub || true"
+    ))?;
+    Ok(())
+}
+
 /// What `b` gets from `addr:9100/metrics`, or `None` when nothing answers.
 fn scrape(b: &Ssh, addr: &str) -> Result<Option<String>> {
     let out = b.run_timeout(
@@ -107,12 +187,11 @@ pub fn metrics(ctx: &mut Ctx) -> Result<()> {
     })?;
 
     // A bad path is refused, naming the file and the value.
-    crate::config::put_file(&a, FILE, &GUIDE.replace("/metrics", "metrics"))?;
-    let applied = a.run_timeout("sudo maculaos apply", CMD_TIMEOUT)?;
-    let said = format!("{}{}", applied.stdout, applied.stderr);
-    ensure(
-        !applied.success() && said.contains("60-metrics.yaml") && said.contains("not a URL path"),
-        || format!("apply with `path: metrics`: {applied:?}"),
+    crate::config::apply_refuses(
+        &a,
+        FILE,
+        &GUIDE.replace("/metrics", "metrics"),
+        "not a URL path",
     )?;
 
     // The guide's block, at the top level where the guide puts it.
@@ -211,6 +290,8 @@ pub fn metrics(ctx: &mut Ctx) -> Result<()> {
             bytes / 1048576.0,
         );
     }
+
+    alerts(ctx, &a)?;
 
     // Off again: the service stops and the port is dropped.
     a.check(&format!("sudo rm {FILE}"))?;

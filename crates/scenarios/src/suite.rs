@@ -171,6 +171,12 @@ pub fn all() -> Vec<Scenario> {
             pool: true,
         },
         Scenario {
+            name: "edge-services",
+            about: "maculaos.edge.mqtt and maculaos.gitops in one file start mosquitto and git's own sshd; from another node on the LAN a retained reading published with the user's password reaches a subscriber, anonymous clients and a wrong password are refused, port 9001 answers the WebSocket handshake for MQTT; a push creates a repository and the guide's git clone gets it; the git port runs nothing but git, the user git has no login on port 22, a path outside the repositories is refused; the password is kept hashed and hidden by config show; services and firewall show list both; after a reboot the retained reading and the repository are still served and health passes both; a broker without users is refused naming the file; without the file both stop and their ports are dropped",
+            run: crate::edge::edge_services,
+            pool: true,
+        },
+        Scenario {
             name: "guide-commands",
             about: "every node command of the user guide's code blocks, typed as written by the admin user: each does its job (backup to and restore from /mnt/usb, shell, logs network, network status) or fails only for a reason it states (no update server, empty slot B, repair outside recovery mode, factory without a terminal to ask); factory --yes --no-reboot is asked for and withdrawn",
             run: crate::guide::guide_commands,
