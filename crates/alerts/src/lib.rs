@@ -152,18 +152,24 @@ struct State {
 
 impl Tracker {
     /// Evaluate `alerts` on `r` at `now`; the events of this step. An alert
-    /// whose metric could not be read keeps its state. An alert whose
-    /// condition changed keeps its state too, and the new condition decides
-    /// from now on (with its hold time).
+    /// whose metric could not be read keeps its state (and its hold starts
+    /// again). An alert whose condition or hold changed keeps its state too,
+    /// and the new condition decides from now on, with its own hold time.
     pub fn step(&mut self, alerts: &[Alert], r: &Readings, now: Instant) -> Vec<Event> {
         let mut events = Vec::new();
         for a in alerts {
             let (metric, op, threshold) = a.condition.parts();
             let st = self.states.entry(a.name.to_string()).or_default();
+            // A new condition or hold waits its own hold time from now.
+            if st.condition != a.condition.as_str() || st.hold != a.hold.get() {
+                st.pending_since = None;
+            }
             st.condition = a.condition.to_string();
             st.hold = a.hold.get();
             st.topic = a.topic.as_ref().map(ToString::to_string);
             let Some(value) = r.get(metric) else {
+                // Time nobody observed does not count towards the hold.
+                st.pending_since = None;
                 continue;
             };
             let holds = op.holds(value, threshold);
@@ -350,6 +356,33 @@ mod tests {
             "alert busy resolved: no longer in the configuration"
         );
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_changed_condition_waits_its_own_hold() {
+        let hot = alerts("- {name: m, condition: memory_usage > 50%, for: 30s}\n");
+        let hotter = alerts("- {name: m, condition: memory_usage > 60%, for: 30s}\n");
+        let r = Readings {
+            memory_usage: Some(70.0),
+            ..Readings::default()
+        };
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        assert!(t.step(&hot, &r, t0).is_empty());
+        assert!(t.step(&hotter, &r, t0 + s(20)).is_empty());
+        // 30 s after the first step, but only 10 s after the change.
+        assert!(t.step(&hotter, &r, t0 + s(30)).is_empty());
+        assert_eq!(t.step(&hotter, &r, t0 + s(50)).len(), 1);
+        // An unreadable value restarts the wait.
+        let cool = Readings {
+            memory_usage: Some(10.0),
+            ..Readings::default()
+        };
+        assert!(t.step(&hotter, &cool, t0 + s(60)).is_empty());
+        assert!(t.step(&hotter, &Readings::default(), t0 + s(80)).is_empty());
+        assert!(t.step(&hotter, &cool, t0 + s(95)).is_empty());
+        assert_eq!(t.step(&hotter, &cool, t0 + s(125)).len(), 1);
     }
 
     #[test]

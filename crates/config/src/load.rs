@@ -491,7 +491,8 @@ fn check_gitops(config: &Config, bad: &mut impl FnMut(&str, String)) {
         );
     }
     // /var/lib/maculaos is root's only: the user git could not reach it.
-    if g.data_path.as_str().starts_with("/var/lib/maculaos/") {
+    let p = g.data_path.as_str();
+    if p == "/var/lib/maculaos" || p.starts_with("/var/lib/maculaos/") {
         bad(
             "maculaos.gitops.data_path",
             format!(
@@ -1494,8 +1495,10 @@ mod tests {
             "  gitops: {enabled: true}\n  ssh:\n    authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb2Q3M5dG7d8m1oQ6pP0c3W0uW2mGq0mY8m6r8b9Vq3 op']\n",
         )
         .is_empty());
-        let p = cross_key("  gitops: {data_path: /var/lib/maculaos/git}\n");
-        assert!(p[0].contains("/var/lib/maculaos is root's only"), "{p:?}");
+        for dir in ["/var/lib/maculaos/git", "/var/lib/maculaos"] {
+            let p = cross_key(&format!("  gitops: {{data_path: {dir}}}\n"));
+            assert!(p[0].contains("/var/lib/maculaos is root's only"), "{p:?}");
+        }
         let p = cross_key("  gitops: {port: 22}\n");
         assert!(
             p[0].contains("maculaos.gitops.port: 22: not a port the git server can have"),

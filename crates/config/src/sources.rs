@@ -2,7 +2,7 @@
 //! the schema on its own so that an error names the file it is in.
 
 use crate::error::Problem;
-use crate::schema::{Command, Config, K3s, Maculaos, Mesh, Monitoring, WriteFile};
+use crate::schema::{Alert, Command, Config, K3s, Maculaos, Mesh, Monitoring, WriteFile};
 use crate::values::{Hostname, SshKey};
 use maculaos_boot::Cmdline;
 use serde::Deserialize;
@@ -112,6 +112,8 @@ struct CloudConfig {
     mesh: Option<Mesh>,
     #[serde(default)]
     monitoring: Option<Monitoring>,
+    #[serde(default)]
+    alerts: Option<Vec<Alert>>,
 }
 
 fn parse_user_data(name: &str, text: &str) -> Result<Value, Problem> {
@@ -356,12 +358,13 @@ mod tests {
 
     #[test]
     fn cloud_config_takes_the_guide_sections_too() {
-        let text = "#cloud-config\nmonitoring:\n  prometheus:\n    enabled: true\n";
+        let text = "#cloud-config\nmonitoring:\n  prometheus:\n    enabled: true\nalerts:\n  - {name: d, condition: disk_usage > 90%}\n";
         let s = parse("user-data", text, Format::UserData).unwrap();
         assert_eq!(
             get(&s.value, "maculaos.monitoring.prometheus.enabled").unwrap(),
             &Value::Bool(true)
         );
+        assert!(get(&s.value, "maculaos.alerts").is_some());
     }
 
     #[test]

@@ -182,18 +182,25 @@ PrivateTmp=yes
 fn git(config: &Config) -> Embedded {
     let g = &config.maculaos.gitops;
     let unit = "maculaos-git.service";
-    // The repositories' directory and the user git's home (sshd starts
-    // sessions there), the user git's, made before sshd starts (`+`: as
-    // root, whatever the unit's sandbox).
-    let mut dirs = vec![git::HOME];
-    if g.data_path.as_str() != git::HOME {
-        dirs.push(g.data_path.as_str());
-    }
-    let dropin = format!(
-        "[Service]\nExecStartPre=+/usr/bin/install -d -o {user} -g {user} -m 0750 {dirs}\n",
+    // The user git's home (sshd starts sessions there, and it is the
+    // default repositories' directory): Debian's git package ships it
+    // empty and root's, so it is handed to git at every start (`+`: as
+    // root, whatever the unit's sandbox). Another repositories' directory
+    // is made for git only when it does not exist: `install -d` would hand
+    // an existing one (/var/lib, say, by a typo) to git. (VarDir has no
+    // character the shell would read.)
+    let mut dropin = format!(
+        "[Service]\nExecStartPre=+/usr/bin/install -d -o {user} -g {user} -m 0750 {home}\n",
         user = git::USER,
-        dirs = dirs.join(" "),
+        home = git::HOME,
     );
+    if g.data_path.as_str() != git::HOME {
+        dropin.push_str(&format!(
+            "ExecStartPre=+/bin/sh -c 'test -d {d} || /usr/bin/install -d -o {user} -g {user} -m 0750 {d}'\n",
+            d = g.data_path,
+            user = git::USER,
+        ));
+    }
     let keys: String = config.git_keys().iter().map(|k| format!("{k}\n")).collect();
     Embedded {
         name: "git",
@@ -343,7 +350,10 @@ mod tests {
         // The git server takes the admin's keys and its own directory.
         assert_eq!(g.ports[0].port.to_string(), "2222/tcp");
         assert!(
-            g.dropin.contains("-m 0750 /var/lib/git /var/git\n"),
+            g.dropin.contains(
+                "ExecStartPre=+/usr/bin/install -d -o git -g git -m 0750 /var/lib/git\n\
+                 ExecStartPre=+/bin/sh -c 'test -d /var/git || /usr/bin/install -d -o git -g git -m 0750 /var/git'\n"
+            ),
             "{}",
             g.dropin
         );

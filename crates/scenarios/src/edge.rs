@@ -164,12 +164,19 @@ pub fn edge_services(ctx: &mut Ctx) -> Result<()> {
     ensure(!login.success() && !login.stdout.contains("uid="), || {
         format!("the user git logged in on port 22: {login:?}")
     })?;
+    // Refused for being git, not only for a key port 22 does not know.
+    a.check(
+        "for i in $(seq 20); do journalctl -q -b -u ssh.service | \
+         grep -q 'User git from .* not allowed because listed in DenyUsers' && exit 0; sleep 0.5; done; \
+         echo 'sshd on port 22 did not deny the user git'; exit 1",
+    )?;
     let outside = b.run(&format!(
         "cd ~ && rm -rf x && {GIT_SSH} git clone -q ssh://git@{addr}:23231/../../etc.git x"
     ))?;
-    ensure(!outside.success(), || {
-        format!("a path outside the repositories was served: {outside:?}")
-    })?;
+    ensure(
+        !outside.success() && outside.stderr.contains("is not a repository name here"),
+        || format!("a path outside the repositories was not refused as such: {outside:?}"),
+    )?;
 
     // Shown where the operator looks.
     let services = a.check("maculaos services")?;
@@ -212,6 +219,10 @@ pub fn edge_services(ctx: &mut Ctx) -> Result<()> {
     ensure(got.success() && got.stdout.trim() == "21.5", || {
         format!("after a reboot the broker did not give the retained reading: {got:?}")
     })?;
+    a.check(
+        "for i in $(seq 60); do systemctl is-active --quiet maculaos-git && exit 0; sleep 1; done; \
+         systemctl status --no-pager maculaos-git; exit 1",
+    )?;
     b.check(&format!(
         "cd ~ && rm -rf c2 && {GIT_SSH} git clone -q ssh://git@{addr}:23231/myrepo.git c2 && \
          grep -qx 'replicas: 2' c2/app.yaml"

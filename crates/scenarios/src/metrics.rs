@@ -123,7 +123,7 @@ fn alerts(ctx: &mut Ctx, a: &Ssh) -> Result<()> {
     a.check(&format!(
         "sudo rm -f {SUBSCRIBED}; for i in $(seq 60); do maculaos mesh pub probe x 2>/dev/null && break; \
          sleep 1; done; sudo systemd-run --quiet --unit=alert-sub -p StandardOutput=file:{SUBSCRIBED} \
-         maculaos mesh sub {TOPIC} --timeout 240 && \
+         maculaos mesh sub {TOPIC} --timeout 900 && \
          for i in $(seq 60); do maculaos mesh pub {TOPIC} probe; grep -q probe {SUBSCRIBED} && exit 0; \
          sleep 1; done; echo 'the subscriber got no probe'; exit 1"
     ))?;
