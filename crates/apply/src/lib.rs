@@ -31,7 +31,9 @@ mod network;
 mod registry;
 mod services;
 mod ssh;
+mod time;
 mod units;
+mod updates_timer;
 mod users;
 mod watchdog;
 mod wireguard;
@@ -117,13 +119,14 @@ const STEPS: &[(&str, Step)] = &[
     ("ssh", ssh::apply),
     ("network", network::apply),
     ("dns", dropins::dns),
-    ("ntp", dropins::ntp),
+    ("ntp", time::apply),
     ("modules", kernel::modules),
     ("sysctl", kernel::sysctl),
     ("environment", environment::apply),
     ("write_files", write_files::apply),
     ("watchdog", watchdog::apply),
     ("backup", backup_timer::apply),
+    ("updates", updates_timer::apply),
     ("mesh", mesh::apply),
     ("wireguard", wireguard::apply),
     ("boot_cmd", commands::boot_cmd),
@@ -221,7 +224,7 @@ boot_cmd: ['echo boot >> boot.log']
         "etc/systemd/network/10-maculaos-eth0.network",
         "etc/systemd/network/80-maculaos-dhcp.network",
         "etc/systemd/resolved.conf.d/90-maculaos.conf",
-        "etc/systemd/timesyncd.conf.d/90-maculaos.conf",
+        "etc/chrony/sources.d/maculaos.sources",
         "etc/modules-load.d/maculaos.conf",
         "etc/sysctl.d/90-maculaos.conf",
         "etc/environment",

@@ -87,7 +87,7 @@ fn systemctl(a: &mut Applier, s: &Switch, verbs: (&str, &str), args: &[&str]) {
     });
 }
 
-fn daemon_reload(a: &mut Applier, area: &str) {
+pub(crate) fn daemon_reload(a: &mut Applier, area: &str) {
     a.act(
         area,
         ("reload", "reloaded"),

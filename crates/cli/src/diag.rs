@@ -156,7 +156,7 @@ fn service_unit(name: &str) -> Option<String> {
 const NETWORK_UNITS: &[&str] = &[
     "systemd-networkd",
     "systemd-resolved",
-    "systemd-timesyncd",
+    "chrony",
     "avahi-daemon",
 ];
 

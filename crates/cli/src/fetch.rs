@@ -20,13 +20,17 @@ pub struct Origin {
 
 /// The node's `maculaos.upgrade` section.
 fn upgrade_config() -> maculaos_config::Upgrade {
+    node_config().maculaos.upgrade
+}
+
+fn node_config() -> maculaos_config::Config {
     let loaded = maculaos_config::load(&maculaos_config::Paths::system());
     if !loaded.problems.is_empty() {
         eprintln!(
-            "maculaos upgrade: the configuration has errors; upgrade.* is taken from the last good one (see `maculaos config show`)"
+            "maculaos upgrade: the configuration has errors; upgrade.* and updates.* are taken from the last good one (see `maculaos config show`)"
         );
     }
-    loaded.config.maculaos.upgrade
+    loaded.config
 }
 
 impl Origin {
@@ -314,14 +318,18 @@ fn download_verified(newest: &Available, trusted: &[PublicKey]) -> Result<(PathB
 }
 
 /// `maculaos upgrade --auto` (maculaos-upgrade-check.timer: at boot and
-/// daily). Reports only, unless `upgrade.auto_apply`. A source that cannot
+/// daily, or on `updates.schedule`). Reports only, unless
+/// `upgrade.auto_apply` or `updates.automatic`; then reboots into the new
+/// version with `updates.auto_reboot`. A source that cannot
 /// be reached is reported and is not a failure: the node is fine, and the
 /// next run tries again.
 pub fn auto_cmd() -> Result<ExitCode> {
-    let upgrade = upgrade_config();
-    if !upgrade.auto_check && !upgrade.auto_apply {
+    let config = node_config();
+    let upgrade = &config.maculaos.upgrade;
+    let auto_apply = config.auto_apply();
+    if !upgrade.auto_check && !auto_apply {
         println!(
-            "maculaos upgrade: upgrade.auto_check and upgrade.auto_apply are off: nothing to do"
+            "maculaos upgrade: upgrade.auto_check, upgrade.auto_apply and updates.automatic are off: nothing to do"
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -347,7 +355,7 @@ pub fn auto_cmd() -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    if !upgrade.auto_apply {
+    if !auto_apply {
         println!(
             "maculaos upgrade: {} is available on channel {} (running {running}). \
              Apply it with `sudo maculaos upgrade --apply`, then reboot",
@@ -356,8 +364,21 @@ pub fn auto_cmd() -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "maculaos upgrade: {} is available (running {running}); upgrade.auto_apply is on: applying it",
+        "maculaos upgrade: {} is available (running {running}); automatic updates are on: applying it",
         newest.version
     );
-    apply_latest_cmd(None, None, false, false)
+    let code = apply_latest_cmd(None, None, false, false)?;
+    if code == ExitCode::SUCCESS && config.maculaos.updates.auto_reboot {
+        // The new slot is on trial: a version that fails its boot checks
+        // is rolled back by the boot counting, as after any update.
+        println!(
+            "maculaos upgrade: rebooting into {} (updates.auto_reboot)",
+            newest.version
+        );
+        maculaos_runner::Cmd::new("systemctl")
+            .arg("reboot")
+            .run()
+            .context("rebooting into the new version (updates.auto_reboot)")?;
+    }
+    Ok(code)
 }

@@ -33,8 +33,9 @@ pub struct UpgradeArgs {
     #[arg(long, group = "action")]
     apply: bool,
     /// What maculaos-upgrade-check.timer runs: with upgrade.auto_check, look for
-    /// a newer version and report it; with upgrade.auto_apply, also apply it
-    /// (never a version that failed its trial). Never reboots.
+    /// a newer version and report it; with updates.automatic (or
+    /// upgrade.auto_apply), also apply it (never a version that failed its
+    /// trial), and with updates.auto_reboot reboot into it.
     #[arg(long, group = "action")]
     auto: bool,
     /// The same as `maculaos rollback`: the next boot starts the other slot.

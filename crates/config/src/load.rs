@@ -367,12 +367,17 @@ pub fn check(config: &Config, prov: &Provenance) -> Vec<Problem> {
             );
         }
     }
-    for s in &config.maculaos.ntp.servers {
-        if Hostname::try_from(s.clone()).is_err() && s.parse::<std::net::IpAddr>().is_err() {
-            bad(
-                "maculaos.ntp.servers",
-                format!("`{s}` is neither a host name nor an address"),
-            );
+    for (key, list) in [
+        ("maculaos.ntp.servers", &config.maculaos.ntp.servers),
+        (
+            "maculaos.edge.time_sync.servers",
+            &config.maculaos.edge.time_sync.servers,
+        ),
+    ] {
+        for s in list {
+            if Hostname::try_from(s.clone()).is_err() && s.parse::<std::net::IpAddr>().is_err() {
+                bad(key, format!("`{s}` is neither a host name nor an address"));
+            }
         }
     }
     if let Some(d) = &config.maculaos.install.device {
@@ -406,6 +411,9 @@ pub fn check(config: &Config, prov: &Provenance) -> Vec<Problem> {
     check_monitoring(config, &mut bad);
     check_mqtt(config, &mut bad);
     check_gitops(config, &mut bad);
+    check_time_sync(config, &mut bad);
+    check_updates(config, &mut bad);
+    check_logging(config, &mut bad);
     let mut names = Vec::new();
     for (i, a) in config.maculaos.alerts.iter().enumerate() {
         if names.contains(&a.name.as_str()) {
@@ -476,6 +484,66 @@ fn check_mqtt(config: &Config, bad: &mut impl FnMut(&str, String)) {
         );
     }
     reserve_name(config, "mqtt", "edge.mqtt", bad);
+}
+
+/// NTP servers in one of the two lists (each is a name or an address:
+/// checked with the other values); serving the LAN needs the clock kept.
+fn check_time_sync(config: &Config, bad: &mut impl FnMut(&str, String)) {
+    let t = &config.maculaos.edge.time_sync;
+    let ntp = &config.maculaos.ntp.servers;
+    if !ntp.is_empty() && !t.servers.is_empty() && *ntp != t.servers {
+        bad(
+            "maculaos.edge.time_sync.servers",
+            "differs from maculaos.ntp.servers: both name the node's NTP servers; give the list once"
+                .into(),
+        );
+    }
+    if t.serve_to_lan && !t.enabled {
+        bad(
+            "maculaos.edge.time_sync.serve_to_lan",
+            "serving the LAN needs time sync on (maculaos.edge.time_sync.enabled: true)".into(),
+        );
+    }
+}
+
+/// `updates.automatic` and `upgrade.auto_apply` say the same thing: once,
+/// or alike.
+fn check_updates(config: &Config, bad: &mut impl FnMut(&str, String)) {
+    let u = &config.maculaos.updates;
+    let apply = config.maculaos.upgrade.auto_apply;
+    if u.automatic == Some(false) && apply {
+        bad(
+            "maculaos.updates.automatic",
+            "is false while maculaos.upgrade.auto_apply is true: both say whether updates \
+             are applied unattended; give one"
+                .into(),
+        );
+    }
+    if let Some(n) = &u.notify {
+        if n.trim().is_empty() || n.chars().any(char::is_control) {
+            bad(
+                "maculaos.updates.notify",
+                format!("`{n}` is not an address to tell"),
+            );
+        }
+    }
+}
+
+/// The guide's `format: json` is Fluentd's forward protocol, not built.
+fn check_logging(config: &Config, bad: &mut impl FnMut(&str, String)) {
+    let l = &config.maculaos.logging;
+    if l.format == crate::schema::LogFormat::Json {
+        bad(
+            "maculaos.logging.format",
+            "json (Fluentd's forward protocol, as on port 24224) is not built yet; send the \
+             journal to a systemd-journal-remote receiver: `forward_to: http://HOST:19532` \
+             with `format: journal`"
+                .into(),
+        );
+    }
+    if l.forward_to.is_some() {
+        reserve_name(config, "log-forward", "logging", bad);
+    }
 }
 
 /// The git server's port (not SSH's own), and someone who may use it.
@@ -1516,6 +1584,72 @@ mod tests {
                 .contains("`/etc/git` is not a directory under /var"),
             "{:?}",
             l.problems
+        );
+    }
+
+    #[test]
+    fn time_sync_checks() {
+        assert!(cross_key(
+            "  ntp: {servers: [a.example]}\n  edge: {time_sync: {servers: [a.example]}}\n"
+        )
+        .is_empty());
+        let p = cross_key(
+            "  ntp: {servers: [a.example]}\n  edge: {time_sync: {servers: [b.example]}}\n",
+        );
+        assert!(
+            p[0].contains("maculaos.edge.time_sync.servers: differs from maculaos.ntp.servers"),
+            "{p:?}"
+        );
+        let p = cross_key("  edge: {time_sync: {servers: ['a b']}}\n");
+        assert_eq!(
+            p,
+            [format!(
+                "{AT}maculaos.edge.time_sync.servers: `a b` is neither a host name nor an address"
+            )]
+        );
+        let p = cross_key("  edge: {time_sync: {enabled: false, serve_to_lan: true}}\n");
+        assert!(p[0].contains("serving the LAN needs time sync on"), "{p:?}");
+    }
+
+    #[test]
+    fn the_guides_updates_and_logging_blocks() {
+        let n = Node::new();
+        n.write(
+            "var/lib/maculaos/config.yaml",
+            "updates:\n  automatic: true\n  schedule: \"04:00\"\n  auto_reboot: true\n  \
+             notify: admin@example.com\nlogging:\n  forward_to: logs.example.com:19532\n",
+        );
+        let l = load(&n.paths());
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        let c = &l.config;
+        assert!(c.auto_apply() && c.maculaos.updates.auto_reboot);
+        assert_eq!(
+            c.maculaos.updates.schedule.as_ref().unwrap().on_calendar(),
+            "04:00"
+        );
+        assert_eq!(
+            c.maculaos.logging.forward_to.as_ref().unwrap().url(),
+            "http://logs.example.com:19532"
+        );
+        // The guide's json (Fluentd on 24224) is refused, saying what works.
+        let p = cross_key("  logging: {forward_to: 'logs.example.com:24224', format: json}\n");
+        assert!(
+            p[0].contains("maculaos.logging.format: json (Fluentd's forward protocol")
+                && p[0].contains("forward_to: http://HOST:19532"),
+            "{p:?}"
+        );
+        for bad in [
+            "https://logs.example.com:19532",
+            "logs.example.com",
+            "ftp://x:1",
+        ] {
+            let p = cross_key(&format!("  logging: {{forward_to: '{bad}'}}\n"));
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+        }
+        let p = cross_key("  updates: {automatic: false}\n  upgrade: {auto_apply: true}\n");
+        assert!(
+            p[0].contains("maculaos.updates.automatic: is false"),
+            "{p:?}"
         );
     }
 

@@ -9,9 +9,9 @@
 pub use crate::values::MqttUser;
 use crate::values::{
     AbsPath, AgeRecipient, BackupTarget, Cidr, Duration, EnvName, FileMode, FirewallPort, Host,
-    HostPort, Hostname, HttpUrl, IfName, ImageRef, IpAddr, ModuleName, Owner, Percent, PortMap,
-    RegistryEndpoint, RegistryHost, Schedule, ServiceName, Size, SshKey, SysctlKey, SysctlValue,
-    UnitName, UpgradeUrl, UrlPath, VarDir, VolumeMap, WgKey,
+    HostPort, Hostname, HttpUrl, IfName, ImageRef, IpAddr, LogTarget, ModuleName, Owner, Percent,
+    PortMap, RegistryEndpoint, RegistryHost, Schedule, ServiceName, Size, SshKey, SysctlKey,
+    SysctlValue, UnitName, UpgradeUrl, UrlPath, VarDir, VolumeMap, WgKey,
 };
 pub use crate::values::{AlertCondition, AlertMetric, AlertName, AlertOp, MeshTopic};
 use schemars::JsonSchema;
@@ -41,6 +41,14 @@ pub struct Config {
     /// there when the file is read.
     #[serde(skip_serializing)]
     pub alerts: Option<Vec<Alert>>,
+    /// `maculaos.updates` where the guide writes it ("Automatic Updates"):
+    /// moved there when the file is read.
+    #[serde(skip_serializing)]
+    pub updates: Option<Updates>,
+    /// `maculaos.logging` where the guide writes it ("fluent-bit
+    /// (Logging)"): moved there when the file is read.
+    #[serde(skip_serializing)]
+    pub logging: Option<Logging>,
     /// SSH public keys for the admin user `macula`, added to those of `maculaos.ssh.authorized_keys`.
     pub ssh_authorized_keys: Vec<SshKey>,
     /// Files written at every boot (before `boot_cmd`).
@@ -112,6 +120,62 @@ pub struct Maculaos {
     /// (guide "Alerting").
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<Alert>,
+    /// When and how updates are applied unattended (guide "Automatic
+    /// Updates"; `upgrade` says where they come from).
+    pub updates: Updates,
+    /// Forwarding the journal to a central receiver.
+    pub logging: Logging,
+}
+
+/// `maculaos.logging` (the guide's top-level `logging:`): the journal sent
+/// to a receiver by Debian's systemd-journal-upload, which keeps its
+/// place (a cursor on /var): nothing is lost or sent twice across restarts,
+/// reboots and a receiver that is away, as long as the journal still
+/// holds what was not sent.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Logging {
+    /// The receiver: `host:port` or `http://host:port` (a
+    /// systemd-journal-remote, whose port is usually 19532); unset: the
+    /// journal stays on the node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_to: Option<LogTarget>,
+    /// What is sent: `journal` (the journal's export format, every field
+    /// kept; the default). The guide's `json` (Fluentd's forward protocol)
+    /// is not built yet and is refused.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Journal,
+    Json,
+}
+
+/// `maculaos.updates` (the guide's top-level `updates:`): the update check
+/// of `maculaos-upgrade-check.timer`, made automatic, on a schedule, with a
+/// reboot into the new version.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Updates {
+    /// Apply a newer version when the check finds one: the same as
+    /// `upgrade.auto_apply` (two different answers are refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub automatic: Option<bool>,
+    /// When the check runs: a daily time (`"04:00"`), a systemd
+    /// `OnCalendar=` expression or a cron line; unset: 10 minutes after
+    /// boot, then daily.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    /// Reboot into the version just applied (default false: it waits for
+    /// the next reboot).
+    pub auto_reboot: bool,
+    /// An address to tell (the guide's `admin@example.com`): accepted, not
+    /// sent yet; the updates' events are in the journal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
 }
 
 /// One alert (guide "Alerting"): while `condition` holds for `for`, it
@@ -145,6 +209,43 @@ impl Alert {
 pub struct Edge {
     /// An MQTT broker for the LAN's devices.
     pub mqtt: Mqtt,
+    /// The node's clock, and an NTP server for the LAN.
+    pub time_sync: TimeSync,
+}
+
+/// `maculaos.edge.time_sync`: chrony keeps the node's clock, from
+/// `servers` (or `maculaos.ntp.servers`; neither: Debian's pool), and with
+/// `serve_to_lan` answers NTP for the LAN's devices, from its own clock
+/// when no server can be reached (a site whose uplink is down keeps one
+/// time). NTP is not authenticated: `allow_from` says who may ask.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeSync {
+    /// Set the clock from NTP servers (default true; false: the node keeps
+    /// its clock as it runs, and the agent does not restart chrony).
+    pub enabled: bool,
+    /// NTP servers (names or addresses); the same list as
+    /// `maculaos.ntp.servers`, which may be given instead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// Serve NTP (UDP 123) to the LAN (default false); the port is opened
+    /// in the firewall while this is on.
+    pub serve_to_lan: bool,
+    /// Networks that may ask for the time; empty (the default): any
+    /// address that reaches the node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<Cidr>,
+}
+
+impl Default for TimeSync {
+    fn default() -> TimeSync {
+        TimeSync {
+            enabled: true,
+            servers: Vec::new(),
+            serve_to_lan: false,
+            allow_from: Vec::new(),
+        }
+    }
 }
 
 /// `maculaos.edge.mqtt`: Debian's mosquitto. Clients authenticate with a
@@ -460,7 +561,7 @@ impl Interface {
     }
 }
 
-/// Time synchronisation (systemd-timesyncd).
+/// Time synchronisation (chrony; see also `maculaos.edge.time_sync`).
 #[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Ntp {
@@ -1338,6 +1439,22 @@ impl Config {
             }
         }
         out
+    }
+    /// The NTP servers the node asks: `maculaos.edge.time_sync.servers`, or
+    /// `maculaos.ntp.servers` (the checks refuse two different lists);
+    /// empty: Debian's pool.
+    pub fn time_servers(&self) -> &[String] {
+        let own = &self.maculaos.edge.time_sync.servers;
+        if own.is_empty() {
+            &self.maculaos.ntp.servers
+        } else {
+            own
+        }
+    }
+    /// Whether a newer version is applied when found: `upgrade.auto_apply`
+    /// or `updates.automatic`.
+    pub fn auto_apply(&self) -> bool {
+        self.maculaos.updates.automatic.unwrap_or(false) || self.maculaos.upgrade.auto_apply
     }
     /// Node labels: `maculaos.labels` then `k3s.labels`.
     pub fn node_labels(&self) -> BTreeMap<String, String> {

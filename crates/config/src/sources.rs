@@ -2,7 +2,9 @@
 //! the schema on its own so that an error names the file it is in.
 
 use crate::error::Problem;
-use crate::schema::{Alert, Command, Config, K3s, Maculaos, Mesh, Monitoring, WriteFile};
+use crate::schema::{
+    Alert, Command, Config, K3s, Logging, Maculaos, Mesh, Monitoring, Updates, WriteFile,
+};
 use crate::values::{Hostname, SshKey};
 use maculaos_boot::Cmdline;
 use serde::Deserialize;
@@ -64,7 +66,7 @@ fn parse_maculaos(name: &str, text: &str) -> Result<Value, Problem> {
 /// Sections the user guide writes at the top level (`mesh:`, `monitoring:`)
 /// that belong under `maculaos:`: moved there, so that the guide's examples
 /// work as written and every other reader sees one place.
-const GUIDE_SECTIONS: &[&str] = &["mesh", "monitoring", "alerts"];
+const GUIDE_SECTIONS: &[&str] = &["mesh", "monitoring", "alerts", "updates", "logging"];
 
 fn hoist_guide_sections(name: &str, map: &mut Mapping) -> Result<(), Problem> {
     for key in GUIDE_SECTIONS {
@@ -114,6 +116,10 @@ struct CloudConfig {
     monitoring: Option<Monitoring>,
     #[serde(default)]
     alerts: Option<Vec<Alert>>,
+    #[serde(default)]
+    updates: Option<Updates>,
+    #[serde(default)]
+    logging: Option<Logging>,
 }
 
 fn parse_user_data(name: &str, text: &str) -> Result<Value, Problem> {

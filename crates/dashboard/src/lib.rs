@@ -32,7 +32,7 @@ use std::time::{Instant, SystemTime};
 pub const DEFAULT_UNITS: &[&str] = &[
     "ssh.service",
     "systemd-networkd.service",
-    "systemd-timesyncd.service",
+    "chrony.service",
     "avahi-daemon.service",
     "maculaos-agent.service",
     "k3s.service",

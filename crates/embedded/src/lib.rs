@@ -82,7 +82,12 @@ pub fn dropin_path(unit: &str) -> String {
 
 /// Every embedded service MaculaOS knows, enabled or not.
 pub fn all(config: &Config) -> Vec<Embedded> {
-    vec![metrics(config), mqtt(config), git(config)]
+    vec![
+        metrics(config),
+        mqtt(config),
+        git(config),
+        log_forward(config),
+    ]
 }
 
 /// Those the configuration switches on.
@@ -228,6 +233,49 @@ fn git(config: &Config) -> Embedded {
     }
 }
 
+/// Where Debian's uploader reads its receiver, and MaculaOS's script that
+/// keeps it from sending its last entry again when it restarts.
+const CURSOR_FIX: &str = "/usr/lib/maculaos/journal-upload-cursor";
+const UPLOAD_CONF: &str = "/etc/systemd/journal-upload.conf.d/50-maculaos.conf";
+
+/// `maculaos.logging.forward_to`: Debian's systemd-journal-upload, which
+/// keeps its cursor in its state directory on /var (`--save-state`).
+fn log_forward(config: &Config) -> Embedded {
+    let l = &config.maculaos.logging;
+    let unit = "systemd-journal-upload.service";
+    // It exits when the receiver cannot be reached: started again every
+    // 10 s for as long as that lasts (no start limit), each time after the
+    // last entry the receiver took (its cursor, moved past that entry
+    // first: see the script).
+    let dropin = format!(
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStartPre=+{CURSOR_FIX}\n\
+         Restart=always\nRestartSec=10s\n"
+    );
+    let url = l.forward_to.as_ref().map(|t| t.url()).unwrap_or_default();
+    Embedded {
+        name: "log-forward",
+        unit,
+        key: "maculaos.logging",
+        about: "journal forwarding (systemd-journal-upload)",
+        enabled: l.forward_to.is_some(),
+        dropin,
+        files: vec![File {
+            path: UPLOAD_CONF,
+            mode: 0o644,
+            owner: "root:root",
+            content: Content::Text(format!("[Upload]\nURL={url}\n")),
+        }],
+        // It only connects out.
+        ports: Vec::new(),
+        // Failing while the receiver is away, which systemd's restarts
+        // already deal with: reported, not restarted by the agent.
+        check: HealthCheck {
+            restart_on_failure: false,
+            ..unit_check("log-forward", unit)
+        },
+    }
+}
+
 /// `ports` over TCP, each open to `from`. Port 0 is refused by the
 /// configuration's checks; were it to come through, it would be left out,
 /// not a panic.
@@ -286,6 +334,28 @@ mod tests {
 
     fn config(yaml: &str) -> Config {
         serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn the_journal_goes_where_logging_says() {
+        let c = config("maculaos:\n  logging: {forward_to: '10.0.0.9:19532'}\n");
+        let e = enabled(&c);
+        assert_eq!(e.len(), 1);
+        let f = &e[0];
+        assert_eq!(
+            (f.name, f.unit),
+            ("log-forward", "systemd-journal-upload.service")
+        );
+        assert!(f.ports.is_empty());
+        assert_eq!(
+            f.files[0].content,
+            Content::Text("[Upload]\nURL=http://10.0.0.9:19532\n".into())
+        );
+        assert!(f.dropin.contains("Restart=always\n"), "{}", f.dropin);
+        assert!(f
+            .dropin
+            .contains("ExecStartPre=+/usr/lib/maculaos/journal-upload-cursor\n"));
+        assert!(!f.check.restart_on_failure);
     }
 
     #[test]

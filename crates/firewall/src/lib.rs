@@ -131,6 +131,15 @@ pub fn openings(config: &Config, facts: &Facts) -> Vec<Opening> {
             });
         }
     }
+    let time = &config.maculaos.edge.time_sync;
+    if time.enabled && time.serve_to_lan {
+        out.push(Opening {
+            port: port("123/udp"),
+            from: time.allow_from.clone(),
+            why: "NTP for the LAN (maculaos.edge.time_sync.serve_to_lan)".into(),
+            limit_per_minute: None,
+        });
+    }
     for a in &fw.allow {
         out.push(Opening {
             port: a.port.clone(),
@@ -408,6 +417,25 @@ mod tests {
         assert!(!openings(&c, &Facts::default())
             .iter()
             .any(|o| o.port.to_string() == "9100/tcp"));
+    }
+
+    #[test]
+    fn ntp_is_served_only_when_asked() {
+        let ntp = |c: &Config| {
+            openings(c, &Facts::default())
+                .into_iter()
+                .find(|o| o.port.to_string() == "123/udp")
+        };
+        assert!(ntp(&Config::default()).is_none());
+        let c = config(
+            "maculaos:\n  edge:\n    time_sync: {serve_to_lan: true, allow_from: [10.1.0.0/16]}\n",
+        );
+        let o = ntp(&c).unwrap();
+        let r = ruleset(true, &[o], None);
+        assert!(
+            r.contains("ip saddr 10.1.0.0/16 udp dport 123 accept"),
+            "{r}"
+        );
     }
 
     #[test]

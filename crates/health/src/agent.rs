@@ -6,7 +6,7 @@
 //! minute, and the built-in `mdns-name` check every 30 s; restarts the unit
 //! of a failing check that has `restart_on_failure` ([`RestartPolicy`]);
 //! and, with `maculaos.auto_heal.enabled`, cleans up the data partition
-//! when it is too full, restarts systemd-timesyncd when the clock stays
+//! when it is too full, restarts chrony when the clock stays
 //! unsynchronised, restarts systemd-networkd when the network stays down
 //! for `auto_heal.network_grace`, and has avahi-daemon claim the hostname
 //! again when it announces the node under another name (after a name
@@ -92,12 +92,12 @@ const AVAHI_SET_HOST_NAME_LIMIT: Duration = Duration::from_secs(10);
 /// The disk cleanup runs at most this often.
 pub const CLEANUP_EVERY: Duration = Duration::from_secs(10 * 60);
 /// The clock may take this long after boot to synchronise before the agent
-/// restarts systemd-timesyncd.
+/// restarts chrony.
 pub const TIME_SYNC_GRACE: Duration = Duration::from_secs(5 * 60);
-/// systemd-timesyncd is restarted at most this often.
+/// chrony is restarted at most this often.
 pub const TIME_SYNC_EVERY: Duration = Duration::from_secs(15 * 60);
 /// The unit restarted when the clock is not synchronised.
-pub const TIMESYNCD: &str = "systemd-timesyncd.service";
+pub const TIME_DAEMON: &str = "chrony.service";
 /// The unit restarted when the network stays down: on start it brings up
 /// the links it manages (`ActivationPolicy=up`, the default, raises a link
 /// each time it is configured) and asks DHCP again.
@@ -138,7 +138,7 @@ pub enum EventKind {
     GaveUp,
     /// The journal was vacuumed and old update bundles removed.
     DiskCleanup,
-    /// systemd-timesyncd was restarted (or its restart failed).
+    /// chrony was restarted (or its restart failed).
     TimeSync,
     /// systemd-networkd was restarted (or its restart failed).
     Network,
@@ -201,7 +201,7 @@ pub enum Action {
     /// Vacuum the journal to `journal_max` bytes and remove old update
     /// bundles; `reason` says which check asked for it.
     DiskCleanup { reason: String, journal_max: u64 },
-    /// `systemctl restart systemd-timesyncd`.
+    /// `systemctl restart chrony`.
     RestartTimeSync,
     /// `systemctl restart systemd-networkd`.
     RestartNetwork,
@@ -340,6 +340,9 @@ pub struct Scheduler {
     auto_heal: AutoHeal,
     last_cleanup: Option<Instant>,
     last_time_sync: Option<Instant>,
+    /// `edge.time_sync.enabled`: whether chrony is restarted for a clock
+    /// that is not synchronised.
+    time_sync_on: bool,
     /// Since when the `network` check has failed, without a pass between.
     network_down_since: Option<Instant>,
     /// The restarts of systemd-networkd: [`NETWORK_RESTARTS`] within
@@ -369,6 +372,7 @@ impl Scheduler {
             auto_heal: config.auto_heal.clone(),
             last_cleanup: None,
             last_time_sync: None,
+            time_sync_on: config.edge.time_sync.enabled,
             network_down_since: None,
             network_restarts: RestartPolicy::new(NETWORK_RESTARTS, NETWORK_RESTART_WINDOW),
             name_claims: RestartPolicy::new(MDNS_CLAIMS, MDNS_CLAIM_WINDOW),
@@ -414,6 +418,7 @@ impl Scheduler {
     /// removed one is forgotten (a result still coming for it is ignored).
     pub fn reload(&mut self, config: &Maculaos, now: Instant) -> Reload {
         self.auto_heal = config.auto_heal.clone();
+        self.time_sync_on = config.edge.time_sync.enabled;
         let mut report = Reload::default();
         let mut old: BTreeMap<CheckId, Slot> = std::mem::take(&mut self.slots);
         for id in BUILT_INS {
@@ -597,8 +602,10 @@ impl Scheduler {
             });
         }
         // Warn is timedatectl's "NTPSynchronized=no"; Fail means it could
-        // not tell, which restarting timesyncd would not mend.
+        // not tell, which restarting chrony would not mend. With time sync
+        // off (`edge.time_sync.enabled: false`) chrony has no server to ask.
         if *id == CheckId::TimeSync
+            && self.time_sync_on
             && check.state == State::Warn
             && uptime >= TIME_SYNC_GRACE
             && self
@@ -609,7 +616,7 @@ impl Scheduler {
             actions.push(Action::Log(Event::new(
                 EventKind::TimeSync,
                 format!(
-                    "the clock is still not synchronised {} min after boot; restarting {TIMESYNCD}",
+                    "the clock is still not synchronised {} min after boot; restarting {TIME_DAEMON}",
                     uptime.as_secs() / 60
                 ),
             )));
@@ -1120,7 +1127,7 @@ fn execute(root: &Path, action: Action) {
             }
         }
         Action::RestartTimeSync => {
-            restart_built_in(live, &not_live, TIMESYNCD, EventKind::TimeSync)
+            restart_built_in(live, &not_live, TIME_DAEMON, EventKind::TimeSync)
         }
         Action::RestartNetwork => restart_built_in(live, &not_live, NETWORKD, EventKind::Network),
         Action::ReclaimName(name) => {
@@ -1863,13 +1870,20 @@ mod tests {
             vec![
                 Action::Log(Event::new(
                     EventKind::TimeSync,
-                    "the clock is still not synchronised 5 min after boot; restarting systemd-timesyncd.service"
+                    "the clock is still not synchronised 5 min after boot; restarting chrony.service"
                 )),
                 Action::RestartTimeSync
             ]
         );
         assert_eq!(run_one(&mut s, &ts, &unsynced, t0 + 18 * MIN), NONE);
         assert_eq!(run_one(&mut s, &ts, &unsynced, t0 + 19 * MIN).len(), 2);
+        // With time sync off, an unsynchronised clock is only reported.
+        let mut off = Scheduler::new(
+            &config("maculaos:\n  edge: {time_sync: {enabled: false}}\n"),
+            t0,
+            10 * MIN,
+        );
+        assert_eq!(run_one(&mut off, &ts, &unsynced, t0), NONE);
         // Synchronised, or timedatectl could not tell: nothing to restart.
         let synced = Check::new("time-sync", State::Pass, "clock synchronised");
         assert_eq!(run_one(&mut s, &ts, &synced, t0 + 60 * MIN), NONE);

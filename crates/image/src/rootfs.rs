@@ -56,6 +56,8 @@ pub fn rootfs_key(opts: &BuildOptions) -> Result<String> {
     }
     k.file(&image.join("dpkg-excludes.txt"))?;
     k.file(&image.join("hooks/customize-rootfs.sh"))?;
+    k.file(&image.join("hooks/system-ids.sh"))?;
+    k.file(&image.join("system-ids.txt"))?;
     k.tree(&image.join("debs"))?;
     Ok(k.finish())
 }
@@ -109,6 +111,10 @@ pub fn debian_root(opts: &BuildOptions, key: &str) -> Result<(PathBuf, bool)> {
         .arg(format!(
             "--setup-hook=sync-in {} /var/cache/apt/archives/",
             debs_cache.display()
+        ))
+        .arg(format!(
+            "--essential-hook={}",
+            image.join("hooks/system-ids.sh").display()
         ))
         .arg(format!(
             "--customize-hook=sync-out /var/cache/apt/archives {}",

@@ -548,14 +548,28 @@ pub fn upgrade_http(ctx: &mut Ctx) -> Result<()> {
                 .any(|r| r.starts_with(&format!("GET {bundle_path} range="))),
         || format!("the cut download was not resumed with a Range request: {requests:?}"),
     )?;
-    let out = ssh
-        .check_timeout("sudo maculaos upgrade --apply", CMD_LONG)
-        .context("maculaos upgrade --apply")?;
-    ensure(
-        out.contains("already downloaded and verified") && out.contains(&format!("now holds {V2}")),
-        || format!("`upgrade --apply` should write the downloaded {V2}:\n{out}"),
+    // The guide's automatic updates: on a schedule, applied (the bundle
+    // downloaded above is used as it is) and rebooted into by what the
+    // timer runs (started here rather than waited for).
+    ssh.check(
+        "printf 'updates:\\n  automatic: true\\n  schedule: \"04:00\"\\n  auto_reboot: true\\n' \
+         | sudo tee /var/lib/maculaos/config.d/60-updates.yaml && sudo maculaos apply",
     )?;
-    let ssh = ctx.reboot(&ssh, "v2 on trial")?;
+    // Only the schedule: the image's times after boot are gone.
+    let calendar = ssh.check(
+        "systemctl show -p TimersCalendar -p TimersMonotonic maculaos-upgrade-check.timer",
+    )?;
+    ensure(
+        calendar.contains("OnCalendar=*-*-* 04:00:00") && !calendar.contains("TimersMonotonic"),
+        || format!("updates.schedule did not become the check's time: {calendar}"),
+    )?;
+    let ssh = ctx.reboot_by(
+        &ssh,
+        "sudo systemctl start --no-block maculaos-upgrade-check.service",
+        "v2 on trial, rebooted into by updates.auto_reboot",
+        "multi-user.target",
+    )?;
+    // Nothing else applied v2 or rebooted: the node runs it now.
     expect_running(&ssh, "B", V2, "after the update")?;
     let st = ssh.check("sudo maculaos upgrade --status")?;
     ensure(
