@@ -3,11 +3,12 @@
 # packages): creates the system accounts of image/system-ids.txt with their
 # fixed ids, before the packages that want them are installed (adduser and
 # systemd-sysusers keep an account that exists). See that file for why.
-set -eu
+set -euf
 root="$1"
 table="$(dirname "$0")/../system-ids.txt"
 
-has() { grep -q "^$2:" "$root/etc/$1"; }
+# Whether /etc/$1 has an entry named $2.
+has() { awk -F: -v n="$2" '$1 == n { found = 1 } END { exit !found }' "$root/etc/$1"; }
 
 grep -v '^#' "$table" | while read -r kind name id rest; do
     case "$kind" in

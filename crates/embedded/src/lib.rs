@@ -248,7 +248,7 @@ fn log_forward(config: &Config) -> Embedded {
     // last entry the receiver took (its cursor, moved past that entry
     // first: see the script).
     let dropin = format!(
-        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStartPre=+{CURSOR_FIX}\n\
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStartPre=-+{CURSOR_FIX}\n\
          Restart=always\nRestartSec=10s\n"
     );
     let url = l.forward_to.as_ref().map(|t| t.url()).unwrap_or_default();
@@ -267,10 +267,12 @@ fn log_forward(config: &Config) -> Embedded {
         }],
         // It only connects out.
         ports: Vec::new(),
-        // Failing while the receiver is away, which systemd's restarts
-        // already deal with: reported, not restarted by the agent.
+        // Failing while the receiver is away (the unit waits to start
+        // again), which systemd's restarts already deal with: reported,
+        // not restarted by the agent.
         check: HealthCheck {
             restart_on_failure: false,
+            only_while_active: false,
             ..unit_check("log-forward", unit)
         },
     }
@@ -354,7 +356,7 @@ mod tests {
         assert!(f.dropin.contains("Restart=always\n"), "{}", f.dropin);
         assert!(f
             .dropin
-            .contains("ExecStartPre=+/usr/lib/maculaos/journal-upload-cursor\n"));
+            .contains("ExecStartPre=-+/usr/lib/maculaos/journal-upload-cursor\n"));
         assert!(!f.check.restart_on_failure);
     }
 
