@@ -129,9 +129,9 @@ pub struct Maculaos {
 
 /// `maculaos.logging` (the guide's top-level `logging:`): the journal sent
 /// to a receiver by Debian's systemd-journal-upload, which keeps its
-/// place (a cursor on /var): nothing is lost or sent twice across restarts,
-/// reboots and a receiver that is away, as long as the journal still
-/// holds what was not sent.
+/// place (a cursor on /var): what is logged while the receiver is away
+/// arrives once it is back, as long as the journal (kept in memory, so not
+/// across a reboot) still holds it.
 #[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Logging {

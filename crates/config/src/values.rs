@@ -915,8 +915,7 @@ fn check_log_target(s: &str) -> Result<(), String> {
              over the WireGuard overlay"
         ));
     }
-    let rest = s.strip_prefix("http://").unwrap_or(s);
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let rest = log_target_host_port(s);
     if rest.contains("://") || split_host_port(rest).is_err() {
         return Err(format!(
             "`{s}` is not a log receiver: write host:port or http://host:port, \
@@ -924,6 +923,12 @@ fn check_log_target(s: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `host:port` of a log target, without `http://` and a trailing `/`.
+fn log_target_host_port(s: &str) -> &str {
+    let rest = s.strip_prefix("http://").unwrap_or(s);
+    rest.strip_suffix('/').unwrap_or(rest)
 }
 
 checked_string!(
@@ -936,8 +941,7 @@ checked_string!(
 impl LogTarget {
     /// The receiver's URL: `http://host:port`.
     pub fn url(&self) -> String {
-        let rest = self.0.strip_prefix("http://").unwrap_or(&self.0);
-        format!("http://{}", rest.strip_suffix('/').unwrap_or(rest))
+        format!("http://{}", log_target_host_port(&self.0))
     }
 }
 
