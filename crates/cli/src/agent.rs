@@ -1,6 +1,7 @@
 //! `maculaos agent`: the health agent (maculaos-health) with the dashboard
 //! (maculaos-dashboard) on its own thread, fed by the agent, and the
-//! alerts (maculaos-alerts) on another.
+//! alerts (maculaos-alerts) and the fleet heartbeat (maculaos-fleet) on
+//! others.
 
 use anyhow::Result;
 use maculaos_config::Paths;
@@ -26,5 +27,30 @@ pub fn run() -> Result<()> {
     if let Err(e) = maculaos_alerts::spawn(paths.clone()) {
         println!("event: alerts: cannot start their thread: {e}");
     }
+    // Without heartbeats the node is offline in its fleet, nothing more.
+    if let Err(e) = maculaos_fleet::spawn(paths.clone(), carry_out) {
+        println!("event: fleet: cannot start its thread: {e}");
+    }
     maculaos_health::agent::run(&paths, &feed)
+}
+
+/// An operator's order, checked by the fleet thread: `fleet decommission`
+/// is a factory reset that keeps the network settings (so the node can be
+/// paired again where it stands) and, with `--wipe`, not the user data.
+fn carry_out(order: &maculaos_mesh::order::Order) -> Result<(), String> {
+    use maculaos_mesh::order::Action;
+    match order.action {
+        Action::Decommission { wipe } => {
+            crate::recovery::factory_reset_cmd(&crate::recovery::ResetArgs {
+                confirm: true,
+                keep_data: !wipe,
+                keep_network: true,
+                no_reboot: false,
+                cancel: false,
+            })
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+        }
+        Action::FixDrift => maculaos_fleet::drift::fix(&maculaos_config::Paths::system()),
+    }
 }

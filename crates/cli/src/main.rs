@@ -8,6 +8,7 @@ mod diag;
 mod fetch;
 mod firewall;
 mod firstboot;
+mod fleet;
 mod install;
 mod mesh;
 mod recovery;
@@ -137,6 +138,10 @@ enum Command {
     /// The Macula mesh: status, peers, ping, pub/sub/request, join tokens.
     #[command(subcommand)]
     Mesh(mesh::Command),
+    /// The fleet: every node of this node's realm from its heartbeats
+    /// (healthy, degraded, offline), `list` and `status NODE`.
+    #[command(subcommand)]
+    Fleet(fleet::Command),
     /// The system journal, or one unit's (`maculaos logs ssh -f`).
     Logs(diag::LogsArgs),
     /// The health agent (maculaos-agent.service): runs the checks on their
@@ -203,6 +208,7 @@ fn needs_root(command: &Command) -> bool {
         // Read the configuration, which holds secrets and is root's only.
         Command::Health { .. } | Command::Services { .. } | Command::Service(_) => true,
         Command::Firewall(c) => firewall::needs_root(c),
+        Command::Fleet(c) => fleet::needs_root(c),
         // `wg show` (the overlay's peers and handshakes) is root's.
         Command::Network(_) => true,
         Command::Deploy(_)
@@ -302,6 +308,7 @@ fn main() -> Result<ExitCode> {
         Command::Diag(args) => diag::run(&args),
         Command::Logs(args) => diag::logs(&args),
         Command::Mesh(cmd) => mesh::run(cmd),
+        Command::Fleet(cmd) => fleet::run(cmd),
         Command::Firstboot(args) => firstboot::run(&args),
         Command::Discover { json, timeout } => {
             let me = maculaos_discover::ThisNode::running();

@@ -399,6 +399,66 @@ fn spawn_service_directory(realm: String, node: String) {
     });
 }
 
+/// Orders from the realm's operator to this node (`maculaos fleet
+/// decommission` on the CA holder): checked against the realm CA, kept for
+/// the health agent to carry out (this daemon may not reset the node), and
+/// answered either way.
+fn spawn_order_service(st: State, realm: String, node: String) {
+    use maculaos_mesh::order::{self, Answer, Signed};
+    std::thread::spawn(move || {
+        let subject = order::subject(&realm, &node);
+        loop {
+            match Client::connect(&client::local_url(), "maculaos-meshd-orders", TIMEOUT) {
+                Ok(c) => {
+                    println!("maculaos-meshd: taking the operator's orders on {subject}");
+                    let r = c.serve(&subject, |payload| {
+                        let checked = Signed::from_json(payload).and_then(|s| {
+                            let o = st.open_order(&s, &realm, &node)?;
+                            if !st.first_time(&s).map_err(|e| e.to_string())? {
+                                return Err(
+                                    "this order was taken before (a recorded order sent again)"
+                                        .into(),
+                                );
+                            }
+                            st.keep_order(&s).map_err(|e| e.to_string())?;
+                            Ok(o)
+                        });
+                        let answer = match checked {
+                            Ok(o) => {
+                                println!(
+                                    "maculaos-meshd: order accepted from {}: {}",
+                                    o.by,
+                                    serde_json::to_string(&o.action).unwrap_or_default()
+                                );
+                                Answer {
+                                    accepted: true,
+                                    message: format!(
+                                        "accepted: {node}'s agent carries it out within about {} s",
+                                        2 * maculaos_fleet::EVERY.as_secs()
+                                    ),
+                                }
+                            }
+                            Err(why) => {
+                                println!("maculaos-meshd: order refused: {why}");
+                                Answer {
+                                    accepted: false,
+                                    message: format!("refused by {node}: {why}"),
+                                }
+                            }
+                        };
+                        serde_json::to_vec(&answer).ok()
+                    });
+                    if let Err(e) = r {
+                        eprintln!("maculaos-meshd: orders: {e}");
+                    }
+                }
+                Err(e) => eprintln!("maculaos-meshd: orders: {e}"),
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    });
+}
+
 /// How often meshd asks the realm for overlay announcements: often while
 /// it has just started (nodes of a site tend to come up together), then
 /// less.
@@ -1525,6 +1585,9 @@ fn serve() -> Result<ExitCode> {
         }
     }
     spawn_service_directory(realm.clone(), node.clone());
+    if st.joined(&realm) && !id.ca_holder {
+        spawn_order_service(st.clone(), realm.clone(), node.clone());
+    }
     if st.joined(&realm) {
         let host = maculaos_apply::mesh::advertise_host(&config, &node);
         spawn_overlay(st.clone(), realm.clone(), node.clone(), host);

@@ -6,6 +6,7 @@ pub mod client;
 pub mod conf;
 pub mod join;
 pub mod known;
+pub mod order;
 pub mod overlay;
 pub mod pki;
 pub mod renew;

@@ -12,6 +12,8 @@
 //! | `issued.json` | certificates this CA holder signed | 0600 |
 //! | `roster.json` | the realm's roster, signed by its CA (see [`crate::roster`]) | 0644 |
 //! | `known.json` | the realm's bootstrap and gateway nodes learnt of (see [`crate::known`]) | 0644 |
+//! | `order.json` | an operator's order this node accepted, until its agent carries it out (see [`crate::order`]) | 0600 |
+//! | `audit.log` | the realm operator's actions, on the CA holder | 0600 |
 //!
 //! Everything is root's, in a directory only root enters (0700).
 
@@ -103,6 +105,14 @@ pub struct Issued {
     #[serde(default)]
     pub spki_sha256: String,
 }
+
+/// An order this node accepted, until its agent carries it out.
+pub const ORDER_FILE: &str = "order.json";
+/// The orders this node took lately (their digests), so that none is
+/// taken twice.
+pub const ORDERS_SEEN: &str = "orders-seen.json";
+/// The realm operator's actions on the CA holder, one JSON line each.
+pub const AUDIT_FILE: &str = "audit.log";
 
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -221,6 +231,109 @@ impl State {
                 "this node does not hold the realm CA: certificates are signed on the bootstrap node that made the realm".into(),
             )),
         }
+    }
+
+    /// Sign `order` with the realm CA's key (CA holder only): the realm
+    /// operator's credential.
+    pub fn sign_order(
+        &self,
+        order: &crate::order::Order,
+    ) -> Result<crate::order::Signed, StateError> {
+        Ok(order.sign(&self.ca()?.key_pem)?)
+    }
+
+    /// `text` signed with the realm CA's key (CA holder only).
+    pub fn sign_text(&self, text: String) -> Result<crate::order::Signed, StateError> {
+        Ok(crate::order::sign_text(&self.ca()?.key_pem, text)?)
+    }
+
+    /// The text of `signed`, if this node's realm CA signed it.
+    pub fn verified_text(
+        &self,
+        signed: &crate::order::Signed,
+        what: &str,
+    ) -> Result<String, String> {
+        let ca = self
+            .read("ca.crt")
+            .map_err(|e| e.to_string())?
+            .ok_or("this node has no realm CA to check signatures with")?;
+        signed.verified(&ca, what).map(str::to_string)
+    }
+
+    /// `signed`, if this node's realm CA signed it for `realm` and `node`
+    /// within [`crate::order::TTL`] of now.
+    pub fn open_order(
+        &self,
+        signed: &crate::order::Signed,
+        realm: &str,
+        node: &str,
+    ) -> Result<crate::order::Order, String> {
+        let ca = self
+            .read("ca.crt")
+            .map_err(|e| e.to_string())?
+            .ok_or("this node has no realm CA to check the order with")?;
+        signed.open(&ca, realm, node, now().max(0) as u64)
+    }
+
+    /// Keep an order this node accepted ([`ORDER_FILE`], root's only)
+    /// for the health agent, which carries it out (maculaos-meshd, which
+    /// takes it, may not reset the node).
+    pub fn keep_order(&self, signed: &crate::order::Signed) -> Result<(), StateError> {
+        self.write(ORDER_FILE, signed.to_json().as_bytes(), 0o600)
+    }
+
+    /// The order kept by [`State::keep_order`], removed as it is read: an
+    /// order is carried out once.
+    pub fn take_order(&self) -> Option<Result<crate::order::Signed, String>> {
+        // Moved aside before it is read: an order meshd keeps meanwhile is
+        // a new file, taken next time, not one removed unread.
+        let taking = self.path(&format!("{ORDER_FILE}.taking"));
+        std::fs::rename(self.path(ORDER_FILE), &taking).ok()?;
+        let text = std::fs::read_to_string(&taking);
+        let _ = std::fs::remove_file(&taking);
+        Some(
+            text.map_err(|e| e.to_string())
+                .and_then(|t| crate::order::Signed::from_json(t.as_bytes())),
+        )
+    }
+
+    /// Remember that `signed` was taken, until it expires: an order is
+    /// taken once (a recorded one sent again is refused). `false` when it
+    /// was taken before.
+    pub fn first_time(&self, signed: &crate::order::Signed) -> Result<bool, StateError> {
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(signed.text.as_bytes()));
+        let now = now();
+        self.locked(|| {
+            let mut seen: std::collections::BTreeMap<String, i64> = self
+                .read(ORDERS_SEEN)?
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            // Kept past the window either way: older orders are refused anyway.
+            seen.retain(|_, at| now - *at <= 2 * crate::order::TTL as i64);
+            if seen.contains_key(&digest) {
+                return Ok(false);
+            }
+            seen.insert(digest, now);
+            self.save(ORDERS_SEEN, &seen, 0o600)?;
+            Ok(true)
+        })
+    }
+
+    /// Add one line to the realm operator's audit log ([`AUDIT_FILE`],
+    /// root's only): who did what, when.
+    pub fn audit(&self, line: &serde_json::Value) -> Result<(), StateError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.path(AUDIT_FILE);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
+        writeln!(f, "{line}").map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))
     }
 
     /// Run `f` holding the mesh directory's lock: the CLI (tokens), the

@@ -339,6 +339,39 @@ fn two_bootstrap_nodes_and_a_peer_form_one_realm() {
     pc.kv_create(REALM, "settings", 2).unwrap();
     let v = b2c_kv(&b2);
     assert_eq!(v.value, "eco");
+    // A bucket made on one bootstrap node is kept on both once asked, its
+    // values listed in one go from the peer, a removed key left out.
+    let bc = connect(b1.as_ref().unwrap());
+    bc.kv_create(REALM, "reg", 1).unwrap();
+    bc.kv_put(REALM, "reg", "n1", b"one").unwrap();
+    assert!(pc.kv_ensure(REALM, "reg", 2).unwrap());
+    assert!(!pc.kv_ensure(REALM, "reg", 2).unwrap());
+    assert!(
+        !pc.kv_ensure(REALM, "reg", 1).unwrap(),
+        "never fewer copies"
+    );
+    // The new copy catches up before the bucket takes writes again.
+    for k in ["n2", "n3"] {
+        wait_for("a write to the bucket kept on two nodes", || {
+            pc.kv_put(REALM, "reg", k, k.as_bytes()).is_ok()
+        });
+    }
+    pc.kv_delete(REALM, "reg", "n2").unwrap();
+    let listed: Vec<(String, Vec<u8>)> = pc
+        .kv_entries(REALM, "reg")
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("n1".to_string(), b"one".to_vec()),
+            ("n3".into(), b"n3".to_vec())
+        ]
+    );
+    pc.kv_create(REALM, "empty", 2).unwrap();
+    assert!(pc.kv_entries(REALM, "empty").unwrap().is_empty());
 
     // b1 dies: the peer reaches the realm through b2.
     drop(b1.take());

@@ -550,8 +550,8 @@ fn timing_lines(timings: &[Timing]) -> String {
         .iter()
         .map(|t| {
             // Most are seconds; a few are benchmarks whose name ends in
-            // their unit: "(MiB)", "(KiB)", "(ms)", "(msgs/s)", "(lines/s)".
-            let unit = if ["(MiB)", "(KiB)", "(ms)", "(msgs/s)", "(lines/s)"]
+            // their unit: "(MiB)", "(KiB)", "(ms)", "(msgs/s)", "(lines/s)", "(bytes)".
+            let unit = if ["(MiB)", "(KiB)", "(ms)", "(msgs/s)", "(lines/s)", "(bytes)"]
                 .iter()
                 .any(|u| t.what.ends_with(u))
             {

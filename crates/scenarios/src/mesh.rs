@@ -10,7 +10,9 @@
 //! again, and the bucket's value is read back. The peer, revoked on the CA
 //! holder, is refused by both bootstrap nodes once they have the new
 //! roster. A node whose certificate comes from another realm's CA is
-//! refused, and its `maculaos mesh status` says why.
+//! refused, and its `maculaos mesh status` says why. The fleet: the three
+//! nodes healthy in `maculaos fleet list` from their heartbeats, and the
+//! revoked peer offline once its heartbeats stop.
 
 use crate::harness::{ensure, Ctx, BOOT_TIMEOUT, CMD_TIMEOUT};
 use crate::nats::Nats;
@@ -53,20 +55,76 @@ fn configure(lan: &Nodes, i: usize, yaml: &str) -> Result<()> {
     Ok(())
 }
 
+/// Wait until what `read` gives on node `i` satisfies `cond`; returns how
+/// the wait ended and the last value read.
+fn wait_read(
+    lan: &mut Nodes,
+    i: usize,
+    what: &str,
+    read: fn(&Ssh) -> Result<Value>,
+    mut cond: impl FnMut(&Value) -> bool,
+) -> (Result<()>, Value) {
+    let mut last = Value::Null;
+    let r = lan.wait_until(i, what, BOOT_TIMEOUT, |ssh| {
+        last = read(ssh)?;
+        Ok(cond(&last))
+    });
+    (r, last)
+}
+
 /// Wait until node `i`'s mesh status satisfies `cond`; the last status is
 /// in the error.
 fn wait_status(
     lan: &mut Nodes,
     i: usize,
     what: &str,
-    mut cond: impl FnMut(&Value) -> bool,
+    cond: impl FnMut(&Value) -> bool,
 ) -> Result<Value> {
-    let mut last = Value::Null;
-    let r = lan.wait_until(i, what, BOOT_TIMEOUT, |ssh| {
-        last = status(ssh)?;
-        Ok(cond(&last))
-    });
+    let (r, last) = wait_read(lan, i, what, status, cond);
     r.with_context(|| format!("node {i}'s last mesh status: {last:#}"))?;
+    Ok(last)
+}
+
+/// `maculaos fleet list --json` on a node; `Null` while it fails (the
+/// bucket not made yet, no quorum for a moment).
+fn fleet(ssh: &Ssh) -> Result<Value> {
+    let r = ssh.run_timeout("maculaos fleet list --json", CMD_TIMEOUT)?;
+    if !r.success() {
+        return Ok(serde_json::json!({ "error": r.stderr.trim() }));
+    }
+    serde_json::from_str(&r.stdout)
+        .with_context(|| format!("fleet list --json printed {:?}", r.stdout))
+}
+
+/// The status `fleet` gives `node` (`None`: not listed).
+fn fleet_status(fleet: &Value, node: &str) -> Option<String> {
+    fleet["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["node"] == node)
+        .and_then(|m| m["status"].as_str().map(str::to_string))
+}
+
+/// Wait until node `i`'s fleet list satisfies `cond`; the last list is in
+/// the error.
+fn wait_fleet(
+    lan: &mut Nodes,
+    i: usize,
+    what: &str,
+    cond: impl FnMut(&Value) -> bool,
+) -> Result<Value> {
+    let (r, last) = wait_read(lan, i, what, fleet, cond);
+    if r.is_err() {
+        // What the agent said about its heartbeats, for the report.
+        let said = lan.nodes[i]
+            .ssh
+            .run("sudo journalctl -u maculaos-agent --no-pager -o cat | grep -i fleet | tail -n 5")
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        r.with_context(|| {
+            format!("node {i}'s last fleet list: {last:#}\nits agent on the fleet:\n{said}")
+        })?;
+    }
     Ok(last)
 }
 
@@ -408,6 +466,51 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
         t.elapsed().as_secs_f64(),
     );
 
+    // The fleet: every node's health agent puts its heartbeat in the
+    // realm's bucket; the peer reads all three nodes healthy, and the
+    // summary line and a node's status as an operator reads them.
+    let t = Instant::now();
+    wait_fleet(
+        &mut lan,
+        2,
+        "the peer's fleet list to show the three nodes healthy",
+        |f| {
+            n.iter()
+                .all(|x| fleet_status(f, x).as_deref() == Some("healthy"))
+        },
+    )?;
+    ctx.record(
+        "fleet: all three nodes healthy in the peer's fleet list (wall)",
+        t.elapsed().as_secs_f64(),
+    );
+    let text = lan.nodes[0]
+        .ssh
+        .check_timeout("maculaos fleet list", CMD_TIMEOUT)?;
+    ensure(
+        text.starts_with("3 nodes │ 3 healthy │ 0 degraded │ 0 offline"),
+        || format!("node 0's fleet list:\n{text}"),
+    )?;
+    let one = lan.nodes[0].ssh.run_timeout(
+        &format!("maculaos fleet status {}.local", n[2]),
+        CMD_TIMEOUT,
+    )?;
+    ensure(
+        one.success()
+            && one.stdout.contains("healthy")
+            && one.stdout.contains("Realm:        io.macula.test"),
+        || format!("fleet status of the peer: {one:?}"),
+    )?;
+    if let Ok(hb) = lan.nodes[2]
+        .ssh
+        .check_timeout(&format!("maculaos mesh kv get fleet {}", n[2]), CMD_TIMEOUT)
+    {
+        // A heartbeat every 15 s.
+        ctx.record(
+            "fleet bench: heartbeat bytes per node per minute (bytes)",
+            (hb.trim_end().len() * 4) as f64,
+        );
+    }
+
     // The bootstrap node the peer's leafnode goes to dies: the peer stays
     // in the realm through the other one.
     let s2 = status(&lan.nodes[2].ssh)?;
@@ -490,6 +593,18 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
     ensure(v == Some(Some("eco".to_string())), || {
         format!("async-nats read settings/mode as {v:?}, not \"eco\"")
     })?;
+    // Heartbeats are stored again once both bootstrap nodes are back
+    // (two copies need both): the three nodes healthy in the fleet again.
+    wait_fleet(
+        &mut lan,
+        2,
+        "the three nodes healthy in the fleet after the power cut",
+        |f| {
+            n.iter()
+                .all(|x| fleet_status(f, x).as_deref() == Some("healthy"))
+        },
+    )?;
+    drift(ctx, &mut lan)?;
 
     // Node 2 is revoked on the CA holder: both bootstrap nodes refuse it
     // once they have the new roster (their nats-servers pin its keys), and
@@ -531,6 +646,23 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
     ensure(!pings(&lan.nodes[1].ssh, n[2])?, || {
         format!("node 1 still reaches the revoked node: {s2:#}")
     })?;
+    // Cut off, it sends no heartbeat: offline in the fleet within a
+    // minute of its last one, the others still healthy.
+    wait_fleet(
+        &mut lan,
+        0,
+        "the revoked peer to be offline in the fleet",
+        |f| {
+            fleet_status(f, n[2]).as_deref() == Some("offline")
+                && [n[0], n[1]]
+                    .iter()
+                    .all(|x| fleet_status(f, x).as_deref() == Some("healthy"))
+        },
+    )?;
+    ctx.record(
+        "fleet: revoke to the peer offline in the fleet list (wall)",
+        t.elapsed().as_secs_f64(),
+    );
     // Out of the overlay too: no longer a peer of either bootstrap node.
     for i in [0, 1] {
         let (key2, addr2) = overlay[2].clone();
@@ -576,7 +708,182 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
         !connected(&s1, "leafnode").iter().any(|c| c == n[2]),
         || format!("node 1 took a leafnode from another realm: {s1:#}"),
     )?;
+
+    // A benchmark for the report (not a check): a thousand simulated
+    // nodes' heartbeats put from the host, then the fleet read on node 0.
+    // A new connection: node 0 may be the one that was killed.
+    let load =
+        Nats::connect(&lan.nodes[0].ssh).and_then(|c| fleet_load(&c, &lan.nodes[0].ssh, 1000));
+    match load {
+        Ok(ms) => ctx.record(
+            "fleet bench: fleet list of 1,000 simulated nodes and the realm's (ms)",
+            ms,
+        ),
+        Err(e) => println!("    benchmark fleet list of 1,000 nodes: not measured: {e:#}"),
+    }
     Ok(())
+}
+
+/// `maculaos fleet drift-check --json` on a node: each node's state
+/// (`drifted`, `in step`, …) and the keys that differ with who set them.
+fn drift_states(ssh: &Ssh) -> Result<Value> {
+    let r = ssh.run_timeout("maculaos fleet drift-check --json", CMD_TIMEOUT)?;
+    Ok(serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|_| serde_json::json!({ "error": r.stderr.trim(), "stdout": r.stdout })))
+}
+
+/// Wait until node 1's drift-check satisfies `cond`; the last one is in
+/// the error.
+fn wait_drift(lan: &mut Nodes, what: &str, cond: impl FnMut(&Value) -> bool) -> Result<Value> {
+    let (r, last) = wait_read(lan, 1, what, drift_states, cond);
+    if r.is_err() {
+        // What each agent said about its heartbeats, for the report.
+        let mut said = String::new();
+        for (i, node) in lan.nodes.iter().enumerate() {
+            let out = node
+                .ssh
+                .run("sudo journalctl -u maculaos-agent --no-pager -o cat | grep -i fleet | tail -n 3")
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            said.push_str(&format!("node {i}:\n{out}"));
+        }
+        r.with_context(|| format!("the last drift-check on node 1: {last:#}\n{said}"))?;
+    }
+    Ok(last)
+}
+
+fn drift_state(d: &Value, node: &str) -> String {
+    d.as_array()
+        .and_then(|a| a.iter().find(|x| x["node"] == node))
+        .and_then(|x| x["state"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Configuration drift: every node has the site's `SITE=hq` (a
+/// provisioning file); the CA holder makes it the realm's desired
+/// configuration: all in step. A hand-made `config.d` file on the peer
+/// sets `SITE=lab`: `drift-check` on node 1 reports that key and that
+/// file, only for the peer; `drift-fix --dry-run` names it, `--apply`
+/// orders it back: in step again, and its `/etc/environment` says hq.
+fn drift(ctx: &mut Ctx, lan: &mut Nodes) -> Result<()> {
+    let n: Vec<&str> = lan.nodes.iter().map(|n| n.hostname).collect();
+    let t = Instant::now();
+    let site = "maculaos:\n  environment:\n    SITE: hq\n";
+    for node in &lan.nodes {
+        crate::config::put_file(&node.ssh, "/var/lib/maculaos/config.d/55-site.yaml", site)?;
+        node.ssh
+            .check_timeout("sudo maculaos apply >/dev/null", CMD_TIMEOUT)?;
+    }
+    crate::config::put_file(&lan.nodes[0].ssh, "/tmp/desired.yaml", site)?;
+    lan.nodes[0].ssh.check_timeout(
+        "sudo maculaos fleet desired set /tmp/desired.yaml",
+        CMD_TIMEOUT,
+    )?;
+    wait_drift(
+        lan,
+        "every node in step with the desired configuration",
+        |last| n.iter().all(|x| drift_state(last, x) == "in step"),
+    )?;
+    crate::config::put_file(
+        &lan.nodes[2].ssh,
+        "/var/lib/maculaos/config.d/70-hand.yaml",
+        "maculaos:\n  environment:\n    SITE: lab\n",
+    )?;
+    lan.nodes[2]
+        .ssh
+        .check_timeout("sudo maculaos apply >/dev/null", CMD_TIMEOUT)?;
+    let last = wait_drift(lan, "the peer's hand-made change reported", |last| {
+        drift_state(last, n[2]) == "drifted"
+    })?;
+    let peer = last
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["node"] == n[2]))
+        .cloned()
+        .unwrap_or_default();
+    ensure(
+        peer["keys"][0]["key"] == "maculaos.environment.SITE"
+            && peer["keys"][0]["set_by"] == "/var/lib/maculaos/config.d/70-hand.yaml"
+            && peer["keys"].as_array().map_or(0, Vec::len) == 1
+            && drift_state(&last, n[0]) == "in step"
+            && drift_state(&last, n[1]) == "in step",
+        || format!("drift-check on node 1: {last:#}"),
+    )?;
+    let text = lan.nodes[1]
+        .ssh
+        .run_timeout("maculaos fleet drift-check", CMD_TIMEOUT)?;
+    ensure(
+        !text.success()
+            && text
+                .stdout
+                .contains(&format!("{}: configuration differs (1 key)", n[2])),
+        || format!("drift-check's text on node 1: {text:?}"),
+    )?;
+    let dry = lan.nodes[0]
+        .ssh
+        .check_timeout("sudo maculaos fleet drift-fix --dry-run", CMD_TIMEOUT)?;
+    ensure(
+        dry.contains(n[2]) && dry.contains("would write") && !dry.contains(n[1]),
+        || format!("drift-fix --dry-run printed {dry:?}"),
+    )?;
+    let fixed = lan.nodes[0]
+        .ssh
+        .check_timeout("sudo maculaos fleet drift-fix --apply --json", CMD_TIMEOUT)?;
+    ensure(fixed.contains("\"accepted\": true"), || {
+        format!("drift-fix --apply printed {fixed:?}")
+    })?;
+    wait_drift(lan, "the peer in step again after drift-fix", |last| {
+        n.iter().all(|x| drift_state(last, x) == "in step")
+    })?;
+    // Its heartbeat may say so before maculaos-mesh-apply has run.
+    lan.wait_until(
+        2,
+        "the peer's /etc/environment to say SITE=hq",
+        CMD_TIMEOUT,
+        |ssh| {
+            let env = ssh.check("cat /etc/environment")?;
+            Ok(env.contains("SITE=hq") || env.contains("SITE=\"hq\""))
+        },
+    )?;
+    ctx.record(
+        "fleet: desired configuration set to a hand change undone (wall)",
+        t.elapsed().as_secs_f64(),
+    );
+    Ok(())
+}
+
+/// Put `count` simulated heartbeats in the realm's fleet bucket through
+/// `nats`, then time `maculaos fleet list --json` on `ssh`, in ms (as the
+/// node's clock measures it, without SSH).
+fn fleet_load(nats: &Nats, ssh: &Ssh, count: usize) -> Result<f64> {
+    let items: Vec<(String, String)> = (0..count)
+        .map(|i| {
+            let node = format!("sim-{i:04}");
+            let hb = serde_json::json!({
+                "node": node, "realm": REALM, "roles": ["peer"], "version": "0.0.0-sim",
+                "slot": "a", "update": "good", "last_update": null, "bad_versions": 0,
+                "checks": 3, "failing": [], "cpu_percent": 5.0, "memory_percent": 20.0,
+                "disk_percent": 10.0, "uptime_seconds": 100,
+                "config_digest": "0000000000000000", "sent_at": 0
+            });
+            (node, hb.to_string())
+        })
+        .collect();
+    nats.kv_put_many(&REALM.replace('.', "_"), "fleet", &items)?;
+    let out = ssh.check_timeout(
+        "t0=$(date +%s%N); maculaos fleet list --json >/tmp/fleet.json; t1=$(date +%s%N); echo $(( (t1 - t0) / 1000000 ))",
+        CMD_TIMEOUT,
+    )?;
+    let ms: f64 = out
+        .trim()
+        .parse()
+        .with_context(|| format!("timing printed {out:?}"))?;
+    let f: Value = serde_json::from_str(&ssh.check("cat /tmp/fleet.json")?)?;
+    let listed = f["members"].as_array().map_or(0, Vec::len);
+    ensure(listed >= count, || {
+        format!("fleet list showed {listed} nodes of {count} put")
+    })?;
+    Ok(ms)
 }
 
 /// A production realm, and a gateway relaying a peer that cannot reach the
@@ -587,6 +894,7 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
 /// node 2 learns of the gateway from its mDNS announcement. With node 2's
 /// route to node 0 made unreachable, node 2's leafnode goes to the gateway,
 /// its publication reaches node 0's subscriber and node 0's ping reaches it.
+/// Then node 0 decommissions node 2 (see [`decommission`]).
 pub fn mesh_gateway(ctx: &mut Ctx) -> Result<()> {
     let started = Instant::now();
     let mut lan = ctx.nodes(3)?;
@@ -796,5 +1104,94 @@ pub fn mesh_gateway(ctx: &mut Ctx) -> Result<()> {
         },
     )
     .with_context(|| format!("node 2's dashboard said {:#}", dash["mesh"]))?;
+    decommission(ctx, &mut lan)
+}
+
+/// `maculaos fleet decommission NODE --wipe` of node 2 (a peer reached
+/// through the gateway) on node 0, the CA holder: refused on the gateway,
+/// which lacks the operator's credential; then node 2 takes the signed
+/// order, resets itself and comes back in its first-boot wizard with its
+/// user data and mesh key gone, and the realm refuses its key. This realm
+/// has one bootstrap node, whose JetStream never elects a leader
+/// (nats-server 2.9 counts its route to itself as a second server): there
+/// is no registry, and the command says so and exits 1 after the other two
+/// steps. The audit log on node 0 has the action.
+fn decommission(ctx: &mut Ctx, lan: &mut Nodes) -> Result<()> {
+    let n: Vec<&str> = lan.nodes.iter().map(|n| n.hostname).collect();
+    let t = Instant::now();
+    lan.nodes[2].ssh.check(
+        "sudo mkdir -p /var/lib/data && echo user-data | sudo tee /var/lib/data/keep-me >/dev/null",
+    )?;
+    const KEY_HASH: &str = "sudo sha256sum /var/lib/maculaos/mesh/node.key";
+    let key_before = lan.nodes[2].ssh.check(KEY_HASH)?;
+    let not_ca = lan.nodes[1].ssh.run_timeout(
+        &format!("sudo maculaos fleet decommission {}", n[2]),
+        CMD_TIMEOUT,
+    )?;
+    ensure(
+        !not_ca.success() && not_ca.stderr.contains("realm CA"),
+        || format!("the gateway decommissioned a node without the realm CA: {not_ca:?}"),
+    )?;
+    let out = lan.nodes[0].ssh.run_timeout(
+        &format!(
+            "sudo maculaos fleet decommission {}.local --wipe --json",
+            n[2]
+        ),
+        CMD_TIMEOUT,
+    )?;
+    let d: Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("decommission printed {out:?}"))?;
+    ensure(
+        !out.success()
+            && d["reset"]["accepted"] == true
+            && d["revoked"]["ok"] == true
+            && d["registry"]["ok"] == false
+            && d["registry"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("JetStream")),
+        || format!("decommission of node 2 (exit {:?}): {d:#}", out.status),
+    )?;
+    lan.rebooted(2, "its factory reset after the decommission")?;
+    let ssh = lan.nodes[2].ssh.clone();
+    lan.wait_until(
+        2,
+        "node 2's first-boot wizard after the decommission",
+        CMD_TIMEOUT,
+        |ssh| Ok(ssh.run("curl -sf http://127.0.0.1/api/v1/info")?.success()),
+    )?;
+    ctx.record(
+        "fleet: decommission to the node in its first-boot wizard (wall)",
+        t.elapsed().as_secs_f64(),
+    );
+    ensure(
+        !ssh.run("sudo test -e /var/lib/data/keep-me")?.success(),
+        || "the user data survived `decommission --wipe`".to_string(),
+    )?;
+    // A first boot makes a new key; the old one and its certificate are
+    // gone.
+    let key_after = ssh.run(KEY_HASH)?.stdout;
+    ensure(
+        key_after != key_before
+            && !ssh
+                .run("sudo test -e /var/lib/maculaos/mesh/node.crt")?
+                .success(),
+        || format!("the decommissioned node kept its mesh key or certificate: {key_after}"),
+    )?;
+    let s0 = status(&lan.nodes[0].ssh)?;
+    ensure(
+        s0["roster"]["revoked"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x == n[2])),
+        || format!("node 0's roster does not refuse node 2: {:#}", s0["roster"]),
+    )?;
+    let audit = lan.nodes[0]
+        .ssh
+        .check("sudo tail -n 1 /var/lib/maculaos/mesh/audit.log")?;
+    ensure(
+        audit.contains("\"action\":\"decommission\"")
+            && audit.contains("\"by\":\"macula\"")
+            && audit.contains(n[2]),
+        || format!("node 0's audit log ends with {audit:?}"),
+    )?;
     Ok(())
 }

@@ -143,6 +143,39 @@ impl Nats {
         })
     }
 
+    /// Put every `(key, value)` in `bucket` at once (all published, then
+    /// every acknowledgement awaited): a load of many writers.
+    pub fn kv_put_many(
+        &self,
+        domain: &str,
+        bucket: &str,
+        items: &[(String, String)],
+    ) -> Result<()> {
+        let what = format!(
+            "putting {} keys in bucket {bucket} (domain {domain}) through {}",
+            items.len(),
+            self.url
+        );
+        let js = {
+            let _rt = self.rt.enter();
+            async_nats::jetstream::with_domain(self.client.clone(), domain)
+        };
+        within(&self.rt, &what, async {
+            let mut acks = Vec::with_capacity(items.len());
+            for (k, v) in items {
+                let ack = js
+                    .publish(format!("$KV.{bucket}.{k}"), bytes::Bytes::from(v.clone()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                ack.await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        })
+    }
+
     /// Messages per second from this client to `to`'s: `count` messages of
     /// `size` bytes published here on `subject` and received there on
     /// `sub_subject` (the realm's mapping), timed from the first publish to

@@ -270,6 +270,16 @@ impl Nodes {
         Ok(())
     }
 
+    /// Wait for node `i` to reboot by itself (its QEMU runs with
+    /// `-no-reboot`, so it exits), then boot it again until multi-user.
+    pub fn rebooted(&mut self, i: usize, why: &str) -> Result<()> {
+        self.node_mut(i)?
+            .vm
+            .wait_exit(crate::harness::BOOT_TIMEOUT)
+            .with_context(|| format!("waiting for node {i} to reboot ({why})"))?;
+        self.boot_again(i)
+    }
+
     fn node(&self, i: usize) -> Result<&Node> {
         self.nodes
             .get(i)
