@@ -10,6 +10,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// How long a command waits for the realm's JetStream to have a leader.
+const PATIENCE: Duration = Duration::from_secs(60);
+
 /// How long one JetStream request may take: a thousand nodes are read in
 /// under a second, but JetStream answers slowly on a loaded machine (QEMU
 /// without KVM showed it).
@@ -164,7 +167,7 @@ fn read() -> Result<Fleet> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)?;
-    maculaos_fleet::list(&c, &me.realm, now).map_err(|e| {
+    maculaos_fleet::patiently(PATIENCE, || maculaos_fleet::list(&c, &me.realm, now)).map_err(|e| {
         anyhow::anyhow!(
             "reading the fleet of realm {}: {e} (its bootstrap nodes make the bucket `{}` once their agents run)",
             me.realm,
@@ -327,10 +330,13 @@ fn decommission(node: &str, wipe: bool, json: bool) -> Result<ExitCode> {
         Err(e) if e.to_string().contains("revoked already") => Ok("revoked already".into()),
         Err(e) => Err(e.to_string()),
     };
-    let removed = c
-        .kv_delete(&me.realm, maculaos_fleet::BUCKET, &name)
-        .map(|_| "removed from the registry".to_string())
-        .map_err(|e| maculaos_fleet::explain(&e.to_string()));
+    // Not as patient as the rest: a realm with one bootstrap node never
+    // has a leader.
+    let removed = maculaos_fleet::patiently(ORDER_TIMEOUT, || {
+        c.kv_delete(&me.realm, maculaos_fleet::BUCKET, &name)
+            .map_err(|e| maculaos_fleet::explain(&e.to_string()))
+    })
+    .map(|_| "removed from the registry".to_string());
     let done = reset.accepted && revoked.is_ok() && removed.is_ok();
     let outcome = serde_json::json!({
         "node": name,
@@ -387,14 +393,21 @@ fn desired(cmd: DesiredCommand) -> Result<ExitCode> {
                 .sign_text(serde_json::to_string(&d)?)
                 .map_err(anyhow::Error::msg)?;
             let copies = maculaos_fleet::replicas(maculaos_fleet::jetstream_servers());
-            op.client.kv_ensure(&op.me.realm, drift::BUCKET, copies)?;
             let key = drift::key(node.as_deref());
-            let rev = op.client.kv_put(
-                &op.me.realm,
-                drift::BUCKET,
-                &key,
-                signed.to_json().as_bytes(),
-            )?;
+            let rev = maculaos_fleet::patiently(PATIENCE, || {
+                op.client
+                    .kv_ensure(&op.me.realm, drift::BUCKET, copies)
+                    .and_then(|_| {
+                        op.client.kv_put(
+                            &op.me.realm,
+                            drift::BUCKET,
+                            &key,
+                            signed.to_json().as_bytes(),
+                        )
+                    })
+                    .map_err(|e| maculaos_fleet::explain(&e.to_string()))
+            })
+            .map_err(anyhow::Error::msg)?;
             op.audit(
                 "desired-set",
                 &serde_json::json!({"key": key, "revision": rev, "file": file.display().to_string()}),
@@ -535,8 +548,10 @@ fn drift_check(fleet: &Fleet, json: bool) -> Result<ExitCode> {
 /// `fleet drift-fix --dry-run | --apply`.
 fn drift_fix(apply: bool, json: bool) -> Result<ExitCode> {
     let op = Operator::here("fixing drift")?;
-    let fleet = maculaos_fleet::list(&op.client, &op.me.realm, op.now as i64)
-        .map_err(anyhow::Error::msg)?;
+    let fleet = maculaos_fleet::patiently(PATIENCE, || {
+        maculaos_fleet::list(&op.client, &op.me.realm, op.now as i64)
+    })
+    .map_err(anyhow::Error::msg)?;
     let drifted: Vec<NodeDrift> = drifts(&fleet)
         .into_iter()
         .filter(|d| d.state == "drifted")

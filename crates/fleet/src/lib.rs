@@ -272,6 +272,36 @@ pub fn explain(why: &str) -> String {
     }
 }
 
+/// Run `f` again while the realm's JetStream has no leader (electing one
+/// takes seconds after a bootstrap node came back), for at most
+/// `patience`; says once, on stderr, that it waits.
+pub fn patiently<T>(
+    patience: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut said = false;
+    loop {
+        match f() {
+            Err(e)
+                if e.contains("temporarily unavailable")
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !said {
+                    eprintln!(
+                        "the realm's JetStream has no leader at the moment; waiting up to {} s for one",
+                        patience.as_secs()
+                    );
+                    said = true;
+                }
+                // Pacing the next try, not waiting for a condition.
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Every node of the realm, sorted by name, from the node's own server.
 pub fn list(client: &Client, realm: &str, now: i64) -> Result<Fleet, String> {
     let entries = client
