@@ -178,7 +178,7 @@ fn read() -> Result<Fleet> {
 
 fn render(m: &Member) -> String {
     let hb = &m.heartbeat;
-    let pct = |v: Option<f64>| v.map(|v| format!("{v:.0}%")).unwrap_or_else(|| "?".into());
+    let pct = maculaos_fleet::percent;
     let mut o = String::new();
     let mut line = |k: &str, v: String| o.push_str(&format!("{k:<14}{v}\n"));
     line("Node:", m.node.clone());

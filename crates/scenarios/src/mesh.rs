@@ -116,16 +116,21 @@ fn wait_fleet(
     let (r, last) = wait_read(lan, i, what, fleet, cond);
     if r.is_err() {
         // What the agent said about its heartbeats, for the report.
-        let said = lan.nodes[i]
-            .ssh
-            .run("sudo journalctl -u maculaos-agent --no-pager -o cat | grep -i fleet | tail -n 5")
-            .map(|o| o.stdout)
-            .unwrap_or_default();
+        let said = agent_on_fleet(&lan.nodes[i].ssh, 5);
         r.with_context(|| {
             format!("node {i}'s last fleet list: {last:#}\nits agent on the fleet:\n{said}")
         })?;
     }
     Ok(last)
+}
+
+/// The last `lines` the node's agent said about the fleet, for a report.
+fn agent_on_fleet(ssh: &Ssh, lines: usize) -> String {
+    ssh.run(&format!(
+        "sudo journalctl -u maculaos-agent --no-pager -o cat | grep -i fleet | tail -n {lines}"
+    ))
+    .map(|o| o.stdout)
+    .unwrap_or_default()
 }
 
 /// A token for one node, made on the realm's CA holder.
@@ -740,11 +745,7 @@ fn wait_drift(lan: &mut Nodes, what: &str, cond: impl FnMut(&Value) -> bool) -> 
         // What each agent said about its heartbeats, for the report.
         let mut said = String::new();
         for (i, node) in lan.nodes.iter().enumerate() {
-            let out = node
-                .ssh
-                .run("sudo journalctl -u maculaos-agent --no-pager -o cat | grep -i fleet | tail -n 3")
-                .map(|o| o.stdout)
-                .unwrap_or_default();
+            let out = agent_on_fleet(&node.ssh, 3);
             said.push_str(&format!("node {i}:\n{out}"));
         }
         r.with_context(|| format!("the last drift-check on node 1: {last:#}\n{said}"))?;
