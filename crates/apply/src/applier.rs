@@ -4,10 +4,12 @@
 
 use crate::{Options, Report};
 use maculaos_runner::{Cmd, RunError};
+use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Owner of the system files we write.
 pub(crate) const ROOT_OWNER: Option<(u32, u32)> = Some((0, 0));
@@ -22,7 +24,24 @@ pub(crate) struct Applier<'a> {
     pub report: Report,
     /// chown is only possible (and only meaningful) as root.
     as_root: bool,
+    units: Units,
 }
+
+/// What systemd said of units during this run: a step often asks twice
+/// (is it enabled, does it run), and each `systemctl` costs about 0.2 s of
+/// CPU under emulation. Forgotten whenever [`systemctl`] may have changed a
+/// unit. (One `systemctl is-active` or `show` for many units is no cheaper:
+/// systemd answers unit by unit, about as slowly.)
+#[derive(Default)]
+struct Units {
+    /// (unit, "is-active" or "is-enabled") → whether systemctl said yes.
+    known: HashMap<(String, &'static str), bool>,
+    /// [`CHANGES`] when `known` was filled.
+    generation: u64,
+}
+
+/// Counts the `systemctl` runs that may change units (see [`Units`]).
+static CHANGES: AtomicU64 = AtomicU64::new(0);
 
 impl<'a> Applier<'a> {
     pub fn new(opts: &'a Options) -> Applier<'a> {
@@ -30,6 +49,7 @@ impl<'a> Applier<'a> {
             opts,
             report: Report::default(),
             as_root: running_as_root(),
+            units: Units::default(),
         }
     }
 
@@ -53,6 +73,37 @@ impl<'a> Applier<'a> {
 
     pub fn note(&mut self, area: &str, msg: impl AsRef<str>) {
         self.report.notes.push(format!("{area}: {}", msg.as_ref()));
+    }
+
+    /// Whether `unit` runs (`systemctl is-active`). At boot none does:
+    /// apply runs before sysinit.target, which every unit the steps ask
+    /// about starts after (D-Bus too); not asking saves a `systemctl` each.
+    pub fn unit_active(&mut self, unit: &str) -> bool {
+        !self.opts.boot && self.ask_systemctl("is-active", unit)
+    }
+
+    /// Whether `unit` is enabled (`systemctl is-enabled`).
+    pub fn unit_enabled(&mut self, unit: &str) -> bool {
+        self.ask_systemctl("is-enabled", unit)
+    }
+
+    fn ask_systemctl(&mut self, query: &'static str, unit: &str) -> bool {
+        let generation = CHANGES.load(Ordering::SeqCst);
+        let units = &mut self.units;
+        if units.generation != generation {
+            units.known.clear();
+            units.generation = generation;
+        }
+        *units
+            .known
+            .entry((unit.to_string(), query))
+            .or_insert_with(|| {
+                Cmd::new("systemctl")
+                    .args([query, "--quiet", unit])
+                    .quiet()
+                    .run()
+                    .is_ok()
+            })
     }
 
     /// Record a change: `area: <past> <object>`, or in a dry run
@@ -152,22 +203,36 @@ impl<'a> Applier<'a> {
         Ok(true)
     }
 
+    /// `systemctl ARGS --no-block UNIT` (at boot apply runs before
+    /// sysinit.target, which a start waits for), recorded as a change.
+    pub fn systemctl_unit(&mut self, area: &str, verbs: (&str, &str), args: &[&str], unit: &str) {
+        let what = verbs.0;
+        self.act(area, verbs, unit, || {
+            let mut all = args.to_vec();
+            all.extend(["--no-block", unit]);
+            systemctl(&all).map_err(|e| format!("could not {what} {unit}: {e}"))
+        });
+    }
+
     /// Restart `unit` if it runs, so it reads the file we just changed. At
     /// boot it usually does not run yet, and will read the file when it starts.
     pub fn restart_if_active(&mut self, area: &str, unit: &str) {
-        if !systemctl_ok(&["is-active", "--quiet", unit]) {
+        if !self.unit_active(unit) {
             return;
         }
         self.act(area, ("restart", "restarted"), unit, || {
-            run(Cmd::new("systemctl").args(["restart", unit]))
-                .map_err(|e| format!("restarting {unit} failed: {e}"))
+            systemctl(&["restart", unit]).map_err(|e| format!("restarting {unit} failed: {e}"))
         });
     }
 }
 
-/// Whether `systemctl ARGS` succeeds (a query such as `is-active --quiet`).
-pub(crate) fn systemctl_ok(args: &[&str]) -> bool {
-    Cmd::new("systemctl").args(args).quiet().run().is_ok()
+/// Run `systemctl ARGS`, which may change units (quietly; the error in one
+/// line): what [`Applier`] knew of units is asked again afterwards.
+pub(crate) fn systemctl(args: &[&str]) -> Result<(), String> {
+    CHANGES.fetch_add(1, Ordering::SeqCst);
+    let result = run(Cmd::new("systemctl").args(args));
+    CHANGES.fetch_add(1, Ordering::SeqCst);
+    result
 }
 
 /// Run quietly; the error says why in one line.

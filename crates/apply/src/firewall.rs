@@ -1,9 +1,9 @@
 //! `maculaos.security.firewall` (plan §4.9.4): the node's nftables
 //! ruleset (see `maculaos_firewall`), from the configuration, the node's
-//! mesh roles and whether it is paired yet. The new ruleset is checked by
-//! `nft -c` before it is loaded: one nft refuses is an error, and the rules
-//! in force stay (SSH keeps working). Loaded in one transaction, so there
-//! is never a moment without a firewall or with half of one.
+//! mesh roles and whether it is paired yet. Loaded in one transaction, so
+//! there is never a moment without a firewall or with half of one, and a
+//! ruleset nft refuses is an error that leaves the rules in force (SSH
+//! keeps working): no separate `nft -c` pass is needed for that.
 
 use crate::applier::{io_msg, run, write_atomic, Applier, ROOT_OWNER};
 use maculaos_config::{Config, FirewallPolicy, CONFIGURED_FLAG};
@@ -73,10 +73,10 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     let overlay = maculaos_firewall::overlay(config);
     let text = ruleset(policy == "drop", &open, overlay.as_deref());
     if nft_here(a) {
-        // Checked, then loaded, from a file of its own; only a ruleset in
-        // force is written to RULESET_PATH (which the next apply compares
-        // with): one nft refuses, or that fails to load, leaves the rules
-        // in force and is tried again at the next apply.
+        // Loaded from a file of its own; only a ruleset in force is
+        // written to RULESET_PATH (which the next apply compares with):
+        // one nft refuses leaves the rules in force and is tried again at
+        // the next apply.
         let same = std::fs::read_to_string(a.path(RULESET_PATH)).is_ok_and(|t| t == text);
         if !same || !table_loaded() {
             let tmp = a.path("/run/maculaos/firewall.nft.new");
@@ -84,17 +84,11 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
                 std::fs::create_dir_all(dir).map_err(|e| io_msg("making", dir, &e))?;
             }
             std::fs::write(&tmp, &text).map_err(|e| io_msg("writing", &tmp, &e))?;
-            let checked = Cmd::new("nft").arg("-c").arg("-f").arg(&tmp).quiet().run();
-            if let Err(e) = checked {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(format!(
-                    "nft refused the new ruleset, so the rules in force stay: {}",
-                    crate::applier::why(&e)
-                ));
-            }
             let what = format!("the firewall ({} ports open, policy {policy})", open.len());
             let loaded = a.act(AREA, ("load", "loaded"), &what, || {
-                run(Cmd::new("nft").arg("-f").arg(&tmp))
+                run(Cmd::new("nft").arg("-f").arg(&tmp)).map_err(|e| {
+                    format!("nft refused the new ruleset, so the rules in force stay: {e}")
+                })
             });
             let _ = std::fs::remove_file(&tmp);
             if !loaded {

@@ -5,9 +5,8 @@
 //! same name (`node-label: [a=b]` is `--node-label=a=b`), so the
 //! configuration's `args` are turned into keys the same way.
 
-use crate::applier::{run, systemctl_ok, Applier, HEADER, ROOT_OWNER};
+use crate::applier::{Applier, HEADER, ROOT_OWNER};
 use maculaos_config::{Config, K3sRole};
-use maculaos_runner::Cmd;
 use serde_yaml_ng::{Mapping, Value};
 use std::path::Path;
 
@@ -49,32 +48,24 @@ fn manage_units(a: &mut Applier, role: K3sRole, changed: bool) {
         K3sRole::Server => ("k3s.service", "k3s-agent.service"),
         K3sRole::Agent => ("k3s-agent.service", "k3s.service"),
     };
-    if systemctl_ok(&["is-enabled", "--quiet", other]) {
-        systemctl(
-            a,
+    if a.unit_enabled(other) {
+        a.systemctl_unit(
+            AREA,
             ("disable and stop", "disabled and stopped"),
             &["disable", "--now"],
             other,
         );
     }
-    if !systemctl_ok(&["is-enabled", "--quiet", unit]) {
-        systemctl(
-            a,
+    if !a.unit_enabled(unit) {
+        a.systemctl_unit(
+            AREA,
             ("enable and start", "enabled and started"),
             &["enable", "--now"],
             unit,
         );
-    } else if changed && systemctl_ok(&["is-active", "--quiet", unit]) {
-        systemctl(a, ("restart", "restarted"), &["restart"], unit);
+    } else if changed && a.unit_active(unit) {
+        a.systemctl_unit(AREA, ("restart", "restarted"), &["restart"], unit);
     }
-}
-
-fn systemctl(a: &mut Applier, verbs: (&str, &str), args: &[&str], unit: &str) {
-    let what = verbs.0;
-    a.act(AREA, verbs, unit, || {
-        run(Cmd::new("systemctl").args(args).arg("--no-block").arg(unit))
-            .map_err(|e| format!("could not {what} {unit}: {e}"))
-    });
 }
 
 /// The config file, and the `args` that could not be understood.

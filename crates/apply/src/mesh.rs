@@ -17,7 +17,7 @@
 //!   themselves). Both start after apply at boot and are stopped when
 //!   `nats.enabled` is false.
 
-use crate::applier::{run, systemctl_ok, Applier, ROOT_OWNER};
+use crate::applier::{systemctl, Applier, ROOT_OWNER};
 use crate::watchdog::systemd_runs;
 use maculaos_config::{Config, MeshRole, TlsMode};
 use maculaos_mesh::conf::{Endpoint, ServerPlan, TlsFiles, LEAF_PORT, MONITOR};
@@ -54,7 +54,7 @@ fn applied<T: std::str::FromStr>(root: &std::path::Path, line: &str) -> Option<T
 pub const CONF: &str = "/etc/maculaos/nats.conf";
 pub use maculaos_mesh::{read_env, ENV};
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
-const UNITS: [&str; 2] = ["maculaos-nats.service", "maculaos-meshd.service"];
+pub(crate) const UNITS: [&str; 2] = ["maculaos-nats.service", "maculaos-meshd.service"];
 
 /// The node's name in the realm: its hostname (the hostname step ran first).
 fn node_name(config: &Config, a: &Applier) -> String {
@@ -234,9 +234,9 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
         a.remove_file(AREA, ENV)?;
         if removed && systemd_runs(a) {
             for unit in UNITS {
-                if systemctl_ok(&["is-active", "--quiet", unit]) {
+                if a.unit_active(unit) {
                     a.act(AREA, ("stop", "stopped"), unit, || {
-                        run(Cmd::new("systemctl").args(["stop", unit]))
+                        systemctl(&["stop", unit])
                     });
                 }
             }
@@ -313,9 +313,7 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     // still running from a realm since removed is restarted, and exits).
     let units: Vec<&str> = UNITS
         .into_iter()
-        .filter(|u| {
-            *u == UNITS[0] || p.realm.is_some() || systemctl_ok(&["is-active", "--quiet", u])
-        })
+        .filter(|u| *u == UNITS[0] || p.realm.is_some() || a.unit_active(u))
         .collect();
     for unit in units {
         let restart = if unit == UNITS[0] {
@@ -325,11 +323,11 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
         };
         if restart {
             a.act(AREA, ("restart", "restarted"), unit, || {
-                run(Cmd::new("systemctl").args(["restart", unit]))
+                systemctl(&["restart", unit])
             });
-        } else if !systemctl_ok(&["is-active", "--quiet", unit]) {
+        } else if !a.unit_active(unit) {
             a.act(AREA, ("start", "started"), unit, || {
-                run(Cmd::new("systemctl").args(["start", unit]))
+                systemctl(&["start", unit])
             });
         }
     }

@@ -6,7 +6,7 @@
 //! `80-maculaos-dhcp.network` (DHCP on every wired interface), which a file
 //! of the same name in /etc linked to /dev/null masks.
 
-use crate::applier::{io_msg, run, systemctl_ok, Applier, HEADER, ROOT_OWNER};
+use crate::applier::{io_msg, run, Applier, HEADER, ROOT_OWNER};
 use maculaos_config::{Config, Interface};
 use maculaos_runner::Cmd;
 use std::collections::BTreeSet;
@@ -65,7 +65,7 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     } else {
         a.put_symlink(AREA, DHCP_MASK, "/dev/null")?
     };
-    if changed && a.live() && systemctl_ok(&["is-active", "--quiet", "systemd-networkd"]) {
+    if changed && a.live() && a.unit_active("systemd-networkd.service") {
         a.act(AREA, ("reload", "reloaded"), "systemd-networkd", || {
             run(Cmd::new("networkctl").arg("reload"))
                 .map_err(|e| format!("`networkctl reload` failed: {e}"))

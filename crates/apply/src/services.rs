@@ -11,7 +11,7 @@
 //! apply, and started then (`--no-block`: apply runs before the targets
 //! that podman's units come after).
 
-use crate::applier::{io_msg, run, systemctl_ok, Applier, ROOT_OWNER};
+use crate::applier::{io_msg, systemctl, Applier, ROOT_OWNER};
 use crate::watchdog::systemd_runs;
 use maculaos_config::Config;
 use maculaos_runner::Cmd;
@@ -105,10 +105,10 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
         // crash): stopped before its file goes, or it would go on without one.
         if live && !matches!(active_state(unit).as_str(), "inactive" | "") {
             a.act(AREA, ("stop", "stopped"), unit, || {
-                run(Cmd::new("systemctl").args(["stop", unit]))
+                systemctl(&["stop", unit])
             });
             if !a.dry_run() {
-                let _ = run(Cmd::new("systemctl").args(["reset-failed", unit]));
+                let _ = systemctl(&["reset-failed", unit]);
             }
         }
         let name = service_of_unit(unit).unwrap_or_default().to_string();
@@ -123,7 +123,7 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
     }
     if files_changed {
         a.act(AREA, ("reload", "reloaded"), "systemd", || {
-            run(Cmd::new("systemctl").arg("daemon-reload"))
+            systemctl(&["daemon-reload"])
         });
     }
     for unit in &good {
@@ -137,15 +137,13 @@ pub(crate) fn apply(config: &Config, a: &mut Applier) -> Result<(), String> {
             );
             continue;
         }
-        let active = systemctl_ok(&["is-active", "--quiet", unit]);
+        let active = a.unit_active(unit);
         let verbs = match (active, changed.contains(unit)) {
             (false, _) => ("start", "started"),
             (true, true) => ("restart", "restarted"),
             (true, false) => continue,
         };
-        a.act(AREA, verbs, unit, || {
-            run(Cmd::new("systemctl").args([verbs.0, "--no-block", unit]))
-        });
+        a.systemctl_unit(AREA, verbs, &[verbs.0], unit);
     }
     Ok(())
 }

@@ -7,9 +7,8 @@
 //! root (see `crate::watchdog`), with `--no-block`: at boot this runs
 //! before sysinit.target, which the unit's start waits for.
 
-use crate::applier::{run, systemctl_ok, Applier, ROOT_OWNER};
+use crate::applier::{systemctl, Applier, ROOT_OWNER};
 use crate::watchdog::systemd_runs;
-use maculaos_runner::Cmd;
 
 /// What to do with a unit.
 pub(crate) struct Switch<'a> {
@@ -32,11 +31,10 @@ pub(crate) fn switch(a: &mut Applier, s: &Switch) -> Result<(), String> {
         if !systemd_runs(a) {
             return Ok(());
         }
-        let on = systemctl_ok(&["is-enabled", "--quiet", s.unit])
-            || systemctl_ok(&["is-active", "--quiet", s.unit]);
+        let on = a.unit_enabled(s.unit) || a.unit_active(s.unit);
         if on {
             // Reloads systemd too.
-            systemctl(
+            systemctl_unit(
                 a,
                 s,
                 ("disable and stop", "disabled and stopped"),
@@ -52,17 +50,17 @@ pub(crate) fn switch(a: &mut Applier, s: &Switch) -> Result<(), String> {
     if !systemd_runs(a) {
         return Ok(());
     }
-    let active = systemctl_ok(&["is-active", "--quiet", s.unit]);
-    if !systemctl_ok(&["is-enabled", "--quiet", s.unit]) {
+    let active = a.unit_active(s.unit);
+    if !a.unit_enabled(s.unit) {
         // `enable` also reloads systemd, which reads the new drop-in.
-        systemctl(
+        systemctl_unit(
             a,
             s,
             ("enable and start", "enabled and started"),
             &["enable", "--now"],
         );
         if active && changed && s.restart_on_change {
-            systemctl(a, s, ("restart", "restarted"), &["restart"]);
+            systemctl_unit(a, s, ("restart", "restarted"), &["restart"]);
         }
         return Ok(());
     }
@@ -70,21 +68,16 @@ pub(crate) fn switch(a: &mut Applier, s: &Switch) -> Result<(), String> {
         daemon_reload(a, s.area);
     }
     if !active {
-        systemctl(a, s, ("start", "started"), &["start"]);
+        systemctl_unit(a, s, ("start", "started"), &["start"]);
     } else if changed && s.restart_on_change {
-        systemctl(a, s, ("restart", "restarted"), &["restart"]);
+        systemctl_unit(a, s, ("restart", "restarted"), &["restart"]);
     }
     Ok(())
 }
 
 /// `systemctl ARGS --no-block UNIT`.
-fn systemctl(a: &mut Applier, s: &Switch, verbs: (&str, &str), args: &[&str]) {
-    let what = verbs.0;
-    let unit = s.unit;
-    a.act(s.area, verbs, unit, || {
-        run(Cmd::new("systemctl").args(args).arg("--no-block").arg(unit))
-            .map_err(|e| format!("could not {what} {unit}: {e}"))
-    });
+fn systemctl_unit(a: &mut Applier, s: &Switch, verbs: (&str, &str), args: &[&str]) {
+    a.systemctl_unit(s.area, verbs, args, s.unit);
 }
 
 pub(crate) fn daemon_reload(a: &mut Applier, area: &str) {
@@ -93,7 +86,7 @@ pub(crate) fn daemon_reload(a: &mut Applier, area: &str) {
         ("reload", "reloaded"),
         "systemd's units (a drop-in changed)",
         || {
-            run(Cmd::new("systemctl").arg("daemon-reload"))
+            systemctl(&["daemon-reload"])
                 .map_err(|e| format!("systemctl daemon-reload failed: {e}"))
         },
     );

@@ -253,11 +253,7 @@ fn set_runtime(a: &mut Applier, usec: u64) {
     // socket there, start dbus.service, which is ordered after us and would
     // wait for us. The health agent arms it then (it runs this step again
     // once the system is up, `apply_watchdog`).
-    let bus = Cmd::new("systemctl")
-        .args(["is-active", "--quiet", "dbus.service"])
-        .quiet()
-        .run();
-    if bus.is_err() {
+    if !a.unit_active("dbus.service") {
         a.note(
             AREA,
             "D-Bus is not up yet: the health agent arms the running systemd's watchdog once it is",

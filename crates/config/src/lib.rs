@@ -3,6 +3,7 @@
 
 pub mod datasource;
 pub mod error;
+mod fslabel;
 pub mod load;
 pub mod schema;
 pub mod sources;

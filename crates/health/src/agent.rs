@@ -1302,11 +1302,13 @@ pub fn run(paths: &Paths, observer: &dyn Observer) -> anyhow::Result<()> {
             .map(|d| format!(", feeding the systemd watchdog every {}s", d.as_secs()))
             .unwrap_or_default()
     ));
-    arm_watchdog(&loaded.config, &root);
-    start_metrics(paths.clone());
     observer.configured(&watching, &scheduler.names());
     let mut status = format!("starting: {n} checks");
+    // Ready first: the boot (multi-user.target) waits for this, not for
+    // the watchdog's arming (systemctl, busctl) or the metrics thread.
     systemd.send(&notify_message(&[("READY", "1"), ("STATUS", &status)]));
+    arm_watchdog(&loaded.config, &root);
+    start_metrics(paths.clone());
 
     let mut next_reload = now + RELOAD_EVERY;
     let mut next_ping = now;

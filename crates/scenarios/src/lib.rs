@@ -65,6 +65,9 @@ pub struct TestArgs {
     /// Scenarios run side by side [default: one per CPU core].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub jobs: Option<u32>,
+    /// Virtual CPUs per VM [default: host cores / jobs, at least 1, at most 2].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub cpus: Option<u32>,
     /// Run the unit tests and each chosen scenario N times and name any
     /// whose result was not the same every time (FLAKY).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -213,7 +216,9 @@ pub fn run(args: &TestArgs, build: &BuildOptions) -> Result<i32> {
             build: build.clone(),
             key,
             pubkey,
-            cpus: (cores / jobs).clamp(1, maculaos_vm::DEFAULT_CPUS),
+            cpus: args
+                .cpus
+                .unwrap_or_else(|| (cores / jobs).clamp(1, maculaos_vm::DEFAULT_CPUS)),
         };
         let needs_pool = chosen.iter().any(|&i| all[i].pool);
         let mut queue: Vec<Option<(usize, u32)>> = Vec::new();

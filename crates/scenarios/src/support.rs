@@ -133,12 +133,20 @@ fn agent(ctx: &mut Ctx, ssh: &Ssh) -> Result<()> {
 /// systemd feeding the i6300esb: the hardware resets the machine, and it
 /// boots again.
 fn hardware_watchdog(ctx: &mut Ctx, ssh: &Ssh) -> Result<()> {
-    let armed = ssh.check(
-        "cat /sys/class/watchdog/watchdog0/identity; systemctl show -p RuntimeWatchdogUSec --value",
-    )?;
-    ensure(armed.contains("i6300ESB") && armed.contains("15s"), || {
-        format!("systemd's runtime watchdog is not armed on the i6300esb for 15 s:\n{armed}")
-    })?;
+    // The agent arms it once it is up (after telling systemd it is ready).
+    let mut armed = String::new();
+    wait_until(
+        ctx.vm()?,
+        "systemd's runtime watchdog armed on the i6300esb for 15 s",
+        CMD_TIMEOUT,
+        || {
+            armed = ssh.check(
+                "cat /sys/class/watchdog/watchdog0/identity; systemctl show -p RuntimeWatchdogUSec --value",
+            )?;
+            Ok(armed.contains("i6300ESB") && armed.contains("15s"))
+        },
+    )
+    .with_context(|| format!("watchdog identity and RuntimeWatchdogUSec:\n{armed}"))?;
     let _ = ssh.run("sudo sh -c 'echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger'");
     let vm = ctx.vm()?;
     vm.wait_exit(BOOT_TIMEOUT)
