@@ -265,6 +265,14 @@ pub fn check(config: &Config, prov: &Provenance) -> Vec<Problem> {
             "an agent needs `server_url` and `token` to join its server".into(),
         );
     }
+    if !config.maculaos.fleet.update.auto_rollback {
+        bad(
+            "maculaos.fleet.update.auto_rollback",
+            "only `true`: a node whose new version fails its health checks always goes back to \
+             the version before (boot counting), so nothing keeps a failing version running"
+                .into(),
+        );
+    }
     for (i, iface) in config.network().interfaces.iter().enumerate() {
         if iface.name.is_empty() && iface.mac.is_none() {
             bad(

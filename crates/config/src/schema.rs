@@ -10,8 +10,8 @@ pub use crate::values::MqttUser;
 use crate::values::{
     AbsPath, AgeRecipient, BackupTarget, Cidr, Duration, EnvName, FileMode, FirewallPort, Host,
     HostPort, Hostname, HttpUrl, IfName, ImageRef, IpAddr, LogTarget, ModuleName, Owner, Percent,
-    PortMap, RegistryEndpoint, RegistryHost, Schedule, ServiceName, Size, SshKey, SysctlKey,
-    SysctlValue, UnitName, UpgradeUrl, UrlPath, VarDir, VolumeMap, WgKey,
+    PortMap, Portion, RegistryEndpoint, RegistryHost, Schedule, ServiceName, Size, SshKey,
+    SysctlKey, SysctlValue, UnitName, UpgradeUrl, UrlPath, VarDir, VolumeMap, WgKey,
 };
 pub use crate::values::{AlertCondition, AlertMetric, AlertName, AlertOp, MeshTopic};
 use schemars::JsonSchema;
@@ -49,6 +49,10 @@ pub struct Config {
     /// (Logging)"): moved there when the file is read.
     #[serde(skip_serializing)]
     pub logging: Option<Logging>,
+    /// `maculaos.fleet` where the plan writes it (§4.12.3): moved there
+    /// when the file is read.
+    #[serde(skip_serializing)]
+    pub fleet: Option<Fleet>,
     /// SSH public keys for the admin user `macula`, added to those of `maculaos.ssh.authorized_keys`.
     pub ssh_authorized_keys: Vec<SshKey>,
     /// Files written at every boot (before `boot_cmd`).
@@ -125,6 +129,80 @@ pub struct Maculaos {
     pub updates: Updates,
     /// Forwarding the journal to a central receiver.
     pub logging: Logging,
+    /// How `maculaos fleet update` rolls a version out over the realm.
+    pub fleet: Fleet,
+}
+
+/// `maculaos.fleet` (the plan's top-level `fleet:`): read where the
+/// operator runs `maculaos fleet update` (the realm CA's holder), as the
+/// rollout's defaults; the command's options win.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Fleet {
+    pub update: FleetUpdate,
+}
+
+/// How a rollout goes (plan §4.12.3).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetUpdate {
+    /// `rolling`: every node in turn; `canary`: `canary.percentage` of the
+    /// nodes first, the others once enough of those succeeded.
+    pub strategy: RolloutStrategy,
+    /// Nodes updating at once (between taking a reboot slot and running
+    /// the new version healthy for `health_check_wait`): a number, or a
+    /// share of the fleet (`10%`, at least one node).
+    pub max_unavailable: Portion,
+    /// How long a node runs the new version, marked good and with no
+    /// failing check, before its slot goes to the next node.
+    pub health_check_wait: Duration,
+    /// A node whose new version fails its health checks goes back to the
+    /// version before by itself (its boot counting) and the version is
+    /// never tried on it again. Only `true`: nothing keeps a failing
+    /// version running.
+    pub auto_rollback: bool,
+    pub canary: Canary,
+}
+
+impl Default for FleetUpdate {
+    fn default() -> FleetUpdate {
+        FleetUpdate {
+            strategy: RolloutStrategy::Rolling,
+            max_unavailable: Portion::Count(1),
+            health_check_wait: Duration::from_secs(60),
+            auto_rollback: true,
+            canary: Canary::default(),
+        }
+    }
+}
+
+/// `rolling` or `canary` (the plan's `blue-green` needs twice the nodes,
+/// which an edge site does not have).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutStrategy {
+    Rolling,
+    Canary,
+}
+
+/// The canary stage of a rollout.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Canary {
+    /// The share of the nodes that go first (at least one node).
+    pub percentage: Percent,
+    /// The share of nodes that must succeed: of the canary nodes before
+    /// the others start, and of all of them; below it the rollout stops.
+    pub success_threshold: Percent,
+}
+
+impl Default for Canary {
+    fn default() -> Canary {
+        Canary {
+            percentage: Percent::known(5),
+            success_threshold: Percent::known(95),
+        }
+    }
 }
 
 /// `maculaos.logging` (the guide's top-level `logging:`): the journal sent

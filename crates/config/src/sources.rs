@@ -66,7 +66,14 @@ fn parse_maculaos(name: &str, text: &str) -> Result<Value, Problem> {
 /// Sections the user guide writes at the top level (`mesh:`, `monitoring:`)
 /// that belong under `maculaos:`: moved there, so that the guide's examples
 /// work as written and every other reader sees one place.
-const GUIDE_SECTIONS: &[&str] = &["mesh", "monitoring", "alerts", "updates", "logging"];
+const GUIDE_SECTIONS: &[&str] = &[
+    "mesh",
+    "monitoring",
+    "alerts",
+    "updates",
+    "logging",
+    "fleet",
+];
 
 fn hoist_guide_sections(name: &str, map: &mut Mapping) -> Result<(), Problem> {
     for key in GUIDE_SECTIONS {
@@ -340,6 +347,41 @@ mod tests {
         )
         .unwrap_err();
         assert!(p.to_string().starts_with("f:3:"), "{p}");
+    }
+
+    #[test]
+    fn the_plans_fleet_block_as_written() {
+        let text = "fleet:\n  update:\n    strategy: rolling # rolling, blue-green, canary\n    \
+                    max_unavailable: 10% # Max nodes updating at once\n    health_check_wait: 60s\n    \
+                    auto_rollback: true\n    canary:\n      percentage: 5%\n      success_threshold: 95%\n";
+        let s = parse("f", text, Format::Maculaos).unwrap();
+        let c = Config::deserialize(s.value).unwrap();
+        let u = &c.maculaos.fleet.update;
+        assert_eq!(u.max_unavailable.of(47), 4);
+        assert_eq!(u.health_check_wait.get().as_secs(), 60);
+        assert_eq!(u.canary.success_threshold.get(), 95);
+        assert!(crate::load::check(&c, &crate::load::Provenance::new()).is_empty());
+        let p = parse(
+            "f",
+            "fleet:\n  update:\n    strategy: blue-green\n",
+            Format::Maculaos,
+        )
+        .unwrap_err();
+        assert!(p.to_string().contains("rolling"), "{p}");
+        let s = parse(
+            "f",
+            "fleet:\n  update:\n    auto_rollback: false\n",
+            Format::Maculaos,
+        )
+        .unwrap();
+        let c = Config::deserialize(s.value).unwrap();
+        let problems = crate::load::check(&c, &crate::load::Provenance::new());
+        assert!(
+            problems[0]
+                .to_string()
+                .contains("auto_rollback: only `true`"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -1159,6 +1159,73 @@ impl JsonSchema for Percent {
     }
 }
 
+/// A number of nodes (`2`), or a share of a fleet (`10%`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Portion {
+    Count(u32),
+    Share(Percent),
+}
+
+impl Portion {
+    pub fn parse(s: &str) -> Result<Portion, String> {
+        let t = s.trim();
+        if t.ends_with('%') {
+            return Percent::parse(t).map(Portion::Share);
+        }
+        match t.parse::<u32>() {
+            Ok(n) if n > 0 && t.chars().all(|c| c.is_ascii_digit()) => Ok(Portion::Count(n)),
+            _ => Err(format!(
+                "`{s}` is neither a number of nodes (at least 1) nor a share of them such as 10%"
+            )),
+        }
+    }
+
+    /// How many of `n` nodes: a share rounds down, but is at least one.
+    pub fn of(self, n: usize) -> u32 {
+        match self {
+            Portion::Count(c) => c,
+            Portion::Share(p) => u32::try_from((n * usize::from(p.get())) / 100)
+                .unwrap_or(u32::MAX)
+                .max(1),
+        }
+    }
+}
+
+impl fmt::Display for Portion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Portion::Count(c) => write!(f, "{c}"),
+            Portion::Share(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+impl Serialize for Portion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Portion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Portion, D::Error> {
+        let s = d.deserialize_any(ScalarString("a number of nodes, or a share such as 10%"))?;
+        Portion::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+impl JsonSchema for Portion {
+    fn schema_name() -> Cow<'static, str> {
+        "Portion".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["string", "integer"],
+            "description": "a number of nodes (at least 1), or a share of them such as 10%",
+            "pattern": "^[0-9]+%?$"
+        })
+    }
+}
+
 /// When backups run: a systemd `OnCalendar=` expression (`daily`,
 /// `*-*-* 02:00:00`), or a five-field cron line whose minute and hour are a
 /// number or `*` and whose day, month and weekday are `*` (`0 2 * * *`),
@@ -1663,6 +1730,26 @@ mod tests {
         assert_eq!(shown, ["90s", "5m", "1h", "2d", "1500ms", "90s"]);
         let v: Duration = serde_yaml_ng::from_str("45").unwrap();
         assert_eq!(v.get(), D::from_secs(45));
+    }
+
+    #[test]
+    fn portions() {
+        assert_eq!(Portion::parse("1"), Ok(Portion::Count(1)));
+        assert_eq!(
+            Portion::parse("10%"),
+            Ok(Portion::Share(Percent::known(10)))
+        );
+        assert!(Portion::parse("0").unwrap_err().contains("at least 1"));
+        assert!(Portion::parse("-1").is_err());
+        assert!(Portion::parse("1.5").is_err());
+        assert!(Portion::parse("150%").is_err());
+        assert_eq!(Portion::Share(Percent::known(10)).of(47), 4);
+        assert_eq!(Portion::Share(Percent::known(10)).of(4), 1);
+        assert_eq!(Portion::Count(2).of(4), 2);
+        let y: Portion = serde_yaml_ng::from_str("25%").unwrap();
+        assert_eq!(y, Portion::Share(Percent::known(25)));
+        let y: Portion = serde_yaml_ng::from_str("3").unwrap();
+        assert_eq!((y, y.to_string()), (Portion::Count(3), "3".to_string()));
     }
 
     #[test]

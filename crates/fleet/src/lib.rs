@@ -24,6 +24,8 @@
 //! clock says so ([`Fleet::newest_seconds_ago`]).
 
 pub mod drift;
+pub mod rollout;
+pub mod slots;
 
 use maculaos_config::Paths;
 use maculaos_mesh::client::{Client, KvEntry};
@@ -60,6 +62,9 @@ pub struct Heartbeat {
     pub last_update: Option<String>,
     /// Versions refused because they failed on this node.
     pub bad_versions: usize,
+    /// Which, and why (a rollout never retries one here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_versions: Vec<FailedVersion>,
     /// The health agent's checks that ran, and those failing now.
     pub checks: usize,
     pub failing: Vec<String>,
@@ -80,6 +85,13 @@ pub struct Heartbeat {
     /// Why its drift could not be checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift_error: Option<String>,
+}
+
+/// A version that failed on a node, and why (its boot counting's words).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedVersion {
+    pub version: String,
+    pub reason: String,
 }
 
 /// A node as the fleet sees it.
@@ -437,7 +449,15 @@ pub fn gather(
         slot: facts.slot,
         update: if facts.trial { "trial" } else { "good" }.into(),
         last_update: facts.last_update.map(|(v, _, _)| v),
-        bad_versions: facts.bad_versions,
+        bad_versions: facts.bad_versions.len(),
+        failed_versions: facts
+            .bad_versions
+            .into_iter()
+            .map(|b| FailedVersion {
+                version: b.version,
+                reason: b.reason,
+            })
+            .collect(),
         checks: results.len(),
         failing,
         cpu_percent: round(r.cpu_usage),
@@ -596,6 +616,7 @@ mod tests {
             update: "good".into(),
             last_update: None,
             bad_versions: 0,
+            failed_versions: vec![],
             checks: 3,
             failing: vec![],
             cpu_percent: Some(12.0),

@@ -439,6 +439,37 @@ impl Client {
         })
     }
 
+    /// Set `key` in `bucket` only while its revision is `revision` (0: it
+    /// never had a value): a compare-and-set, checked by JetStream. Returns
+    /// the new revision, or `None` when another writer came first (read it
+    /// again and decide again).
+    pub fn kv_swap(
+        &self,
+        realm: &str,
+        bucket: &str,
+        key: &str,
+        value: &[u8],
+        revision: u64,
+    ) -> Result<Option<u64>, ClientError> {
+        use async_nats::jetstream::kv::UpdateErrorKind;
+        let js = self.jetstream(realm);
+        let what = format!("changing {key} in bucket {bucket}");
+        self.within(&what, async {
+            let store = js
+                .get_key_value(bucket)
+                .await
+                .map_err(|e| no_bucket(bucket, e))?;
+            match store
+                .update(key, Bytes::copy_from_slice(value), revision)
+                .await
+            {
+                Ok(r) => Ok(Some(r)),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
     /// The value of `key` in `bucket`, or `None` where it has none.
     pub fn kv_get(
         &self,

@@ -335,6 +335,24 @@ fn two_bootstrap_nodes_and_a_peer_form_one_realm() {
     let v = pc.kv_get(REALM, "settings", "mode").unwrap().unwrap();
     assert_eq!((v.value.as_str(), v.revision), ("eco", rev));
     assert_eq!(pc.kv_get(REALM, "settings", "unset").unwrap(), None);
+    // Compare-and-set: from the revision read only, never over a writer
+    // that came first, whichever bootstrap node each asks.
+    let first = pc.kv_swap(REALM, "settings", "slots", b"a", 0).unwrap();
+    let first = first.expect("made from revision 0");
+    assert_eq!(
+        pc.kv_swap(REALM, "settings", "slots", b"b", 0).unwrap(),
+        None
+    );
+    let second = b2c
+        .kv_swap(REALM, "settings", "slots", b"b", first)
+        .unwrap();
+    assert!(second.is_some_and(|r| r > first));
+    assert_eq!(
+        pc.kv_swap(REALM, "settings", "slots", b"c", first).unwrap(),
+        None
+    );
+    let v = pc.kv_get(REALM, "settings", "slots").unwrap().unwrap();
+    assert_eq!((v.value.as_str(), Some(v.revision)), ("b", second));
     // Made again with the same settings: the same bucket, value kept.
     pc.kv_create(REALM, "settings", 2).unwrap();
     let v = b2c_kv(&b2);

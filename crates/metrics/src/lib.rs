@@ -123,8 +123,8 @@ pub struct Facts {
     pub boots: Option<u64>,
     /// The last update applied: version, slot, when (unix seconds).
     pub last_update: Option<(String, String, u64)>,
-    /// Versions refused because they failed to boot or their checks.
-    pub bad_versions: usize,
+    /// Versions refused because they failed to boot or their checks, and why.
+    pub bad_versions: Vec<maculaos_upgrade::BadVersion>,
     /// The health agent's checks: name, passing (skipped ones are left out).
     pub checks: Vec<(String, bool)>,
     /// NATS, when the mesh plane is enabled: answered, then connections,
@@ -198,7 +198,7 @@ pub fn families(facts: &Facts) -> Vec<Family> {
             Gauge,
             "Versions refused from now on because they failed to boot or failed their checks.",
         )
-        .one(facts.bad_versions as f64),
+        .one(facts.bad_versions.len() as f64),
     );
     let mut checks = Family::new(
         "maculaos_health_check_passing",
@@ -318,7 +318,7 @@ pub fn gather(
         boots,
         last_update: maculaos_upgrade::last_applied(&updates)
             .map(|r| (r.version, r.slot.to_string(), r.at)),
-        bad_versions: maculaos_upgrade::bad_versions(&updates).len(),
+        bad_versions: maculaos_upgrade::bad_versions(&updates),
         checks,
         mesh,
         at: std::time::SystemTime::now()
@@ -379,7 +379,11 @@ mod tests {
             trial: true,
             boots: Some(7),
             last_update: Some(("0.2.0".into(), "b".into(), 1_700_000_000)),
-            bad_versions: 1,
+            bad_versions: vec![maculaos_upgrade::BadVersion {
+                version: "0.3.0".into(),
+                reason: "slot b was not marked good after 3 boots".into(),
+                at: 1_700_000_100,
+            }],
             checks: vec![("config".into(), true), ("say \"hi\"\\now".into(), false)],
             mesh: Some(Mesh {
                 up: true,
