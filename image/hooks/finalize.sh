@@ -17,7 +17,10 @@ systemctl enable --quiet systemd-networkd.service systemd-resolved.service ssh.s
 # maculaos.backup.enabled is true.
 # The embedded services' own units, which their packages enable: `maculaos
 # apply` enables each one the configuration switches on, at every boot.
-systemctl disable --quiet prometheus-node-exporter.service mosquitto.service
+# Every unit apply switches must be disabled here: at boot it takes them
+# to be (crates/apply/src/units.rs) and does not ask systemd.
+systemctl disable --quiet prometheus-node-exporter.service mosquitto.service \
+    systemd-journal-upload.service maculaos-git.service maculaos-backup.timer
 systemctl set-default --quiet multi-user.target
 # The root is read-only at run time: the mount point the guide uses for an
 # update stick (`maculaos upgrade --from /mnt/usb/`) must exist in the image.

@@ -37,7 +37,15 @@ pub fn find_nocloud_device() -> Option<PathBuf> {
         .ok()?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !["loop", "ram", "zram"].iter().any(|p| n.starts_with(p)))
+        .filter(|n| {
+            !["loop", "ram", "zram", "fd"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        // No medium (an empty CD drive): nothing to read.
+        .filter(|n| {
+            fs::read_to_string(format!("/sys/class/block/{n}/size")).is_ok_and(|s| s.trim() != "0")
+        })
         .collect();
     names.sort();
     names

@@ -4,8 +4,9 @@
 //! itself: a few sectors, where probing for every filesystem `blkid` knows
 //! cost most of a second of every boot under emulation.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// ISO 9660's volume descriptors start at sector 16 (2,048-byte sectors).
@@ -14,7 +15,13 @@ const ISO_PVD_OFFSET: u64 = 16 * 2048;
 /// The label of the ISO 9660 or FAT filesystem on `device`; `None` when it
 /// has neither (or no label, or cannot be read: a CD drive without a disc).
 pub fn read(device: &Path) -> Option<String> {
-    let mut f = File::open(device).ok()?;
+    // Non-blocking, as blkid opens them: a blocking open of a CD drive
+    // closes an open tray and waits for the disc to spin up.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(device)
+        .ok()?;
     let mut boot = [0u8; 512];
     f.read_exact(&mut boot).ok()?;
     if let Some(fat) = Fat::parse(&boot) {
@@ -93,8 +100,9 @@ impl Fat {
     }
 }
 
-/// The volume label entry of a FAT root directory (attribute 0x08 alone:
-/// long-name entries are 0x0F), up to its end marker.
+/// The volume label entry of a FAT root directory (the volume attribute
+/// without the directory one, whatever the archive bit says; long-name
+/// entries, 0x0F, are not labels), up to its end marker.
 fn fat_root_label(dir: &[u8]) -> Option<String> {
     for entry in dir.chunks_exact(32) {
         match entry[0] {
@@ -102,7 +110,7 @@ fn fat_root_label(dir: &[u8]) -> Option<String> {
             0xE5 => continue,
             _ => {}
         }
-        if entry[11] & 0x3F == 0x08 {
+        if entry[11] != 0x0F && entry[11] & 0x18 == 0x08 {
             return text(&entry[..11]);
         }
     }
@@ -164,6 +172,36 @@ mod tests {
         root.extend(dir_entry(b"USER-DATA  ", 0x20));
         root.extend(dir_entry(b"cidata     ", 0x08));
         let dev = device(&[(0, &boot), (20 * 512, &root)]);
+        assert_eq!(read(dev.path()).as_deref(), Some("cidata"));
+    }
+
+    #[test]
+    fn fat_label_entries_as_tools_write_them() {
+        // The archive bit set on the label entry (0x28), after a deleted
+        // label (0xE5) and a long-name entry (0x0F, not a label).
+        let mut root = Vec::new();
+        let mut deleted = dir_entry(b"OLDLABEL   ", 0x08);
+        deleted[0] = 0xE5;
+        root.extend(deleted);
+        root.extend(dir_entry(b"Bcidata    ", 0x0F));
+        root.extend(dir_entry(b"CIDATA     ", 0x28));
+        let dev = device(&[(0, &fat16(b"NO NAME    ")), (20 * 512, &root)]);
+        assert_eq!(read(dev.path()).as_deref(), Some("CIDATA"));
+        // A directory is not a label (0x18).
+        let dev = device(&[
+            (0, &fat16(b"cidata     ")),
+            (20 * 512, &dir_entry(b"DATA       ", 0x18)),
+        ]);
+        assert_eq!(read(dev.path()).as_deref(), Some("cidata"));
+        // FAT12, as mkfs.vfat makes a small seed.
+        let mut b = fat16(b"cidata     ");
+        b[54..62].copy_from_slice(b"FAT12   ");
+        let dev = device(&[(0, &b)]);
+        assert_eq!(read(dev.path()).as_deref(), Some("cidata"));
+        // A root directory past the end of the device: the boot sector's.
+        let mut far = fat16(b"cidata     ");
+        far[22..24].copy_from_slice(&60000u16.to_le_bytes());
+        let dev = device(&[(0, &far)]);
         assert_eq!(read(dev.path()).as_deref(), Some("cidata"));
     }
 

@@ -4,8 +4,8 @@
 //! and the one nftables ruleset that lets exactly those in.
 //!
 //! The ruleset is one table, `inet maculaos`, replaced whole in one `nft -f`
-//! transaction (so there is never a moment with half a ruleset), checked
-//! with `nft -c` before. Input and forward drop by default; let in are
+//! transaction (so there is never a moment with half a ruleset, and one
+//! nft refuses changes nothing). Input and forward drop by default; let in are
 //! answers to what the node sent, loopback, ICMP (echo rate-limited),
 //! DHCP and mDNS, then the openings. Forwarding is only for containers:
 //! what they send, and what comes to a port a service publishes (podman

@@ -73,6 +73,10 @@ pub struct Heartbeat {
     /// Use of `/var`, where everything the node keeps is.
     pub disk_percent: Option<f64>,
     pub uptime_seconds: u64,
+    /// How long it has been marked good with no failing check, as its
+    /// agent saw it (counted again from 0 when the agent restarts).
+    #[serde(default)]
+    pub healthy_seconds: u64,
     /// sha256 of the configuration in force (first 16 hex digits): equal
     /// digests, equal configurations.
     pub config_digest: String,
@@ -464,6 +468,7 @@ pub fn gather(
         memory_percent: round(r.memory_usage),
         disk_percent: round(r.disk_usage),
         uptime_seconds: uptime,
+        healthy_seconds: 0,
         config_digest: digest(&maculaos_config::load::redact(&loaded.value)),
         sent_at: now,
         drift: None,
@@ -486,6 +491,7 @@ pub fn spawn(paths: Paths, carry_out: CarryOut) -> std::io::Result<std::thread::
         .spawn(move || {
             let mut sampler = maculaos_alerts::Sampler::default();
             let mut client: Option<(String, Client)> = None;
+            let mut healthy_since = None;
             let mut said = String::new();
             let mut leaving = false;
             loop {
@@ -498,7 +504,9 @@ pub fn spawn(paths: Paths, carry_out: CarryOut) -> std::io::Result<std::thread::
                         client = None;
                         Ok(None)
                     }
-                    Some(me) => beat(&paths, &me, &mut client, &mut sampler).map(Some),
+                    Some(me) => {
+                        beat(&paths, &me, &mut client, &mut sampler, &mut healthy_since).map(Some)
+                    }
                 };
                 let now = match &outcome {
                     Ok(Some(realm)) => format!("fleet: heartbeats go to realm {realm}"),
@@ -567,12 +575,27 @@ fn take_order(root: &Path, carry_out: CarryOut) -> bool {
     }
 }
 
+/// How long `hb`'s node has been marked good with no failing check, counted
+/// from `since` (set when it became so, cleared when it is not).
+fn healthy_for(hb: &Heartbeat, since: &mut Option<std::time::Instant>) -> u64 {
+    if hb.update == "good" && hb.failing.is_empty() {
+        since
+            .get_or_insert_with(std::time::Instant::now)
+            .elapsed()
+            .as_secs()
+    } else {
+        *since = None;
+        0
+    }
+}
+
 /// One heartbeat; returns the realm it went to.
 fn beat(
     paths: &Paths,
     me: &InRealm,
     client: &mut Option<(String, Client)>,
     sampler: &mut maculaos_alerts::Sampler,
+    healthy_since: &mut Option<std::time::Instant>,
 ) -> Result<String, String> {
     if client.as_ref().is_none_or(|(url, _)| *url != me.url) {
         let c =
@@ -592,6 +615,7 @@ fn beat(
         sampler,
         maculaos_mesh::state::now().max(0) as u64,
     );
+    hb.healthy_seconds = healthy_for(&hb, healthy_since);
     match drift::of_node(c, paths, &me.realm, &me.node) {
         Ok(d) => hb.drift = d,
         Err(why) => hb.drift_error = Some(why),
@@ -623,6 +647,7 @@ mod tests {
             memory_percent: Some(34.0),
             disk_percent: Some(10.0),
             uptime_seconds: 3600,
+            healthy_seconds: 3000,
             config_digest: "0123456789abcdef".into(),
             sent_at: 1000,
             drift: None,

@@ -1,14 +1,17 @@
 //! Coordinated updates (plan §4.12.3): a rollout of one version over the
-//! realm's nodes, as the operator started it on the realm CA's holder
-//! ([`Plan`], signed with the realm CA and kept in [`BUCKET`]).
+//! realm's nodes, as the operator starts it on the realm CA's holder
+//! ([`Plan`], kept in [`BUCKET`]; to be signed with the realm CA, as
+//! orders and desired configurations are, when the command that writes
+//! it is built).
 //!
 //! Nobody runs the rollout: every node's agent reads the plan and the
 //! fleet's heartbeats and works out the same answer ([`verdict`]) — whose
 //! turn it is, whether the canary nodes passed, whether too many nodes
 //! failed — and what it should do itself ([`step`]). A node updates only
 //! while it holds one of the rollout's `max_unavailable` reboot slots
-//! (`crate::lock`), and gives it back once it runs the new version, marked
-//! good, with no failing check, for `health_check_wait`. A node whose own
+//! (`crate::slots`, key `slots.<plan id>`), and gives it back once it runs
+//! the new version, marked good, with no failing check, for
+//! `health_check_wait`. A node whose own
 //! boot counting took it back to the version before has failed: it never
 //! tries that version again, and when more nodes failed than the success
 //! threshold allows, the rollout stops, saying why ([`Stop`]).
@@ -45,7 +48,8 @@ pub enum Control {
 /// A rollout as the operator started it (or paused, resumed, aborted it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
-    /// Names this rollout (a new one gets a new id).
+    /// Names this rollout (a new one gets a new id), and its reboot slots
+    /// (`slots::key(id)`): a new rollout starts with all of them free.
     pub id: String,
     pub realm: String,
     pub version: String,
@@ -83,9 +87,12 @@ pub struct Stop {
 pub enum Position {
     /// Not started (or no heartbeat from it yet).
     Waiting,
-    /// Holds a slot: downloading, rebooting, on trial, or not yet healthy
-    /// for `health_check_wait`.
-    Updating,
+    /// Holds a slot, still on the version before: downloading, applying,
+    /// rebooting (or it was interrupted, and goes on).
+    Holding,
+    /// Runs the version: on trial, or not yet marked good and healthy for
+    /// `health_check_wait` (a failing check starts that wait again).
+    Settling,
     /// Runs the version, marked good, healthy for `health_check_wait`.
     Done,
     /// Its boot counting took it back from the version (why).
@@ -96,7 +103,8 @@ impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Position::Waiting => f.write_str("waiting"),
-            Position::Updating => f.write_str("updating"),
+            Position::Holding => f.write_str("updating"),
+            Position::Settling => f.write_str("on the version, settling"),
             Position::Done => f.write_str("done"),
             Position::Failed(why) => write!(f, "failed: {why}"),
         }
@@ -112,21 +120,26 @@ pub fn share(n: usize, percent: u8) -> usize {
     (n * usize::from(percent)).div_ceil(100).clamp(1, n)
 }
 
-/// The canary nodes of `nodes`: `percent` of them, the same on every node
-/// (the first by name, `nodes` being sorted).
+/// The canary nodes of `nodes`: `percent` of them, the first by name.
 pub fn pick_canary(nodes: &[String], percent: u8) -> Vec<String> {
-    nodes[..share(nodes.len(), percent)].to_vec()
+    let mut sorted = nodes.to_vec();
+    sorted.sort();
+    sorted.truncate(share(nodes.len(), percent));
+    sorted
 }
 
 /// Where `node` stands: from its last heartbeat (`None`: none yet) and
 /// whether it holds a slot.
 pub fn position(plan: &Plan, hb: Option<&Heartbeat>, holds_slot: bool) -> Position {
-    let Some(hb) = hb else {
-        return if holds_slot {
-            Position::Updating
+    let before = || {
+        if holds_slot {
+            Position::Holding
         } else {
             Position::Waiting
-        };
+        }
+    };
+    let Some(hb) = hb else {
+        return before();
     };
     if let Some(f) = hb
         .failed_versions
@@ -135,16 +148,15 @@ pub fn position(plan: &Plan, hb: Option<&Heartbeat>, holds_slot: bool) -> Positi
     {
         return Position::Failed(f.reason.clone());
     }
-    let done = hb.version == plan.version
-        && hb.update == "good"
-        && hb.failing.is_empty()
-        && hb.uptime_seconds >= plan.health_check_wait;
-    if done {
+    if hb.version != plan.version {
+        return before();
+    }
+    // `healthy_seconds` counts only while marked good with no failing check.
+    let healthy = hb.update == "good" && hb.failing.is_empty();
+    if healthy && hb.healthy_seconds >= plan.health_check_wait {
         Position::Done
-    } else if holds_slot || hb.version == plan.version {
-        Position::Updating
     } else {
-        Position::Waiting
+        Position::Settling
     }
 }
 
@@ -262,24 +274,31 @@ pub fn step(plan: &Plan, me: &str, mine: &Position, holds_slot: bool, verdict: &
     if !plan.nodes.iter().any(|n| n == me) {
         return Step::Wait(format!("not part of the rollout of {}", plan.version));
     }
+    let my_turn = match verdict {
+        Verdict::Canary => plan.canary.iter().any(|n| n == me),
+        Verdict::All => true,
+        _ => false,
+    };
     match mine {
-        Position::Done | Position::Failed(_) if holds_slot => return Step::Release,
-        Position::Done => return Step::Wait(format!("runs {}", plan.version)),
-        Position::Failed(why) => {
-            return Step::Wait(format!(
-                "{} failed here, never tried again: {why}",
-                plan.version
-            ))
+        Position::Done | Position::Failed(_) if holds_slot => Step::Release,
+        Position::Done => Step::Wait(format!("runs {}", plan.version)),
+        Position::Failed(why) => Step::Wait(format!(
+            "{} failed here, never tried again: {why}",
+            plan.version
+        )),
+        Position::Settling => Step::Wait(format!("runs {}, settling", plan.version)),
+        // Interrupted (the agent restarted, a download failed): again, with
+        // the slot it holds. Paused: it keeps the slot, to go on once resumed.
+        Position::Holding if my_turn => Step::Update,
+        Position::Holding if matches!(verdict, Verdict::Aborted | Verdict::Stopped(_)) => {
+            Step::Release
         }
-        Position::Updating => return Step::Wait(format!("updating to {}", plan.version)),
-        Position::Waiting => {}
-    }
-    match verdict {
-        Verdict::Canary if !plan.canary.iter().any(|n| n == me) => {
+        Position::Holding => Step::Wait(format!("the rollout is {verdict}")),
+        Position::Waiting if my_turn => Step::Update,
+        Position::Waiting if *verdict == Verdict::Canary => {
             Step::Wait("waiting for the canary nodes".into())
         }
-        Verdict::Canary | Verdict::All => Step::Update,
-        other => Step::Wait(format!("the rollout is {other}")),
+        Position::Waiting => Step::Wait(format!("the rollout is {verdict}")),
     }
 }
 
@@ -310,16 +329,18 @@ mod tests {
         }
     }
 
-    fn hb(version: &str, update: &str, uptime: u64) -> Heartbeat {
+    /// A heartbeat on `version`, `update` (good or trial), healthy (marked
+    /// good, nothing failing) for `healthy` seconds.
+    fn hb(version: &str, update: &str, healthy: u64) -> Heartbeat {
         let mut h: Heartbeat = serde_json::from_value(serde_json::json!({
             "node": "n1", "realm": "lab", "roles": ["peer"], "version": version,
             "slot": "A", "update": update, "last_update": null, "bad_versions": 0,
             "checks": 3, "failing": [], "cpu_percent": null, "memory_percent": null,
-            "disk_percent": null, "uptime_seconds": uptime, "config_digest": "x",
+            "disk_percent": null, "uptime_seconds": 900, "config_digest": "x",
             "sent_at": 0
         }))
         .unwrap();
-        h.uptime_seconds = uptime;
+        h.healthy_seconds = healthy;
         h
     }
 
@@ -331,47 +352,55 @@ mod tests {
         assert_eq!(share(4, 75), 3);
         assert_eq!(share(3, 100), 3);
         assert_eq!(share(0, 50), 0);
-        assert_eq!(pick_canary(&nodes(4), 5), vec!["n1".to_string()]);
+        let unsorted: Vec<String> = ["n3", "n1", "n2", "n4"].map(String::from).to_vec();
+        assert_eq!(pick_canary(&unsorted, 5), ["n1"]);
+        assert_eq!(pick_canary(&unsorted, 50), ["n1", "n2"]);
     }
 
     #[test]
-    fn a_node_is_done_only_marked_good_healthy_and_long_enough() {
+    fn a_node_is_done_only_marked_good_and_healthy_long_enough() {
         let p = plan(Strategy::Rolling, 4);
+        let pos = |h: &Heartbeat, slot| position(&p, Some(h), slot);
         assert_eq!(position(&p, None, false), Position::Waiting);
-        assert_eq!(position(&p, None, true), Position::Updating);
-        assert_eq!(
-            position(&p, Some(&hb("1.0", "good", 900)), false),
-            Position::Waiting
-        );
-        assert_eq!(
-            position(&p, Some(&hb("1.0", "good", 900)), true),
-            Position::Updating
-        );
-        // Rebooted into it, on trial: still updating, slot or not.
-        assert_eq!(
-            position(&p, Some(&hb("2.0", "trial", 30)), false),
-            Position::Updating
-        );
-        assert_eq!(
-            position(&p, Some(&hb("2.0", "good", 30)), true),
-            Position::Updating
-        );
-        assert_eq!(
-            position(&p, Some(&hb("2.0", "good", 60)), true),
-            Position::Done
-        );
+        assert_eq!(position(&p, None, true), Position::Holding);
+        assert_eq!(pos(&hb("1.0", "good", 900), false), Position::Waiting);
+        assert_eq!(pos(&hb("1.0", "good", 900), true), Position::Holding);
+        // Rebooted into it: settling, slot or not, until marked good and
+        // healthy for the whole wait.
+        assert_eq!(pos(&hb("2.0", "trial", 0), false), Position::Settling);
+        assert_eq!(pos(&hb("2.0", "good", 59), true), Position::Settling);
+        assert_eq!(pos(&hb("2.0", "good", 60), true), Position::Done);
         let mut failing = hb("2.0", "good", 600);
         failing.failing = vec!["nats".into()];
-        assert_eq!(position(&p, Some(&failing), true), Position::Updating);
+        assert_eq!(pos(&failing, true), Position::Settling);
         let mut back = hb("1.0", "good", 40);
         back.failed_versions = vec![FailedVersion {
             version: "2.0".into(),
             reason: "slot B was not marked good after 3 boots".into(),
         }];
         assert_eq!(
-            position(&p, Some(&back), true),
+            pos(&back, true),
             Position::Failed("slot B was not marked good after 3 boots".into())
         );
+    }
+
+    #[test]
+    fn a_slot_holder_goes_on_after_an_interruption_and_lets_go_when_stopped() {
+        let mut p = plan(Strategy::Rolling, 2);
+        let h = Position::Holding;
+        assert_eq!(step(&p, "n1", &h, true, &Verdict::All), Step::Update);
+        // Paused: it keeps the slot (it may be rebooting into the version).
+        p.control = Control::Paused;
+        assert!(
+            matches!(step(&p, "n1", &h, true, &Verdict::Paused), Step::Wait(w) if w.contains("paused"))
+        );
+        for v in [Verdict::Aborted, Verdict::Stopped("x".into())] {
+            assert_eq!(step(&p, "n1", &h, true, &v), Step::Release);
+        }
+        assert!(matches!(
+            step(&p, "n1", &Position::Settling, true, &Verdict::All),
+            Step::Wait(w) if w.contains("settling")
+        ));
     }
 
     fn at(pairs: &[(&str, Position)]) -> BTreeMap<String, Position> {
@@ -384,7 +413,7 @@ mod tests {
     #[test]
     fn rolling_runs_until_every_node_is_done() {
         let p = plan(Strategy::Rolling, 3);
-        let mut pos = at(&[("n1", Position::Done), ("n2", Position::Updating)]);
+        let mut pos = at(&[("n1", Position::Done), ("n2", Position::Settling)]);
         assert_eq!(verdict(&p, &pos, None), Verdict::All);
         assert_eq!(
             step(&p, "n3", &Position::Waiting, false, &Verdict::All),
@@ -410,13 +439,11 @@ mod tests {
     fn canary_first_then_the_others() {
         let p = plan(Strategy::Canary, 4);
         assert_eq!(p.canary, vec!["n1".to_string()]);
-        let pos = at(&[("n1", Position::Updating)]);
+        let pos = at(&[("n1", Position::Holding)]);
         let v = verdict(&p, &pos, None);
         assert_eq!(v, Verdict::Canary);
-        assert_eq!(
-            step(&p, "n1", &Position::Updating, true, &v),
-            Step::Wait("updating to 2.0".into())
-        );
+        // The canary, holding its slot, goes on with its update.
+        assert_eq!(step(&p, "n1", &Position::Holding, true, &v), Step::Update);
         assert_eq!(
             step(&p, "n2", &Position::Waiting, false, &v),
             Step::Wait("waiting for the canary nodes".into())

@@ -1,5 +1,6 @@
 //! A rollout's reboot slots: a counting semaphore kept in the realm's
-//! bucket [`crate::rollout::BUCKET`] under `slots.<group>`, the nodes that
+//! bucket [`crate::rollout::BUCKET`] under `slots.<group>` (a rollout's
+//! group is its id, so a new rollout starts with every slot free), the nodes that
 //! hold one listed by name. A node takes a slot before it reboots into a
 //! new version and gives it back once that version runs well (the
 //! rollout's `max_unavailable` is the number of slots). Taken and given
@@ -108,7 +109,9 @@ pub fn read(store: &dyn Store) -> Result<(Slots, u64), String> {
     let (value, revision) = store.read()?;
     let slots = match value {
         Some(v) => serde_json::from_slice(&v)
-            .map_err(|e| format!("the rollout's slots are unreadable ({e}): `maculaos fleet rollout abort` and start again"))?,
+            .map_err(|e| {
+            format!("the rollout's slots are unreadable ({e}): start a new rollout, which has slots of its own")
+        })?,
         None => Slots::default(),
     };
     Ok((slots, revision))
@@ -240,6 +243,21 @@ mod tests {
         let m = Mem::default();
         *m.value.borrow_mut() = (Some(b"{not json".to_vec()), 4);
         let e = acquire(&m, "n1", 1).unwrap_err();
-        assert!(e.contains("fleet rollout abort"), "{e}");
+        assert!(e.contains("start a new rollout"), "{e}");
+    }
+
+    #[test]
+    fn a_node_that_always_loses_the_race_gives_up_and_says_so() {
+        let m = Mem::default();
+        m.race.borrow_mut().extend((0..TRIES).map(|i| Slots {
+            max: 9,
+            holders: vec![format!("other{i}")],
+        }));
+        let e = acquire(&m, "n1", 9).unwrap_err();
+        assert!(
+            e.contains("changed 20 times") && e.contains("try again"),
+            "{e}"
+        );
+        assert_eq!(m.swaps.get(), TRIES);
     }
 }
