@@ -32,6 +32,10 @@ pub const TYPE_LINUX_FS: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
 /// Where `maculaos-init` records how it booted the system.
 pub const BOOT_INFO_PATH: &str = "/run/maculaos/boot.json";
+/// Written by `maculaos mark-good` once this boot's slot is the good one:
+/// a boot on trial (`maculaos.trial=` on its command line) is no longer
+/// one from then on.
+pub const MARKED_GOOD_PATH: &str = "/run/maculaos/marked-good";
 /// Persistent MaculaOS state (config, identity) on the data partition.
 pub const STATE_DIR: &str = "/var/lib/maculaos";
 

@@ -28,10 +28,35 @@ pub fn run() -> Result<()> {
         println!("event: alerts: cannot start their thread: {e}");
     }
     // Without heartbeats the node is offline in its fleet, nothing more.
-    if let Err(e) = maculaos_fleet::spawn(paths.clone(), carry_out) {
+    if let Err(e) = maculaos_fleet::spawn(paths.clone(), carry_out, update) {
         println!("event: fleet: cannot start its thread: {e}");
     }
+    // Without it FleetLock clients on this node wait; the rest goes on.
+    match maculaos_fleet::fleetlock::spawn(paths.clone()) {
+        Ok(_) => println!(
+            "event: fleetlock: serving http://{}/ (loopback only)",
+            maculaos_fleet::fleetlock::LISTEN
+        ),
+        Err(e) => println!("event: fleetlock: {e}"),
+    }
     maculaos_health::agent::run(&paths, &feed)
+}
+
+/// A rollout's update on this node, when its turn came and it holds a
+/// reboot slot: the version from the node's update source (`upgrade.url`),
+/// only that one, written to the standby slot; then the reboot into it,
+/// on trial (its boot counting takes it back if it fails).
+fn update(version: &str) -> Result<(), String> {
+    let me = std::env::current_exe().unwrap_or_else(|_| "/usr/bin/maculaos".into());
+    maculaos_runner::Cmd::new(me)
+        .args(["upgrade", "--apply", "--version", version])
+        .run_within(std::time::Duration::from_secs(3600))
+        .map_err(|e| e.to_string())?;
+    println!("event: fleet: {version} is in the standby slot: rebooting into it for the rollout");
+    maculaos_runner::Cmd::new("systemctl")
+        .arg("reboot")
+        .run()
+        .map_err(|e| e.to_string())
 }
 
 /// An operator's order, checked by the fleet thread: `fleet decommission`

@@ -151,24 +151,45 @@ pub fn check_cmd(url: Option<&str>, channel: Option<Channel>, json: bool) -> Res
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `--download` and `--apply` (without `--from`) were asked for.
+pub struct Wanted<'a> {
+    pub url: Option<&'a str>,
+    pub channel: Option<Channel>,
+    /// Only this version (`--version`).
+    pub version: Option<&'a str>,
+    pub allow_downgrade: bool,
+    pub force: bool,
+}
+
 /// The newest bundle of the source, unless it is not worth fetching (then
-/// says why and returns None).
-fn worth_fetching(
-    url: Option<&str>,
-    channel: Option<Channel>,
-    allow_downgrade: bool,
-    force: bool,
-) -> Result<Option<Available>> {
-    let origin = Origin::resolve(url, channel)?;
+/// says why and returns None). With `--version`, the newest must be that
+/// version.
+fn worth_fetching(want: &Wanted) -> Result<Option<Available>> {
+    let origin = Origin::resolve(want.url, want.channel)?;
     let running = running_version();
     let newest = origin.newest()?;
+    if let Some(v) = want.version {
+        if compare_versions(&newest.version, v) != Ordering::Equal {
+            anyhow::bail!(
+                "{} offers {} on channel {}, not {v}: publish {v} there (`maculaos-sdk publish`) or point upgrade.url at a source that has it",
+                origin.url,
+                newest.version,
+                origin.channel
+            );
+        }
+    }
     if let Some(why) = nothing_to_do(
         &newest.version,
         &running,
         origin.channel,
-        allow_downgrade,
-        force,
+        want.allow_downgrade,
+        want.force,
     ) {
+        // Asked for one version: not writing it is a failure, which a
+        // rollout's node must not take for a done update.
+        if want.version.is_some() {
+            anyhow::bail!("{why}");
+        }
         println!("maculaos upgrade: {why}");
         return Ok(None);
     }
@@ -176,13 +197,8 @@ fn worth_fetching(
 }
 
 /// `maculaos upgrade --download`.
-pub fn download_cmd(
-    url: Option<&str>,
-    channel: Option<Channel>,
-    allow_downgrade: bool,
-    force: bool,
-) -> Result<ExitCode> {
-    let Some(newest) = worth_fetching(url, channel, allow_downgrade, force)? else {
+pub fn download_cmd(want: &Wanted) -> Result<ExitCode> {
+    let Some(newest) = worth_fetching(want)? else {
         return Ok(ExitCode::SUCCESS);
     };
     let trusted = trusted_keys()?;
@@ -206,16 +222,17 @@ pub fn download_cmd(
 
 /// `maculaos upgrade --apply` without `--from`: the newest bundle on the
 /// channel, downloaded unless it already is, then the `--from` path.
-pub fn apply_latest_cmd(
-    url: Option<&str>,
-    channel: Option<Channel>,
-    allow_downgrade: bool,
-    force: bool,
-) -> Result<ExitCode> {
-    let Some(newest) = worth_fetching(url, channel, allow_downgrade, force).with_context(|| {
-        format!("to apply a bundle already downloaded, run `sudo maculaos upgrade --apply --from {STATE_DIR}`")
-    })?
-    else {
+pub fn apply_latest_cmd(want: &Wanted) -> Result<ExitCode> {
+    let found = worth_fetching(want);
+    // A pinned version (a rollout's) must not be sent to another bundle.
+    let found = if want.version.is_some() {
+        found
+    } else {
+        found.with_context(|| {
+            format!("to apply a bundle already downloaded, run `sudo maculaos upgrade --apply --from {STATE_DIR}`")
+        })
+    };
+    let Some(newest) = found? else {
         return Ok(ExitCode::SUCCESS);
     };
     let trusted = trusted_keys()?;
@@ -240,7 +257,7 @@ pub fn apply_latest_cmd(
             path
         }
     };
-    apply_cmd(&path, allow_downgrade, force)
+    apply_cmd(&path, want.allow_downgrade, want.force)
 }
 
 fn trusted_keys() -> Result<Vec<PublicKey>> {
@@ -269,11 +286,38 @@ fn downloaded(trusted: &[PublicKey]) -> Vec<(String, PathBuf)> {
     found
 }
 
+/// Delete the downloaded bundles (other than `keep`) of versions that are
+/// not newer than the running one, before a download: they were applied
+/// already or are behind, and a second bundle must not find /var full of
+/// the first (a node keeps a whole slot image per bundle).
+fn prune_obsolete(trusted: &[PublicKey], keep: &str) {
+    let running = running_version();
+    for (version, path) in downloaded(trusted) {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name == keep || compare_versions(&version, &running) == Ordering::Greater {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => println!(
+                "maculaos upgrade: deleted {} ({version} is not newer than the running {running})",
+                path.display()
+            ),
+            Err(e) => eprintln!("maculaos upgrade: could not delete {}: {e}", path.display()),
+        }
+    }
+}
+
 /// Download `newest` into the state directory, then check its signature.
 /// A bundle that does not verify, or is not the version the source named,
 /// is deleted: nothing unverified stays where `--apply` looks.
 fn download_verified(newest: &Available, trusted: &[PublicKey]) -> Result<(PathBuf, String)> {
     let there = Path::new(STATE_DIR).join(&newest.name).is_file();
+    if !there {
+        prune_obsolete(trusted, &newest.name);
+    }
     if there {
         println!(
             "maculaos upgrade: {} is already in {STATE_DIR}: checking it",
@@ -367,7 +411,13 @@ pub fn auto_cmd() -> Result<ExitCode> {
         "maculaos upgrade: {} is available (running {running}); automatic updates are on: applying it",
         newest.version
     );
-    let code = apply_latest_cmd(None, None, false, false)?;
+    let code = apply_latest_cmd(&Wanted {
+        url: None,
+        channel: None,
+        version: None,
+        allow_downgrade: false,
+        force: false,
+    })?;
     if code == ExitCode::SUCCESS && config.maculaos.updates.auto_reboot {
         // The new slot is on trial: a version that fails its boot checks
         // is rolled back by the boot counting, as after any update.

@@ -61,6 +61,35 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Roll VERSION out over the realm's nodes (root, on the realm CA's
+    /// holder): every node that is not offline takes its turn, at most
+    /// `max_unavailable` at once, each taking a reboot slot, updating from
+    /// its update source (`upgrade.url`), rebooting, and giving the slot
+    /// back once it runs VERSION, marked good and healthy for
+    /// `health_check_wait`. Defaults from `fleet.update` in this node's
+    /// configuration. Written to the audit log.
+    Update {
+        version: String,
+        /// `rolling` or `canary`.
+        #[arg(long, value_parser = parse_strategy)]
+        strategy: Option<maculaos_fleet::rollout::Strategy>,
+        /// Nodes updating at once: a number, or a share such as 10%.
+        #[arg(long, value_parser = maculaos_config::values::Portion::parse)]
+        max_unavailable: Option<maculaos_config::values::Portion>,
+        /// How long a node runs VERSION healthy before the next one's
+        /// turn, such as 60s or 5m.
+        #[arg(long, value_parser = maculaos_config::values::Duration::parse)]
+        health_check_wait: Option<maculaos_config::values::Duration>,
+        /// Share of the nodes that go first with `--strategy canary`.
+        #[arg(long, value_parser = maculaos_config::values::Percent::parse)]
+        canary_percentage: Option<maculaos_config::values::Percent>,
+        /// Share of the nodes that must succeed, or the rollout stops.
+        #[arg(long, value_parser = maculaos_config::values::Percent::parse)]
+        success_threshold: Option<maculaos_config::values::Percent>,
+    },
+    /// The rollout under way: `status`, `pause`, `resume`, `abort`.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Take NODE out of the fleet (root, on the bootstrap node that holds
     /// the realm CA): an order signed with the realm CA tells it to factory
     /// reset (network settings kept), then its certificates are revoked and
@@ -75,6 +104,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub enum RolloutCommand {
+    /// The realm's rollout: its state, who holds its reboot slots, where
+    /// each node is and what its agent last said.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// No node starts an update (root, on the realm CA's holder); those
+    /// updating finish.
+    Pause,
+    /// Go on after a pause.
+    Resume,
+    /// Stop the rollout for good: no node starts an update, the slots are
+    /// given back; nodes already on the new version stay on it.
+    Abort,
 }
 
 #[derive(Subcommand)]
@@ -101,7 +149,19 @@ pub fn needs_root(cmd: &Command) -> bool {
         Command::Decommission { .. }
             | Command::DriftFix { .. }
             | Command::Desired(DesiredCommand::Set { .. })
+            | Command::Update { .. }
+            | Command::Rollout(
+                RolloutCommand::Pause | RolloutCommand::Resume | RolloutCommand::Abort
+            )
     )
+}
+
+fn parse_strategy(s: &str) -> Result<maculaos_fleet::rollout::Strategy, String> {
+    match s {
+        "rolling" => Ok(maculaos_fleet::rollout::Strategy::Rolling),
+        "canary" => Ok(maculaos_fleet::rollout::Strategy::Canary),
+        _ => Err(format!("`{s}` is not a strategy: rolling or canary")),
+    }
 }
 
 pub fn run(cmd: Command) -> Result<ExitCode> {
@@ -109,11 +169,38 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         Command::Decommission { node, wipe, json } => return decommission(&node, wipe, json),
         Command::Desired(d) => return desired(d),
         Command::DriftFix { apply, json, .. } => return drift_fix(apply, json),
+        Command::Update {
+            version,
+            strategy,
+            max_unavailable,
+            health_check_wait,
+            canary_percentage,
+            success_threshold,
+        } => {
+            let d = maculaos_config::load(&maculaos_config::Paths::system())
+                .config
+                .maculaos
+                .fleet
+                .update;
+            return start_rollout(&Rollout {
+                version,
+                strategy: strategy.unwrap_or(d.strategy),
+                max_unavailable: max_unavailable.unwrap_or(d.max_unavailable),
+                health_check_wait: health_check_wait.unwrap_or(d.health_check_wait),
+                canary_percentage: canary_percentage.unwrap_or(d.canary.percentage),
+                success_threshold: success_threshold.unwrap_or(d.canary.success_threshold),
+            });
+        }
+        Command::Rollout(r) => return rollout_cmd(r),
         other => other,
     };
     let fleet = read()?;
     match cmd {
-        Command::Decommission { .. } | Command::Desired(_) | Command::DriftFix { .. } => {
+        Command::Decommission { .. }
+        | Command::Desired(_)
+        | Command::DriftFix { .. }
+        | Command::Update { .. }
+        | Command::Rollout(_) => {
             unreachable!("handled above")
         }
         Command::DriftCheck { json } => drift_check(&fleet, json),
@@ -605,4 +692,360 @@ fn drift_fix(apply: bool, json: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// What `fleet update` starts: its options over `fleet.update`'s.
+struct Rollout {
+    version: String,
+    strategy: maculaos_fleet::rollout::Strategy,
+    max_unavailable: maculaos_config::values::Portion,
+    health_check_wait: maculaos_config::values::Duration,
+    canary_percentage: maculaos_config::values::Percent,
+    success_threshold: maculaos_config::values::Percent,
+}
+
+/// Sign `plan` with the realm CA and put it in the realm's rollout bucket.
+fn publish(op: &Operator, plan: &maculaos_fleet::rollout::Plan) -> Result<u64> {
+    use maculaos_fleet::rollout;
+    let signed = op
+        .st
+        .sign_text(serde_json::to_string(plan)?)
+        .map_err(anyhow::Error::msg)?;
+    let copies = maculaos_fleet::replicas(maculaos_fleet::jetstream_servers());
+    maculaos_fleet::patiently(PATIENCE, || {
+        op.client
+            .kv_ensure(&op.me.realm, rollout::BUCKET, copies)
+            .and_then(|_| {
+                op.client.kv_put(
+                    &op.me.realm,
+                    rollout::BUCKET,
+                    rollout::PLAN_KEY,
+                    signed.to_json().as_bytes(),
+                )
+            })
+            .map_err(|e| maculaos_fleet::explain(&e.to_string()))
+    })
+    .map_err(anyhow::Error::msg)
+}
+
+/// The rollout in the realm now, its signature checked.
+fn current(op: &Operator) -> Result<Option<maculaos_fleet::coordinate::View>> {
+    maculaos_fleet::patiently(PATIENCE, || {
+        maculaos_fleet::coordinate::view(&op.client, &op.me.realm, Some(&op.st), None)
+            .map_err(|e| maculaos_fleet::explain(&e))
+    })
+    .map_err(anyhow::Error::msg)
+}
+
+/// `fleet update VERSION`.
+fn start_rollout(r: &Rollout) -> Result<ExitCode> {
+    use maculaos_fleet::rollout::{self, Control, Plan, Strategy, Verdict};
+    if r.version.starts_with('-') || r.version.chars().any(char::is_whitespace) {
+        bail!("{:?} is not a version (such as 0.2.0)", r.version);
+    }
+    let op = Operator::here("starting a rollout")?;
+    match current(&op) {
+        Ok(Some(v)) if matches!(v.verdict, Verdict::Canary | Verdict::All | Verdict::Paused) => {
+            bail!(
+                "rollout {} of {} is {}: let it finish, or `sudo maculaos fleet rollout abort` it first",
+                v.plan.id,
+                v.plan.version,
+                v.verdict
+            );
+        }
+        Ok(_) => {}
+        // A plan nobody follows (unreadable, not signed by this realm's
+        // CA) must not keep the operator from starting one.
+        Err(e)
+            if e.to_string()
+                .contains(maculaos_fleet::coordinate::UNFOLLOWABLE) =>
+        {
+            eprintln!("warning: the rollout in the realm is replaced: {e:#}");
+        }
+        Err(e) => return Err(e),
+    }
+    let fleet = maculaos_fleet::patiently(PATIENCE, || {
+        maculaos_fleet::list(&op.client, &op.me.realm, op.now as i64)
+    })
+    .map_err(anyhow::Error::msg)?;
+    let (nodes, offline): (Vec<&Member>, Vec<&Member>) = fleet
+        .members
+        .iter()
+        .partition(|m| m.status != maculaos_fleet::Status::Offline);
+    let nodes: Vec<String> = nodes.iter().map(|m| m.node.clone()).collect();
+    if nodes.is_empty() {
+        bail!(
+            "no node of realm {} is online: nothing to roll out to",
+            op.me.realm
+        );
+    }
+    let id: String = format!("{}-{}", r.version, op.now)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let canary = match r.strategy {
+        Strategy::Canary => rollout::pick_canary(&nodes, r.canary_percentage.get()),
+        Strategy::Rolling => Vec::new(),
+    };
+    let plan = Plan {
+        id,
+        realm: op.me.realm.clone(),
+        version: r.version.clone(),
+        strategy: r.strategy,
+        max_unavailable: r.max_unavailable.of(nodes.len()).max(1),
+        health_check_wait: r.health_check_wait.get().as_secs(),
+        nodes,
+        canary,
+        success_threshold: r.success_threshold.get(),
+        control: Control::Running,
+        set_at: op.now,
+        by: op.by.clone(),
+    };
+    let rev = publish(&op, &plan)?;
+    op.audit(
+        "rollout-start",
+        &serde_json::json!({"id": plan.id, "version": plan.version, "strategy": plan.strategy,
+            "max_unavailable": plan.max_unavailable, "nodes": plan.nodes, "canary": plan.canary,
+            "revision": rev}),
+    );
+    println!(
+        "rollout {}: {} to {} node{} ({}, at most {} at once, {} s healthy each before the next)",
+        plan.id,
+        plan.version,
+        plan.nodes.len(),
+        if plan.nodes.len() == 1 { "" } else { "s" },
+        match plan.strategy {
+            Strategy::Rolling => "rolling".to_string(),
+            Strategy::Canary => format!(
+                "canary: {} first, {}% must succeed",
+                plan.canary.join(", "),
+                plan.success_threshold
+            ),
+        },
+        plan.max_unavailable,
+        plan.health_check_wait
+    );
+    for m in offline {
+        println!("  left out, offline: {}", m.node);
+    }
+    println!("follow it with `maculaos fleet rollout status`");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fleet rollout status|pause|resume|abort`.
+fn rollout_cmd(cmd: RolloutCommand) -> Result<ExitCode> {
+    use maculaos_fleet::rollout::{Control, Verdict};
+    let control = match cmd {
+        RolloutCommand::Status { json } => return rollout_status(json),
+        RolloutCommand::Pause => Control::Paused,
+        RolloutCommand::Resume => Control::Running,
+        RolloutCommand::Abort => Control::Aborted,
+    };
+    let op = Operator::here("changing a rollout")?;
+    let Some(v) = current(&op)? else {
+        bail!(
+            "realm {} has no rollout (`sudo maculaos fleet update VERSION` starts one)",
+            op.me.realm
+        );
+    };
+    let mut plan = v.plan;
+    if plan.control == Control::Aborted {
+        bail!("rollout {} was aborted for good: start a new one with `sudo maculaos fleet update VERSION`", plan.id);
+    }
+    if matches!(v.verdict, Verdict::Finished | Verdict::Stopped(_)) {
+        bail!(
+            "rollout {} of {} is {}: there is nothing to {}; start a new one with `sudo maculaos fleet update VERSION`",
+            plan.id,
+            plan.version,
+            v.verdict,
+            match control {
+                Control::Paused => "pause",
+                Control::Running => "resume",
+                Control::Aborted => "abort",
+            }
+        );
+    }
+    if plan.control == control {
+        println!("rollout {} is {} already", plan.id, v.verdict);
+        return Ok(ExitCode::SUCCESS);
+    }
+    plan.control = control;
+    plan.set_at = op.now;
+    plan.by = op.by.clone();
+    publish(&op, &plan)?;
+    let (action, word) = match control {
+        Control::Paused => ("rollout-pause", "paused"),
+        Control::Running => ("rollout-resume", "resumed"),
+        Control::Aborted => ("rollout-abort", "aborted"),
+    };
+    op.audit(
+        action,
+        &serde_json::json!({"id": plan.id, "version": plan.version}),
+    );
+    println!("rollout {} of {} is {word}", plan.id, plan.version);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fleet rollout status [--json]`, on any node of the realm.
+fn rollout_status(json: bool) -> Result<ExitCode> {
+    let me = InRealm::of_node(Path::new("/")).context("this node is in no realm")?;
+    let c = Client::connect(&me.url, "maculaos-cli-fleet", TIMEOUT)?;
+    // Checked as the nodes check it (the CA's certificate is readable by
+    // root only).
+    let st = maculaos_mesh::state::State::under(Path::new("/"));
+    let st = maculaos_install::is_root().then_some(&st);
+    let v = maculaos_fleet::patiently(PATIENCE, || {
+        maculaos_fleet::coordinate::view(&c, &me.realm, st, None)
+            .map_err(|e| maculaos_fleet::explain(&e))
+    })
+    .map_err(anyhow::Error::msg)?;
+    let Some(v) = v else {
+        if json {
+            println!("null");
+        } else {
+            println!("realm {} has no rollout", me.realm);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render_rollout(&v));
+    if !v.signature_checked {
+        eprintln!("# the plan's signature is not checked: run it with sudo to check it");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_rollout(v: &maculaos_fleet::coordinate::View) -> String {
+    let p = &v.plan;
+    let mut o = String::new();
+    o.push_str(&format!(
+        "Rollout:  {} ({}, {}, at most {} at once, {} s healthy each)\nState:    {}\nSet:      by {} at {} (unix time)\n",
+        p.id,
+        p.version,
+        p.strategy,
+        p.max_unavailable,
+        p.health_check_wait,
+        v.verdict,
+        p.by,
+        p.set_at
+    ));
+    o.push_str(&format!(
+        "Slots:    {} of {} held{}\n",
+        v.slots.holders.len(),
+        p.max_unavailable,
+        if v.slots.holders.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", v.slots.holders.join(", "))
+        }
+    ));
+    let width = v
+        .nodes
+        .iter()
+        .map(|n| n.node.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    o.push_str(&format!(
+        "{:<width$}  {:<30}  {}\n",
+        "NODE", "POSITION", "ITS AGENT SAYS"
+    ));
+    for n in &v.nodes {
+        let canary = if p.canary.contains(&n.node) {
+            " (canary)"
+        } else {
+            ""
+        };
+        o.push_str(&format!(
+            "{:<width$}  {:<30}  {}\n",
+            n.node,
+            format!("{}{canary}", n.position),
+            n.note.as_deref().unwrap_or("-")
+        ));
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maculaos_fleet::coordinate::{NodeView, View};
+    use maculaos_fleet::rollout::{Control, Plan, Position, Strategy, Verdict};
+    use maculaos_fleet::slots::Slots;
+
+    #[test]
+    fn strategies_by_name() {
+        assert_eq!(parse_strategy("canary"), Ok(Strategy::Canary));
+        assert!(parse_strategy("blue-green")
+            .unwrap_err()
+            .contains("rolling or canary"));
+    }
+
+    #[test]
+    fn a_rollout_reads_node_by_node() {
+        let v = View {
+            plan: Plan {
+                id: "0_2_0-7".into(),
+                realm: "io.macula".into(),
+                version: "0.2.0".into(),
+                strategy: Strategy::Canary,
+                max_unavailable: 1,
+                health_check_wait: 60,
+                nodes: vec!["edge-01".into(), "edge-02".into()],
+                canary: vec!["edge-01".into()],
+                success_threshold: 95,
+                control: Control::Running,
+                set_at: 7,
+                by: "ops".into(),
+            },
+            signature_checked: true,
+            verdict: Verdict::Canary,
+            slots: Slots {
+                max: 1,
+                holders: vec!["edge-01".into()],
+            },
+            nodes: vec![
+                NodeView {
+                    node: "edge-01".into(),
+                    position: Position::Holding,
+                    holds_slot: true,
+                    note: Some("updating to 0.2.0".into()),
+                },
+                NodeView {
+                    node: "edge-02".into(),
+                    position: Position::Waiting,
+                    holds_slot: false,
+                    note: None,
+                },
+            ],
+        };
+        let text = render_rollout(&v);
+        assert!(
+            text.starts_with(
+                "Rollout:  0_2_0-7 (0.2.0, canary, at most 1 at once, 60 s healthy each)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("State:    running: the canary nodes first\n"),
+            "{text}"
+        );
+        assert!(text.contains("Slots:    1 of 1 held: edge-01\n"), "{text}");
+        let rows: Vec<&str> = text.lines().skip(5).collect();
+        assert!(rows[0].starts_with("edge-01  updating (canary)"), "{text}");
+        assert!(rows[0].ends_with("updating to 0.2.0"), "{text}");
+        assert!(
+            rows[1].starts_with("edge-02  waiting") && rows[1].ends_with('-'),
+            "{text}"
+        );
+    }
 }

@@ -50,6 +50,10 @@ pub struct UpgradeArgs {
     /// Channel instead of upgrade.channel: stable, beta or nightly.
     #[arg(long, value_name = "CHANNEL", conflicts_with = "from")]
     channel: Option<maculaos_bundle::Channel>,
+    /// With --download or --apply: only this version, refused when the
+    /// source's newest is another (what a fleet rollout's nodes run).
+    #[arg(long, value_name = "VERSION", conflicts_with_all = ["from", "status", "check", "rollback", "auto"])]
+    version: Option<String>,
     /// Write a version older than the running one.
     #[arg(long)]
     allow_downgrade: bool,
@@ -90,12 +94,19 @@ pub fn upgrade_cmd(args: &UpgradeArgs) -> Result<ExitCode> {
     if args.check {
         return crate::fetch::check_cmd(url, channel, args.json);
     }
+    let want = crate::fetch::Wanted {
+        url,
+        channel,
+        version: args.version.as_deref(),
+        allow_downgrade: args.allow_downgrade,
+        force: args.force,
+    };
     if args.download {
-        return crate::fetch::download_cmd(url, channel, args.allow_downgrade, args.force);
+        return crate::fetch::download_cmd(&want);
     }
     match args.from.as_deref() {
         Some(from) => apply_cmd(from, args.allow_downgrade, args.force),
-        None => crate::fetch::apply_latest_cmd(url, channel, args.allow_downgrade, args.force),
+        None => crate::fetch::apply_latest_cmd(&want),
     }
 }
 
@@ -148,6 +159,13 @@ pub fn mark_good_cmd() -> Result<ExitCode> {
     let esp = esp(&info, true)?;
     let mut changed = false;
     maculaos_boot::grubenv::update(&esp.grubenv(), |v| changed = mark_good(v, info.slot))?;
+    // The trial is over either way: what the agent and its heartbeats say.
+    if let Err(e) = std::fs::write(maculaos_boot::MARKED_GOOD_PATH, info.slot.to_string()) {
+        eprintln!(
+            "maculaos mark-good: writing {}: {e}",
+            maculaos_boot::MARKED_GOOD_PATH
+        );
+    }
     if changed {
         println!(
             "maculaos mark-good: slot {} is healthy: it is now the good slot",
@@ -174,6 +192,32 @@ fn note_rollback(state: &State) {
     };
     if last.slot == bad && maculaos_upgrade::find_bad(dir, &last.version).is_none() {
         let _ = maculaos_upgrade::remember_bad(dir, &last.version, reason);
+    }
+}
+
+/// At boot, not on trial, running another version than the last one
+/// applied: if GRUB fell back from it, remember it as bad now, so that the
+/// heartbeat (and a fleet rollout) knows it failed here without waiting
+/// for an `upgrade` command to notice. The ESP is read only then.
+fn record_rollback() {
+    let dir = Path::new(STATE_DIR);
+    let Some(last) = maculaos_upgrade::last_applied(dir) else {
+        return;
+    };
+    let cmdline = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    if cmdline.get("maculaos.trial").is_some()
+        || maculaos_upgrade::find_bad(dir, &last.version).is_some()
+        || maculaos_info::collect().version == last.version
+    {
+        return;
+    }
+    let read = boot_info().and_then(|info| {
+        let esp = esp(&info, false)?;
+        Ok(maculaos_boot::grubenv::read(&esp.grubenv())?)
+    });
+    match read {
+        Ok(vars) => note_rollback(&State::from_vars(&vars)),
+        Err(e) => eprintln!("maculaos health: could not read GRUB's state for a rollback: {e:#}"),
     }
 }
 
@@ -217,6 +261,7 @@ pub fn status_cmd(json: bool) -> Result<ExitCode> {
 /// is rebooted, which uses one of its tries; after the last GRUB boots the
 /// good slot. The failure is kept in the journal of that boot.
 pub fn boot_check(json: bool) -> Result<ExitCode> {
+    record_rollback();
     let checks = maculaos_health::boot_checks();
     if json {
         println!("{}", serde_json::to_string_pretty(&checks)?);

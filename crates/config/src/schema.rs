@@ -185,6 +185,15 @@ pub enum RolloutStrategy {
     Canary,
 }
 
+impl std::fmt::Display for RolloutStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RolloutStrategy::Rolling => "rolling",
+            RolloutStrategy::Canary => "canary",
+        })
+    }
+}
+
 /// The canary stage of a rollout.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]

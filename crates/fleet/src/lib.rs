@@ -23,7 +23,9 @@
 //! stored at all (the bootstrap nodes lost their majority), the reader's
 //! clock says so ([`Fleet::newest_seconds_ago`]).
 
+pub mod coordinate;
 pub mod drift;
+pub mod fleetlock;
 pub mod rollout;
 pub mod slots;
 
@@ -39,6 +41,9 @@ use std::time::Duration;
 pub const BUCKET: &str = "fleet";
 /// How often a node puts its heartbeat.
 pub const EVERY: Duration = Duration::from_secs(15);
+/// How often while a rollout is under way for it: the next node's turn
+/// comes sooner after a slot is given back.
+pub const ROLLING_EVERY: Duration = Duration::from_secs(5);
 /// A node whose heartbeat is older than this is offline (four missed).
 pub const OFFLINE_AFTER: u64 = 60;
 /// Disk (`/var`) or memory use from which a node is degraded, percent.
@@ -89,6 +94,10 @@ pub struct Heartbeat {
     /// Why its drift could not be checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift_error: Option<String>,
+    /// What its agent last did in the realm's rollout (`None`: none
+    /// concerns it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
 }
 
 /// A version that failed on a node, and why (its boot counting's words).
@@ -473,6 +482,7 @@ pub fn gather(
         sent_at: now,
         drift: None,
         drift_error: None,
+        rollout: None,
     }
 }
 
@@ -485,7 +495,11 @@ pub fn gather(
 /// An operator's order that maculaos-meshd accepted
 /// ([`maculaos_mesh::state::State::keep_order`]) is checked again and
 /// handed to `carry_out` (the binary's factory reset), once.
-pub fn spawn(paths: Paths, carry_out: CarryOut) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(
+    paths: Paths,
+    carry_out: CarryOut,
+    update: coordinate::Update,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("fleet".into())
         .spawn(move || {
@@ -494,6 +508,9 @@ pub fn spawn(paths: Paths, carry_out: CarryOut) -> std::io::Result<std::thread::
             let mut healthy_since = None;
             let mut said = String::new();
             let mut leaving = false;
+            let mut roller = coordinate::Roller::new(update, &paths.root);
+            let mut rollout: Option<String> = None;
+            let mut rolling = false;
             loop {
                 leaving |= take_order(&paths.root, carry_out);
                 let outcome = match InRealm::of_node(&paths.root) {
@@ -505,7 +522,15 @@ pub fn spawn(paths: Paths, carry_out: CarryOut) -> std::io::Result<std::thread::
                         Ok(None)
                     }
                     Some(me) => {
-                        beat(&paths, &me, &mut client, &mut sampler, &mut healthy_since).map(Some)
+                        let mut round = Round {
+                            client: &mut client,
+                            sampler: &mut sampler,
+                            healthy_since: &mut healthy_since,
+                            roller: &mut roller,
+                            rollout: &mut rollout,
+                            rolling: &mut rolling,
+                        };
+                        round.beat(&paths, &me).map(Some)
                     }
                 };
                 let now = match &outcome {
@@ -521,7 +546,7 @@ pub fn spawn(paths: Paths, carry_out: CarryOut) -> std::io::Result<std::thread::
                     client = None;
                 }
                 said = now;
-                std::thread::sleep(EVERY);
+                std::thread::sleep(if rolling { ROLLING_EVERY } else { EVERY });
             }
         })
 }
@@ -589,41 +614,72 @@ fn healthy_for(hb: &Heartbeat, since: &mut Option<std::time::Instant>) -> u64 {
     }
 }
 
-/// One heartbeat; returns the realm it went to.
-fn beat(
-    paths: &Paths,
-    me: &InRealm,
-    client: &mut Option<(String, Client)>,
-    sampler: &mut maculaos_alerts::Sampler,
-    healthy_since: &mut Option<std::time::Instant>,
-) -> Result<String, String> {
-    if client.as_ref().is_none_or(|(url, _)| *url != me.url) {
-        let c =
-            Client::connect(&me.url, "maculaos-agent-fleet", TIMEOUT).map_err(|e| e.to_string())?;
-        *client = Some((me.url.clone(), c));
-    }
-    let Some((_, c)) = client.as_ref() else {
-        return Err("no connection".into());
-    };
-    if me.bootstrap() {
-        c.kv_ensure(&me.realm, BUCKET, replicas(jetstream_servers()))
+/// What a round of the fleet thread works with, kept between rounds.
+struct Round<'a> {
+    client: &'a mut Option<(String, Client)>,
+    sampler: &'a mut maculaos_alerts::Sampler,
+    healthy_since: &'a mut Option<std::time::Instant>,
+    roller: &'a mut coordinate::Roller,
+    /// What the node last did in a rollout, for its next heartbeat.
+    rollout: &'a mut Option<String>,
+    /// Whether a rollout is under way for this node (rounds come sooner).
+    rolling: &'a mut bool,
+}
+
+impl Round<'_> {
+    /// One heartbeat, then this node's step in the realm's rollout;
+    /// returns the realm it went to.
+    fn beat(&mut self, paths: &Paths, me: &InRealm) -> Result<String, String> {
+        if self.client.as_ref().is_none_or(|(url, _)| *url != me.url) {
+            let c = Client::connect(&me.url, "maculaos-agent-fleet", TIMEOUT)
+                .map_err(|e| e.to_string())?;
+            *self.client = Some((me.url.clone(), c));
+        }
+        let Some((_, c)) = self.client.as_ref() else {
+            return Err("no connection".into());
+        };
+        if me.bootstrap() {
+            c.kv_ensure(&me.realm, BUCKET, replicas(jetstream_servers()))
+                .map_err(|e| e.to_string())?;
+        }
+        let mut hb = gather(
+            paths,
+            me,
+            self.sampler,
+            maculaos_mesh::state::now().max(0) as u64,
+        );
+        hb.healthy_seconds = healthy_for(&hb, self.healthy_since);
+        match drift::of_node(c, paths, &me.realm, &me.node) {
+            Ok(d) => hb.drift = d,
+            Err(why) => hb.drift_error = Some(why),
+        }
+        hb.rollout = self.rollout.clone();
+        let json = serde_json::to_vec(&hb).map_err(|e| e.to_string())?;
+        c.kv_put(&me.realm, BUCKET, &me.node, &json)
             .map_err(|e| e.to_string())?;
+        let st = maculaos_mesh::state::State::under(&paths.root);
+        match self.roller.round(c, &st, &hb) {
+            Ok(Some((line, under_way))) => {
+                if self.rollout.as_deref() != Some(line.as_str()) {
+                    println!("event: fleet: rollout: {line}");
+                }
+                *self.rollout = Some(line);
+                *self.rolling = under_way;
+            }
+            Ok(None) => {
+                *self.rollout = None;
+                *self.rolling = false;
+            }
+            Err(why) => {
+                let line = format!("cannot follow the rollout: {}", explain(&why));
+                if self.rollout.as_deref() != Some(line.as_str()) {
+                    println!("event: fleet: {line}");
+                }
+                *self.rollout = Some(line);
+            }
+        }
+        Ok(me.realm.clone())
     }
-    let mut hb = gather(
-        paths,
-        me,
-        sampler,
-        maculaos_mesh::state::now().max(0) as u64,
-    );
-    hb.healthy_seconds = healthy_for(&hb, healthy_since);
-    match drift::of_node(c, paths, &me.realm, &me.node) {
-        Ok(d) => hb.drift = d,
-        Err(why) => hb.drift_error = Some(why),
-    }
-    let json = serde_json::to_vec(&hb).map_err(|e| e.to_string())?;
-    c.kv_put(&me.realm, BUCKET, &me.node, &json)
-        .map_err(|e| e.to_string())?;
-    Ok(me.realm.clone())
 }
 
 #[cfg(test)]
@@ -652,6 +708,7 @@ mod tests {
             sent_at: 1000,
             drift: None,
             drift_error: None,
+            rollout: None,
         }
     }
 

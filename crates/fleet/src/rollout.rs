@@ -141,14 +141,12 @@ pub fn position(plan: &Plan, hb: Option<&Heartbeat>, holds_slot: bool) -> Positi
     let Some(hb) = hb else {
         return before();
     };
-    if let Some(f) = hb
-        .failed_versions
-        .iter()
-        .find(|f| f.version == plan.version)
-    {
+    // As the updater compares them: `v0.2.0` is 0.2.0.
+    let same = |v: &str| maculaos_bundle::compare_versions(v, &plan.version).is_eq();
+    if let Some(f) = hb.failed_versions.iter().find(|f| same(&f.version)) {
         return Position::Failed(f.reason.clone());
     }
-    if hb.version != plan.version {
+    if !same(&hb.version) {
         return before();
     }
     // `healthy_seconds` counts only while marked good with no failing check.

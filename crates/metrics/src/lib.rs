@@ -295,7 +295,10 @@ pub fn gather(
     let cmdline = maculaos_boot::Cmdline::parse(
         &std::fs::read_to_string(root.join("proc/cmdline")).unwrap_or_default(),
     );
-    let trial = info.slot.is_some() && cmdline.get("maculaos.trial") == info.slot.as_deref();
+    // Booted on trial, and not marked good since.
+    let trial = info.slot.is_some()
+        && cmdline.get("maculaos.trial") == info.slot.as_deref()
+        && !under(root, maculaos_boot::MARKED_GOOD_PATH).exists();
     let updates = under(root, UPDATES_DIR);
     let mesh = config.maculaos.nats.enabled.then(|| {
         match maculaos_mesh::status::varz(maculaos_mesh::conf::MONITOR) {

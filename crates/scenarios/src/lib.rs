@@ -25,6 +25,7 @@ mod nats;
 mod pool;
 mod recovery;
 mod registry;
+mod rollout;
 pub mod scan;
 mod services;
 mod slots;
@@ -106,8 +107,8 @@ struct Queue {
 /// the update scenarios lead, so that the shared v2 build starts while the
 /// snapshot's nodes boot. The rest follow in the suite's order.
 const FIRST: &[&str] = &[
+    "fleet-rollout",
     "upgrade-usb",
-    "upgrade-bad",
     "upgrade-http",
     "upgrade-power-cut",
     "agent-backup-diag",

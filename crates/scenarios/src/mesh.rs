@@ -87,7 +87,7 @@ fn wait_status(
 
 /// `maculaos fleet list --json` on a node; `Null` while it fails (the
 /// bucket not made yet, no quorum for a moment).
-fn fleet(ssh: &Ssh) -> Result<Value> {
+pub(crate) fn fleet(ssh: &Ssh) -> Result<Value> {
     let r = ssh.run_timeout("maculaos fleet list --json", CMD_TIMEOUT)?;
     if !r.success() {
         return Ok(serde_json::json!({ "error": r.stderr.trim() }));
@@ -97,7 +97,7 @@ fn fleet(ssh: &Ssh) -> Result<Value> {
 }
 
 /// The status `fleet` gives `node` (`None`: not listed).
-fn fleet_status(fleet: &Value, node: &str) -> Option<String> {
+pub(crate) fn fleet_status(fleet: &Value, node: &str) -> Option<String> {
     fleet["members"]
         .as_array()?
         .iter()
@@ -107,7 +107,7 @@ fn fleet_status(fleet: &Value, node: &str) -> Option<String> {
 
 /// Wait until node `i`'s fleet list satisfies `cond`; the last list is in
 /// the error.
-fn wait_fleet(
+pub(crate) fn wait_fleet(
     lan: &mut Nodes,
     i: usize,
     what: &str,
@@ -168,18 +168,21 @@ fn median_rtt(from: &Ssh, node: &str) -> Result<f64> {
         .with_context(|| format!("no ping of {node} was answered: {out}"))
 }
 
-pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
-    let started = Instant::now();
-    let mut lan = ctx.nodes(3)?;
+/// Make realm [`REALM`] of the first three nodes of `lan`: node 0, a
+/// bootstrap node naming no other, makes it; node 1, a bootstrap node
+/// routing to node 0, and node 2, a peer of both, join with one-time
+/// tokens made there (a used token is refused). `more` is added to each
+/// node's `mesh:` section.
+pub(crate) fn three_node_realm(lan: &mut Nodes, more: &str) -> Result<()> {
     let n: Vec<&str> = lan.nodes.iter().map(|n| n.hostname).collect();
 
     // Node 0 names no other bootstrap node: it makes the realm.
     configure(
-        &lan,
+        lan,
         0,
-        &format!("maculaos:\n  mesh:\n    realm: {REALM}\n    role: bootstrap\n{OVERLAY}"),
+        &format!("maculaos:\n  mesh:\n    realm: {REALM}\n    role: bootstrap\n{more}"),
     )?;
-    let s0 = wait_status(&mut lan, 0, "node 0 to serve its new realm", |s| {
+    let s0 = wait_status(lan, 0, "node 0 to serve its new realm", |s| {
         s["state"] == "serving"
     })?;
     ensure(s0["identity"]["ca_holder"] == true, || {
@@ -187,24 +190,24 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
     })?;
     // Node 1 is a bootstrap node that routes to node 0; node 2 a peer of both.
     configure(
-        &lan,
+        lan,
         1,
         &format!(
-            "maculaos:\n  mesh:\n    realm: {REALM}\n    role: bootstrap\n    bootstrap_peers: [{}.local]\n{OVERLAY}",
+            "maculaos:\n  mesh:\n    realm: {REALM}\n    role: bootstrap\n    bootstrap_peers: [{}.local]\n{more}",
             n[0]
         ),
     )?;
     configure(
-        &lan,
+        lan,
         2,
         &format!(
-            "maculaos:\n  mesh:\n    realm: {REALM}\n    bootstrap_peers: ['{}.local:4433', '{}.local:4433']\n{OVERLAY}",
+            "maculaos:\n  mesh:\n    realm: {REALM}\n    bootstrap_peers: ['{}.local:4433', '{}.local:4433']\n{more}",
             n[0], n[1]
         ),
     )?;
     // Not in the realm before it joined: its server (restarted by apply)
     // serves only itself.
-    let s2 = wait_status(&mut lan, 2, "node 2's server to answer", |s| {
+    let s2 = wait_status(lan, 2, "node 2's server to answer", |s| {
         s["state"] != "down"
     })?;
     ensure(s2["state"] == "not joined", || {
@@ -227,15 +230,23 @@ pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
             )?;
         }
     }
-    wait_status(&mut lan, 1, "node 1 to route to node 0", |s| {
+    wait_status(lan, 1, "node 1 to route to node 0", |s| {
         s["state"] == "connected" && !connected(s, "route").is_empty()
     })?;
-    let s2 = wait_status(&mut lan, 2, "node 2's leafnode connection", |s| {
+    let s2 = wait_status(lan, 2, "node 2's leafnode connection", |s| {
         s["state"] == "connected"
     })?;
     ensure(s2["identity"]["certificate"]["realm"] == REALM, || {
         format!("node 2's certificate is not for {REALM}: {s2:#}")
     })?;
+    Ok(())
+}
+
+pub fn mesh_realm(ctx: &mut Ctx) -> Result<()> {
+    let started = Instant::now();
+    let mut lan = ctx.nodes(3)?;
+    let n: Vec<&str> = lan.nodes.iter().map(|n| n.hostname).collect();
+    three_node_realm(&mut lan, OVERLAY)?;
     ctx.record(
         "mesh: 3 nodes from restore to one realm (wall)",
         started.elapsed().as_secs_f64(),

@@ -312,6 +312,12 @@ impl Ctx {
     /// Start `count` nodes of the pool (`count` ≤ [`NODES`]`.len()`) on one
     /// new virtual LAN; returns once each answers SSH.
     pub fn nodes(&mut self, count: usize) -> Result<Nodes> {
+        self.nodes_with(count, |_| {})
+    }
+
+    /// [`Ctx::nodes`] with `tweak` applied to what lies outside each
+    /// machine (see [`restore`]).
+    pub fn nodes_with(&mut self, count: usize, tweak: impl Fn(&mut VmSpec)) -> Result<Nodes> {
         ensure(count <= NODES.len(), || {
             format!("the pool has {} nodes, {count} asked for", NODES.len())
         })?;
@@ -322,7 +328,7 @@ impl Ctx {
         for (i, spec) in NODES.iter().enumerate().take(count) {
             let (port, hub_port) = hub.port()?;
             let run_dir = self.dir.join(format!("node-{i}"));
-            let (mut vm, ssh) = restore(self, i, run_dir, hub_port, |_| {})?;
+            let (mut vm, ssh) = restore(self, i, run_dir, hub_port, &tweak)?;
             // The hub learns where a VM is from the first frame it sends.
             // A restored node may send nothing on its own for minutes (the
             // saved one had announced everything already), and until then

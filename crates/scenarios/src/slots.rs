@@ -234,13 +234,13 @@ fn write_rate_against_dd(ctx: &mut Ctx, ssh: &maculaos_vm::Ssh, apply_out: &str)
 }
 
 /// Version of the second build the update scenario installs.
-const V2: &str = "0.2.0-scenario";
+pub(crate) const V2: &str = "0.2.0-scenario";
 
 /// v1 → v2 from a "USB stick": a second disk holding a signed bundle.
 /// The signed bundle of [`V2`]: the same inputs built under another version
 /// (a real, newer slot image), signed with the dev key the image trusts.
 /// Built once per set of build inputs and shared by the update scenarios.
-fn v2_bundle(ctx: &Ctx) -> Result<PathBuf> {
+pub(crate) fn v2_bundle(ctx: &Ctx) -> Result<PathBuf> {
     // The update scenarios run side by side: the first builds, the others
     // wait for it and take its bundle.
     static V2_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -383,7 +383,7 @@ fn writing_percent(log: &str) -> u32 {
 }
 
 /// Link `src` at `dest` (same file system: no copy of 200 MiB), else copy.
-fn link_or_copy(src: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn link_or_copy(src: &Path, dest: &Path) -> Result<()> {
     if std::fs::hard_link(src, dest).is_err() {
         std::fs::copy(src, dest)
             .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
@@ -593,14 +593,12 @@ pub fn upgrade_http(ctx: &mut Ctx) -> Result<()> {
 /// Deadline for a download or an apply of a whole slot image under TCG.
 const CMD_LONG: std::time::Duration = std::time::Duration::from_secs(900);
 
-/// Version of the unhealthy update [`upgrade_bad`] applies.
-const V3_UNHEALTHY: &str = "0.3.0-unhealthy";
+/// Version of the unhealthy update ([`unhealthy_bundle`]).
+pub(crate) const V3_UNHEALTHY: &str = "0.3.0-unhealthy";
 
 /// A signed update that boots but fails its boot checks: v1's root with
-/// sshd masked. On each try `maculaos health --boot` reboots the node; GRUB
-/// must give up after 3 tries, the node must remember the version as bad,
-/// and refuse it again without --force.
-pub fn upgrade_bad(ctx: &mut Ctx) -> Result<()> {
+/// sshd masked, as a bundle in `dir`.
+pub(crate) fn unhealthy_bundle(ctx: &Ctx, dir: &Path) -> Result<PathBuf> {
     let root = ctx.dir.join("v3-root");
     maculaos_runner::Cmd::new("unsquashfs")
         .args(["-q", "-n", "-d"])
@@ -623,74 +621,13 @@ pub fn upgrade_bad(ctx: &mut Ctx) -> Result<()> {
         ])
         .run()?;
     std::fs::remove_dir_all(&root)?;
-    let stick = ctx.dir.join("stick");
-    std::fs::create_dir_all(&stick)?;
+    std::fs::create_dir_all(dir)?;
     let (_, dev_key) = maculaos_bundle::dev_keypair(&ctx.build.cache)?;
     let meta = maculaos_bundle::BundleMeta::new(V3_UNHEALTHY, maculaos_bundle::Channel::Stable);
-    let mos = stick.join(maculaos_bundle::bundle_file_name(V3_UNHEALTHY, "amd64"));
+    let mos = dir.join(maculaos_bundle::bundle_file_name(V3_UNHEALTHY, "amd64"));
     maculaos_bundle::create(&payload, &mos, &meta, &dev_key)?;
-    let usb = usb_stick(ctx, &stick)?;
-
-    let ssh = ctx.restore(0)?;
-    plug_stick(ctx, &ssh, &usb)?;
-    let out = ssh.check_timeout("sudo maculaos upgrade --apply --from /mnt/usb/", CMD_LONG)?;
-    ensure(out.contains(&format!("now holds {V3_UNHEALTHY}")), || {
-        format!("`upgrade --apply` of the unhealthy update:\n{out}")
-    })?;
-    // The reboot, then three failed tries (the boot check reboots; QEMU
-    // exits each time), then GRUB boots v1.
-    let started = std::time::Instant::now();
-    let _ = ssh.run("sudo systemctl reboot");
-    let vm = ctx.vm()?;
-    for _ in 0..4 {
-        vm.wait_exit(BOOT_TIMEOUT)
-            .context("waiting for the guest to reboot")?;
-        vm.boot_again()?;
-    }
-    let ssh = ctx.wait_up("after three failed tries of the unhealthy update")?;
-    ctx.record(
-        "reboot into the unhealthy update until back on v1 (3 failed tries)",
-        started.elapsed().as_secs_f64(),
-    );
-    let vm = ctx.vm()?;
-    let tries = vm
-        .serial_log_paths()
-        .iter()
-        .filter(|p| {
-            std::fs::read_to_string(p)
-                .is_ok_and(|t| t.contains("slot B on trial failed its boot checks"))
-        })
-        .count();
-    ensure(tries == 3, || {
-        format!(
-            "slot B should have failed exactly 3 boots; {tries} serial logs show its boot checks failing"
-        )
-    })?;
-    expect_running(&ssh, "A", &ctx.manifest.version, "after the failed trial")?;
-    let st = ssh.check("sudo maculaos upgrade --status")?;
-    ensure(
-        st.contains("last rollback: slot B was not marked good after 3 boots; booting slot A")
-            && st.lines().any(|l| l.starts_with("B ") && l.contains("bad")),
-        || format!("`upgrade --status` after the failed trial:\n{st}"),
-    )?;
-    // Remembered: the same bundle is refused, with the reason.
-    let again = ssh.run(
-        "sudo mount -o ro /dev/vdb /mnt/usb; sudo maculaos upgrade --apply --from /mnt/usb/",
-    )?;
-    ensure(
-        !again.success()
-            && again
-                .stderr
-                .contains(&format!("{V3_UNHEALTHY} failed its trial"))
-            && again.stderr.contains("--force"),
-        || format!("re-applying the version that failed its trial: {again:?}"),
-    )?;
-    let bad = ssh.check("sudo cat /var/lib/maculaos/updates/bad-versions.json")?;
-    ensure(bad.contains(V3_UNHEALTHY), || {
-        format!("bad-versions.json does not name {V3_UNHEALTHY}: {bad}")
-    })?;
-    ctx.shutdown();
-    Ok(())
+    std::fs::remove_file(&payload)?;
+    Ok(mos)
 }
 
 #[cfg(test)]

@@ -93,12 +93,6 @@ pub fn all() -> Vec<Scenario> {
             pool: true,
         },
         Scenario {
-            name: "upgrade-bad",
-            about: "a signed update that cannot boot: 3 failed tries, back on v1, remembered bad, refused again",
-            run: crate::slots::upgrade_bad,
-            pool: true,
-        },
-        Scenario {
             name: "live-bios",
             about: "the ISO in a CD drive boots live under SeaBIOS: info says live, /var in memory, the blank disk untouched; install refuses a used disk, the medium, a small disk; the interactive installer, answered on stdin",
             run: crate::install::live_bios,
@@ -204,6 +198,12 @@ pub fn all() -> Vec<Scenario> {
             name: "mesh-realm",
             about: "three saved nodes form one realm: the first bootstrap node makes it, a second bootstrap node and a peer join with one-time tokens (a used token is refused); a publication on the peer reaches subscribers on both bootstrap nodes, both ping the peer; with the bootstrap node its leafnode goes to killed the peer stays in through the other, and the killed node rejoins after it boots; a node with another realm's certificate is refused and its mesh status says why",
             run: crate::mesh::mesh_realm,
+            pool: true,
+        },
+        Scenario {
+            name: "fleet-rollout",
+            about: "a realm of three nodes updated from an HTTP source by `maculaos fleet update`: rolling to v2 with one reboot slot, the nodes rebooting one after the other, all on v2 marked good; a canary rollout of a v3 that fails its boot checks: 3 failed tries on the canary, back on v2, v3 remembered bad and refused, the rollout stopped with the reason, no other node leaves v2; FleetLock clients on two nodes share one slot",
+            run: crate::rollout::fleet_rollout,
             pool: true,
         },
         Scenario {
