@@ -14,8 +14,16 @@ pub fn run() -> Result<()> {
     if dashboard.enabled {
         let listen = dashboard.listen.to_string();
         let served = maculaos_dashboard::bind(&listen).and_then(|l| {
-            maculaos_dashboard::spawn(l, maculaos_dashboard::Collector::system(), feed.clone())
-                .map_err(anyhow::Error::from)
+            let root = paths.root.clone();
+            let fleet: maculaos_dashboard::FleetSource =
+                Box::new(move || maculaos_fleet::page_of_node(&root));
+            maculaos_dashboard::spawn(
+                l,
+                maculaos_dashboard::Collector::system(),
+                feed.clone(),
+                fleet,
+            )
+            .map_err(anyhow::Error::from)
         });
         // Without its dashboard the agent still has checks to run.
         match served {

@@ -5,7 +5,7 @@
 //! Every value from the node is escaped: hostnames, unit names, check
 //! messages and journal lines are not ours to trust.
 
-use crate::{CheckResult, Disk, Status};
+use crate::{CheckResult, Disk, FleetView, Status};
 use maculaos_info::{human_size, human_uptime};
 use std::fmt::Write;
 
@@ -56,8 +56,76 @@ pub fn render_html(status: &Status) -> String {
     let _ = write!(
         h,
         "<p class=\"muted\">Generated {}; refreshes every {REFRESH_SECONDS} s. \
-         JSON: <a href=\"/api/v1/status\">/api/v1/status</a></p>\n</body></html>\n",
+         JSON: <a href=\"/api/v1/status\">/api/v1/status</a>; the realm's nodes: \
+         <a href=\"/fleet\">/fleet</a></p>\n</body></html>\n",
         escape(&status.generated_at)
+    );
+    h
+}
+
+/// The fleet page (plan §4.12.2): the realm's summary line and one row per
+/// node, from `fleet`; or why it could not be read.
+pub fn render_fleet_html(fleet: Result<&FleetView, &str>) -> String {
+    let mut h = String::new();
+    let realm = escape(fleet.map(|f| f.realm.as_str()).unwrap_or("no fleet"));
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>MaculaOS fleet — {realm}</title><style>{STYLE}</style></head><body>\n\
+         <h1>MaculaOS fleet — {realm}</h1>\n"
+    );
+    match fleet {
+        Err(why) => {
+            let _ = writeln!(h, "<div class=\"banner bad\">{}</div>", escape(why));
+        }
+        Ok(f) => {
+            let _ = writeln!(
+                h,
+                "<div class=\"banner {}\">{}</div>",
+                if f.all_healthy { "ok" } else { "bad" },
+                escape(&f.summary)
+            );
+            if let Some(w) = &f.warning {
+                let _ = writeln!(h, "<p class=\"warn\">{}</p>", escape(w));
+            }
+            h.push_str(
+                "<table><tr><th>Node</th><th>Status</th><th>Version</th><th>Slot</th>\
+                 <th>CPU</th><th>Memory</th><th>Disk</th><th>Last seen</th><th>Why</th></tr>",
+            );
+            for r in &f.rows {
+                let class = match r.status.as_str() {
+                    "healthy" => "pass",
+                    "degraded" => "warn",
+                    _ => "fail",
+                };
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td class=\"{class}\">{}</td>",
+                    escape(&r.node),
+                    escape(&r.status)
+                );
+                for v in [
+                    &r.version,
+                    &r.slot,
+                    &r.cpu,
+                    &r.memory,
+                    &r.disk,
+                    &r.last_seen,
+                    &r.why,
+                ] {
+                    let _ = write!(h, "<td>{}</td>", escape(v));
+                }
+                h.push_str("</tr>");
+            }
+            h.push_str("</table>\n");
+        }
+    }
+    let _ = write!(
+        h,
+        "<p class=\"muted\">Refreshes every {REFRESH_SECONDS} s. JSON: \
+         <a href=\"/api/v1/fleet\">/api/v1/fleet</a>; this node: <a href=\"/\">/</a></p>\n</body></html>\n"
     );
     h
 }

@@ -18,8 +18,38 @@ pub mod server;
 pub mod systemd;
 
 pub use html::render_html;
+
+/// The fleet as the fleet page shows it, made by the fleet's crate from
+/// the realm's heartbeats (the dashboard does not read the realm itself).
+#[derive(Debug, Clone, Default)]
+pub struct FleetView {
+    pub realm: String,
+    /// The summary line (`3 nodes │ 3 healthy │ 0 degraded │ 0 offline`).
+    pub summary: String,
+    pub all_healthy: bool,
+    /// Why the list may be old.
+    pub warning: Option<String>,
+    pub rows: Vec<FleetRow>,
+    /// The same as `maculaos fleet list --json`, for `/api/v1/fleet`.
+    pub json: serde_json::Value,
+}
+
+/// One node of the fleet page, each value as shown.
+#[derive(Debug, Clone, Default)]
+pub struct FleetRow {
+    pub node: String,
+    /// `healthy`, `degraded` or `offline`.
+    pub status: String,
+    pub version: String,
+    pub slot: String,
+    pub cpu: String,
+    pub memory: String,
+    pub disk: String,
+    pub last_seen: String,
+    pub why: String,
+}
 pub use proc::CpuSampler;
-pub use server::{bind, spawn, spawn_with, Feed, DEFAULT_LISTEN};
+pub use server::{bind, spawn, spawn_with, Feed, FleetSource, DEFAULT_LISTEN};
 
 use maculaos_health::{Check, State};
 use serde::{Deserialize, Serialize};

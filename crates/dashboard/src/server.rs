@@ -8,8 +8,14 @@
 //! - `GET /` — the page ([`crate::render_html`]);
 //! - `GET /api/v1/status` — the [`Status`] as JSON;
 //! - `GET /healthz` — `ok`, for a liveness probe (gathers nothing);
+//! - `GET /fleet`, `GET /api/v1/fleet` — the realm's nodes as their
+//!   heartbeats show them ([`crate::html::render_fleet_html`]), only on a
+//!   dashboard that listens on loopback (reached through SSH, so by an
+//!   operator with a key): a dashboard open to the LAN answers 403, as the
+//!   LAN has no business reading the fleet;
 //! - `HEAD` like `GET` without the body; other paths 404, other methods 405.
 
+use crate::html::render_fleet_html;
 use crate::{collect, render_html, Collector, Status};
 use anyhow::anyhow;
 use maculaos_health::Check;
@@ -138,32 +144,79 @@ pub fn spawn(
     listener: TcpListener,
     mut collector: Collector,
     feed: Feed,
+    fleet: FleetSource,
 ) -> io::Result<JoinHandle<()>> {
-    spawn_with(listener, move || {
-        let checks = feed.checks();
-        collector.realm = feed.realm();
-        collect(&mut collector, &checks)
-    })
+    spawn_with(
+        listener,
+        move || {
+            let checks = feed.checks();
+            collector.realm = feed.realm();
+            collect(&mut collector, &checks)
+        },
+        Some(fleet),
+    )
 }
 
+/// The realm's name and its fleet, for the fleet page; the error says why
+/// there is none (no realm, JetStream unreachable).
+pub type FleetSource = Box<dyn FnMut() -> Result<crate::FleetView, String> + Send + 'static>;
+
 /// Serve the dashboard on `listener` with the status that `source` gives
-/// (called once per page or JSON request, never for `/healthz`).
+/// (called once per page or JSON request, never for `/healthz`), and the
+/// fleet `fleet` gives (none: the fleet pages answer 404).
 pub fn spawn_with(
     listener: TcpListener,
     source: impl FnMut() -> Status + Send + 'static,
+    fleet: Option<FleetSource>,
 ) -> io::Result<JoinHandle<()>> {
+    let loopback = listener.local_addr()?.ip().is_loopback();
     let server = Server::from_listener(listener, None).map_err(io::Error::other)?;
     std::thread::Builder::new()
         .name("maculaos-dashboard".into())
-        .spawn(move || serve(&server, source))
+        .spawn(move || serve(&server, source, fleet, loopback))
 }
 
-fn serve(server: &Server, mut source: impl FnMut() -> Status) {
+/// The fleet page or JSON, or why not.
+fn fleet_reply(route: Route, fleet: Option<&mut FleetSource>, loopback: bool) -> Reply {
+    let Some(fleet) = fleet else {
+        return Reply::text(404, "this dashboard shows no fleet\n".into());
+    };
+    if !loopback {
+        return Reply::text(
+            403,
+            "the fleet is shown only by a dashboard that listens on loopback: reach it through SSH \
+             (ssh -L 9090:127.0.0.1:9090 NODE), so that only operators with a key read it\n"
+                .into(),
+        );
+    }
+    match catch_unwind(AssertUnwindSafe(fleet)) {
+        Ok(Ok(f)) if route == Route::FleetPage => Reply::html(render_fleet_html(Ok(&f))),
+        Ok(Ok(f)) => match serde_json::to_string_pretty(&f.json) {
+            Ok(json) => Reply::json(json),
+            Err(e) => Reply::text(500, format!("cannot encode the fleet: {e}\n")),
+        },
+        Ok(Err(why)) if route == Route::FleetPage => {
+            let mut r = Reply::html(render_fleet_html(Err(&why)));
+            r.code = 503;
+            r
+        }
+        Ok(Err(why)) => Reply::text(503, format!("{why}\n")),
+        Err(_) => Reply::text(500, "reading the fleet failed\n".into()),
+    }
+}
+
+fn serve(
+    server: &Server,
+    mut source: impl FnMut() -> Status,
+    mut fleet: Option<FleetSource>,
+    loopback: bool,
+) {
     // tiny_http reads and parses each request on its own threads and hands
     // over only well-formed ones (it answers bad ones with 400 itself).
     for request in server.incoming_requests() {
         let route = route(request.method(), request.url());
         let response = match route {
+            Route::FleetPage | Route::FleetJson => fleet_reply(route, fleet.as_mut(), loopback),
             Route::Page | Route::Json => {
                 // A bug while gathering costs this request a 500, not the
                 // dashboard its thread.
@@ -179,7 +232,8 @@ fn serve(server: &Server, mut source: impl FnMut() -> Status) {
             Route::Healthz => Reply::text(200, "ok\n".into()),
             Route::NotFound => Reply::text(
                 404,
-                "not found: the dashboard has /, /api/v1/status and /healthz\n".into(),
+                "not found: the dashboard has /, /api/v1/status, /fleet, /api/v1/fleet and /healthz\n"
+                    .into(),
             ),
             Route::NotAllowed => Reply::text(405, "only GET: the dashboard is read-only\n".into()),
         };
@@ -191,6 +245,8 @@ fn serve(server: &Server, mut source: impl FnMut() -> Status) {
 enum Route {
     Page,
     Json,
+    FleetPage,
+    FleetJson,
     Healthz,
     NotFound,
     NotAllowed,
@@ -205,6 +261,8 @@ fn route(method: &Method, url: &str) -> Route {
     match path {
         "/" | "/index.html" => Route::Page,
         "/api/v1/status" => Route::Json,
+        "/fleet" => Route::FleetPage,
+        "/api/v1/fleet" => Route::FleetJson,
         "/healthz" => Route::Healthz,
         _ => Route::NotFound,
     }
@@ -296,7 +354,8 @@ mod tests {
         let feed = Feed::new();
         let listener = bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        spawn(listener, collector, feed.clone()).unwrap();
+        let fleet: FleetSource = Box::new(|| Err("this node is in no realm".into()));
+        spawn(listener, collector, feed.clone(), fleet).unwrap();
         // The agent's results arrive after the server started.
         for c in checks() {
             feed.record(&c);
@@ -359,13 +418,17 @@ mod tests {
         let mut calls = 0;
         let d = fake_root();
         let mut collector = Collector::new(d.path(), Vec::new());
-        spawn_with(listener, move || {
-            calls += 1;
-            if calls == 1 {
-                panic!("a bug");
-            }
-            collect(&mut collector, &[])
-        })
+        spawn_with(
+            listener,
+            move || {
+                calls += 1;
+                if calls == 1 {
+                    panic!("a bug");
+                }
+                collect(&mut collector, &[])
+            },
+            None,
+        )
         .unwrap();
         let (head, _) = get(addr, "GET /api/v1/status HTTP/1.0\r\n\r\n");
         assert!(head.contains(" 500 "), "{head}");
@@ -373,8 +436,61 @@ mod tests {
         assert!(head.contains(" 200 "), "{head}");
     }
 
+    fn a_fleet() -> crate::FleetView {
+        crate::FleetView {
+            realm: "io.macula".into(),
+            summary: "1 node │ 1 healthy │ 0 degraded │ 0 offline".into(),
+            all_healthy: true,
+            warning: None,
+            rows: vec![crate::FleetRow {
+                node: "edge-<01>".into(),
+                status: "healthy".into(),
+                ..crate::FleetRow::default()
+            }],
+            json: serde_json::json!({"summary": {"healthy": 1}}),
+        }
+    }
+
+    fn serve_fleet(listen: &str) -> std::net::SocketAddr {
+        let listener = bind(listen).unwrap();
+        let mut addr = listener.local_addr().unwrap();
+        let d = fake_root();
+        let mut collector = Collector::new(d.path(), Vec::new());
+        let fleet: FleetSource = Box::new(|| Ok(a_fleet()));
+        spawn_with(listener, move || collect(&mut collector, &[]), Some(fleet)).unwrap();
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        addr
+    }
+
+    #[test]
+    fn the_fleet_only_on_loopback() {
+        let addr = serve_fleet("127.0.0.1:0");
+        let (head, body) = get(addr, "GET /fleet HTTP/1.0\r\n\r\n");
+        assert!(head.contains(" 200 "), "{head}");
+        assert!(
+            body.contains("1 node │ 1 healthy │ 0 degraded │ 0 offline"),
+            "{body}"
+        );
+        // Node names are escaped.
+        assert!(
+            body.contains("edge-&lt;01&gt;") && !body.contains("edge-<01>"),
+            "{body}"
+        );
+        let (head, body) = get(addr, "GET /api/v1/fleet HTTP/1.0\r\n\r\n");
+        assert!(head.contains(" 200 "), "{head}");
+        let f: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(f["summary"]["healthy"], 1);
+        // A dashboard open beyond loopback shows no fleet.
+        let addr = serve_fleet("0.0.0.0:0");
+        let (head, body) = get(addr, "GET /api/v1/fleet HTTP/1.0\r\n\r\n");
+        assert!(head.contains(" 403 "), "{head}");
+        assert!(body.contains("ssh -L"), "{body}");
+    }
+
     #[test]
     fn routes() {
+        assert_eq!(route(&Method::Get, "/fleet"), Route::FleetPage);
+        assert_eq!(route(&Method::Get, "/api/v1/fleet?x"), Route::FleetJson);
         assert_eq!(route(&Method::Get, "/"), Route::Page);
         assert_eq!(route(&Method::Head, "/api/v1/status?t=1"), Route::Json);
         assert_eq!(route(&Method::Get, "/healthz"), Route::Healthz);

@@ -342,6 +342,47 @@ pub fn list(client: &Client, realm: &str, now: i64) -> Result<Fleet, String> {
     })
 }
 
+/// The fleet of the realm the node under `root` is in, read through its
+/// own server, as the dashboard's fleet page shows it.
+pub fn page_of_node(root: &Path) -> Result<maculaos_dashboard::FleetView, String> {
+    let me = InRealm::of_node(root)
+        .ok_or("this node is in no realm: there is no fleet to show (`maculaos mesh status`)")?;
+    let c =
+        Client::connect(&me.url, "maculaos-dashboard-fleet", TIMEOUT).map_err(|e| e.to_string())?;
+    let fleet = list(&c, &me.realm, maculaos_mesh::state::now()).map_err(|e| explain(&e))?;
+    Ok(page(&me.realm, &fleet))
+}
+
+/// `fleet` as the dashboard's fleet page shows it.
+pub fn page(realm: &str, fleet: &Fleet) -> maculaos_dashboard::FleetView {
+    let rows = fleet
+        .members
+        .iter()
+        .map(|m| {
+            let hb = &m.heartbeat;
+            maculaos_dashboard::FleetRow {
+                node: m.node.clone(),
+                status: m.status.to_string(),
+                version: hb.version.clone(),
+                slot: format!("{} ({})", hb.slot.as_deref().unwrap_or("-"), hb.update),
+                cpu: percent(hb.cpu_percent),
+                memory: percent(hb.memory_percent),
+                disk: percent(hb.disk_percent),
+                last_seen: format!("{} ago", human_age(m.age_seconds)),
+                why: m.reasons.join("; "),
+            }
+        })
+        .collect();
+    maculaos_dashboard::FleetView {
+        realm: realm.to_string(),
+        summary: fleet.summary.to_string(),
+        all_healthy: fleet.summary.healthy == fleet.summary.nodes,
+        warning: fleet.stale(),
+        rows,
+        json: serde_json::to_value(fleet).unwrap_or_default(),
+    }
+}
+
 /// The fleet as [`list`] reads it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fleet {

@@ -302,6 +302,18 @@ pub fn fleet_rollout(ctx: &mut Ctx) -> Result<()> {
         n.iter()
             .all(|x| fleet_status(f, x).as_deref() == Some("healthy"))
     })?;
+    // The fleet page of a node's dashboard (loopback, so through SSH).
+    let mut page = String::new();
+    let waited = lan.wait_until(1, "the dashboard's fleet page", CMD_TIMEOUT, |ssh| {
+        page = ssh.run("curl -sf http://127.0.0.1:9090/fleet")?.stdout;
+        Ok(
+            page.contains("3 nodes │ 3 healthy │ 0 degraded │ 0 offline")
+                && n.iter().all(|x| page.contains(&format!("<td>{x}</td>"))),
+        )
+    });
+    waited.with_context(|| {
+        format!("the dashboard's fleet page should list the three nodes healthy:\n{page}")
+    })?;
 
     // Rolling, one at a time.
     let (s, seen) = roll(

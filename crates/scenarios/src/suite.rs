@@ -202,7 +202,7 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "fleet-rollout",
-            about: "a realm of three nodes updated from an HTTP source by `maculaos fleet update`: rolling to v2 with one reboot slot, the nodes rebooting one after the other, all on v2 marked good; a canary rollout of a v3 that fails its boot checks: 3 failed tries on the canary, back on v2, v3 remembered bad and refused, the rollout stopped with the reason, no other node leaves v2; FleetLock clients on two nodes share one slot",
+            about: "the dashboard's fleet page lists a realm of three nodes; the three updated from an HTTP source by `maculaos fleet update`: rolling to v2 with one reboot slot, the nodes rebooting one after the other, all on v2 marked good; a canary rollout of a v3 that fails its boot checks: 3 failed tries on the canary, back on v2, v3 remembered bad and refused, the rollout stopped with the reason, no other node leaves v2; FleetLock clients on two nodes share one slot",
             run: crate::rollout::fleet_rollout,
             pool: true,
         },
