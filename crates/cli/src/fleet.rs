@@ -737,6 +737,18 @@ fn current(op: &Operator) -> Result<Option<maculaos_fleet::coordinate::View>> {
     .map_err(anyhow::Error::msg)
 }
 
+/// When a new plan (or a new state of one) is set: now, but always after
+/// the plan in the realm, which every node compares with the newest it
+/// followed (a clock that went back must not make the new one "older").
+fn next_set_at(op: &Operator) -> u64 {
+    let before = maculaos_fleet::coordinate::plan(&op.client, &op.me.realm, None)
+        .ok()
+        .flatten()
+        .map(|(p, _, _)| p.set_at)
+        .unwrap_or(0);
+    op.now.max(before + 1)
+}
+
 /// `fleet update VERSION`.
 fn start_rollout(r: &Rollout) -> Result<ExitCode> {
     use maculaos_fleet::rollout::{self, Control, Plan, Strategy, Verdict};
@@ -772,6 +784,19 @@ fn start_rollout(r: &Rollout) -> Result<ExitCode> {
         .members
         .iter()
         .partition(|m| m.status != maculaos_fleet::Status::Offline);
+    // Forward only: a node running a newer version would refuse the
+    // update for good (a version that fails goes back by boot counting).
+    if let Some(m) = nodes
+        .iter()
+        .find(|m| maculaos_bundle::compare_versions(&m.heartbeat.version, &r.version).is_gt())
+    {
+        bail!(
+            "{} runs {}, newer than {}: a rollout only goes forward; go back on a node with `sudo maculaos rollback`",
+            m.node,
+            m.heartbeat.version,
+            r.version
+        );
+    }
     let nodes: Vec<String> = nodes.iter().map(|m| m.node.clone()).collect();
     if nodes.is_empty() {
         bail!(
@@ -804,7 +829,7 @@ fn start_rollout(r: &Rollout) -> Result<ExitCode> {
         canary,
         success_threshold: r.success_threshold.get(),
         control: Control::Running,
-        set_at: op.now,
+        set_at: next_set_at(&op),
         by: op.by.clone(),
     };
     let rev = publish(&op, &plan)?;
@@ -876,7 +901,7 @@ fn rollout_cmd(cmd: RolloutCommand) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     plan.control = control;
-    plan.set_at = op.now;
+    plan.set_at = next_set_at(&op);
     plan.by = op.by.clone();
     publish(&op, &plan)?;
     let (action, word) = match control {

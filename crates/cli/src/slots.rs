@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use maculaos_boot::{BootInfo, Cmdline, BOOT_INFO_PATH};
+use maculaos_bundle::compare_versions;
 use maculaos_slots::{find_esp, mark_good, status, Esp, State};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -205,12 +206,23 @@ fn record_rollback() {
         return;
     };
     let cmdline = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    // os-release only: the full `maculaos info` asks avahi and more.
+    let running = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| maculaos_info::os_release_value(&t, "VERSION_ID"))
+        .unwrap_or_default();
+    // Looked at once per apply (a manual rollback is no failure, and the
+    // ESP need not be read at every boot after it).
+    let checked = Path::new(STATE_DIR).join("rollback-checked");
+    let this_apply = format!("{} {}", last.version, last.at);
     if cmdline.get("maculaos.trial").is_some()
         || maculaos_upgrade::find_bad(dir, &last.version).is_some()
-        || maculaos_info::collect().version == last.version
+        || compare_versions(&running, &last.version).is_eq()
+        || std::fs::read_to_string(&checked).is_ok_and(|t| t.trim() == this_apply)
     {
         return;
     }
+    let _ = std::fs::write(&checked, &this_apply);
     let read = boot_info().and_then(|info| {
         let esp = esp(&info, false)?;
         Ok(maculaos_boot::grubenv::read(&esp.grubenv())?)

@@ -9,10 +9,11 @@
 //! - `GET /api/v1/status` — the [`Status`] as JSON;
 //! - `GET /healthz` — `ok`, for a liveness probe (gathers nothing);
 //! - `GET /fleet`, `GET /api/v1/fleet` — the realm's nodes as their
-//!   heartbeats show them ([`crate::html::render_fleet_html`]), only on a
-//!   dashboard that listens on loopback (reached through SSH, so by an
-//!   operator with a key): a dashboard open to the LAN answers 403, as the
-//!   LAN has no business reading the fleet;
+//!   heartbeats show them ([`crate::html::render_fleet_html`]), only to
+//!   clients on the node itself (loopback: a process there, or an operator
+//!   through an SSH tunnel) that name it by a loopback host (no web page
+//!   rebinding a name to it): a client on the LAN gets 403, as the LAN has
+//!   no business reading the fleet;
 //! - `HEAD` like `GET` without the body; other paths 404, other methods 405.
 
 use crate::html::render_fleet_html;
@@ -169,23 +170,43 @@ pub fn spawn_with(
     source: impl FnMut() -> Status + Send + 'static,
     fleet: Option<FleetSource>,
 ) -> io::Result<JoinHandle<()>> {
-    let loopback = listener.local_addr()?.ip().is_loopback();
     let server = Server::from_listener(listener, None).map_err(io::Error::other)?;
     std::thread::Builder::new()
         .name("maculaos-dashboard".into())
-        .spawn(move || serve(&server, source, fleet, loopback))
+        .spawn(move || serve(&server, source, fleet))
+}
+
+/// Whether a request from `remote` naming `host` may read the fleet: from
+/// the node itself (the kernel drops LAN packets claiming a loopback
+/// source), by a loopback name, or none (HTTP/1.0).
+fn fleet_allowed(remote: Option<std::net::SocketAddr>, host: Option<&str>) -> bool {
+    let local = remote.is_some_and(|r| r.ip().to_canonical().is_loopback());
+    let name = host.map(|h| {
+        // `[::1]:9090`, `127.0.0.1:9090`, `localhost`
+        let h = h.trim();
+        match h.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default().to_string(),
+            None => h.split(':').next().unwrap_or_default().to_ascii_lowercase(),
+        }
+    });
+    local
+        && name.is_none_or(|n| {
+            n == "localhost"
+                || n.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
 }
 
 /// The fleet page or JSON, or why not.
-fn fleet_reply(route: Route, fleet: Option<&mut FleetSource>, loopback: bool) -> Reply {
+fn fleet_reply(route: Route, fleet: Option<&mut FleetSource>, allowed: bool) -> Reply {
     let Some(fleet) = fleet else {
         return Reply::text(404, "this dashboard shows no fleet\n".into());
     };
-    if !loopback {
+    if !allowed {
         return Reply::text(
             403,
-            "the fleet is shown only by a dashboard that listens on loopback: reach it through SSH \
-             (ssh -L 9090:127.0.0.1:9090 NODE), so that only operators with a key read it\n"
+            "the fleet is shown only on the node itself: from elsewhere, through an SSH tunnel \
+             (ssh -L 9090:127.0.0.1:PORT NODE, then http://127.0.0.1:9090/fleet)\n"
                 .into(),
         );
     }
@@ -205,18 +226,21 @@ fn fleet_reply(route: Route, fleet: Option<&mut FleetSource>, loopback: bool) ->
     }
 }
 
-fn serve(
-    server: &Server,
-    mut source: impl FnMut() -> Status,
-    mut fleet: Option<FleetSource>,
-    loopback: bool,
-) {
+fn serve(server: &Server, mut source: impl FnMut() -> Status, mut fleet: Option<FleetSource>) {
     // tiny_http reads and parses each request on its own threads and hands
     // over only well-formed ones (it answers bad ones with 400 itself).
     for request in server.incoming_requests() {
         let route = route(request.method(), request.url());
         let response = match route {
-            Route::FleetPage | Route::FleetJson => fleet_reply(route, fleet.as_mut(), loopback),
+            Route::FleetPage | Route::FleetJson => {
+                let host = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Host"))
+                    .map(|h| h.value.as_str().to_string());
+                let allowed = fleet_allowed(request.remote_addr().copied(), host.as_deref());
+                fleet_reply(route, fleet.as_mut(), allowed)
+            }
             Route::Page | Route::Json => {
                 // A bug while gathering costs this request a 500, not the
                 // dashboard its thread.
@@ -480,11 +504,33 @@ mod tests {
         assert!(head.contains(" 200 "), "{head}");
         let f: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(f["summary"]["healthy"], 1);
-        // A dashboard open beyond loopback shows no fleet.
-        let addr = serve_fleet("0.0.0.0:0");
-        let (head, body) = get(addr, "GET /api/v1/fleet HTTP/1.0\r\n\r\n");
+        // A web page that had its name point at the node: refused.
+        let (head, body) = get(
+            addr,
+            "GET /api/v1/fleet HTTP/1.1\r\nHost: evil.example:9090\r\nConnection: close\r\n\r\n",
+        );
         assert!(head.contains(" 403 "), "{head}");
         assert!(body.contains("ssh -L"), "{body}");
+    }
+
+    #[test]
+    fn the_fleet_is_for_the_node_itself() {
+        let at = |s: &str| Some(s.parse::<std::net::SocketAddr>().unwrap());
+        assert!(fleet_allowed(at("127.0.0.1:5555"), Some("127.0.0.1:9090")));
+        assert!(fleet_allowed(at("[::1]:5555"), Some("[::1]:9090")));
+        assert!(fleet_allowed(
+            at("[::ffff:127.0.0.1]:5555"),
+            Some("LOCALHOST")
+        ));
+        assert!(fleet_allowed(at("127.0.0.1:5555"), None));
+        // From the LAN, whatever it names.
+        assert!(!fleet_allowed(at("192.168.1.20:5555"), Some("127.0.0.1")));
+        assert!(!fleet_allowed(None, None));
+        // From the node, by a name that is not loopback's.
+        assert!(!fleet_allowed(
+            at("127.0.0.1:5555"),
+            Some("macula-0a01.local:9090")
+        ));
     }
 
     #[test]

@@ -37,6 +37,15 @@ pub fn plan(
     realm: &str,
     st: Option<&State>,
 ) -> Result<Option<(Plan, bool, u64)>, String> {
+    Ok(plan_text(client, realm, st)?.map(|(p, c, r, _)| (p, c, r)))
+}
+
+/// [`plan`] with the signed text as the bucket holds it.
+fn plan_text(
+    client: &Client,
+    realm: &str,
+    st: Option<&State>,
+) -> Result<Option<(Plan, bool, u64, String)>, String> {
     let got = match client.kv_get(realm, rollout::BUCKET, rollout::PLAN_KEY) {
         Ok(v) => v,
         // No bucket: no rollout was ever started.
@@ -59,7 +68,7 @@ pub fn plan(
         Ok(plan)
     };
     let plan = opened().map_err(|e| format!("{UNFOLLOWABLE}: {e}"))?;
-    Ok(Some((plan, st.is_some(), v.revision)))
+    Ok(Some((plan, st.is_some(), v.revision, v.value)))
 }
 
 /// A rollout as it stands.
@@ -92,17 +101,17 @@ pub fn view(
     st: Option<&State>,
     own: Option<&Heartbeat>,
 ) -> Result<Option<View>, String> {
-    Ok(view_at(client, realm, st, own)?.map(|(v, _)| v))
+    Ok(view_at(client, realm, st, own)?.map(|(v, _, _)| v))
 }
 
-/// [`view`] with the plan's revision in the bucket.
+/// [`view`] with the plan's revision and text in the bucket.
 fn view_at(
     client: &Client,
     realm: &str,
     st: Option<&State>,
     own: Option<&Heartbeat>,
-) -> Result<Option<(View, u64)>, String> {
-    let Some((plan, checked, revision)) = plan(client, realm, st)? else {
+) -> Result<Option<(View, u64, String)>, String> {
+    let Some((plan, checked, revision, value)) = plan_text(client, realm, st)? else {
         return Ok(None);
     };
     let stop: Option<Stop> = client
@@ -117,6 +126,7 @@ fn view_at(
     Ok(Some((
         assemble(plan, checked, stop, slots, &members, own),
         revision,
+        value,
     )))
 }
 
@@ -180,7 +190,13 @@ struct Attempt {
     failures: u32,
     error: Option<String>,
     ended: Option<Instant>,
+    /// When the update was written and the reboot asked for.
+    rebooting: Option<Instant>,
 }
+
+/// How long a node may take to go down after asking for its reboot before
+/// the update counts as failed (and is tried again).
+const REBOOT_GRACE: Duration = Duration::from_secs(600);
 
 /// The wait before trying an update again after `failures` in a row:
 /// 30 s, doubled each time, at most 10 min.
@@ -205,6 +221,18 @@ pub fn without_credentials(text: &str) -> String {
         }
     }
     out.push_str(rest);
+    // Tokens in query strings too.
+    for key in ["token=", "access_token=", "password=", "key="] {
+        let mut from = 0;
+        while let Some(i) = out[from..].find(key) {
+            let start = from + i + key.len();
+            let end = out[start..]
+                .find(|c: char| c == '&' || c.is_whitespace())
+                .map_or(out.len(), |e| start + e);
+            out.replace_range(start..end, "***");
+            from = start + 3;
+        }
+    }
     out
 }
 
@@ -220,7 +248,7 @@ pub struct Roller {
     /// The plan's revision for which nothing is left to do here (the
     /// rollout is over for this node, no slot held): its bucket is not
     /// read again until the plan changes.
-    settled: Option<(u64, String)>,
+    settled: Option<(u64, String, String)>,
 }
 
 impl Roller {
@@ -246,9 +274,12 @@ impl Roller {
         let seen = self.newest_seen();
         if plan.set_at < seen {
             return Err(format!(
-                "the rollout plan in the realm ({}, set at {}) is older than one this node followed (set at {seen}): refused; \
-                 the realm CA's holder can start a new rollout (`sudo maculaos fleet update VERSION`)",
-                plan.id, plan.set_at
+                "the rollout plan in the realm ({}, set at {}) is older than one this node saw before (set at {seen}, kept in {}): \
+                 refused, as an earlier plan put back would be; the realm CA's holder sets a newer one with \
+                 `sudo maculaos fleet update VERSION` or `fleet rollout pause|resume|abort`",
+                plan.id,
+                plan.set_at,
+                self.seen_file.display()
             ));
         }
         if plan.set_at > seen {
@@ -273,17 +304,21 @@ impl Roller {
         own: &Heartbeat,
     ) -> Result<Option<(String, bool)>, String> {
         let realm = own.realm.as_str();
-        if let Some((revision, line)) = &self.settled {
+        if let Some((revision, value, line)) = &self.settled {
             let now = match client.kv_get(realm, rollout::BUCKET, rollout::PLAN_KEY) {
-                Ok(v) => v.map(|v| v.revision),
+                Ok(v) => v.map(|v| (v.revision, v.value)),
+                Err(e) if e.to_string().contains("no bucket") => None,
                 Err(e) => return Err(e.to_string()),
             };
-            if now == Some(*revision) {
+            if now
+                .as_ref()
+                .is_some_and(|(r, v)| r == revision && v == value)
+            {
                 return Ok(Some((line.clone(), false)));
             }
             self.settled = None;
         }
-        let Some((v, revision)) = view_at(client, realm, Some(st), Some(own))? else {
+        let Some((v, revision, value)) = view_at(client, realm, Some(st), Some(own))? else {
             return Ok(None);
         };
         let plan = &v.plan;
@@ -312,7 +347,6 @@ impl Roller {
         };
         let store = store(client, realm, plan);
         let step = rollout::step(plan, me, &mine.position, mine.holds_slot, &v.verdict);
-        let busy = self.busy.load(Ordering::SeqCst);
         let (failures, error, ended) = match self.attempt.lock() {
             Ok(mut a) => {
                 if a.plan != plan.id {
@@ -321,10 +355,22 @@ impl Roller {
                         ..Attempt::default()
                     };
                 }
+                // Asked to reboot, still here: the update did not take.
+                if a.rebooting.is_some_and(|t| t.elapsed() > REBOOT_GRACE) {
+                    a.rebooting = None;
+                    a.failures += 1;
+                    a.error = Some(format!(
+                        "the node did not reboot within {} s of asking",
+                        REBOOT_GRACE.as_secs()
+                    ));
+                    a.ended = Some(Instant::now());
+                    self.busy.store(false, Ordering::SeqCst);
+                }
                 (a.failures, a.error.clone(), a.ended)
             }
             Err(_) => (0, None, None),
         };
+        let busy = self.busy.load(Ordering::SeqCst);
         let wait = ended
             .map(|e| retry_after(failures).saturating_sub(e.elapsed()))
             .filter(|w| !w.is_zero() && failures > 0);
@@ -378,7 +424,7 @@ impl Roller {
         ) || matches!(mine.position, Position::Done | Position::Failed(_));
         let under_way = !over || mine.holds_slot || busy;
         if !under_way {
-            self.settled = Some((revision, line.clone()));
+            self.settled = Some((revision, value, line.clone()));
         }
         Ok(Some((line, under_way)))
     }
@@ -393,7 +439,13 @@ impl Roller {
             .spawn(move || {
                 let outcome = update(&version);
                 // Done: the node is rebooting, and stays busy until it is
-                // gone (no second update of the slot it just wrote).
+                // gone (no second update of the slot it just wrote), or
+                // [`REBOOT_GRACE`] passed.
+                if outcome.is_ok() {
+                    if let Ok(mut a) = attempt.lock() {
+                        a.rebooting = Some(Instant::now());
+                    }
+                }
                 if let Err(why) = outcome {
                     let why = without_credentials(&why);
                     println!("event: fleet: the update to {version} failed: {why}");
@@ -502,6 +554,10 @@ mod tests {
         assert_eq!(
             without_credentials("http://10.0.2.100:8080/ offers 0.3.0, not 0.2.0"),
             "http://10.0.2.100:8080/ offers 0.3.0, not 0.2.0"
+        );
+        assert_eq!(
+            without_credentials("GET https://h/x?access_token=abc&y=1 failed"),
+            "GET https://h/x?access_token=***&y=1 failed"
         );
         // An @ after the host is a path's, not a password's.
         assert_eq!(

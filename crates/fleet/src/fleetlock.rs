@@ -145,10 +145,14 @@ pub fn carry_out(
     match op {
         Op::Lock { id, .. } => {
             client
+                // At least two copies: a realm's JetStream has two
+                // bootstrap nodes or none, and a peer sees no route to
+                // count them (growing a bucket's copies later is what
+                // left a stream without a leader in nats-server 2.9).
                 .kv_ensure(
                     realm,
                     crate::rollout::BUCKET,
-                    crate::replicas(crate::jetstream_servers()),
+                    crate::replicas(crate::jetstream_servers()).max(2),
                 )
                 .map_err(|e| unavailable(e.to_string()))?;
             let max = max();

@@ -376,7 +376,9 @@ pub fn page(realm: &str, fleet: &Fleet) -> maculaos_dashboard::FleetView {
     maculaos_dashboard::FleetView {
         realm: realm.to_string(),
         summary: fleet.summary.to_string(),
-        all_healthy: fleet.summary.healthy == fleet.summary.nodes,
+        all_healthy: fleet.summary.nodes > 0
+            && fleet.summary.healthy == fleet.summary.nodes
+            && fleet.stale().is_none(),
         warning: fleet.stale(),
         rows,
         json: serde_json::to_value(fleet).unwrap_or_default(),
@@ -680,7 +682,19 @@ impl Round<'_> {
             return Err("no connection".into());
         };
         if me.bootstrap() {
-            c.kv_ensure(&me.realm, BUCKET, replicas(jetstream_servers()))
+            // Alone, a bootstrap node's JetStream has no leader (nats-server
+            // 2.9): a bucket asked for then may be made later, with one
+            // copy, and growing it to two once a second bootstrap node came
+            // left the stream without a leader (seen in mesh-realm). Made
+            // once the realm has two, with as many copies as it has then.
+            let servers = jetstream_servers();
+            if servers < 2 {
+                return Err(
+                    "this bootstrap node has no route to another yet: the realm's JetStream needs two"
+                        .into(),
+                );
+            }
+            c.kv_ensure(&me.realm, BUCKET, replicas(servers))
                 .map_err(|e| e.to_string())?;
         }
         let mut hb = gather(
