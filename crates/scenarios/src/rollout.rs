@@ -258,22 +258,43 @@ fn fleetlock(lan: &Nodes) -> Result<()> {
             )
         },
     )?;
-    let got = fleetlock_post(b, "pre-reboot", "updater-b", false)?;
-    ensure(got.0 == 400, || {
-        format!("a request without fleet-lock-protocol: {got:?}")
-    })?;
-    let got = fleetlock_post(a, "steady-state", "updater-a", true)?;
-    ensure(got.0 == 200, || {
-        format!("FleetLock steady-state of updater-a: {got:?}")
-    })?;
-    let got = fleetlock_post(b, "pre-reboot", "updater-b", true)?;
-    ensure(got.0 == 200, || {
-        format!("updater-b's pre-reboot once the slot is free: {got:?}")
-    })?;
-    let got = fleetlock_post(b, "steady-state", "updater-b", true)?;
-    ensure(got.0 == 200, || {
-        format!("FleetLock steady-state of updater-b: {got:?}")
-    })?;
+    for (ssh, path, id, header, code, what) in [
+        (
+            b,
+            "pre-reboot",
+            "updater-b",
+            false,
+            400,
+            "a request without fleet-lock-protocol",
+        ),
+        (
+            a,
+            "steady-state",
+            "updater-a",
+            true,
+            200,
+            "FleetLock steady-state of updater-a",
+        ),
+        (
+            b,
+            "pre-reboot",
+            "updater-b",
+            true,
+            200,
+            "updater-b's pre-reboot once the slot is free",
+        ),
+        (
+            b,
+            "steady-state",
+            "updater-b",
+            true,
+            200,
+            "FleetLock steady-state of updater-b",
+        ),
+    ] {
+        let got = fleetlock_post(ssh, path, id, header)?;
+        ensure(got.0 == code, || format!("{what}: {got:?}"))?;
+    }
     Ok(())
 }
 
